@@ -1,0 +1,175 @@
+"""The `pneumo-edge` command: a thin click layer over the library.
+
+Every PneumoEdgeError becomes one line on stderr and its exit code.
+"""
+
+from __future__ import annotations
+
+import functools
+import sys
+
+import click
+
+from . import __version__
+from .errors import PneumoEdgeError
+
+DEFAULT_DATA = "hf-vision/chest-xray-pneumonia"
+
+
+def friendly(fn):
+    """Turn library errors into `error: ...` and a non-zero exit, never a stack trace."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except PneumoEdgeError as e:
+            click.echo(f"error: {e}", err=True)
+            sys.exit(e.exit_code)
+        except KeyboardInterrupt:
+            click.echo("interrupted", err=True)
+            sys.exit(130)
+
+    return wrapper
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="pneumo-edge")
+def main() -> None:
+    """Pneumonia-vs-normal chest X-ray classifier: train, evaluate, export, infer, explain, bench."""
+
+
+@main.command()
+@click.option("--data", default=DEFAULT_DATA, show_default=True,
+              help="Local folder {train,val,test}/{NORMAL,PNEUMONIA}/ or a hub dataset id.")
+@click.option("--out", default="runs/default", show_default=True, help="Output folder for the checkpoint.")
+@click.option("--model", "model_name", default="tf_efficientnet_lite0", show_default=True, help="Any timm model name.")
+@click.option("--pretrained", type=click.Choice(["auto", "package", "hub", "none"]), default="auto", show_default=True)
+@click.option("--weights", type=click.Path(dir_okay=False), help="Start from a local state dict (.safetensors/.pth).")
+@click.option("--img-size", type=int, help="Input size (default: the model's).")
+@click.option("--epochs", type=int, default=3, show_default=True)
+@click.option("--batch-size", type=int, default=16, show_default=True)
+@click.option("--lr", type=float, default=3e-4, show_default=True, help="Peak learning rate (warm-up + cosine).")
+@click.option("--weight-decay", type=float, default=1e-4, show_default=True)
+@click.option("--ema-decay", type=float, default=0.998, show_default=True, help="Weight averaging; 0 disables.")
+@click.option("--label-smoothing", type=float, default=0.1, show_default=True)
+@click.option("--sampler/--no-sampler", default=True, show_default=True, help="Class-balanced sampling.")
+@click.option("--weighted-loss/--no-weighted-loss", default=False, show_default=True,
+              help="Inverse-frequency weighted cross entropy.")
+@click.option("--val-fraction", type=float, default=0.1, show_default=True, help="Validation carved from train, by patient.")
+@click.option("--target-sensitivity", type=float, default=0.95, show_default=True)
+@click.option("--seed", type=int, default=42, show_default=True)
+@click.option("--max-train-images", type=int, help="Subsample training images (smoke runs).")
+@click.option("--resume", is_flag=True, help="Continue the run in --out from its last epoch.")
+@click.option("--force", is_flag=True, help="Overwrite a non-empty --out.")
+@friendly
+def train(data, out, model_name, pretrained, weights, img_size, epochs, batch_size, lr, weight_decay,
+          ema_decay, label_smoothing, sampler, weighted_loss, val_fraction, target_sensitivity, seed,
+          max_train_images, resume, force) -> None:
+    """Fine-tune on the CPU; keep the best epoch by validation AUROC."""
+    from .train import TrainConfig, fit
+
+    fit(TrainConfig(data=data, out=out, model=model_name, pretrained=pretrained, weights=weights,
+                    img_size=img_size, epochs=epochs, batch_size=batch_size, lr=lr,
+                    weight_decay=weight_decay, ema_decay=ema_decay, label_smoothing=label_smoothing,
+                    sampler=sampler, weighted_loss=weighted_loss, val_fraction=val_fraction,
+                    target_sensitivity=target_sensitivity, seed=seed, max_train_images=max_train_images,
+                    resume=resume, force=force, progress=sys.stderr.isatty()))
+
+
+@main.command()
+@click.argument("checkpoint", type=click.Path())
+@click.option("--data", default=DEFAULT_DATA, show_default=True, help="Same data the checkpoint was trained on.")
+@click.option("--out", help="Output folder (default: CHECKPOINT/eval).")
+@click.option("--target-sensitivity", type=float, help="Operating point on validation (default: the checkpoint's).")
+@click.option("--bootstrap", type=int, default=1000, show_default=True, help="Bootstrap resamples for the CIs.")
+@click.option("--ledger", default="test_ledger.jsonl", show_default=True,
+              help="Append one line per test-split read here; '' disables.")
+@click.option("--note", default="", help="Free text for the ledger line.")
+@click.option("--force", is_flag=True, help="Overwrite a non-empty --out.")
+@friendly
+def evaluate(checkpoint, data, out, target_sensitivity, bootstrap, ledger, note, force) -> None:
+    """Calibrate on validation, then score the test split once (metrics, CIs, plots, ledger)."""
+    from pathlib import Path
+
+    from .evaluate import evaluate as run
+
+    out = out or str(Path(checkpoint if Path(checkpoint).is_dir() else Path(checkpoint).parent) / "eval")
+    run(checkpoint, data, out, target_sensitivity, bootstrap, ledger or None, force, note,
+        progress=sys.stderr.isatty())
+    click.echo(f"wrote {out}/results.json, report.md and plots")
+
+
+@main.command()
+@click.argument("checkpoint", type=click.Path())
+@click.option("--out", required=True, help="Bundle folder.")
+@click.option("--data", default=DEFAULT_DATA, show_default=True, help="Data whose test split the gates run on.")
+@click.option("--results", type=click.Path(file_okay=False), help="evaluate's output folder: its operating point is used.")
+@click.option("--atol", type=float, default=1e-4, show_default=True, help="Max |delta probability| PyTorch vs ONNX.")
+@click.option("--int8/--no-int8", default=True, show_default=True, help="Also write model.int8.onnx.")
+@click.option("--min-int8-agreement", type=float, default=0.99, show_default=True)
+@click.option("--max-int8-auroc-delta", type=float, default=0.005, show_default=True)
+@click.option("--calib-images", type=int, default=256, show_default=True, help="Training images for INT8 calibration.")
+@click.option("--guard/--no-guard", default=True, show_default=True, help="Fit the out-of-distribution guard.")
+@click.option("--force", is_flag=True, help="Write into a non-empty --out.")
+@friendly
+def export(checkpoint, out, data, results, atol, int8, min_int8_agreement, max_int8_auroc_delta,
+           calib_images, guard, force) -> None:
+    """Export to ONNX (+ INT8) with metadata, and gate on metric parity over the test split."""
+    import time
+    from pathlib import Path
+
+    from .onnx_export import GateConfig
+    from .onnx_export import export as run
+
+    t0 = time.perf_counter()
+    gate = GateConfig(atol=atol, int8_min_agreement=min_int8_agreement, int8_max_auroc_delta=max_int8_auroc_delta)
+    try:
+        r = run(checkpoint, out, data, gate, int8, calib_images, results, force, sys.stderr.isatty(), guard)
+    finally:
+        parity = Path(out) / "parity.json"
+        if parity.exists():
+            click.echo(f"parity report: {parity}")
+    for name, mb in r["sizes_mb"].items():
+        click.echo(f"wrote {Path(out) / name}  ({mb} MB)")
+    f = r["fp32"]
+    click.echo(f"parity PASSED on {f['n']} test images: max |delta prob| {f['max_abs_prob_diff']:.2e}, "
+               f"labels agree {f['label_agreement']:.2%}"
+               + (f"; INT8 agreement {r['int8']['label_agreement']:.2%}, delta AUROC {r['int8']['roc_auc_delta']:+.4f}"
+                  if "int8" in r else ""))
+    click.echo(f"done in {time.perf_counter() - t0:.1f}s. Next: pneumo-edge infer ./xrays --model {Path(out) / 'model.onnx'}")
+
+
+@main.command()
+@click.argument("paths", nargs=-1, required=True)
+@click.option("--model", "model_path", type=click.Path(), help="ONNX bundle model (default: the shipped export/model.onnx).")
+@click.option("--out", "out_csv", default="predictions.csv", show_default=True, help="CSV with one row per input.")
+@click.option("--json", "json_path", type=click.Path(), help="Also write the rows as JSON Lines here.")
+@click.option("--resume", is_flag=True, help="Skip inputs already in --out and append the rest.")
+@click.option("--force", is_flag=True, help="Overwrite an existing --out.")
+@click.option("--batch-size", type=int, default=16, show_default=True)
+@click.option("--workers", type=int, help="Decode threads (default: all cores).")
+@click.option("--guard/--no-guard", default=True, show_default=True,
+              help="Label out-of-distribution inputs REJECTED_OOD instead of classifying them.")
+@friendly
+def infer(paths, model_path, out_csv, json_path, resume, force, batch_size, workers, guard) -> None:
+    """Classify X-ray files and folders with onnxruntime (JPEG, PNG, BMP, TIFF, DICOM).
+
+    Exit code 0 when every file was classified, 1 when some could not be (all
+    others were, and every file has a row in --out), 2 for usage errors.
+    """
+    from pathlib import Path
+
+    from .runtime import EXIT_SOME_FAILED, EdgeModel, check_output, default_model_path, predict_paths
+
+    out = Path(out_csv)
+    check_output(out, resume, force)
+    model = EdgeModel(model_path or default_model_path())
+    s = predict_paths(list(paths), model, out, json_path, resume, batch_size, workers, guard)
+    labels = ", ".join(f"{k} {v}" for k, v in sorted(s.counts.items())) or "nothing"
+    click.echo(f"{s.n_files} inputs: {labels}"
+               + (f"; {s.n_skipped_resume} already done" if s.n_skipped_resume else "")
+               + f"; {s.images_per_s:.1f} images/s. Rows in {out}")
+    if s.n_failed:
+        click.echo(f"{s.n_failed} file(s) could not be classified: see the 'error' column", err=True)
+        sys.exit(EXIT_SOME_FAILED)

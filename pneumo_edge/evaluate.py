@@ -1,0 +1,155 @@
+"""Evaluate a checkpoint: calibrate on validation, then read the test split once.
+
+    results = evaluate("runs/lite0", data="../shared/data/chest_xray", out="runs/lite0/eval")
+
+Temperature and operating point (default: sensitivity 0.95) are fitted on the
+patient-level validation set carved from train with the checkpoint's own seed
+and fraction. The test split is only ever scored, and each scoring appends one
+line to the test ledger so that reuse of the test set is visible.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+
+from .atomic import prepare_out_dir, write_json, write_text
+from .checkpoint import load_checkpoint
+from .data import LABELS, carve_validation, decode_all, fingerprint, load_splits
+from .imaging import PreprocessSpec
+from .metrics import (METRIC_NAMES, binary_metrics, bootstrap_ci, expected_calibration_error,
+                      fit_temperature, prob_from_logits, reliability_bins, threshold_for_sensitivity)
+
+DEFAULT_LEDGER = "test_ledger.jsonl"
+
+
+def append_ledger(ledger: str | Path, entry: dict) -> None:
+    """One JSON line per read of the test split; appended and fsynced, never rewritten."""
+    ledger = Path(ledger)
+    ledger.parent.mkdir(parents=True, exist_ok=True)
+    with open(ledger, "a", encoding="utf-8") as f:
+        f.write(json.dumps(entry, sort_keys=True) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def count_ledger(ledger: str | Path) -> int:
+    ledger = Path(ledger)
+    return sum(1 for line in ledger.read_text().splitlines() if line.strip()) if ledger.exists() else 0
+
+
+def evaluate(checkpoint: str | Path, data: str, out: str | Path, target_sensitivity: float | None = None,
+             n_bootstrap: int = 1000, ledger: str | Path | None = DEFAULT_LEDGER, force: bool = False,
+             note: str = "", progress: bool = True) -> dict:
+    from .plots import confusion_matrix_plot, reliability_plot, roc_plot
+    from .train import predict_logits
+
+    out = prepare_out_dir(out, force)
+    model, config = load_checkpoint(checkpoint)
+    spec = PreprocessSpec.from_dict(config["preprocess"])
+    tcfg = config.get("train_config", {})
+    target = target_sensitivity or config.get("target_sensitivity", 0.95)
+
+    splits = load_splits(data)
+    fp = fingerprint(splits.train_pool)
+    if fp != config.get("data_fingerprint"):
+        print(f"warning: training data fingerprint {fp} differs from the checkpoint's "
+              f"{config.get('data_fingerprint')}: validation is carved from different data")
+    _, val_s, info = carve_validation(splits.train_pool, tcfg.get("val_fraction", 0.1), tcfg.get("seed", 42))
+    x_val, y_val, _ = decode_all(val_s, spec.size, progress=progress)
+    val_logits = predict_logits(model, x_val, spec)
+    temperature = fit_temperature(val_logits, y_val)
+    p_val_raw = prob_from_logits(val_logits)
+    p_val = prob_from_logits(val_logits, temperature)
+    threshold = threshold_for_sensitivity(y_val, p_val, target)
+
+    # The one read of the test split.
+    x_test, y_test, bad_test = decode_all(splits.test, spec.size, progress=progress)
+    test_logits = predict_logits(model, x_test, spec)
+    p_test_raw = prob_from_logits(test_logits)
+    p_test = prob_from_logits(test_logits, temperature)
+
+    at_op = binary_metrics(y_test, p_test, threshold)
+    at_half = binary_metrics(y_test, p_test, 0.5)
+    ci = bootstrap_ci(y_test, p_test, threshold, n=n_bootstrap)
+    results = {
+        "checkpoint": str(checkpoint),
+        "model": config["model"],
+        "weights_sha256": config.get("weights_sha256"),
+        "data": splits.origin,
+        "data_fingerprint": fp,
+        "input_size": spec.size,
+        "validation": {**info.__dict__, "metrics_at_0.5": binary_metrics(y_val, p_val, 0.5)},
+        "operating_point": {"target_sensitivity": target, "threshold": threshold,
+                            "chosen_on": "validation", "temperature": temperature},
+        "test": {"n": int(len(y_test)), "class_counts": {LABELS[k]: int((y_test == k).sum()) for k in range(2)},
+                 "unreadable": [n for n, _ in bad_test],
+                 "at_operating_point": at_op, "at_0.5": at_half, "ci95_at_operating_point": ci},
+        "calibration": {
+            "val_ece_before": expected_calibration_error(y_val, p_val_raw),
+            "val_ece_after": expected_calibration_error(y_val, p_val),
+            "test_ece_before": expected_calibration_error(y_test, p_test_raw),
+            "test_ece_after": expected_calibration_error(y_test, p_test),
+        },
+        "evaluated_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+    }
+    write_json(out / "results.json", results)
+    np.savez_compressed(out / "test_predictions.npz", logits=test_logits, labels=y_test)
+    confusion_matrix_plot(at_op["confusion_matrix"], list(LABELS), out / "confusion_matrix.png",
+                          f"test, threshold {threshold:.3f} (val sensitivity {target:.2f})")
+    roc_plot(y_test, p_test, out / "roc.png", {"operating point": threshold, "0.5": 0.5},
+             f"test ROC, {config['model']} @ {spec.size}px")
+    reliability_plot({"before (T=1)": reliability_bins(y_test, p_test_raw),
+                      f"after (T={temperature:.2f})": reliability_bins(y_test, p_test)},
+                     out / "reliability.png", "test reliability, temperature fitted on validation")
+    write_text(out / "report.md", render_report(results))
+    if ledger:
+        append_ledger(ledger, {
+            "time": results["evaluated_at"], "model": config["model"], "input_size": spec.size,
+            "recipe": {k: tcfg.get(k) for k in ("epochs", "lr", "batch_size", "ema_decay", "label_smoothing",
+                                                 "sampler", "weighted_loss", "seed")},
+            "weights_sha256": (config.get("weights_sha256") or "")[:16], "note": note,
+            "roc_auc": round(at_op["roc_auc"], 4), "accuracy": round(at_op["accuracy"], 4),
+            "sensitivity": round(at_op["recall"], 4), "specificity": round(at_op["specificity"], 4),
+        })
+    print(render_summary(results))
+    return results
+
+
+def render_summary(r: dict) -> str:
+    op, h = r["test"]["at_operating_point"], r["test"]["at_0.5"]
+    return (f"test ({r['test']['n']} images): ROC-AUC {op['roc_auc']:.4f}  PR-AUC {op['pr_auc']:.4f}\n"
+            f"  at validation operating point t={op['threshold']:.3f}: accuracy {op['accuracy']:.4f}  "
+            f"sensitivity {op['recall']:.4f}  specificity {op['specificity']:.4f}  F1 {op['f1']:.4f}\n"
+            f"  at 0.5: accuracy {h['accuracy']:.4f}  sensitivity {h['recall']:.4f}  specificity {h['specificity']:.4f}")
+
+
+def render_report(r: dict) -> str:
+    op, h, ci = r["test"]["at_operating_point"], r["test"]["at_0.5"], r["test"]["ci95_at_operating_point"]
+    cal, v = r["calibration"], r["validation"]
+    rows = "\n".join(
+        f"| {k} | {op[k]:.4f} [{ci[k][0]:.4f}, {ci[k][1]:.4f}] | {h[k]:.4f} |" for k in METRIC_NAMES)
+    (tn, fp), (fn, tp) = op["confusion_matrix"]
+    return f"""# Evaluation: {r['model']} @ {r['input_size']} px
+
+Test split: {r['test']['n']} images ({', '.join(f'{k} {n}' for k, n in r['test']['class_counts'].items())}), read once.
+Validation: {v['n_val']} images from {v['n_groups_val']} {v['grouping']} groups, carved from train.
+
+Operating point chosen on validation for sensitivity >= {r['operating_point']['target_sensitivity']}:
+threshold {op['threshold']:.4f} on P(pneumonia) after temperature scaling (T = {r['operating_point']['temperature']:.3f}).
+
+| metric (test) | at operating point [95% bootstrap CI] | at 0.5 |
+|---|---|---|
+{rows}
+
+Confusion matrix at the operating point: TN {tn}, FP {fp}, FN {fn}, TP {tp}.
+
+Calibration (expected calibration error, 15 bins): validation {cal['val_ece_before']:.4f} -> {cal['val_ece_after']:.4f},
+test {cal['test_ece_before']:.4f} -> {cal['test_ece_after']:.4f} (before -> after temperature scaling).
+
+![confusion matrix](confusion_matrix.png) ![ROC](roc.png) ![reliability](reliability.png)
+"""

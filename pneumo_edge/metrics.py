@@ -1,0 +1,131 @@
+"""Binary classification metrics, calibration and the validation-chosen operating point.
+
+Pure numpy/scikit-learn, shared by evaluate, export parity and bench.
+
+    p = prob_from_logits(logits, temperature=1.3)
+    m = binary_metrics(y, p, threshold=0.42)
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+METRIC_NAMES = ("accuracy", "precision", "recall", "specificity", "f1", "roc_auc", "pr_auc")
+
+
+def prob_from_logits(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
+    """P(class 1) from 2-class logits: softmax over (l / T), written stably as a sigmoid."""
+    logits = np.asarray(logits, np.float64)
+    z = (logits[:, 1] - logits[:, 0]) / temperature
+    return 1.0 / (1.0 + np.exp(-z))
+
+
+def confusion(y: np.ndarray, pred: np.ndarray) -> np.ndarray:
+    """[[TN, FP], [FN, TP]] with rows = truth (0 NORMAL, 1 PNEUMONIA)."""
+    y, pred = np.asarray(y).astype(int), np.asarray(pred).astype(int)
+    return np.array([[np.sum((y == 0) & (pred == 0)), np.sum((y == 0) & (pred == 1))],
+                     [np.sum((y == 1) & (pred == 0)), np.sum((y == 1) & (pred == 1))]])
+
+
+def _ratio(a: float, b: float) -> float:
+    return float(a / b) if b else 0.0
+
+
+def binary_metrics(y: np.ndarray, p: np.ndarray, threshold: float = 0.5) -> dict:
+    from sklearn.metrics import average_precision_score, roc_auc_score
+
+    y, p = np.asarray(y).astype(int), np.asarray(p, np.float64)
+    (tn, fp), (fn, tp) = confusion(y, p >= threshold)
+    precision, recall = _ratio(tp, tp + fp), _ratio(tp, tp + fn)
+    both = len(np.unique(y)) == 2
+    return {
+        "accuracy": _ratio(tp + tn, len(y)),
+        "precision": precision,
+        "recall": recall,  # = sensitivity
+        "specificity": _ratio(tn, tn + fp),
+        "f1": _ratio(2 * precision * recall, precision + recall),
+        "roc_auc": float(roc_auc_score(y, p)) if both else float("nan"),
+        "pr_auc": float(average_precision_score(y, p)) if both else float("nan"),
+        "threshold": float(threshold),
+        "confusion_matrix": [[int(tn), int(fp)], [int(fn), int(tp)]],
+        "n": int(len(y)),
+    }
+
+
+def threshold_for_sensitivity(y: np.ndarray, p: np.ndarray, target: float = 0.95) -> float:
+    """The highest threshold whose sensitivity on (y, p) is still >= target.
+
+    Highest, because among thresholds that meet the sensitivity target it gives
+    the best specificity.
+    """
+    y, p = np.asarray(y).astype(int), np.asarray(p, np.float64)
+    pos = np.sort(p[y == 1])
+    if len(pos) == 0:
+        raise ValueError("no positive samples to set a sensitivity target on")
+    # At threshold t = pos[k], the positives >= t are len(pos) - k; keep the largest such k.
+    k = int(np.floor(len(pos) * (1.0 - target) + 1e-9))
+    k = min(max(k, 0), len(pos) - 1)
+    return float(pos[k])
+
+
+def fit_temperature(logits: np.ndarray, y: np.ndarray) -> float:
+    """Temperature T > 0 that minimises the validation negative log-likelihood."""
+    from scipy.optimize import minimize_scalar
+
+    logits = np.asarray(logits, np.float64)
+    z = logits[:, 1] - logits[:, 0]
+    y = np.asarray(y).astype(np.float64)
+
+    def nll(log_t: float) -> float:
+        s = z / np.exp(log_t)
+        return float(np.mean(np.logaddexp(0.0, s) - y * s))
+
+    res = minimize_scalar(nll, bounds=(np.log(0.05), np.log(20.0)), method="bounded")
+    return float(np.exp(res.x))
+
+
+def expected_calibration_error(y: np.ndarray, p: np.ndarray, bins: int = 15) -> float:
+    """Top-label ECE: |accuracy - confidence| averaged over equal-width confidence bins."""
+    y, p = np.asarray(y).astype(int), np.asarray(p, np.float64)
+    pred = (p >= 0.5).astype(int)
+    conf = np.where(pred == 1, p, 1.0 - p)
+    correct = (pred == y).astype(np.float64)
+    edges = np.linspace(0.5, 1.0, bins + 1)
+    idx = np.clip(np.digitize(conf, edges[1:-1], right=True), 0, bins - 1)
+    ece = 0.0
+    for b in range(bins):
+        m = idx == b
+        if m.any():
+            ece += m.mean() * abs(correct[m].mean() - conf[m].mean())
+    return float(ece)
+
+
+def reliability_bins(y: np.ndarray, p: np.ndarray, bins: int = 10) -> dict:
+    """Per-bin mean predicted P(positive) and observed positive rate, for the diagram."""
+    y, p = np.asarray(y).astype(int), np.asarray(p, np.float64)
+    edges = np.linspace(0.0, 1.0, bins + 1)
+    idx = np.clip(np.digitize(p, edges[1:-1], right=True), 0, bins - 1)
+    out = {"mean_predicted": [], "observed": [], "count": []}
+    for b in range(bins):
+        m = idx == b
+        out["count"].append(int(m.sum()))
+        out["mean_predicted"].append(float(p[m].mean()) if m.any() else None)
+        out["observed"].append(float(y[m].mean()) if m.any() else None)
+    return out
+
+
+def bootstrap_ci(y: np.ndarray, p: np.ndarray, threshold: float, n: int = 1000, seed: int = 0,
+                 level: float = 0.95) -> dict[str, list[float]]:
+    """Percentile bootstrap intervals (resampling images) for every metric in METRIC_NAMES."""
+    y, p = np.asarray(y).astype(int), np.asarray(p, np.float64)
+    rng = np.random.default_rng(seed)
+    draws = {k: [] for k in METRIC_NAMES}
+    for _ in range(n):
+        i = rng.integers(0, len(y), len(y))
+        if len(np.unique(y[i])) < 2:
+            continue
+        m = binary_metrics(y[i], p[i], threshold)
+        for k in METRIC_NAMES:
+            draws[k].append(m[k])
+    lo, hi = (1 - level) / 2 * 100, (1 + level) / 2 * 100
+    return {k: [float(np.percentile(v, lo)), float(np.percentile(v, hi))] for k, v in draws.items()}

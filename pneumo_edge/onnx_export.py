@@ -1,0 +1,278 @@
+"""Export a checkpoint to a self-contained ONNX bundle and prove it gives the same answers.
+
+    report = export("runs/lite0", out="export", data="../shared/data/chest_xray")
+
+Writes `model.onnx` (fp32, dynamic batch, all deployment metadata inside),
+`model.int8.onnx` (static QDQ quantization calibrated on training images), the
+PyTorch twin, and `parity.json` / `parity.md`. Both gates run on the test split
+through the same preprocessing code; every failed check is listed before the
+command exits non-zero. Nothing is moved into the output folder until it is
+complete.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from . import __version__
+from .atomic import prepare_out_dir, write_json, write_text
+from .checkpoint import CONFIG, WEIGHTS, load_checkpoint, resolve
+from .errors import ParityError
+from .imaging import PreprocessSpec, normalize
+from .metrics import METRIC_NAMES, binary_metrics
+from .runtime import META_KEY, EdgeModel
+
+OPSET = 18
+
+
+class WithEmbedding(nn.Module):
+    """Outputs logits and the penultimate embedding (the OOD guard reads the latter)."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor):
+        emb = self.model.forward_head(self.model.forward_features(x), pre_logits=True)
+        return self.model.get_classifier()(emb), emb
+
+
+def export_onnx(model: nn.Module, spec: PreprocessSpec, path: Path, meta: dict) -> None:
+    """Trace with the dynamo exporter, embed metadata, run the full onnx checker."""
+    import warnings
+
+    import onnx
+
+    x = torch.zeros(2, spec.channels, spec.size, spec.size)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        program = torch.onnx.export(
+            WithEmbedding(model).eval(), (x,), dynamo=True, opset_version=OPSET,
+            input_names=["image"], output_names=["logits", "embedding"],
+            dynamic_shapes=({0: torch.export.Dim("batch")},), verbose=False)
+    program.save(str(path))
+    proto = onnx.load(str(path))
+    set_metadata(proto, meta)
+    onnx.save(proto, str(path))
+    onnx.checker.check_model(str(path), full_check=True)
+
+
+def set_metadata(proto, meta: dict) -> None:
+    del proto.metadata_props[:]
+    entry = proto.metadata_props.add()
+    entry.key, entry.value = META_KEY, json.dumps(meta, sort_keys=True)
+    proto.producer_name = "pneumo-edge"
+    proto.producer_version = __version__
+
+
+def bundle_metadata(config: dict, threshold: float, temperature: float) -> dict:
+    return {
+        "pneumo_edge_version": __version__,
+        "model": config["model"],
+        "labels": config["labels"],
+        "preprocess": config["preprocess"],
+        "input": {"name": "image", "layout": "NCHW", "dtype": "float32",
+                  "range": "grey level / 255, then (x - mean) / std"},
+        "outputs": {"logits": "unnormalised class scores", "embedding": "penultimate features"},
+        "threshold": threshold,
+        "temperature": temperature,
+        "probability": "softmax(logits / temperature)[PNEUMONIA]; label PNEUMONIA if >= threshold",
+        "target_sensitivity": config.get("target_sensitivity"),
+        "data_fingerprint": config.get("data_fingerprint"),
+        "weights_sha256": config.get("weights_sha256"),
+    }
+
+
+# ---------------------------------------------------------------- parity
+
+@dataclass
+class GateConfig:
+    atol: float = 1e-4  # max |delta probability| PyTorch vs onnxruntime fp32
+    int8_min_agreement: float = 0.99
+    int8_max_auroc_delta: float = 0.005
+
+
+def _side_by_side(y, p_a, p_b, threshold) -> dict:
+    a, b = binary_metrics(y, p_a, threshold), binary_metrics(y, p_b, threshold)
+    return {k: {"a": a[k], "b": b[k], "delta": b[k] - a[k]} for k in METRIC_NAMES} | {
+        "confusion_matrix": {"a": a["confusion_matrix"], "b": b["confusion_matrix"]}}
+
+
+def check_parity(model: nn.Module, edge: EdgeModel, resized: np.ndarray, y: np.ndarray,
+                 gate: GateConfig) -> tuple[dict, list[str]]:
+    """PyTorch vs onnxruntime fp32 on identical inputs; returns (report, failures)."""
+    from .metrics import prob_from_logits
+
+    failures: list[str] = []
+    with torch.no_grad():
+        ref = [WithEmbedding(model).eval()(torch.from_numpy(normalize(resized[i:i + 32], edge.spec)))
+               for i in range(0, len(resized), 32)]
+    t_logits = torch.cat([r[0] for r in ref]).numpy()
+    t_emb = torch.cat([r[1] for r in ref]).numpy()
+    outs = [edge.run(normalize(resized[i:i + 32], edge.spec)) for i in range(0, len(resized), 32)]
+    o_logits = np.concatenate([o["logits"] for o in outs])
+    o_emb = np.concatenate([o["embedding"] for o in outs])
+    if edge.output_names[:2] != ["logits", "embedding"]:
+        failures.append(f"output names {edge.output_names} != ['logits', 'embedding']")
+    if o_logits.shape != t_logits.shape:
+        failures.append(f"logits shape {o_logits.shape} != PyTorch {t_logits.shape}")
+        return {"failures": failures}, failures
+    p_t = prob_from_logits(t_logits, edge.temperature)
+    p_o = prob_from_logits(o_logits, edge.temperature)
+    lab_t, lab_o = p_t >= edge.threshold, p_o >= edge.threshold
+    report = {
+        "n": int(len(y)),
+        "max_abs_logit_diff": float(np.abs(o_logits - t_logits).max()),
+        "max_abs_prob_diff": float(np.abs(p_o - p_t).max()),
+        "max_abs_embedding_diff": float(np.abs(o_emb - t_emb).max()),
+        "label_agreement": float((lab_t == lab_o).mean()),
+        "labels_differing": int((lab_t != lab_o).sum()),
+        "atol": gate.atol,
+        "metrics": _side_by_side(y, p_t, p_o, edge.threshold),
+    }
+    if report["max_abs_prob_diff"] > gate.atol:
+        failures.append(f"max |delta prob| {report['max_abs_prob_diff']:.3g} > atol {gate.atol:g}")
+    if report["labels_differing"]:
+        failures.append(f"{report['labels_differing']} of {len(y)} labels differ between PyTorch and onnxruntime")
+    return report, failures
+
+
+def check_int8(fp32: EdgeModel, int8: EdgeModel, resized: np.ndarray, y: np.ndarray,
+               gate: GateConfig) -> tuple[dict, list[str]]:
+    p32 = fp32.probability(fp32.logits(resized))
+    p8 = int8.probability(int8.logits(resized))
+    agree = float(((p32 >= fp32.threshold) == (p8 >= int8.threshold)).mean())
+    metrics = _side_by_side(y, p32, p8, fp32.threshold)
+    d_auc = metrics["roc_auc"]["delta"]
+    report = {"n": int(len(y)), "label_agreement": agree, "max_abs_prob_diff": float(np.abs(p8 - p32).max()),
+              "roc_auc_delta": d_auc, "min_agreement": gate.int8_min_agreement,
+              "max_auroc_delta": gate.int8_max_auroc_delta, "metrics": metrics}
+    failures = []
+    if agree < gate.int8_min_agreement:
+        failures.append(f"INT8 label agreement {agree:.4f} < {gate.int8_min_agreement}")
+    if abs(d_auc) > gate.int8_max_auroc_delta:
+        failures.append(f"INT8 |delta ROC-AUC| {abs(d_auc):.4f} > {gate.int8_max_auroc_delta}")
+    return report, failures
+
+
+# ---------------------------------------------------------------- INT8
+
+def quantize_int8(fp32_path: Path, int8_path: Path, calib: np.ndarray, spec: PreprocessSpec) -> None:
+    """Static QDQ quantization: per-channel int8 weights, uint8 activations, calibrated on `calib`."""
+    from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod, QuantFormat,
+                                          QuantType, quantize_static)
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    class Reader(CalibrationDataReader):
+        def __init__(self):
+            self._it = iter(range(0, len(calib), 16))
+
+        def get_next(self):
+            i = next(self._it, None)
+            return None if i is None else {"image": normalize(calib[i:i + 16], spec)}
+
+    pre = int8_path.with_suffix(".pre.onnx")
+    quant_pre_process(str(fp32_path), str(pre), skip_symbolic_shape=True)
+    quantize_static(str(pre), str(int8_path), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
+                    activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                    calibrate_method=CalibrationMethod.MinMax)
+    pre.unlink(missing_ok=True)
+
+
+# ---------------------------------------------------------------- orchestration
+
+def export(checkpoint: str | Path, out: str | Path, data: str, gate: GateConfig = GateConfig(),
+           int8: bool = True, calib_images: int = 256, results: str | Path | None = None,
+           force: bool = False, progress: bool = True, guard: bool = True) -> dict:
+    import onnx
+
+    from .data import carve_validation, decode_all, load_splits
+
+    t0 = time.perf_counter()
+    weights_path, _ = resolve(checkpoint)
+    model, config = load_checkpoint(checkpoint)
+    spec = PreprocessSpec.from_dict(config["preprocess"])
+    threshold, temperature = config.get("threshold", 0.5), config.get("temperature", 1.0)
+    if results:  # the operating point that evaluate chose on validation
+        op = json.loads((Path(results) / "results.json").read_text())["operating_point"]
+        threshold, temperature = op["threshold"], op["temperature"]
+    out = prepare_out_dir(out, force)
+    meta = bundle_metadata(config, threshold, temperature)
+
+    splits = load_splits(data)
+    tcfg = config.get("train_config", {})
+    train_s, val_s, _ = carve_validation(splits.train_pool, tcfg.get("val_fraction", 0.1), tcfg.get("seed", 42))
+    x_test, y_test, _ = decode_all(splits.test, spec.size, progress=progress)
+
+    failures: list[str] = []
+    report: dict = {"checkpoint": str(checkpoint), "data": splits.origin, "split": "test"}
+    with tempfile.TemporaryDirectory(dir=out, prefix=".export-") as tmp:
+        tmp = Path(tmp)
+        if guard:
+            from .ood import fit_guard
+
+            meta["ood"] = fit_guard(model, spec, train_s, val_s, progress=progress)
+        export_onnx(model, spec, tmp / "model.onnx", meta)
+        fp32 = EdgeModel(tmp / "model.onnx")
+        report["fp32"], f = check_parity(model, fp32, x_test, y_test, gate)
+        failures += f
+        files = ["model.onnx"]
+        if int8:
+            rng = np.random.default_rng(0)
+            pick = sorted(rng.choice(len(train_s), min(calib_images, len(train_s)), replace=False))
+            x_cal, _, _ = decode_all([train_s[i] for i in pick], spec.size, progress=progress)
+            quantize_int8(tmp / "model.onnx", tmp / "model.int8.onnx", x_cal, spec)
+            q = onnx.load(str(tmp / "model.int8.onnx"))
+            set_metadata(q, {**meta, "quantization": f"static QDQ int8, per-channel, {len(x_cal)} training images"})
+            onnx.save(q, str(tmp / "model.int8.onnx"))
+            report["int8"], f = check_int8(fp32, EdgeModel(tmp / "model.int8.onnx"), x_test, y_test, gate)
+            failures += f
+            files.append("model.int8.onnx")
+        report["sizes_mb"] = {n: round((tmp / n).stat().st_size / 1e6, 2) for n in files}
+        report["failures"] = failures
+        report["passed"] = not failures
+        report["export_seconds"] = round(time.perf_counter() - t0, 1)
+        for n in files:  # complete files only, each moved in one rename
+            (tmp / n).replace(out / n)
+    twin_config = {**config, "threshold": threshold, "temperature": temperature}
+    shutil.copyfile(weights_path, out / WEIGHTS)
+    write_json(out / CONFIG, twin_config)
+    write_json(out / "parity.json", report)
+    write_text(out / "parity.md", render_parity(report))
+    if failures:
+        raise ParityError(failures)
+    return report
+
+
+def render_parity(r: dict) -> str:
+    lines = ["# Export parity (test split)", ""]
+    if "fp32" in r and "metrics" in r["fp32"]:
+        f = r["fp32"]
+        lines += [f"PyTorch vs onnxruntime fp32 on {f['n']} images: max |delta logit| {f['max_abs_logit_diff']:.2e}, "
+                  f"max |delta prob| {f['max_abs_prob_diff']:.2e} (atol {f['atol']:g}), "
+                  f"label agreement {f['label_agreement']:.2%}.", ""]
+    header = "| metric | PyTorch | ONNX fp32 | delta |" + (" ONNX INT8 | delta vs fp32 |" if "int8" in r else "")
+    lines += [header, "|" + "---|" * (header.count("|") - 1)]
+    for k in METRIC_NAMES:
+        m = r["fp32"]["metrics"][k]
+        row = f"| {k} | {m['a']:.4f} | {m['b']:.4f} | {m['delta']:+.2e} |"
+        if "int8" in r:
+            q = r["int8"]["metrics"][k]
+            row += f" {q['b']:.4f} | {q['delta']:+.4f} |"
+        lines.append(row)
+    if "int8" in r:
+        i = r["int8"]
+        lines += ["", f"INT8 vs fp32: label agreement {i['label_agreement']:.2%} (gate >= {i['min_agreement']:.0%}), "
+                  f"delta ROC-AUC {i['roc_auc_delta']:+.4f} (gate <= {i['max_auroc_delta']})."]
+    lines += ["", f"Sizes (MB): {', '.join(f'{k} {v}' for k, v in r['sizes_mb'].items())}.",
+              f"Verdict: {'PASSED' if r['passed'] else 'FAILED: ' + '; '.join(r['failures'])}"]
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,81 @@
+"""Fixtures: a tiny synthetic chest-X-ray-shaped dataset and a tiny trained checkpoint.
+
+The synthetic classes differ in a way a small network learns in one epoch
+(PNEUMONIA images carry bright blotches in the "lungs"), file names carry
+patient ids exactly like the real dataset.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
+REAL = SHARED / "chest_xray"
+EXTERNAL = SHARED / "external_cxr"
+TINY_MODEL = "test_efficientnet"
+TINY_SIZE = 64
+
+
+def xray_like(rng: np.random.Generator, pneumonia: bool, size=(96, 80)) -> np.ndarray:
+    h, w = size
+    yy, xx = np.mgrid[0:h, 0:w]
+    img = 60 + 40 * np.exp(-((xx - w / 2) ** 2) / (2 * (w / 6) ** 2))  # mediastinum
+    for cx in (w * 0.3, w * 0.7):  # dark lungs
+        img -= 30 * np.exp(-(((xx - cx) / (w / 7)) ** 2 + ((yy - h / 2) / (h / 4)) ** 2))
+    if pneumonia:
+        for _ in range(3):
+            cx, cy = rng.uniform(0.2, 0.8) * w, rng.uniform(0.3, 0.7) * h
+            img += 90 * np.exp(-(((xx - cx) / 6) ** 2 + ((yy - cy) / 6) ** 2))
+    img += rng.normal(0, 6, img.shape)
+    return np.clip(img, 0, 255).astype(np.uint8)
+
+
+def make_dataset(root: Path, n_train: int = 24, n_val: int = 4, n_test: int = 10, seed: int = 0) -> Path:
+    rng = np.random.default_rng(seed)
+    counter = 0
+    for split, n in (("train", n_train), ("val", n_val), ("test", n_test)):
+        for label in ("NORMAL", "PNEUMONIA"):
+            folder = root / split / label
+            folder.mkdir(parents=True, exist_ok=True)
+            for i in range(n):
+                counter += 1
+                patient = counter // 2  # two images per patient: the split must keep them together
+                name = (f"IM-{patient:04d}-{counter % 2 + 1:04d}.jpeg" if label == "NORMAL"
+                        else f"person{patient}_bacteria_{counter}.jpeg")
+                Image.fromarray(xray_like(rng, label == "PNEUMONIA")).save(folder / name, quality=92)
+    return root
+
+
+@pytest.fixture(scope="session")
+def tiny_data(tmp_path_factory) -> Path:
+    return make_dataset(tmp_path_factory.mktemp("data") / "chest_xray")
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tiny_data, tmp_path_factory) -> Path:
+    """One epoch of the tiny model on the tiny data, through the library API."""
+    from pneumo_edge.train import TrainConfig, fit
+
+    out = tmp_path_factory.mktemp("run") / "ckpt"
+    fit(TrainConfig(data=str(tiny_data), out=str(out), model=TINY_MODEL, pretrained="none", img_size=TINY_SIZE,
+                    epochs=2, batch_size=8, lr=3e-3, warmup_steps=2, ema_decay=0, val_fraction=0.25,
+                    progress=False))
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_bundle(tiny_checkpoint, tiny_data, tmp_path_factory) -> Path:
+    from pneumo_edge.onnx_export import GateConfig, export
+
+    out = tmp_path_factory.mktemp("bundle") / "bundle"
+    export(tiny_checkpoint, out, str(tiny_data), GateConfig(int8_min_agreement=0.0, int8_max_auroc_delta=1.0),
+           calib_images=16, progress=False)
+    return out
+
+
+needs_real = pytest.mark.skipif(not REAL.is_dir(), reason="../shared/data/chest_xray not present")
+needs_external = pytest.mark.skipif(not EXTERNAL.is_dir(), reason="../shared/data/external_cxr not present")

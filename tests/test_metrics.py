@@ -1,0 +1,52 @@
+import numpy as np
+import pytest
+
+from pneumo_edge.metrics import (binary_metrics, bootstrap_ci, expected_calibration_error, fit_temperature,
+                                 prob_from_logits, threshold_for_sensitivity)
+
+
+def test_binary_metrics_hand_checked():
+    y = np.array([0, 0, 0, 0, 1, 1, 1, 1, 1, 1])
+    p = np.array([0.1, 0.2, 0.6, 0.3, 0.9, 0.8, 0.4, 0.7, 0.95, 0.55])
+    m = binary_metrics(y, p, 0.5)
+    # TN=3 (0.1, 0.2, 0.3), FP=1 (0.6), FN=1 (0.4), TP=5
+    assert m["confusion_matrix"] == [[3, 1], [1, 5]]
+    assert m["accuracy"] == pytest.approx(0.8)
+    assert m["precision"] == pytest.approx(5 / 6)
+    assert m["recall"] == pytest.approx(5 / 6)
+    assert m["specificity"] == pytest.approx(0.75)
+    assert m["f1"] == pytest.approx(5 / 6)
+    # AUROC: 24 positive-negative pairs, the negative 0.6 beats positives 0.4 and 0.55; 0.4 loses to 0.6 only
+    # pairs won = 24 - (0.4 < 0.6) - (0.55 < 0.6) = 22
+    assert m["roc_auc"] == pytest.approx(22 / 24)
+
+
+def test_threshold_for_sensitivity_is_highest_that_meets_target():
+    y = np.array([1] * 20 + [0] * 5)
+    p = np.concatenate([np.linspace(0.05, 1.0, 20), np.full(5, 0.5)])
+    t = threshold_for_sensitivity(y, p, 0.95)
+    sens = ((p >= t) & (y == 1)).sum() / 20
+    assert sens >= 0.95
+    higher = np.sort(p[y == 1])[np.sort(p[y == 1]) > t][0]
+    assert ((p >= higher) & (y == 1)).sum() / 20 < 0.95  # any higher threshold misses the target
+
+
+def test_temperature_recovers_overconfidence():
+    rng = np.random.default_rng(0)
+    z = rng.normal(0, 2, 4000)
+    y = (rng.random(4000) < 1 / (1 + np.exp(-z))).astype(int)
+    logits = np.stack([np.zeros_like(z), 3.0 * z], 1)  # three times too confident
+    t = fit_temperature(logits, y)
+    assert t == pytest.approx(3.0, rel=0.1)
+    assert expected_calibration_error(y, prob_from_logits(logits, t)) < expected_calibration_error(
+        y, prob_from_logits(logits))
+
+
+def test_bootstrap_ci_contains_point_estimate():
+    rng = np.random.default_rng(1)
+    y = rng.integers(0, 2, 300)
+    p = np.clip(y * 0.6 + rng.random(300) * 0.5, 0, 1)
+    point = binary_metrics(y, p, 0.5)
+    ci = bootstrap_ci(y, p, 0.5, n=200)
+    for k, (lo, hi) in ci.items():
+        assert lo <= point[k] <= hi and hi - lo < 0.3, k
