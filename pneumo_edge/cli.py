@@ -173,3 +173,91 @@ def infer(paths, model_path, out_csv, json_path, resume, force, batch_size, work
     if s.n_failed:
         click.echo(f"{s.n_failed} file(s) could not be classified: see the 'error' column", err=True)
         sys.exit(EXIT_SOME_FAILED)
+
+
+@main.command()
+@click.argument("images", nargs=-1, required=True)
+@click.option("--bundle", default=None, help="Folder with model.safetensors + config.json (default: the shipped export/).")
+@click.option("--out", required=True, help="Folder for the overlay PNGs and the contact sheet.")
+@click.option("--layer", default="conv_head", show_default=True, help="Target layer for Grad-CAM.")
+@click.option("--target", type=click.Choice(["NORMAL", "PNEUMONIA"], case_sensitive=False),
+              help="Explain this class instead of the predicted one.")
+@click.option("--force", is_flag=True, help="Write into a non-empty --out.")
+@friendly
+def explain(images, bundle, out, layer, target, force) -> None:
+    """Grad-CAM heat maps on the PyTorch twin of the bundle."""
+    from .gradcam import explain as run
+    from .runtime import default_model_path
+
+    records = run(list(images), bundle or default_model_path().parent, out, layer, target, force)
+    for r in records:
+        if r["status"] == "ok":
+            click.echo(f"{r['png']}: P(pneumonia) {r['probability']:.3f} -> {r['label']}")
+        else:
+            click.echo(f"{r['path']}: error: {r['error']}", err=True)
+    ok = sum(r["status"] == "ok" for r in records)
+    if ok > 1:
+        click.echo(f"contact sheet: {out}/contact_sheet.png")
+    if ok < len(records):
+        sys.exit(1)
+
+
+@main.command()
+@click.option("--bundle", default=None, help="Bundle folder (default: the shipped export/).")
+@click.option("--data", default="../shared/data/chest_xray", show_default=True,
+              help="Dataset root whose test split is timed; the committed X-rays are used when it is absent.")
+@click.option("--out", default="bench/results", show_default=True)
+@click.option("--iters", type=int, default=200, show_default=True, help="Timed batch-1 calls per variant.")
+@click.option("--batch-iters", type=int, default=25, show_default=True, help="Timed batch-16 calls per variant.")
+@click.option("--smoke", is_flag=True, help="A few iterations, no end-to-end run: checks the machinery only.")
+@click.option("--min-auroc", type=float, help="Fail (exit 4) if any variant's ROC-AUC is lower.")
+@click.option("--max-p50-ms", type=float, help="Fail (exit 4) if INT8 batch-1 p50 latency is higher.")
+@friendly
+def bench(bundle, data, out, iters, batch_iters, smoke, min_auroc, max_p50_ms) -> None:
+    """Latency, throughput and accuracy of PyTorch eager vs onnxruntime fp32 vs INT8."""
+    from .bench import BenchConfig, run_benchmark
+    from .runtime import default_model_path
+
+    cfg = BenchConfig(bundle=bundle or str(default_model_path().parent), data=data, out=out,
+                      iters=5 if smoke else iters, batch_iters=2 if smoke else batch_iters,
+                      warmup=1 if smoke else 10, end_to_end=not smoke, min_auroc=min_auroc, max_p50_ms=max_p50_ms)
+    run_benchmark(cfg)
+
+
+@main.command()
+@click.argument("bundle", type=click.Path())
+@click.option("--repo-id", required=True, help="Hugging Face model repository, e.g. me/pneumo-edge-lite0.")
+@click.option("--dry-run", is_flag=True, help="List what would be uploaded; upload nothing.")
+@click.option("--private", is_flag=True)
+@friendly
+def push(bundle, repo_id, dry_run, private) -> None:
+    """Upload a bundle (model card included) to the Hugging Face hub."""
+    from .hub import push as run
+
+    files = run(bundle, repo_id, dry_run, private)
+    total = sum(f.stat().st_size for f in files) / 1e6
+    for f in files:
+        click.echo(f"{'would upload' if dry_run else 'uploaded'} {f}  ({f.stat().st_size / 1e6:.2f} MB)")
+    click.echo(f"{len(files)} files, {total:.1f} MB {'(dry run)' if dry_run else f'-> https://huggingface.co/{repo_id}'}")
+
+
+@main.command("guard-report")
+@click.option("--model", "model_path", type=click.Path(), help="Bundle model (default: the shipped export/model.onnx).")
+@click.option("--data", default="../shared/data/chest_xray", show_default=True,
+              help="Dataset root: its test split measures how many real X-rays the guard wrongly rejects.")
+@click.option("--out", "out_json", type=click.Path(), help="Write the report as JSON here (and .md beside it).")
+@friendly
+def guard_report(model_path, data, out_json) -> None:
+    """How often the OOD guard rejects real X-rays, and each kind of non-X-ray image."""
+    from pathlib import Path
+
+    from .atomic import write_text
+    from .ood import guard_report as run
+    from .ood import render_guard_report
+    from .runtime import default_model_path
+
+    r = run(str(model_path or default_model_path()), data if data and Path(data).is_dir() else None, out_json)
+    table = render_guard_report(r)
+    if out_json:
+        write_text(Path(out_json).with_suffix(".md"), table)
+    click.echo(table)

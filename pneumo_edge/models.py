@@ -124,6 +124,12 @@ def create_model(name: str = DEFAULT_MODEL, pretrained: str = "auto", weights: s
     model = timm.create_model(name, pretrained=False, num_classes=num_classes, in_chans=1)
     cfg = model.pretrained_cfg
     first_conv = cfg.get("first_conv", "conv_stem")
+    # timm's Google-style init scales the head by 1/sqrt(fan_out): with 2 classes that gives logits in the
+    # tens and a first epoch spent unlearning them. A zero head starts both classes at equal odds.
+    head = model.get_classifier()
+    if isinstance(head, nn.Linear):
+        nn.init.zeros_(head.weight)
+        nn.init.zeros_(head.bias)
 
     state = None
     if weights:

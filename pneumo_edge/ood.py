@@ -142,3 +142,168 @@ def fit_guard(model, spec, train_samples, val_samples, n_fit: int = FIT_IMAGES, 
 
     guard = fit_from_arrays(embed(x_tr), y_tr, image_stats(x_tr), embed(x_va))
     return guard.to_meta()
+
+
+# ---------------------------------------------------------------- evaluation set and report
+
+def _text_page(rng: np.random.Generator, size=(640, 480)) -> np.ndarray:
+    from PIL import Image, ImageDraw
+
+    img = Image.new("L", size, 255)
+    draw = ImageDraw.Draw(img)
+    words = "patient report chest radiograph findings impression normal opacity consolidation lobe".split()
+    for row in range(24, size[1] - 20, 18):
+        line = " ".join(rng.choice(words, 8))
+        draw.text((20, row), line, fill=int(rng.integers(0, 60)))
+    return np.asarray(img)
+
+
+def ood_images(rng_seed: int = 0) -> dict[str, list[tuple[str, np.ndarray, float]]]:
+    """Out-of-distribution images that can be had offline, by category: (name, grey uint8, chroma)."""
+    from PIL import Image
+
+    from .imaging import chroma, load_image
+
+    rng = np.random.default_rng(rng_seed)
+    cats: dict[str, list] = {k: [] for k in ("colour photos", "grey photos", "other medical images",
+                                             "noise", "blank and gradient frames", "text renders")}
+
+    def add_photo(name: str, img: Image.Image) -> None:
+        rgb = img.convert("RGB")
+        cats["colour photos"].append((name, np.asarray(rgb.convert("L")), chroma(rgb)))
+        cats["grey photos"].append((name + " (grey)", np.asarray(rgb.convert("L")), 0.0))
+
+    import matplotlib.cbook as cbook
+
+    add_photo("grace_hopper", Image.open(cbook.get_sample_data("grace_hopper.jpg")))
+    try:
+        import skimage.data as sk
+
+        for n in ("astronaut", "chelsea", "coffee", "rocket", "hubble_deep_field", "immunohistochemistry",
+                  "colorwheel", "retina", "cat"):
+            try:
+                add_photo(n, Image.fromarray(getattr(sk, n)()))
+            except Exception:  # some images are downloaded on demand; offline they are absent
+                pass
+        for n in ("camera", "moon", "coins", "page", "text", "clock", "horse", "brick", "grass", "gravel",
+                  "microaneurysms", "cell", "binary_blobs", "checkerboard"):
+            try:
+                a = getattr(sk, n)()
+                a = (a * 255).astype(np.uint8) if a.dtype == bool or a.max() <= 1 else a.astype(np.uint8)
+                cats["grey photos"].append((n, a, 0.0))
+            except Exception:
+                pass
+    except ImportError:
+        pass
+    import gzip
+
+    mri = np.frombuffer(gzip.open(cbook.get_sample_data("s1045.ima.gz", asfileobj=False)).read(), "<u2")
+    mri = mri.reshape(256, 256).astype(np.float64)
+    cats["other medical images"].append(("mri_s1045", (mri / mri.max() * 255).astype(np.uint8), 0.0))
+    try:
+        from pydicom.data import get_testdata_file
+
+        for n in ("CT_small.dcm", "MR_small.dcm", "liver_1frame.dcm", "rtdose_1frame.dcm", "JPEG-lossy.dcm",
+                  "JPGExtended.dcm", "examples_ybr_color.dcm", "examples_rgb_color.dcm", "SC_rgb_small_odd.dcm",
+                  "MR_small_RLE.dcm", "emri_small.dcm", "US1_UNCR.dcm"):
+            try:
+                gray, colour = load_image(get_testdata_file(n))
+                cats["other medical images"].append((n, gray, colour))
+            except Exception:
+                pass
+    except ImportError:
+        pass
+    for i in range(10):
+        cats["noise"].append((f"uniform{i}", rng.integers(0, 256, (256, 256), dtype=np.uint8), 0.0))
+        g = np.clip(rng.normal(128, 40, (256, 256)), 0, 255).astype(np.uint8)
+        cats["noise"].append((f"gaussian{i}", g, 0.0))
+        sp = np.where(rng.random((256, 256)) < 0.5, 0, 255).astype(np.uint8)
+        cats["noise"].append((f"salt_pepper{i}", sp, 0.0))
+    yy, xx = np.mgrid[0:256, 0:256] / 255.0
+    for level in (0, 64, 128, 192, 255):
+        cats["blank and gradient frames"].append((f"blank{level}", np.full((256, 256), level, np.uint8), 0.0))
+    for name, g in (("horizontal", xx), ("vertical", yy), ("diagonal", (xx + yy) / 2),
+                    ("radial", np.clip(np.hypot(xx - 0.5, yy - 0.5) * 1.4, 0, 1)),
+                    ("inverse radial", 1 - np.clip(np.hypot(xx - 0.5, yy - 0.5) * 1.4, 0, 1))):
+        cats["blank and gradient frames"].append((name, (g * 255).astype(np.uint8), 0.0))
+    for i in range(10):
+        cats["text renders"].append((f"page{i}", _text_page(rng), 0.0))
+    return {k: v for k, v in cats.items() if v}
+
+
+def altered_xrays(resized: np.ndarray, n: int = 60, seed: int = 0) -> dict[str, np.ndarray]:
+    """Heavily cropped or rotated versions of real X-rays: a separate, harder category."""
+    from .imaging import resize_gray
+
+    rng = np.random.default_rng(seed)
+    pick = resized[rng.choice(len(resized), min(n, len(resized)), replace=False)]
+    s = resized.shape[-1]
+    q = s // 4
+    return {
+        "rotated 90 degrees": np.stack([np.rot90(a) for a in pick]),
+        "upside down": np.stack([a[::-1] for a in pick]),
+        "cropped to a quarter (corner)": np.stack([resize_gray(np.ascontiguousarray(a[:s // 2, :s // 2]), s) for a in pick]),
+        "cropped to the centre 1/16": np.stack([resize_gray(np.ascontiguousarray(a[s // 2 - q // 2:s // 2 + q // 2, s // 2 - q // 2:s // 2 + q // 2]), s) for a in pick]),
+        "inverted grey levels": 255 - pick,
+    }
+
+
+def guard_report(model_path: str, data: str | None, out_json: str | None = None) -> dict:
+    """Rejection rates: in-distribution test X-rays (want <= 1%) and each OOD category (want >= 99%)."""
+    from .data import decode_all, load_splits
+    from .imaging import normalize, resize_gray
+    from .runtime import EdgeModel
+
+    model = EdgeModel(model_path)
+    if model.guard is None:
+        from .errors import ModelError
+
+        raise ModelError(f"'{model_path}' carries no OOD guard (export without --no-guard)")
+    s = model.spec.size
+
+    def rejected(resized: np.ndarray, colour: np.ndarray | None = None) -> np.ndarray:
+        out = []
+        for i in range(0, len(resized), 32):
+            emb = model.run(normalize(resized[i:i + 32], model.spec))["embedding"]
+            out.append(model.guard.scores(resized[i:i + 32], emb, None if colour is None else colour[i:i + 32]))
+        return np.concatenate(out) > 1.0
+
+    report: dict = {"model": str(model_path), "categories": {}}
+    if data:
+        x, _, _ = decode_all(load_splits(data).test, s, progress=False)
+        r = rejected(x)
+        report["in_distribution"] = {"set": "test split", "n": int(len(x)), "rejected": int(r.sum()),
+                                     "rate": float(r.mean())}
+        for name, imgs in altered_xrays(x).items():
+            r = rejected(imgs)
+            report["altered_xrays"] = report.get("altered_xrays", {})
+            report["altered_xrays"][name] = {"n": int(len(imgs)), "rejected": int(r.sum()), "rate": float(r.mean())}
+    total, total_rej = 0, 0
+    for cat, items in ood_images().items():
+        resized = np.stack([resize_gray(g, s) for _, g, _ in items])
+        colour = np.array([c for _, _, c in items])
+        r = rejected(resized, colour)
+        report["categories"][cat] = {"n": len(items), "rejected": int(r.sum()), "rate": float(r.mean()),
+                                     "missed": [n for (n, _, _), rej in zip(items, r) if not rej]}
+        total += len(items)
+        total_rej += int(r.sum())
+    report["ood_overall"] = {"n": total, "rejected": total_rej, "rate": total_rej / max(1, total)}
+    if out_json:
+        from .atomic import write_json
+
+        write_json(out_json, report)
+    return report
+
+
+def render_guard_report(r: dict) -> str:
+    lines = ["| set | images | rejected | rate | goal |", "|---|---|---|---|---|"]
+    if "in_distribution" in r:
+        i = r["in_distribution"]
+        lines.append(f"| in-distribution: {i['set']} | {i['n']} | {i['rejected']} | {i['rate']:.1%} | <= 1% |")
+    for cat, c in r["categories"].items():
+        lines.append(f"| OOD: {cat} | {c['n']} | {c['rejected']} | {c['rate']:.1%} | >= 99% |")
+    o = r["ood_overall"]
+    lines.append(f"| **OOD overall** | {o['n']} | {o['rejected']} | {o['rate']:.1%} | >= 99% |")
+    for name, c in r.get("altered_xrays", {}).items():
+        lines.append(f"| altered X-rays: {name} | {c['n']} | {c['rejected']} | {c['rate']:.1%} | (reported) |")
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,148 @@
+"""Grad-CAM (Selvaraju et al. 2017) on the PyTorch twin of a bundle.
+
+    with GradCAM(model, "conv_head") as cam:
+        heat, probs = cam(x)              # (N, S, S) in [0, 1], P(class) per image
+    explain(["xray.png"], bundle="export", out="cams")
+
+Hooks are owned by the context manager and removed on exit, also on error.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .atomic import write_with
+from .errors import ModelError
+
+
+def find_layer(model: nn.Module, name: str) -> nn.Module:
+    modules = dict(model.named_modules())
+    if name not in modules:
+        convs = [n for n, m in modules.items() if isinstance(m, nn.Conv2d)]
+        raise ModelError(f"no layer '{name}' in the model; last conv layers: {', '.join(convs[-3:])}")
+    return modules[name]
+
+
+class GradCAM:
+    """Class-activation maps from the gradients flowing into `layer`."""
+
+    def __init__(self, model: nn.Module, layer: str = "conv_head"):
+        self.model = model.eval()
+        self.layer = find_layer(model, layer)
+        self._handles: list = []
+        self._act: torch.Tensor | None = None
+        self._grad: torch.Tensor | None = None
+
+    def __enter__(self) -> "GradCAM":
+        def forward_hook(_, __, output):
+            self._act = output
+            output.register_hook(self._save_grad)
+
+        self._handles.append(self.layer.register_forward_hook(forward_hook))
+        return self
+
+    def _save_grad(self, grad: torch.Tensor) -> None:
+        self._grad = grad
+
+    def __exit__(self, *exc) -> None:
+        for h in self._handles:
+            h.remove()
+        self._handles.clear()
+        return None  # never swallow errors
+
+    def __call__(self, x: torch.Tensor, target: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Heat maps (N, H, W) at the input's size, and softmax probabilities (N, C)."""
+        if not self._handles:
+            raise RuntimeError("use GradCAM inside a `with` block")
+        x = x.detach().requires_grad_(False)
+        with torch.enable_grad():
+            logits = self.model(x)
+            classes = logits.argmax(1) if target is None else torch.full((len(x),), target)
+            self.model.zero_grad(set_to_none=True)
+            logits.gather(1, classes[:, None]).sum().backward()
+        weights = self._grad.mean(dim=(2, 3), keepdim=True)
+        cam = F.relu((weights * self._act).sum(1, keepdim=True))
+        cam = F.interpolate(cam, size=x.shape[-2:], mode="bilinear", align_corners=False)[:, 0]
+        flat = cam.flatten(1)
+        lo, hi = flat.min(1, keepdim=True).values, flat.max(1, keepdim=True).values
+        cam = ((flat - lo) / (hi - lo).clamp_min(1e-12)).view_as(cam)
+        return cam.detach().numpy(), logits.softmax(1).detach().numpy()
+
+
+def overlay(gray01: np.ndarray, heat: np.ndarray, alpha: float = 0.45, cmap: str = "jet") -> np.ndarray:
+    """Blend a [0, 1] heat map over a [0, 1] grey image; returns RGB float in [0, 1]."""
+    from matplotlib import colormaps
+
+    coloured = colormaps[cmap](heat)[..., :3]
+    grey = np.repeat(gray01[..., None], 3, axis=2)
+    return np.clip((1 - alpha) * grey + alpha * coloured, 0, 1)
+
+
+def _figure_png(path: Path, panels: list[tuple[np.ndarray, np.ndarray, str]], cols: int) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = (len(panels) + cols - 1) // cols
+    fig, axes = plt.subplots(rows, cols * 2, figsize=(cols * 4.4, rows * 2.5), squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    for i, (gray01, heat, title) in enumerate(panels):
+        r, c = divmod(i, cols)
+        axes[r, 2 * c].imshow(gray01, cmap="gray", vmin=0, vmax=1)
+        axes[r, 2 * c].set_title(title, fontsize=7, loc="left")
+        axes[r, 2 * c + 1].imshow(overlay(gray01, heat))
+        axes[r, 2 * c + 1].set_title("Grad-CAM", fontsize=7)
+    fig.tight_layout()
+    write_with(path, lambda tmp: fig.savefig(tmp, format="png", dpi=100))
+    plt.close(fig)
+    return path
+
+
+def explain(images: list[str], bundle: str | Path, out: str | Path, layer: str = "conv_head",
+            target: str | None = None, force: bool = False) -> list[dict]:
+    """One overlay PNG per image plus a contact sheet; returns one record per image."""
+    from .atomic import prepare_out_dir
+    from .checkpoint import load_checkpoint
+    from .errors import ImageError
+    from .imaging import PreprocessSpec, load_gray, normalize, resize_gray
+    from .metrics import prob_from_logits
+
+    model, config = load_checkpoint(bundle)
+    spec = PreprocessSpec.from_dict(config["preprocess"])
+    labels = config["labels"]
+    target_idx = None
+    if target is not None:
+        if target.upper() not in labels:
+            raise ModelError(f"--target must be one of {', '.join(labels)}")
+        target_idx = labels.index(target.upper())
+    out = prepare_out_dir(out, force)
+    records, panels = [], []
+    with GradCAM(model, layer) as cam:
+        for src in images:
+            try:
+                resized = resize_gray(load_gray(src, size=spec.size), spec.size)
+            except ImageError as e:
+                records.append({"path": str(src), "status": "error", "error": str(e)})
+                continue
+            heat, _ = cam(torch.from_numpy(normalize(resized[None], spec)), target_idx)
+            with torch.no_grad():
+                logits = model(torch.from_numpy(normalize(resized[None], spec))).numpy()
+            p = float(prob_from_logits(logits, config.get("temperature", 1.0))[0])
+            label = labels[int(p >= config.get("threshold", 0.5))]
+            explained = labels[target_idx] if target_idx is not None else labels[int(logits.argmax())]
+            title = f"{Path(src).name[:40]}\nP(pneumonia) {p:.3f} -> {label}; map for {explained}"
+            png = out / f"{Path(src).stem}.gradcam.png"
+            _figure_png(png, [(resized / 255.0, heat[0], title)], cols=1)
+            panels.append((resized / 255.0, heat[0], title))
+            records.append({"path": str(src), "status": "ok", "probability": p, "label": label,
+                            "explained_class": explained, "png": str(png)})
+    if len(panels) > 1:
+        _figure_png(out / "contact_sheet.png", panels, cols=min(3, len(panels)))
+    return records
