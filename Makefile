@@ -6,7 +6,7 @@ DATA    ?= ../shared/data/chest_xray
 BUNDLE  ?= export
 RUN     ?= runs/default
 
-.PHONY: install demo test bench reproduce guard-report readme clean
+.PHONY: install demo test bench reproduce guard-report readme seeds clean
 
 $(BIN)/pneumo-edge: pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -47,3 +47,11 @@ readme: install
 
 clean:
 	rm -rf $(VENV) demo_out .pytest_cache
+
+# Two more seeds of the default recipe, evaluated once each, summarised beside the default run.
+seeds: install
+	for s in 43 44; do \
+	  $(BIN)/pneumo-edge train --data $(DATA) --out runs/seed$$s --seed $$s --force && \
+	  $(BIN)/pneumo-edge evaluate runs/seed$$s --data $(DATA) --out runs/seed$$s/eval --force --note "seed $$s"; \
+	done
+	$(BIN)/python -m pneumo_edge.evaluate $(BUNDLE)/seeds.json $(RUN)/eval runs/seed43/eval runs/seed44/eval

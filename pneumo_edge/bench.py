@@ -10,12 +10,11 @@ speed-up over PyTorch eager, and how far it is from the machine's compute floor.
 
 from __future__ import annotations
 
-import json
 import os
 import platform
 import re
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -129,19 +128,19 @@ def _ort_runner(path: Path, threads: int):
     return lambda x: m.run(x)["logits"]
 
 
-def load_images(cfg: BenchConfig, size: int) -> tuple[np.ndarray, np.ndarray | None, str]:
+def load_images(cfg: BenchConfig, size: int, rule: str) -> tuple[np.ndarray, np.ndarray | None, str]:
     """Real test images and labels; the committed X-rays (labels from folder names) otherwise."""
     from .data import LABELS, Sample, decode_all, load_splits
 
     if cfg.data and Path(cfg.data).is_dir():
-        x, y, _ = decode_all(load_splits(cfg.data).test, size, progress=False)
+        x, y, _ = decode_all(load_splits(cfg.data).test, size, progress=False, rule=rule)
         return x, y, f"test split of {cfg.data} ({len(x)} images)"
     files = sorted(p for p in Path(cfg.fallback_images).rglob("*") if p.is_file() and not p.name.endswith(".md"))
     if not files:
         raise BenchError(f"no images: neither dataset '{cfg.data}' nor '{cfg.fallback_images}' exists")
     labels = [LABELS.index(p.parent.name) if p.parent.name in LABELS else 0 for p in files]
     samples = [Sample(name=p.name, label=lab, path=str(p)) for p, lab in zip(files, labels)]
-    x, y, _ = decode_all(samples, size, progress=False)
+    x, y, _ = decode_all(samples, size, progress=False, rule=rule)
     has_labels = all(p.parent.name in LABELS for p in files)
     return x, (y if has_labels else None), f"{len(x)} committed X-rays in {cfg.fallback_images}"
 
@@ -162,7 +161,7 @@ def run_benchmark(cfg: BenchConfig) -> dict:
     model = model.to(memory_format=torch.channels_last).eval()
     spec = PreprocessSpec.from_dict(config["preprocess"])
     threshold, temperature = config.get("threshold", 0.5), config.get("temperature", 1.0)
-    resized, y, source = load_images(cfg, spec.size)
+    resized, y, source = load_images(cfg, spec.size, spec.resize)
     x_all = normalize(resized, spec)
     print(f"images: {source}")
 
@@ -289,9 +288,3 @@ def _check_minimums(cfg: BenchConfig, rows: list[dict]) -> None:
     if failures:
         raise BenchError("benchmark minimums not met: " + "; ".join(sorted(set(failures))))
 
-
-def load_result(path: str | Path) -> dict:
-    return json.loads(Path(path).read_text())
-
-
-__all__ = ["BenchConfig", "run_benchmark", "cpu_info", "count_macs", "asdict"]

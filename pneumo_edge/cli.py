@@ -47,6 +47,8 @@ def main() -> None:
 @click.option("--pretrained", type=click.Choice(["auto", "package", "hub", "none"]), default="auto", show_default=True)
 @click.option("--weights", type=click.Path(dir_okay=False), help="Start from a local state dict (.safetensors/.pth).")
 @click.option("--img-size", type=int, help="Input size (default: the model's).")
+@click.option("--resize", type=click.Choice(["center-crop-bilinear", "squash-bilinear"]),
+              default="center-crop-bilinear", show_default=True, help="How an image becomes a square input.")
 @click.option("--epochs", type=int, default=3, show_default=True)
 @click.option("--batch-size", type=int, default=16, show_default=True)
 @click.option("--lr", type=float, default=3e-4, show_default=True, help="Peak learning rate (warm-up + cosine).")
@@ -63,14 +65,14 @@ def main() -> None:
 @click.option("--resume", is_flag=True, help="Continue the run in --out from its last epoch.")
 @click.option("--force", is_flag=True, help="Overwrite a non-empty --out.")
 @friendly
-def train(data, out, model_name, pretrained, weights, img_size, epochs, batch_size, lr, weight_decay,
+def train(data, out, model_name, pretrained, weights, img_size, resize, epochs, batch_size, lr, weight_decay,
           ema_decay, label_smoothing, sampler, weighted_loss, val_fraction, target_sensitivity, seed,
           max_train_images, resume, force) -> None:
     """Fine-tune on the CPU; keep the best epoch by validation AUROC."""
     from .train import TrainConfig, fit
 
     fit(TrainConfig(data=data, out=out, model=model_name, pretrained=pretrained, weights=weights,
-                    img_size=img_size, epochs=epochs, batch_size=batch_size, lr=lr,
+                    img_size=img_size, resize=resize, epochs=epochs, batch_size=batch_size, lr=lr,
                     weight_decay=weight_decay, ema_decay=ema_decay, label_smoothing=label_smoothing,
                     sampler=sampler, weighted_loss=weighted_loss, val_fraction=val_fraction,
                     target_sensitivity=target_sensitivity, seed=seed, max_train_images=max_train_images,

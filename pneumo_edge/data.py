@@ -193,7 +193,7 @@ def carve_validation(pool: list[Sample], fraction: float = 0.1, seed: int = 42
         grouping = "patient"
     else:
         grouping = "image-hash"
-        warnings.warn("file names carry no patient id: validation is grouped by image hash instead")
+        warnings.warn("file names carry no patient id: validation is grouped by image hash instead", stacklevel=2)
         ids = [_content_hash(s) for s in pool]
     labels = np.array([s.label for s in pool])
     if min(Counter(labels.tolist()).get(k, 0) for k in range(len(LABELS))) < 2:
@@ -223,8 +223,8 @@ def fingerprint(samples: list[Sample]) -> str:
     return h.hexdigest()[:16]
 
 
-def decode_all(samples: list[Sample], size: int, workers: int | None = None, progress: bool = True
-               ) -> tuple[np.ndarray, np.ndarray, list[tuple[str, str]]]:
+def decode_all(samples: list[Sample], size: int, workers: int | None = None, progress: bool = True,
+               rule: str = "center-crop-bilinear") -> tuple[np.ndarray, np.ndarray, list[tuple[str, str]]]:
     """Decode and resize every sample once, in parallel (Pillow releases the GIL).
 
     Returns uint8 images (N, size, size), int64 labels (N,) and the (name, reason)
@@ -236,7 +236,7 @@ def decode_all(samples: list[Sample], size: int, workers: int | None = None, pro
 
     def work(s: Sample):
         try:
-            return resize_gray(load_gray(s.source(), size=size), size), None
+            return resize_gray(load_gray(s.source(), size=size), size, rule), None
         except ImageError as e:
             return None, str(e)
 
@@ -252,7 +252,7 @@ def decode_all(samples: list[Sample], size: int, workers: int | None = None, pro
                 bad.append((s.name, err))
     if bad:
         shown = "; ".join(f"{n}: {r}" for n, r in bad[:5])
-        warnings.warn(f"skipped {len(bad)} unreadable image(s): {shown}" + (" ..." if len(bad) > 5 else ""))
+        warnings.warn(f"skipped {len(bad)} unreadable image(s): {shown}" + (" ..." if len(bad) > 5 else ""), stacklevel=2)
     if not images:
         raise DataError("no readable images")
     return np.stack(images), np.asarray(labels, np.int64), bad

@@ -48,8 +48,8 @@ def evaluate(checkpoint: str | Path, data: str, out: str | Path, target_sensitiv
     from .plots import confusion_matrix_plot, reliability_plot, roc_plot
     from .train import predict_logits
 
-    out = prepare_out_dir(out, force)
     model, config = load_checkpoint(checkpoint)
+    out = prepare_out_dir(out, force)
     spec = PreprocessSpec.from_dict(config["preprocess"])
     tcfg = config.get("train_config", {})
     target = target_sensitivity or config.get("target_sensitivity", 0.95)
@@ -60,7 +60,7 @@ def evaluate(checkpoint: str | Path, data: str, out: str | Path, target_sensitiv
         print(f"warning: training data fingerprint {fp} differs from the checkpoint's "
               f"{config.get('data_fingerprint')}: validation is carved from different data")
     _, val_s, info = carve_validation(splits.train_pool, tcfg.get("val_fraction", 0.1), tcfg.get("seed", 42))
-    x_val, y_val, _ = decode_all(val_s, spec.size, progress=progress)
+    x_val, y_val, _ = decode_all(val_s, spec.size, progress=progress, rule=spec.resize)
     val_logits = predict_logits(model, x_val, spec)
     temperature = fit_temperature(val_logits, y_val)
     p_val_raw = prob_from_logits(val_logits)
@@ -68,7 +68,7 @@ def evaluate(checkpoint: str | Path, data: str, out: str | Path, target_sensitiv
     threshold = threshold_for_sensitivity(y_val, p_val, target)
 
     # The one read of the test split.
-    x_test, y_test, bad_test = decode_all(splits.test, spec.size, progress=progress)
+    x_test, y_test, bad_test = decode_all(splits.test, spec.size, progress=progress, rule=spec.resize)
     test_logits = predict_logits(model, x_test, spec)
     p_test_raw = prob_from_logits(test_logits)
     p_test = prob_from_logits(test_logits, temperature)
@@ -153,3 +153,27 @@ test {cal['test_ece_before']:.4f} -> {cal['test_ece_after']:.4f} (before -> afte
 
 ![confusion matrix](confusion_matrix.png) ![ROC](roc.png) ![reliability](reliability.png)
 """
+
+
+def summarize_seeds(result_dirs: list[str | Path], out_json: str | Path | None = None) -> dict:
+    """Mean and standard deviation of the headline test metrics over runs that differ only in seed."""
+    runs = [json.loads((Path(d) / "results.json").read_text()) for d in result_dirs]
+    keys = ("accuracy", "roc_auc", "pr_auc", "recall", "specificity", "f1")
+    values = {k: [r["test"]["at_operating_point"][k] for r in runs] for k in keys}
+    seeds = []
+    for d in result_dirs:
+        config_path = Path(d).parent / "config.json"
+        seeds.append(json.loads(config_path.read_text())["train_config"]["seed"] if config_path.exists() else None)
+    summary = {"seeds": seeds, "runs": [str(d) for d in result_dirs], "per_run": values,
+               "summary": {k: {"mean": float(np.mean(v)), "sd": float(np.std(v, ddof=1)) if len(v) > 1 else 0.0}
+                           for k, v in values.items()}}
+    if out_json:
+        write_json(out_json, summary)
+    return summary
+
+
+if __name__ == "__main__":  # python -m pneumo_edge.evaluate OUT.json RESULT_DIR...
+    import sys
+
+    s = summarize_seeds(sys.argv[2:], sys.argv[1])
+    print(json.dumps(s["summary"], indent=1))

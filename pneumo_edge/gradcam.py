@@ -127,7 +127,7 @@ def explain(images: list[str], bundle: str | Path, out: str | Path, layer: str =
     with GradCAM(model, layer) as cam:
         for src in images:
             try:
-                resized = resize_gray(load_gray(src, size=spec.size), spec.size)
+                resized = resize_gray(load_gray(src, size=spec.size), spec.size, spec.resize)
             except ImageError as e:
                 records.append({"path": str(src), "status": "error", "error": str(e)})
                 continue

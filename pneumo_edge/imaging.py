@@ -37,7 +37,9 @@ class PreprocessSpec:
     mean: float = 0.449  # grey-level mean of the ImageNet statistics
     std: float = 0.226
     channels: int = 1
-    resize: str = "squash-bilinear"  # the only rule implemented; recorded so readers can check
+    # center-crop: the central square, resized. Squashing the whole frame instead would keep the aspect
+    # ratio in the pixels, and in this dataset width/height alone separates the classes (train AUROC 0.87).
+    resize: str = "center-crop-bilinear"
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -177,11 +179,22 @@ def load_image(source: str | os.PathLike | bytes, size: int | None = None) -> tu
     return gray, colour
 
 
-def resize_gray(gray: np.ndarray, size: int) -> np.ndarray:
-    """Squash to size x size with Pillow's bilinear filter (uint8 in, uint8 out)."""
+RESIZE_RULES = ("center-crop-bilinear", "squash-bilinear")
+
+
+def resize_gray(gray: np.ndarray, size: int, rule: str = "center-crop-bilinear") -> np.ndarray:
+    """To size x size with Pillow's bilinear filter (uint8 in, uint8 out), by the named rule."""
+    if rule not in RESIZE_RULES:
+        raise ValueError(f"unknown resize rule '{rule}' (known: {', '.join(RESIZE_RULES)})")
     if gray.shape == (size, size):
         return gray
-    return np.asarray(Image.fromarray(gray).resize((size, size), Image.BILINEAR))
+    h, w = gray.shape
+    box = None
+    if rule == "center-crop-bilinear":
+        side = min(h, w)
+        left, top = (w - side) // 2, (h - side) // 2
+        box = (left, top, left + side, top + side)
+    return np.asarray(Image.fromarray(gray).resize((size, size), Image.BILINEAR, box=box))
 
 
 def normalize(resized: np.ndarray, spec: PreprocessSpec) -> np.ndarray:
@@ -193,4 +206,4 @@ def normalize(resized: np.ndarray, spec: PreprocessSpec) -> np.ndarray:
 
 def to_input(gray: np.ndarray, spec: PreprocessSpec) -> np.ndarray:
     """Decoded grayscale -> one float32 (1, S, S) model input."""
-    return normalize(resize_gray(gray, spec.size), spec)
+    return normalize(resize_gray(gray, spec.size, spec.resize), spec)

@@ -211,7 +211,7 @@ def export(checkpoint: str | Path, out: str | Path, data: str, gate: GateConfig 
     splits = load_splits(data)
     tcfg = config.get("train_config", {})
     train_s, val_s, _ = carve_validation(splits.train_pool, tcfg.get("val_fraction", 0.1), tcfg.get("seed", 42))
-    x_test, y_test, _ = decode_all(splits.test, spec.size, progress=progress)
+    x_test, y_test, _ = decode_all(splits.test, spec.size, progress=progress, rule=spec.resize)
 
     failures: list[str] = []
     report: dict = {"checkpoint": str(checkpoint), "data": splits.origin, "split": "test"}
@@ -229,7 +229,7 @@ def export(checkpoint: str | Path, out: str | Path, data: str, gate: GateConfig 
         if int8:
             rng = np.random.default_rng(0)
             pick = sorted(rng.choice(len(train_s), min(calib_images, len(train_s)), replace=False))
-            x_cal, _, _ = decode_all([train_s[i] for i in pick], spec.size, progress=progress)
+            x_cal, _, _ = decode_all([train_s[i] for i in pick], spec.size, progress=progress, rule=spec.resize)
             quantize_int8(tmp / "model.onnx", tmp / "model.int8.onnx", x_cal, spec)
             q = onnx.load(str(tmp / "model.int8.onnx"))
             set_metadata(q, {**meta, "quantization": f"static QDQ int8, per-channel, {len(x_cal)} training images"})

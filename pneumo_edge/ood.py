@@ -128,8 +128,8 @@ def fit_guard(model, spec, train_samples, val_samples, n_fit: int = FIT_IMAGES, 
 
     rng = np.random.default_rng(0)
     pick = sorted(rng.choice(len(train_samples), min(n_fit, len(train_samples)), replace=False))
-    x_tr, y_tr, _ = decode_all([train_samples[i] for i in pick], spec.size, progress=progress)
-    x_va, _, _ = decode_all(val_samples, spec.size, progress=progress)
+    x_tr, y_tr, _ = decode_all([train_samples[i] for i in pick], spec.size, progress=progress, rule=spec.resize)
+    x_va, _, _ = decode_all(val_samples, spec.size, progress=progress, rule=spec.resize)
 
     @torch.no_grad()
     def embed(images):
@@ -270,7 +270,7 @@ def guard_report(model_path: str, data: str | None, out_json: str | None = None)
 
     report: dict = {"model": str(model_path), "categories": {}}
     if data:
-        x, _, _ = decode_all(load_splits(data).test, s, progress=False)
+        x, _, _ = decode_all(load_splits(data).test, s, progress=False, rule=model.spec.resize)
         r = rejected(x)
         report["in_distribution"] = {"set": "test split", "n": int(len(x)), "rejected": int(r.sum()),
                                      "rate": float(r.mean())}
@@ -280,7 +280,7 @@ def guard_report(model_path: str, data: str | None, out_json: str | None = None)
             report["altered_xrays"][name] = {"n": int(len(imgs)), "rejected": int(r.sum()), "rate": float(r.mean())}
     total, total_rej = 0, 0
     for cat, items in ood_images().items():
-        resized = np.stack([resize_gray(g, s) for _, g, _ in items])
+        resized = np.stack([resize_gray(g, s, model.spec.resize) for _, g, _ in items])
         colour = np.array([c for _, _, c in items])
         r = rejected(resized, colour)
         report["categories"][cat] = {"n": len(items), "rejected": int(r.sum()), "rate": float(r.mean()),

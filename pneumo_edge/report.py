@@ -98,7 +98,7 @@ def update_readme(readme: str | Path, bundle: str | Path) -> list[str]:
     for name, body in sections(bundle, readme.parent).items():
         pattern = re.compile(rf"(<!-- generated:{name} -->\n).*?(\n<!-- /generated:{name} -->)", re.S)
         if pattern.search(text):
-            text = pattern.sub(lambda m: m.group(1) + body + m.group(2), text)
+            text = pattern.sub(lambda m, b=body: m.group(1) + b + m.group(2), text)
             done.append(name)
     write_text(readme, text)
     return done

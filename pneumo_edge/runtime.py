@@ -179,11 +179,11 @@ def done_paths(csv_path: Path) -> set[str]:
         return {row["path"] for row in csv.DictReader(f) if row.get("path")}
 
 
-def _decode(path: str, size: int):
+def _decode(path: str, size: int, rule: str):
     """((resized uint8, chroma), None) or (None, error message)."""
     try:
         gray, colour = load_image(path, size=size)
-        return (resize_gray(gray, size), colour), None
+        return (resize_gray(gray, size, rule), colour), None
     except ImageError as e:
         return None, str(e)
     except Exception as e:  # one odd file must never end the batch
@@ -241,7 +241,7 @@ def predict_paths(paths: list[str], model: EdgeModel, out_csv: str | Path, json_
                 batch.clear()
 
             for path in it:  # keep a bounded number of decodes in flight
-                window.append((path, pool.submit(_decode, path, size)))
+                window.append((path, pool.submit(_decode, path, size, model.spec.resize)))
                 if len(window) >= 4 * batch_size:
                     p, fut = window.popleft()
                     batch.append((p, *fut.result()))

@@ -40,6 +40,7 @@ class TrainConfig:
     pretrained: str = "auto"  # auto | package | hub | none
     weights: str | None = None  # local state dict to start from
     img_size: int | None = None  # None: the model's native size
+    resize: str = "center-crop-bilinear"  # or squash-bilinear (keeps the aspect-ratio shortcut)
     epochs: int = 3
     batch_size: int = 16
     lr: float = 3e-4  # peak of a warm-up + cosine schedule
@@ -185,8 +186,8 @@ def fit(cfg: TrainConfig) -> dict:
     torch.set_num_threads(cfg.threads or os.cpu_count() or 1)
 
     model, spec = create_model(cfg.model, cfg.pretrained, cfg.weights)
-    if cfg.img_size:
-        spec = PreprocessSpec(size=cfg.img_size, mean=spec.mean, std=spec.std, channels=spec.channels)
+    spec = PreprocessSpec(size=cfg.img_size or spec.size, mean=spec.mean, std=spec.std, channels=spec.channels,
+                          resize=cfg.resize)
 
     splits = load_splits(cfg.data)
     train_s, val_s, info = carve_validation(splits.train_pool, cfg.val_fraction, cfg.seed)
@@ -195,8 +196,8 @@ def fit(cfg: TrainConfig) -> dict:
         train_s = [train_s[i] for i in sorted(keep)]
     print(info.describe())
     t0 = time.perf_counter()
-    x_train, y_train, bad_train = decode_all(train_s, spec.size, progress=cfg.progress)
-    x_val, y_val, bad_val = decode_all(val_s, spec.size, progress=cfg.progress)
+    x_train, y_train, bad_train = decode_all(train_s, spec.size, progress=cfg.progress, rule=spec.resize)
+    x_val, y_val, bad_val = decode_all(val_s, spec.size, progress=cfg.progress, rule=spec.resize)
     decode_s = time.perf_counter() - t0
     print(f"decoded {len(x_train) + len(x_val)} images at {spec.size}px in {decode_s:.1f}s"
           + (f"; skipped {len(bad_train) + len(bad_val)} unreadable" if bad_train or bad_val else ""))

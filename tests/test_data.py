@@ -1,6 +1,5 @@
 import shutil
 
-import numpy as np
 import pytest
 
 from conftest import REAL, make_dataset, needs_real

@@ -106,7 +106,7 @@ def test_shipped_bundle_reproduces_its_metrics():
     m = EdgeModel(SHIPPED / "model.onnx")
     assert set(REQUIRED_META) <= set(m.meta) and m.guard is not None
     results = json.loads((SHIPPED / "results.json").read_text())
-    x, y, _ = decode_all(load_splits(str(REAL)).test, m.spec.size, progress=False)
+    x, y, _ = decode_all(load_splits(str(REAL)).test, m.spec.size, progress=False, rule=m.spec.resize)
     got = binary_metrics(y, m.probability(m.logits(x)), m.threshold)
     want = results["test"]["at_operating_point"]
     assert got["confusion_matrix"] == want["confusion_matrix"]

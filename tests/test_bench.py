@@ -1,0 +1,35 @@
+import json
+
+from click.testing import CliRunner
+
+from pneumo_edge.bench import BenchConfig, cpu_info, run_benchmark
+from pneumo_edge.cli import main
+
+COLUMNS = ("variant", "threads", "batch", "iters", "p50_ms", "p95_ms", "p99_ms", "images_per_s", "size_mb",
+           "roc_auc", "accuracy", "floor_ms", "x_floor", "speedup_vs_eager")
+
+
+def test_bench_smoke_writes_complete_results(tiny_bundle, tiny_data, tmp_path):
+    out = tmp_path / "results"
+    res = run_benchmark(BenchConfig(bundle=str(tiny_bundle), data=str(tiny_data), out=str(out), iters=3,
+                                    batch_iters=2, warmup=1))
+    files = sorted(p.suffix for p in out.iterdir())
+    assert files == [".json", ".md", ".png"]
+    saved = json.loads(next(out.glob("*.json")).read_text())
+    assert saved["rows"] == res["rows"]
+    variants = {r["variant"] for r in res["rows"]}
+    assert variants == {"pytorch-eager-fp32", "onnxruntime-fp32", "onnxruntime-int8"}
+    assert len(res["rows"]) == 3 * 2 * 2  # variants x threads x batches
+    for r in res["rows"]:
+        for c in COLUMNS:
+            assert r[c] is not None and (isinstance(r[c], str) or r[c] > 0), (c, r)
+        assert r["p50_ms"] <= r["p95_ms"] <= r["p99_ms"]
+    assert res["macs"] > 0 and res["end_to_end_model.int8.onnx"]["images_per_s"] > 0
+    cpu = cpu_info()
+    assert cpu["cores"] >= 1 and res["env"]["onnxruntime"] in next(out.glob("*.json")).name
+
+
+def test_bench_cli_asserts_minimums(tiny_bundle, tiny_data, tmp_path):
+    r = CliRunner().invoke(main, ["bench", "--bundle", str(tiny_bundle), "--data", str(tiny_data), "--out",
+                                  str(tmp_path / "r"), "--smoke", "--min-auroc", "1.01"])
+    assert r.exit_code == 4 and "ROC-AUC" in r.output and "<" in r.output
