@@ -110,8 +110,8 @@ def evaluate(checkpoint: str | Path, data: str, out: str | Path, target_sensitiv
     if ledger:
         append_ledger(ledger, {
             "time": results["evaluated_at"], "model": config["model"], "input_size": spec.size,
-            "recipe": {k: tcfg.get(k) for k in ("epochs", "lr", "batch_size", "ema_decay", "label_smoothing",
-                                                 "sampler", "weighted_loss", "seed")},
+            "recipe": {**{k: tcfg.get(k) for k in ("epochs", "lr", "batch_size", "ema_decay", "label_smoothing",
+                                                    "sampler", "weighted_loss", "seed")}, "resize": spec.resize},
             "weights_sha256": (config.get("weights_sha256") or "")[:16], "note": note,
             "roc_auc": round(at_op["roc_auc"], 4), "accuracy": round(at_op["accuracy"], 4),
             "sensitivity": round(at_op["recall"], 4), "specificity": round(at_op["specificity"], 4),

@@ -40,8 +40,9 @@ class GradCAM:
 
     def __enter__(self) -> "GradCAM":
         def forward_hook(_, __, output):
-            self._act = output
-            output.register_hook(self._save_grad)
+            if output.requires_grad:  # a no_grad forward (plain prediction) has nothing to explain
+                self._act = output
+                output.register_hook(self._save_grad)
 
         self._handles.append(self.layer.register_forward_hook(forward_hook))
         return self

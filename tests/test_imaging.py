@@ -138,3 +138,15 @@ def test_real_external_files_decode():
     m1 = load_gray(EXTERNAL / "Fake_MONOHR1.dcm")
     m2 = load_gray(next(EXTERNAL.glob("rsna_*.dcm")))
     assert abs(m1.astype(int) + m2.astype(int) - 255).mean() < 2  # MONOCHROME1 is inverted
+
+
+def test_resize_rules():
+    from pneumo_edge.imaging import resize_gray
+
+    wide = np.zeros((100, 200), np.uint8)
+    wide[:, 50:150] = 255  # the central square is all white
+    assert resize_gray(wide, 10).shape == (10, 10)
+    assert resize_gray(wide, 10)[:, 2:8].min() == 255  # center crop keeps only the middle
+    assert abs(resize_gray(wide, 10, "squash-bilinear").mean() - 127.5) < 5  # squash keeps the whole frame
+    with pytest.raises(ValueError, match="unknown resize rule"):
+        resize_gray(wide, 10, "stretch")
