@@ -24,6 +24,7 @@ def build_bundle(checkpoint: str, results: str, data: str, out: str = "export") 
     export(checkpoint, out_p, data, results=results, force=True)
     for name in EVAL_FILES:
         shutil.copyfile(Path(results) / name, out_p / name)
+    shutil.copyfile(Path(checkpoint) / "train_results.json", out_p / "train_results.json")
     test = Path(data) / "test"
     picks = [str(p) for label in ("NORMAL", "PNEUMONIA") for p in sorted((test / label).iterdir())[:CAM_EXAMPLES]]
     cam_dir = out_p / "gradcam"

@@ -78,6 +78,13 @@ def sections(bundle: Path, root: Path) -> dict[str, str]:
     res, seeds = _load(bundle / "results.json"), _load(bundle / "seeds.json")
     if res:
         out["results"] = results_table(res, seeds)
+    train = _load(bundle / "train_results.json")
+    if train and "results" in out:
+        h = train["history"][train["best_epoch"] - 1]
+        out["results"] += (f"\n\nTraining: {len(train['history'])} epochs in {train['wall_time_s'] / 60:.1f} min wall time on "
+                           f"this 2-core CPU (decoding included: {train['decode_s']:.1f} s), best epoch "
+                           f"{train['best_epoch']} by validation AUROC ({h['val_auroc']:.4f}, val accuracy "
+                           f"{h['val_accuracy']:.4f}), {h['images_per_s']:.1f} training images/s.")
     parity = _load(bundle / "parity.json")
     if parity and "fp32" in parity:
         out["parity"] = parity_table(parity)

@@ -81,8 +81,12 @@ def test_gate_fails_when_twin_is_perturbed(tiny_checkpoint, tiny_data, tmp_path,
     r = CliRunner().invoke(main, ["export", str(bad), "--out", str(tmp_path / "o"), "--data", str(tiny_data),
                                   "--no-int8", "--no-guard"])
     assert r.exit_code == 3, r.output
-    assert "parity gate failed" in r.output and "max |delta prob|" in r.output and "labels differ" in r.output
-    assert json.loads((tmp_path / "o" / "parity.json").read_text())["passed"] is False
+    assert "parity gate failed" in r.output and "max |delta prob|" in r.output
+    report = json.loads((tmp_path / "o" / "parity.json").read_text())
+    assert report["passed"] is False and report["fp32"]["max_abs_prob_diff"] > 1e-4
+    # Every failed check is listed: the label check appears exactly when labels flipped.
+    assert ("labels differ" in r.output) == (report["fp32"]["labels_differing"] > 0)
+    assert len(report["failures"]) == 1 + (report["fp32"]["labels_differing"] > 0)
 
 
 def test_export_refuses_bad_checkpoints(tmp_path, tiny_data, tiny_checkpoint):
