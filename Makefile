@@ -19,7 +19,7 @@ install: $(BIN)/pneumo-edge
 # The main job: classify the committed X-rays with the shipped bundle (no training),
 # then evaluate the shipped model on the test split when the dataset is present.
 demo: install
-	$(BIN)/pneumo-edge infer examples/xrays --out demo_out/predictions.csv --force
+	$(BIN)/pneumo-edge infer examples/xrays --out demo_out/predictions.csv --force --verbose
 	@if [ -d "$(DATA)" ]; then \
 	  $(BIN)/pneumo-edge evaluate $(BUNDLE) --data $(DATA) --out demo_out/eval --force \
 	    --ledger demo_out/test_ledger.jsonl --note "make demo"; \

@@ -153,8 +153,9 @@ def export(checkpoint, out, data, results, atol, int8, min_int8_agreement, max_i
 @click.option("--workers", type=int, help="Decode threads (default: all cores).")
 @click.option("--guard/--no-guard", default=True, show_default=True,
               help="Label out-of-distribution inputs REJECTED_OOD instead of classifying them.")
+@click.option("-v", "--verbose", is_flag=True, help="Also print one line per input.")
 @friendly
-def infer(paths, model_path, out_csv, json_path, resume, force, batch_size, workers, guard) -> None:
+def infer(paths, model_path, out_csv, json_path, resume, force, batch_size, workers, guard, verbose) -> None:
     """Classify X-ray files and folders with onnxruntime (JPEG, PNG, BMP, TIFF, DICOM).
 
     Exit code 0 when every file was classified, 1 when some could not be (all
@@ -167,7 +168,15 @@ def infer(paths, model_path, out_csv, json_path, resume, force, batch_size, work
     out = Path(out_csv)
     check_output(out, resume, force)
     model = EdgeModel(model_path or default_model_path())
-    s = predict_paths(list(paths), model, out, json_path, resume, batch_size, workers, guard)
+    def echo(row: dict) -> None:
+        if row["status"] == "ok":
+            score = f"  ood {row['ood_score']}" if row.get("ood_score") else ""
+            click.echo(f"{row['label']:<13} p={row['probability']}{score}  {row['path']}")
+        else:
+            click.echo(f"{row['status'].upper():<13} {row['error']}  {row['path']}")
+
+    s = predict_paths(list(paths), model, out, json_path, resume, batch_size, workers, guard,
+                      echo=echo if verbose else None)
     labels = ", ".join(f"{k} {v}" for k, v in sorted(s.counts.items())) or "nothing"
     click.echo(f"{s.n_files} inputs: {labels}"
                + (f"; {s.n_skipped_resume} already done" if s.n_skipped_resume else "")

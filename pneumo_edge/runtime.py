@@ -147,7 +147,8 @@ def find_inputs(paths: list[str], exclude: set[str] = frozenset()) -> Found:
 class RowWriter:
     """CSV (and optional JSON Lines) rows, flushed one batch at a time so an interruption loses nothing."""
 
-    def __init__(self, csv_path: Path, json_path: Path | None, append: bool):
+    def __init__(self, csv_path: Path, json_path: Path | None, append: bool, echo=None):
+        self.echo = echo
         mode = "a" if append else "w"
         new_csv = not append or not csv_path.exists() or csv_path.stat().st_size == 0
         csv_path.parent.mkdir(parents=True, exist_ok=True)
@@ -159,6 +160,8 @@ class RowWriter:
 
     def write(self, rows: list[dict]) -> None:
         for r in rows:
+            if self.echo:
+                self.echo(r)
             self._csv.writerow([r.get(c, "") for c in COLUMNS])
             if self._json_f:
                 self._json_f.write(json.dumps({c: r.get(c) for c in COLUMNS}) + "\n")
@@ -206,7 +209,7 @@ class InferSummary:
 
 def predict_paths(paths: list[str], model: EdgeModel, out_csv: str | Path, json_path: str | Path | None = None,
                   resume: bool = False, batch_size: int = 16, workers: int | None = None,
-                  guard: bool = True, progress: bool | None = None) -> InferSummary:
+                  guard: bool = True, progress: bool | None = None, echo=None) -> InferSummary:
     """Classify every image under `paths`, one row per input, flushed as produced."""
     from tqdm.auto import tqdm
 
@@ -217,7 +220,7 @@ def predict_paths(paths: list[str], model: EdgeModel, out_csv: str | Path, json_
     already = done_paths(out_csv) if resume else set()
     todo = [f for f in found.files if display_path(f) not in already]
     problems = [pr for pr in found.problems if display_path(pr[0]) not in already]
-    writer = RowWriter(out_csv, json_path, append=resume)
+    writer = RowWriter(out_csv, json_path, append=resume, echo=echo)
     counts: Counter = Counter()
     use_guard = guard and model.guard is not None
     size = model.spec.size

@@ -153,8 +153,9 @@ def test_infer_path_does_not_import_torch(tiny_bundle, tmp_path):
 @pytest.mark.skipif(not EXTERNAL.is_dir(), reason="external X-rays not present")
 def test_infer_real_dicom_and_png(tiny_bundle, tmp_path):
     r = CliRunner().invoke(main, ["infer", str(EXTERNAL), "--model", str(tiny_bundle / "model.onnx"),
-                                  "--out", str(tmp_path / "p.csv"), "--no-guard"])
+                                  "--out", str(tmp_path / "p.csv"), "--no-guard", "--verbose"])
     rows = rows_of(tmp_path / "p.csv")
     assert r.exit_code == 0, r.output
+    assert sum(line.split()[0] in ("NORMAL", "PNEUMONIA") for line in r.output.splitlines()) == 9
     assert sum(row["status"] == "ok" for row in rows) == 9  # 7 PNG/JPEG + 2 DICOM
     assert json.dumps(rows)  # plain serialisable rows
