@@ -260,9 +260,36 @@ def render_table(res: dict) -> str:
         if k.startswith("end_to_end_"):
             lines.append(f"\nEnd to end `pneumo-edge infer` with {k[11:]}: {v['images']} files in "
                          f"{v['seconds']:.2f} s = {v['images_per_s']:.1f} images/s (decode included).")
+    lines += _goals(res)
     if "ood_guard_p50_ms_per_image" in res:
         lines.append(f"\nOOD guard cost: {res['ood_guard_p50_ms_per_image']:.3f} ms per image (p50, numpy).")
     return "\n".join(lines) + "\n"
+
+
+def _goals(res: dict) -> list[str]:
+    """The project's speed goals, checked against this run (batch 1, most threads)."""
+    rows = res["rows"]
+    if not rows:
+        return []
+    t = max(r["threads"] for r in rows)
+    p50 = {r["variant"]: r["p50_ms"] for r in rows if r["batch"] == 1 and r["threads"] == t}
+    auc = {r["variant"]: r["roc_auc"] for r in rows if r["batch"] == 1 and r["threads"] == t}
+    out = ["", f"Goals (batch 1, {t} threads):"]
+    verdict = lambda ok: "met" if ok else "**missed**"  # noqa: E731
+    if {"pytorch-eager-fp32", "onnxruntime-fp32"} <= set(p50):
+        r = p50["onnxruntime-fp32"] / p50["pytorch-eager-fp32"]
+        out.append(f"- onnxruntime fp32 p50 / PyTorch eager p50 = {r:.2f} (goal <= 0.33): {verdict(r <= 1 / 3)}")
+    if {"onnxruntime-fp32", "onnxruntime-int8"} <= set(p50):
+        r = p50["onnxruntime-int8"] / p50["onnxruntime-fp32"]
+        out.append(f"- INT8 p50 / fp32 p50 = {r:.2f} (goal <= 0.60): {verdict(r <= 0.6)}")
+        if auc["onnxruntime-int8"] is not None:
+            d = auc["onnxruntime-int8"] - auc["onnxruntime-fp32"]
+            out.append(f"- INT8 ROC-AUC - fp32 ROC-AUC = {d:+.4f} (goal within 0.005): {verdict(abs(d) <= 0.005)}")
+    e2e = res.get("end_to_end_model.int8.onnx")
+    if e2e:
+        out.append(f"- end-to-end infer with INT8 = {e2e['images_per_s']:.0f} images/s (goal >= 150): "
+                   f"{verdict(e2e['images_per_s'] >= 150)}")
+    return out
 
 
 def _plot(res: dict, path: Path) -> None:
