@@ -14,14 +14,14 @@ EVAL_FILES = ("results.json", "report.md", "confusion_matrix.png", "roc.png", "r
 CAM_EXAMPLES = 3  # per class
 
 
-def build_bundle(checkpoint: str, results: str, data: str, out: str = "export") -> Path:
+def build_bundle(checkpoint: str, results: str, data: str, out: str = "export", gate=None) -> Path:
     from .gradcam import explain
-    from .onnx_export import export
+    from .onnx_export import GateConfig, export
     from .ood import guard_report, render_guard_report
     from .report import model_card
 
     out_p = Path(out)
-    export(checkpoint, out_p, data, results=results, force=True)
+    export(checkpoint, out_p, data, gate or GateConfig(), results=results, force=True)
     for name in EVAL_FILES:
         shutil.copyfile(Path(results) / name, out_p / name)
     shutil.copyfile(Path(checkpoint) / "train_results.json", out_p / "train_results.json")

@@ -205,7 +205,7 @@ def ood_images(rng_seed: int = 0) -> dict[str, list[tuple[str, np.ndarray, float
 
         for n in ("CT_small.dcm", "MR_small.dcm", "liver_1frame.dcm", "rtdose_1frame.dcm", "JPEG-lossy.dcm",
                   "JPGExtended.dcm", "examples_ybr_color.dcm", "examples_rgb_color.dcm", "SC_rgb_small_odd.dcm",
-                  "MR_small_RLE.dcm", "emri_small.dcm", "US1_UNCR.dcm"):
+                  "MR_small_RLE.dcm"):  # files bundled with pydicom: no download
             try:
                 gray, colour = load_image(get_testdata_file(n))
                 cats["other medical images"].append((n, gray, colour))

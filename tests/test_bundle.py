@@ -1,0 +1,27 @@
+import json
+
+from click.testing import CliRunner
+
+from pneumo_edge.bundle import build_bundle
+from pneumo_edge.cli import main
+
+
+def test_build_bundle_end_to_end(tiny_checkpoint, tiny_data, tmp_path):
+    """The last step of `make reproduce`: export, copy evaluation, Grad-CAM, guard report, model card."""
+    import pneumo_edge.onnx_export as ox
+
+    ev = tmp_path / "eval"
+    r = CliRunner().invoke(main, ["evaluate", str(tiny_checkpoint), "--data", str(tiny_data), "--out", str(ev),
+                                  "--ledger", "", "--bootstrap", "20"])
+    assert r.exit_code == 0, r.output
+    out = tmp_path / "bundle"
+    # The tiny model's INT8 twin is not held to the real model's INT8 gate; fp32 parity still is.
+    build_bundle(str(tiny_checkpoint), str(ev), str(tiny_data), str(out),
+                 gate=ox.GateConfig(int8_min_agreement=0.0, int8_max_auroc_delta=1.0))
+    for f in ("model.onnx", "model.int8.onnx", "model.safetensors", "config.json", "results.json", "roc.png",
+              "parity.json", "guard.json", "guard.md", "README.md", "train_results.json",
+              "gradcam/contact_sheet.png"):
+        assert (out / f).is_file(), f
+    card = (out / "README.md").read_text()
+    assert card.startswith("---\nlicense:") and "Not a medical device" in card.replace("**", "")
+    assert json.loads((out / "guard.json").read_text())["ood_overall"]["n"] > 50
