@@ -151,7 +151,6 @@ def run_benchmark(cfg: BenchConfig) -> dict:
     from .checkpoint import load_checkpoint
     from .imaging import PreprocessSpec, normalize
     from .metrics import binary_metrics, prob_from_logits
-    from .ood import image_stats
     from .runtime import EdgeModel, predict_paths
 
     bundle = Path(cfg.bundle)
@@ -210,7 +209,6 @@ def run_benchmark(cfg: BenchConfig) -> dict:
         emb = guard_model.run(x_all[:16])["embedding"]
         ms = time_calls(lambda _: guard_model.guard.scores(resized[:1], emb[:1]), None, cfg.iters, cfg.warmup)
         extra["ood_guard_p50_ms_per_image"] = float(np.percentile(ms, 50))
-        extra["image_stats_check"] = image_stats(resized[:1]).shape[1]
     if cfg.end_to_end and cfg.data and Path(cfg.data).is_dir():
         import tempfile
 

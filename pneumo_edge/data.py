@@ -21,12 +21,12 @@ from pathlib import Path
 
 import numpy as np
 
+from .hub import HUB_TIMEOUT_S, hub_offline
 from .errors import DataError, HubError, ImageError
 from .imaging import IMAGE_SUFFIXES, load_gray, resize_gray
 
 LABELS = ("NORMAL", "PNEUMONIA")
 DEFAULT_HUB_DATASET = "hf-vision/chest-xray-pneumonia"
-HUB_TIMEOUT_S = 8.0
 
 
 @dataclass(frozen=True)
@@ -94,7 +94,7 @@ def _from_hub(repo_id: str) -> dict[str, list[Sample]]:
                         "a local copy laid out as {train,val,test}/{NORMAL,PNEUMONIA}/, "
                         "e.g. --data ../shared/data/chest_xray")
 
-    offline = os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes")
+    offline = hub_offline()
     try:  # a cached copy needs no network at all
         local = snapshot_download(repo_id, repo_type="dataset", local_files_only=True)
     except Exception:

@@ -21,8 +21,8 @@ from .atomic import prepare_out_dir, write_json, write_text
 from .checkpoint import load_checkpoint
 from .data import LABELS, carve_validation, decode_all, fingerprint, load_splits
 from .imaging import PreprocessSpec
-from .metrics import (METRIC_NAMES, binary_metrics, bootstrap_ci, expected_calibration_error,
-                      fit_temperature, prob_from_logits, reliability_bins, threshold_for_sensitivity)
+from .metrics import (METRIC_NAMES, binary_metrics, bootstrap_ci, calibrate, expected_calibration_error,
+                      prob_from_logits, reliability_bins)
 
 DEFAULT_LEDGER = "test_ledger.jsonl"
 
@@ -62,10 +62,10 @@ def evaluate(checkpoint: str | Path, data: str, out: str | Path, target_sensitiv
     _, val_s, info = carve_validation(splits.train_pool, tcfg.get("val_fraction", 0.1), tcfg.get("seed", 42))
     x_val, y_val, _ = decode_all(val_s, spec.size, progress=progress, rule=spec.resize)
     val_logits = predict_logits(model, x_val, spec)
-    temperature = fit_temperature(val_logits, y_val)
+    cal = calibrate(val_logits, y_val, target)
+    temperature, threshold = cal["temperature"], cal["threshold"]
     p_val_raw = prob_from_logits(val_logits)
     p_val = prob_from_logits(val_logits, temperature)
-    threshold = threshold_for_sensitivity(y_val, p_val, target)
 
     # The one read of the test split.
     x_test, y_test, bad_test = decode_all(splits.test, spec.size, progress=progress, rule=spec.resize)

@@ -13,7 +13,11 @@ from .errors import HubError, PneumoEdgeError
 BUNDLE_REQUIRED = ("model.onnx", "model.int8.onnx", "model.safetensors", "config.json", "README.md",
                    "results.json", "parity.json")
 UPLOAD_SUFFIXES = {".onnx", ".safetensors", ".json", ".md", ".png"}
-HUB_TIMEOUT_S = 8.0
+HUB_TIMEOUT_S = 8.0  # one short probe: no network costs seconds, not minutes of retries
+
+
+def hub_offline() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes")
 
 
 def bundle_files(bundle: str | Path) -> list[Path]:
@@ -38,7 +42,7 @@ def push(bundle: str | Path, repo_id: str, dry_run: bool = False, private: bool 
     token = token or os.environ.get("HF_TOKEN") or get_token()
     if not token:
         raise HubError("no Hugging Face token: run `huggingface-cli login` or set HF_TOKEN")
-    if os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes"):
+    if hub_offline():
         raise HubError("HF_HUB_OFFLINE is set: cannot upload")
     api = HfApi(token=token)
     try:  # a short probe first, so that no network fails in seconds

@@ -84,6 +84,14 @@ def fit_temperature(logits: np.ndarray, y: np.ndarray) -> float:
     return float(np.exp(res.x))
 
 
+def calibrate(val_logits: np.ndarray, y_val: np.ndarray, target_sensitivity: float = 0.95) -> dict:
+    """Temperature, then the operating point on the calibrated probabilities; validation data only."""
+    t = fit_temperature(val_logits, y_val)
+    p = prob_from_logits(val_logits, t)
+    return {"temperature": t, "threshold": threshold_for_sensitivity(y_val, p, target_sensitivity),
+            "target_sensitivity": target_sensitivity}
+
+
 def expected_calibration_error(y: np.ndarray, p: np.ndarray, bins: int = 15) -> float:
     """Top-label ECE: |accuracy - confidence| averaged over equal-width confidence bins."""
     y, p = np.asarray(y).astype(int), np.asarray(p, np.float64)

@@ -11,18 +11,17 @@ local safetensors or PyTorch state dict instead (never unpickled as objects).
 from __future__ import annotations
 
 import difflib
-import os
 from pathlib import Path
 
 import torch
 from torch import nn
 
+from .hub import HUB_TIMEOUT_S, hub_offline
 from .errors import HubError, ModelError
 from .imaging import PreprocessSpec
 
 DEFAULT_MODEL = "tf_efficientnet_lite0"
 NUM_CLASSES = 2
-HUB_TIMEOUT_S = 8.0
 
 
 def check_model_name(name: str) -> None:
@@ -71,7 +70,7 @@ def _hub_reachable(repo_id: str) -> None:
     if any(isinstance(try_to_load_from_cache(repo_id, f), str) for f in ("model.safetensors", "pytorch_model.bin")):
         return
     hint = "use --pretrained none, or --weights FILE with a local copy"
-    if os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes"):
+    if hub_offline():
         raise HubError(f"HF_HUB_OFFLINE is set and '{repo_id}' is not cached; {hint}")
     try:
         HfApi().model_info(repo_id, timeout=HUB_TIMEOUT_S)

@@ -274,9 +274,9 @@ def guard_report(model_path: str, data: str | None, out_json: str | None = None)
         r = rejected(x)
         report["in_distribution"] = {"set": "test split", "n": int(len(x)), "rejected": int(r.sum()),
                                      "rate": float(r.mean())}
+        report["altered_xrays"] = {}
         for name, imgs in altered_xrays(x).items():
             r = rejected(imgs)
-            report["altered_xrays"] = report.get("altered_xrays", {})
             report["altered_xrays"][name] = {"n": int(len(imgs)), "rejected": int(r.sum()), "rate": float(r.mean())}
     total, total_rej = 0, 0
     for cat, items in ood_images().items():

@@ -28,7 +28,7 @@ from .checkpoint import save_checkpoint
 from .data import LABELS, carve_validation, decode_all, fingerprint, load_splits
 from .errors import PneumoEdgeError
 from .imaging import PreprocessSpec
-from .metrics import binary_metrics, fit_temperature, prob_from_logits, threshold_for_sensitivity
+from .metrics import binary_metrics, calibrate, prob_from_logits
 from .models import DEFAULT_MODEL, create_model
 
 
@@ -281,14 +281,6 @@ def fit(cfg: TrainConfig) -> dict:
     print(f"best epoch {best['epoch']} (val AUROC {best['val_auroc']:.4f}); wall time {wall / 60:.1f} min; "
           f"checkpoint {out / 'model.safetensors'}")
     return result
-
-
-def calibrate(val_logits: np.ndarray, y_val: np.ndarray, target_sensitivity: float) -> dict:
-    """Temperature and operating point, both fitted on validation only."""
-    t = fit_temperature(val_logits, y_val)
-    p = prob_from_logits(val_logits, t)
-    return {"temperature": t, "threshold": threshold_for_sensitivity(y_val, p, target_sensitivity),
-            "target_sensitivity": target_sensitivity}
 
 
 def _with_state(model: nn.Module, state: dict) -> nn.Module:
