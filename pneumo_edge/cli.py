@@ -272,3 +272,14 @@ def guard_report(model_path, data, out_json) -> None:
     if out_json:
         write_text(Path(out_json).with_suffix(".md"), table)
     click.echo(table)
+
+
+@main.command()
+@click.argument("study_file", type=click.Path(exists=True, dir_okay=False))
+@click.option("--only", multiple=True, help="Run only this candidate (repeatable).")
+@friendly
+def study(study_file, only) -> None:
+    """Train and score a declared list of recipes on validation; pick one by the committed rule."""
+    from .study import run_study
+
+    run_study(study_file, only=list(only) or None, progress=sys.stderr.isatty())

@@ -224,11 +224,14 @@ def fingerprint(samples: list[Sample]) -> str:
 
 
 def decode_all(samples: list[Sample], size: int, workers: int | None = None, progress: bool = True,
-               rule: str = "center-crop-bilinear") -> tuple[np.ndarray, np.ndarray, list[tuple[str, str]]]:
+               rule: str | None = "center-crop-bilinear"
+               ) -> tuple[np.ndarray | list[np.ndarray], np.ndarray, list[tuple[str, str]]]:
     """Decode and resize every sample once, in parallel (Pillow releases the GIL).
 
     Returns uint8 images (N, size, size), int64 labels (N,) and the (name, reason)
     of every file that could not be decoded; those are skipped, not fatal.
+    With `rule=None` the images keep their whole frame (a list of (H, W) arrays,
+    JPEGs decoded at no less than `size`), for augmentation that picks its own crop.
     """
     from tqdm.auto import tqdm
 
@@ -236,7 +239,8 @@ def decode_all(samples: list[Sample], size: int, workers: int | None = None, pro
 
     def work(s: Sample):
         try:
-            return resize_gray(load_gray(s.source(), size=size), size, rule), None
+            gray = load_gray(s.source(), size=size)
+            return (gray if rule is None else resize_gray(gray, size, rule)), None
         except ImageError as e:
             return None, str(e)
 
@@ -255,4 +259,4 @@ def decode_all(samples: list[Sample], size: int, workers: int | None = None, pro
         warnings.warn(f"skipped {len(bad)} unreadable image(s): {shown}" + (" ..." if len(bad) > 5 else ""), stacklevel=2)
     if not images:
         raise DataError("no readable images")
-    return np.stack(images), np.asarray(labels, np.int64), bad
+    return (images if rule is None else np.stack(images)), np.asarray(labels, np.int64), bad

@@ -14,7 +14,7 @@ import json
 import math
 import os
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import __version__
+from .augment import AugmentConfig, augment, crop_batch
 from .atomic import prepare_out_dir, write_json, write_with
 from .checkpoint import save_checkpoint
 from .data import LABELS, carve_validation, decode_all, fingerprint, load_splits
@@ -59,30 +60,13 @@ class TrainConfig:
     resume: bool = False
     force: bool = False
     progress: bool = True
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    freeze_bn: bool = False  # keep the ImageNet BatchNorm statistics (fine-tuning moves the affine part only)
+    probe_epochs: int = 0  # LP-FT: epochs that train the classifier alone before the full fine-tune
+    probe_lr: float = 3e-3
 
 
-# ---------------------------------------------------------------- augmentation
-
-def augment(x: torch.Tensor, gen: torch.Generator, max_rot: float = 15.0, scale: float = 0.1,
-            shift: float = 0.05, jitter: float = 0.05) -> torch.Tensor:
-    """Flip, rotate/scale/shift and brightness/contrast jitter on a float batch in [0, 1]."""
-    n = x.shape[0]
-    u = lambda: torch.rand(n, generator=gen) * 2 - 1  # noqa: E731 - uniform in [-1, 1]
-    flip = torch.rand(n, generator=gen) < 0.5
-    x = torch.where(flip[:, None, None, None], x.flip(-1), x)
-    ang = u() * math.radians(max_rot)
-    s = 1.0 + u() * scale
-    cos, sin = torch.cos(ang) / s, torch.sin(ang) / s
-    theta = torch.stack([torch.stack([cos, -sin, u() * shift], 1),
-                         torch.stack([sin, cos, u() * shift], 1)], 1)
-    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
-    x = F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
-    bright = 1.0 + u() * jitter
-    contrast = 1.0 + u() * jitter
-    mean = x.mean(dim=(1, 2, 3), keepdim=True)
-    x = (x - mean) * contrast[:, None, None, None] + mean * bright[:, None, None, None]
-    return x.clamp_(0.0, 1.0)
-
+# ---------------------------------------------------------------- batches
 
 def to_model_input(x01: torch.Tensor, spec: PreprocessSpec) -> torch.Tensor:
     return ((x01 - spec.mean) / spec.std).contiguous(memory_format=torch.channels_last)
@@ -125,7 +109,11 @@ class EMA:
                 self.state[k].copy_(v)
 
 
-def lr_at(step: int, total: int, cfg: TrainConfig) -> float:
+def lr_at(step: int, total: int, cfg: TrainConfig, probe_steps: int = 0) -> float:
+    """Constant probe rate, then linear warm-up and cosine decay to 1% of the peak."""
+    if step < probe_steps:
+        return cfg.probe_lr
+    step, total = step - probe_steps, total - probe_steps
     if step < cfg.warmup_steps:
         return cfg.lr * (step + 1) / cfg.warmup_steps
     t = (step - cfg.warmup_steps) / max(1, total - cfg.warmup_steps)
@@ -196,7 +184,10 @@ def fit(cfg: TrainConfig) -> dict:
         train_s = [train_s[i] for i in sorted(keep)]
     print(info.describe())
     t0 = time.perf_counter()
-    x_train, y_train, bad_train = decode_all(train_s, spec.size, progress=cfg.progress, rule=spec.resize)
+    # Random framing needs the whole film; the fixed view pre-resizes once.
+    framing = cfg.augment.crop_scale is not None
+    x_train, y_train, bad_train = decode_all(train_s, spec.size, progress=cfg.progress,
+                                             rule=None if framing else spec.resize)
     x_val, y_val, bad_val = decode_all(val_s, spec.size, progress=cfg.progress, rule=spec.resize)
     decode_s = time.perf_counter() - t0
     print(f"decoded {len(x_train) + len(x_val)} images at {spec.size}px in {decode_s:.1f}s"
@@ -214,6 +205,7 @@ def fit(cfg: TrainConfig) -> dict:
 
     steps_per_epoch = max(1, len(x_train) // cfg.batch_size)
     total_steps = steps_per_epoch * cfg.epochs
+    probe_steps = steps_per_epoch * min(cfg.probe_epochs, cfg.epochs)
     start_epoch, step, history, best = 0, 0, [], {}
     if cfg.resume:
         start_epoch, step, history, best = _load_snapshot(out, model, ema, opt)
@@ -233,16 +225,26 @@ def fit(cfg: TrainConfig) -> dict:
         rng = np.random.default_rng(cfg.seed + epoch)  # per-epoch stream: resume replays exactly
         gen.manual_seed(cfg.seed * 1000 + epoch)
         order = rng.choice(len(y_train), steps_per_epoch * cfg.batch_size, replace=cfg.sampler, p=sample_p)
+        crop_rng = np.random.default_rng([cfg.seed, epoch, 1])
+        probing = epoch < cfg.probe_epochs
+        head = set(id(p) for p in model.get_classifier().parameters())
+        for p in model.parameters():
+            p.requires_grad_(not probing or id(p) in head)
         model.train()
+        if cfg.freeze_bn or probing:
+            for mod in model.modules():
+                if isinstance(mod, nn.BatchNorm2d):
+                    mod.eval()
         t_ep, seen, loss_sum = time.perf_counter(), 0, 0.0
         bar = tqdm(range(steps_per_epoch), desc=f"epoch {epoch + 1}/{cfg.epochs}", unit="batch",
                    disable=not cfg.progress, leave=False)
         for b in bar:
             idx = order[b * cfg.batch_size:(b + 1) * cfg.batch_size]
-            x = to_model_input(augment(uint8_batch(x_train, idx), gen), spec)
+            x01 = crop_batch(x_train, idx, spec.size, crop_rng, cfg.augment) if framing else uint8_batch(x_train, idx)
+            x = to_model_input(augment(x01, gen, cfg.augment), spec)
             y = torch.from_numpy(y_train[idx])
             for g in opt.param_groups:
-                g["lr"] = lr_at(step, total_steps, cfg)
+                g["lr"] = lr_at(step, total_steps, cfg, probe_steps)
             loss = criterion(model(x), y)
             opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -262,7 +264,7 @@ def fit(cfg: TrainConfig) -> dict:
         m = binary_metrics(y_val, val_p)
         row = {"epoch": epoch + 1, "train_loss": loss_sum / seen, "val_loss": val_loss,
                "val_accuracy": m["accuracy"], "val_auroc": m["roc_auc"],
-               "images_per_s": seen / (time.perf_counter() - t_ep), "lr": lr_at(step - 1, total_steps, cfg)}
+               "images_per_s": seen / (time.perf_counter() - t_ep), "lr": lr_at(step - 1, total_steps, cfg, probe_steps)}
         history.append(row)
         print(f"epoch {epoch + 1}/{cfg.epochs}: train loss {row['train_loss']:.4f}  val loss {val_loss:.4f}  "
               f"val acc {m['accuracy']:.4f}  val AUROC {m['roc_auc']:.4f}  ({row['images_per_s']:.1f} img/s)")
