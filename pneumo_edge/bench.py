@@ -19,8 +19,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .atomic import write_json, write_text
-from .errors import BenchError
+from .edge.atomic import write_json, write_text
+from .edge.errors import BenchError
 
 
 @dataclass
@@ -122,7 +122,7 @@ def _torch_runner(model, threads: int):
 
 
 def _ort_runner(path: Path, threads: int):
-    from .runtime import EdgeModel
+    from .edge.model import EdgeModel
 
     m = EdgeModel(path, threads=threads)
     return lambda x: m.run(x)["logits"]
@@ -149,17 +149,19 @@ def run_benchmark(cfg: BenchConfig) -> dict:
     import onnxruntime
 
     from .checkpoint import load_checkpoint
-    from .imaging import PreprocessSpec, normalize
+    from .edge.imaging import normalize
+    from .edge.meta import read_meta
     from .metrics import binary_metrics, prob_from_logits
-    from .runtime import EdgeModel, predict_paths
+    from .edge.infer import predict_paths
+    from .edge.model import EdgeModel
 
     bundle = Path(cfg.bundle)
     model, config = load_checkpoint(bundle)
     import torch
 
     model = model.to(memory_format=torch.channels_last).eval()
-    spec = PreprocessSpec.from_dict(config["preprocess"])
-    threshold, temperature = config.get("threshold", 0.5), config.get("temperature", 1.0)
+    meta = read_meta(bundle / "model.onnx")  # the decision rule travels in the ONNX file
+    spec, threshold, temperature = meta.preprocess, meta.threshold, meta.temperature
     resized, y, source = load_images(cfg, spec.size, spec.resize)
     x_all = normalize(resized, spec)
     print(f"images: {source}")

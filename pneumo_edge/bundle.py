@@ -8,7 +8,7 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-from .atomic import write_text
+from .edge.atomic import write_text
 
 EVAL_FILES = ("results.json", "report.md", "confusion_matrix.png", "roc.png", "reliability.png")
 CAM_EXAMPLES = 3  # per class

@@ -13,8 +13,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .atomic import write_json, write_with
-from .errors import ModelError
+from .edge.atomic import write_json, write_with
+from .edge.errors import ModelError
 
 FORMAT = "pneumo-edge-checkpoint/1"
 WEIGHTS = "model.safetensors"

@@ -11,7 +11,7 @@ import sys
 import click
 
 from . import __version__
-from .errors import PneumoEdgeError
+from .edge.errors import PneumoEdgeError
 
 DEFAULT_DATA = "hf-vision/chest-xray-pneumonia"
 
@@ -163,7 +163,8 @@ def infer(paths, model_path, out_csv, json_path, resume, force, batch_size, work
     """
     from pathlib import Path
 
-    from .runtime import EXIT_SOME_FAILED, EdgeModel, check_output, default_model_path, predict_paths
+    from .edge.infer import EXIT_SOME_FAILED, check_output, predict_paths
+    from .edge.model import EdgeModel, default_model_path
 
     out = Path(out_csv)
     check_output(out, resume, force)
@@ -198,7 +199,7 @@ def infer(paths, model_path, out_csv, json_path, resume, force, batch_size, work
 def explain(images, bundle, out, layer, target, force) -> None:
     """Grad-CAM heat maps on the PyTorch twin of the bundle."""
     from .gradcam import explain as run
-    from .runtime import default_model_path
+    from .edge.model import default_model_path
 
     records = run(list(images), bundle or default_model_path().parent, out, layer, target, force)
     for r in records:
@@ -227,7 +228,7 @@ def explain(images, bundle, out, layer, target, force) -> None:
 def bench(bundle, data, out, iters, batch_iters, smoke, min_auroc, max_p50_ms) -> None:
     """Latency, throughput and accuracy of PyTorch eager vs onnxruntime fp32 vs INT8."""
     from .bench import BenchConfig, run_benchmark
-    from .runtime import default_model_path
+    from .edge.model import default_model_path
 
     cfg = BenchConfig(bundle=bundle or str(default_model_path().parent), data=data, out=out,
                       iters=5 if smoke else iters, batch_iters=2 if smoke else batch_iters,
@@ -262,10 +263,10 @@ def guard_report(model_path, data, out_json) -> None:
     """How often the OOD guard rejects real X-rays, and each kind of non-X-ray image."""
     from pathlib import Path
 
-    from .atomic import write_text
+    from .edge.atomic import write_text
     from .ood import guard_report as run
     from .ood import render_guard_report
-    from .runtime import default_model_path
+    from .edge.model import default_model_path
 
     r = run(str(model_path or default_model_path()), data if data and Path(data).is_dir() else None, out_json)
     table = render_guard_report(r)

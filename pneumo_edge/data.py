@@ -22,8 +22,8 @@ from pathlib import Path
 import numpy as np
 
 from .hub import HUB_TIMEOUT_S, hub_offline
-from .errors import DataError, HubError, ImageError
-from .imaging import IMAGE_SUFFIXES, load_gray, resize_gray
+from .edge.errors import DataError, HubError, ImageError
+from .edge.imaging import IMAGE_SUFFIXES, load_gray, resize_gray
 
 LABELS = ("NORMAL", "PNEUMONIA")
 DEFAULT_HUB_DATASET = "hf-vision/chest-xray-pneumonia"

@@ -17,10 +17,10 @@ from pathlib import Path
 
 import numpy as np
 
-from .atomic import prepare_out_dir, write_json, write_text
+from .edge.atomic import prepare_out_dir, write_json, write_text
 from .checkpoint import load_checkpoint
 from .data import LABELS, carve_validation, decode_all, fingerprint, load_splits
-from .imaging import PreprocessSpec
+from .edge.imaging import PreprocessSpec
 from .metrics import (METRIC_NAMES, binary_metrics, bootstrap_ci, calibrate, expected_calibration_error,
                       prob_from_logits, reliability_bins)
 

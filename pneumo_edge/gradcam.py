@@ -1,7 +1,7 @@
 """Grad-CAM (Selvaraju et al. 2017) on the PyTorch twin of a bundle.
 
     with GradCAM(model, "conv_head") as cam:
-        heat, probs = cam(x)              # (N, S, S) in [0, 1], P(class) per image
+        heat, logits = cam(x)             # (N, S, S) in [0, 1], and the logits of the same pass
     explain(["xray.png"], bundle="export", out="cams")
 
 Hooks are owned by the context manager and removed on exit, also on error.
@@ -16,8 +16,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .atomic import write_with
-from .errors import ModelError
+from .edge.atomic import write_with
+from .edge.errors import ModelError
 
 
 def find_layer(model: nn.Module, name: str) -> nn.Module:
@@ -56,14 +56,23 @@ class GradCAM:
         self._handles.clear()
         return None  # never swallow errors
 
-    def __call__(self, x: torch.Tensor, target: int | None = None) -> tuple[np.ndarray, np.ndarray]:
-        """Heat maps (N, H, W) at the input's size, and softmax probabilities (N, C)."""
+    def __call__(self, x: torch.Tensor, target: int | None = None, decide=None) -> tuple[np.ndarray, np.ndarray]:
+        """Heat maps (N, H, W) at the input's size, and the logits (N, C) of the same forward pass.
+
+        The mapped class is `target`, else `decide(logits of one image) -> class index`, else the argmax.
+        """
         if not self._handles:
             raise RuntimeError("use GradCAM inside a `with` block")
         x = x.detach().requires_grad_(False)
         with torch.enable_grad():
             logits = self.model(x)
-            classes = logits.argmax(1) if target is None else torch.full((len(x),), target)
+            if target is not None:
+                classes = torch.full((len(x),), target)
+            elif decide is not None:
+                lg = logits.detach().numpy()
+                classes = torch.tensor([decide(lg[i:i + 1]) for i in range(len(lg))])
+            else:
+                classes = logits.argmax(1)
             self.model.zero_grad(set_to_none=True)
             logits.gather(1, classes[:, None]).sum().backward()
         weights = self._grad.mean(dim=(2, 3), keepdim=True)
@@ -72,7 +81,7 @@ class GradCAM:
         flat = cam.flatten(1)
         lo, hi = flat.min(1, keepdim=True).values, flat.max(1, keepdim=True).values
         cam = ((flat - lo) / (hi - lo).clamp_min(1e-12)).view_as(cam)
-        return cam.detach().numpy(), logits.softmax(1).detach().numpy()
+        return cam.detach().numpy(), logits.detach().numpy()
 
 
 def overlay(gray01: np.ndarray, heat: np.ndarray, alpha: float = 0.45, cmap: str = "jet") -> np.ndarray:
@@ -109,15 +118,16 @@ def _figure_png(path: Path, panels: list[tuple[np.ndarray, np.ndarray, str]], co
 def explain(images: list[str], bundle: str | Path, out: str | Path, layer: str = "conv_head",
             target: str | None = None, force: bool = False) -> list[dict]:
     """One overlay PNG per image plus a contact sheet; returns one record per image."""
-    from .atomic import prepare_out_dir
+    from .edge.atomic import prepare_out_dir
     from .checkpoint import load_checkpoint
-    from .errors import ImageError
-    from .imaging import PreprocessSpec, load_gray, normalize, resize_gray
-    from .metrics import prob_from_logits
+    from .edge.errors import ImageError
+    from .edge.imaging import load_gray, normalize, resize_gray
+    from .edge.meta import read_meta
+    from .edge.model import prob_from_logits
 
-    model, config = load_checkpoint(bundle)
-    spec = PreprocessSpec.from_dict(config["preprocess"])
-    labels = config["labels"]
+    model, _ = load_checkpoint(bundle)
+    meta = read_meta(Path(bundle) / "model.onnx")  # threshold and temperature: the ONNX file owns them
+    spec, labels = meta.preprocess, list(meta.labels)
     target_idx = None
     if target is not None:
         if target.upper() not in labels:
@@ -132,12 +142,14 @@ def explain(images: list[str], bundle: str | Path, out: str | Path, layer: str =
             except ImageError as e:
                 records.append({"path": str(src), "status": "error", "error": str(e)})
                 continue
-            heat, _ = cam(torch.from_numpy(normalize(resized[None], spec)), target_idx)
-            with torch.no_grad():
-                logits = model(torch.from_numpy(normalize(resized[None], spec))).numpy()
-            p = float(prob_from_logits(logits, config.get("temperature", 1.0))[0])
-            label = labels[int(p >= config.get("threshold", 0.5))]
-            explained = labels[target_idx] if target_idx is not None else labels[int(logits.argmax())]
+            x = torch.from_numpy(normalize(resized[None], spec))
+            # One forward pass: the probability printed is the one the map came from, and the map
+            # explains the class the bundle decides (calibrated threshold), not the argmax.
+            heat, logits = cam(x, target_idx, decide=lambda lg: labels.index(
+                meta.decide(float(prob_from_logits(lg, meta.temperature)[0]))))
+            p = float(prob_from_logits(logits, meta.temperature)[0])
+            label = meta.decide(p)
+            explained = labels[target_idx] if target_idx is not None else label
             title = f"{Path(src).name[:40]}\nP(pneumonia) {p:.3f} -> {label}; map for {explained}"
             png = out / f"{Path(src).stem}.gradcam.png"
             _figure_png(png, [(resized / 255.0, heat[0], title)], cols=1)

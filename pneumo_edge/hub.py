@@ -8,7 +8,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from .errors import HubError, PneumoEdgeError
+from .edge.errors import HubError, PneumoEdgeError
 
 BUNDLE_REQUIRED = ("model.onnx", "model.int8.onnx", "model.safetensors", "config.json", "README.md",
                    "results.json", "parity.json")

@@ -13,11 +13,7 @@ import numpy as np
 METRIC_NAMES = ("accuracy", "precision", "recall", "specificity", "f1", "roc_auc", "pr_auc")
 
 
-def prob_from_logits(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
-    """P(class 1) from 2-class logits: softmax over (l / T), written stably as a sigmoid."""
-    logits = np.asarray(logits, np.float64)
-    z = (logits[:, 1] - logits[:, 0]) / temperature
-    return 1.0 / (1.0 + np.exp(-z))
+from .edge.model import prob_from_logits  # noqa: E402,F401 - one definition, shared with the edge
 
 
 def confusion(y: np.ndarray, pred: np.ndarray) -> np.ndarray:

@@ -17,8 +17,8 @@ import torch
 from torch import nn
 
 from .hub import HUB_TIMEOUT_S, hub_offline
-from .errors import HubError, ModelError
-from .imaging import PreprocessSpec
+from .edge.errors import HubError, ModelError
+from .edge.imaging import PreprocessSpec
 
 DEFAULT_MODEL = "tf_efficientnet_lite0"
 NUM_CLASSES = 2

@@ -16,7 +16,7 @@ import json
 import shutil
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -24,12 +24,13 @@ import torch
 from torch import nn
 
 from . import __version__
-from .atomic import prepare_out_dir, write_json, write_text
+from .edge.atomic import prepare_out_dir, write_json, write_text
 from .checkpoint import CONFIG, WEIGHTS, load_checkpoint, resolve
-from .errors import ParityError
-from .imaging import PreprocessSpec, normalize
+from .edge.errors import ParityError
+from .edge.imaging import PreprocessSpec, normalize
 from .metrics import METRIC_NAMES, binary_metrics
-from .runtime import META_KEY, EdgeModel
+from .edge.meta import META_KEY, BundleMeta
+from .edge.model import EdgeModel, prob_from_logits
 
 OPSET = 18
 
@@ -66,30 +67,20 @@ def export_onnx(model: nn.Module, spec: PreprocessSpec, path: Path, meta: dict) 
     onnx.checker.check_model(str(path), full_check=True)
 
 
-def set_metadata(proto, meta: dict) -> None:
+def set_metadata(proto, meta: BundleMeta) -> None:
     del proto.metadata_props[:]
     entry = proto.metadata_props.add()
-    entry.key, entry.value = META_KEY, json.dumps(meta, sort_keys=True)
+    entry.key, entry.value = META_KEY, meta.to_json()
     proto.producer_name = "pneumo-edge"
     proto.producer_version = __version__
 
 
-def bundle_metadata(config: dict, threshold: float, temperature: float) -> dict:
-    return {
-        "pneumo_edge_version": __version__,
-        "model": config["model"],
-        "labels": config["labels"],
-        "preprocess": config["preprocess"],
-        "input": {"name": "image", "layout": "NCHW", "dtype": "float32",
-                  "range": "grey level / 255, then (x - mean) / std"},
-        "outputs": {"logits": "unnormalised class scores", "embedding": "penultimate features"},
-        "threshold": threshold,
-        "temperature": temperature,
-        "probability": "softmax(logits / temperature)[PNEUMONIA]; label PNEUMONIA if >= threshold",
-        "target_sensitivity": config.get("target_sensitivity"),
-        "data_fingerprint": config.get("data_fingerprint"),
-        "weights_sha256": config.get("weights_sha256"),
-    }
+def bundle_metadata(config: dict, threshold: float, temperature: float) -> BundleMeta:
+    return BundleMeta(model=config["model"], labels=tuple(config["labels"]),
+                      preprocess=PreprocessSpec.from_dict(config["preprocess"]), threshold=threshold,
+                      temperature=temperature, pneumo_edge_version=__version__,
+                      target_sensitivity=config.get("target_sensitivity"),
+                      data_fingerprint=config.get("data_fingerprint"), weights_sha256=config.get("weights_sha256"))
 
 
 # ---------------------------------------------------------------- parity
@@ -110,7 +101,6 @@ def _side_by_side(y, p_a, p_b, threshold) -> dict:
 def check_parity(model: nn.Module, edge: EdgeModel, resized: np.ndarray, y: np.ndarray,
                  gate: GateConfig) -> tuple[dict, list[str]]:
     """PyTorch vs onnxruntime fp32 on identical inputs; returns (report, failures)."""
-    from .metrics import prob_from_logits
 
     failures: list[str] = []
     with torch.no_grad():
@@ -229,7 +219,7 @@ def export(checkpoint: str | Path, out: str | Path, data: str, gate: GateConfig 
         if guard:
             from .ood import fit_guard
 
-            meta["ood"] = fit_guard(model, spec, train_s, val_s, progress=progress)
+            meta = replace(meta, ood=fit_guard(model, spec, train_s, val_s, progress=progress))
         export_onnx(model, spec, tmp / "model.onnx", meta)
         fp32 = EdgeModel(tmp / "model.onnx")
         report["fp32"], f = check_parity(model, fp32, x_test, y_test, gate)
@@ -241,7 +231,7 @@ def export(checkpoint: str | Path, out: str | Path, data: str, gate: GateConfig 
             x_cal, _, _ = decode_all([train_s[i] for i in pick], spec.size, progress=progress, rule=spec.resize)
             quantize_int8(tmp / "model.onnx", tmp / "model.int8.onnx", x_cal, spec)
             q = onnx.load(str(tmp / "model.int8.onnx"))
-            set_metadata(q, {**meta, "quantization": f"static QDQ int8, per-channel, {len(x_cal)} training images"})
+            set_metadata(q, replace(meta, quantization=f"static QDQ int8, per-channel, {len(x_cal)} training images"))
             onnx.save(q, str(tmp / "model.int8.onnx"))
             report["int8"], f = check_int8(fp32, EdgeModel(tmp / "model.int8.onnx"), x_test, y_test, gate)
             failures += f

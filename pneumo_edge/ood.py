@@ -1,101 +1,17 @@
-"""Out-of-distribution guard: refuse what is not a frontal chest X-ray.
+"""Fit the out-of-distribution guard (torch, training data) and measure it (report).
 
-Three checks, each scaled so that 1.0 is its threshold; the guard score is their
-maximum and a file scoring above 1 is REJECTED_OOD:
-
-* embedding: class-conditional Gaussian with a shared covariance (Mahalanobis,
-  Lee et al. 2018) on the penultimate features, modelled as the top-k principal
-  directions plus isotropic residual variance so that it fits in metadata;
-  threshold = a high percentile of held-out validation scores.
-* colour: X-rays are grey; a colourful image is not one, whatever its content.
-* intensity: mean / spread / histogram entropy outside the range seen in training.
-
-Everything is fitted on training data; only the embedding threshold looks at
-validation. `fit_guard` needs torch (export time); `Guard` needs numpy only.
+The guard's maths and its decision rule live on the edge side (`edge.guard`); this module
+estimates its statistics from training and validation embeddings, and builds the
+out-of-distribution evaluation set behind `pneumo-edge guard-report`.
 """
 
 from __future__ import annotations
 
-import base64
-from dataclasses import dataclass
-
 import numpy as np
 
-N_COMPONENTS = 32
-PERCENTILE = 99.5
-MAX_CHROMA = 0.04  # grey X-rays stored as RGB measure < 0.01 (JPEG chroma noise); photos 0.1-0.3
-FIT_IMAGES = 1500
+from .edge.guard import N_COMPONENTS, PERCENTILE, Guard, image_stats
 
-
-def _pack(a: np.ndarray) -> str:
-    return base64.b64encode(np.ascontiguousarray(a, np.float32).tobytes()).decode()
-
-
-def _unpack(s: str, shape) -> np.ndarray:
-    return np.frombuffer(base64.b64decode(s), np.float32).reshape(shape).astype(np.float64)
-
-
-def image_stats(resized: np.ndarray) -> np.ndarray:
-    """(N, 3): mean and standard deviation of grey level (0..1) and histogram entropy (bits)."""
-    x = resized.reshape(len(resized), -1)
-    mean = x.mean(1) / 255.0
-    std = x.std(1) / 255.0
-    ent = np.empty(len(x))
-    for i, row in enumerate(x):
-        h = np.bincount(row >> 2, minlength=64).astype(np.float64)  # 64-bin histogram
-        h = h[h > 0] / len(row)
-        ent[i] = -(h * np.log2(h)).sum()
-    return np.stack([mean, std, ent], 1)
-
-
-@dataclass
-class Guard:
-    means: np.ndarray  # (C, D) class means of the embedding
-    components: np.ndarray  # (k, D) principal directions of class-centred embeddings
-    eigvals: np.ndarray  # (k,)
-    residual_var: float  # mean variance outside the top-k directions
-    threshold: float  # embedding distance at PERCENTILE of validation
-    stat_lo: np.ndarray  # (3,) allowed range of image_stats
-    stat_hi: np.ndarray
-    max_chroma: float = MAX_CHROMA
-
-    def embedding_distance(self, emb: np.ndarray) -> np.ndarray:
-        emb = np.asarray(emb, np.float64)
-        best = np.full(len(emb), np.inf)
-        for mu in self.means:
-            d = emb - mu
-            proj = d @ self.components.T
-            resid = (d * d).sum(1) - (proj * proj).sum(1)
-            dist = (proj * proj / self.eigvals).sum(1) + np.maximum(resid, 0) / self.residual_var
-            best = np.minimum(best, dist)
-        return best
-
-    def scores(self, resized: np.ndarray, emb: np.ndarray, chroma: np.ndarray | None = None) -> np.ndarray:
-        """Guard score per image; > 1 means out of distribution."""
-        s_emb = self.embedding_distance(emb) / self.threshold
-        st = image_stats(resized)
-        width = self.stat_hi - self.stat_lo
-        outside = np.maximum(self.stat_lo - st, st - self.stat_hi) / width  # < 0 inside the range
-        s_img = np.where(outside.max(1) > 0, 1.0 + outside.max(1), 0.0)
-        s_col = (np.zeros(len(emb)) if chroma is None else np.asarray(chroma, np.float64)) / self.max_chroma
-        return np.maximum.reduce([s_emb, s_img, s_col])
-
-    def to_meta(self) -> dict:
-        c, d = self.means.shape
-        return {"method": "mahalanobis-ppca+colour+intensity", "dim": d, "classes": c,
-                "k": len(self.eigvals), "means": _pack(self.means), "components": _pack(self.components),
-                "eigvals": self.eigvals.tolist(), "residual_var": self.residual_var,
-                "threshold": self.threshold, "percentile": PERCENTILE,
-                "stat_lo": self.stat_lo.tolist(), "stat_hi": self.stat_hi.tolist(),
-                "max_chroma": self.max_chroma}
-
-    @classmethod
-    def from_meta(cls, m: dict) -> "Guard":
-        return cls(means=_unpack(m["means"], (m["classes"], m["dim"])),
-                   components=_unpack(m["components"], (m["k"], m["dim"])),
-                   eigvals=np.asarray(m["eigvals"], np.float64), residual_var=float(m["residual_var"]),
-                   threshold=float(m["threshold"]), stat_lo=np.asarray(m["stat_lo"]),
-                   stat_hi=np.asarray(m["stat_hi"]), max_chroma=float(m["max_chroma"]))
+FIT_IMAGES = 1500  # training images whose embeddings fit the guard
 
 
 def fit_from_arrays(emb: np.ndarray, y: np.ndarray, stats: np.ndarray, val_emb: np.ndarray,
@@ -124,7 +40,7 @@ def fit_guard(model, spec, train_samples, val_samples, n_fit: int = FIT_IMAGES, 
     import torch
 
     from .data import decode_all
-    from .imaging import normalize
+    from .edge.imaging import normalize
 
     rng = np.random.default_rng(0)
     pick = sorted(rng.choice(len(train_samples), min(n_fit, len(train_samples)), replace=False))
@@ -162,7 +78,7 @@ def ood_images(rng_seed: int = 0) -> dict[str, list[tuple[str, np.ndarray, float
     """Out-of-distribution images that can be had offline, by category: (name, grey uint8, chroma)."""
     from PIL import Image
 
-    from .imaging import chroma, load_image
+    from .edge.imaging import chroma, load_image
 
     rng = np.random.default_rng(rng_seed)
     cats: dict[str, list] = {k: [] for k in ("colour photos", "grey photos", "other medical images",
@@ -233,7 +149,7 @@ def ood_images(rng_seed: int = 0) -> dict[str, list[tuple[str, np.ndarray, float
 
 def altered_xrays(resized: np.ndarray, n: int = 60, seed: int = 0) -> dict[str, np.ndarray]:
     """Heavily cropped or rotated versions of real X-rays: a separate, harder category."""
-    from .imaging import resize_gray
+    from .edge.imaging import resize_gray
 
     rng = np.random.default_rng(seed)
     pick = resized[rng.choice(len(resized), min(n, len(resized)), replace=False)]
@@ -251,12 +167,12 @@ def altered_xrays(resized: np.ndarray, n: int = 60, seed: int = 0) -> dict[str, 
 def guard_report(model_path: str, data: str | None, out_json: str | None = None) -> dict:
     """Rejection rates: in-distribution test X-rays (want <= 1%) and each OOD category (want >= 99%)."""
     from .data import decode_all, load_splits
-    from .imaging import normalize, resize_gray
-    from .runtime import EdgeModel
+    from .edge.imaging import normalize, resize_gray
+    from .edge.model import EdgeModel
 
     model = EdgeModel(model_path)
     if model.guard is None:
-        from .errors import ModelError
+        from .edge.errors import ModelError
 
         raise ModelError(f"'{model_path}' carries no OOD guard (export without --no-guard)")
     s = model.spec.size
@@ -266,7 +182,7 @@ def guard_report(model_path: str, data: str | None, out_json: str | None = None)
         for i in range(0, len(resized), 32):
             emb = model.run(normalize(resized[i:i + 32], model.spec))["embedding"]
             out.append(model.guard.scores(resized[i:i + 32], emb, None if colour is None else colour[i:i + 32]))
-        return np.concatenate(out) > 1.0
+        return model.guard.rejects(np.concatenate(out))
 
     report: dict = {"model": str(model_path), "categories": {}}
     if data:
@@ -289,7 +205,7 @@ def guard_report(model_path: str, data: str | None, out_json: str | None = None)
         total_rej += int(r.sum())
     report["ood_overall"] = {"n": total, "rejected": total_rej, "rate": total_rej / max(1, total)}
     if out_json:
-        from .atomic import write_json
+        from .edge.atomic import write_json
 
         write_json(out_json, report)
     return report

@@ -13,7 +13,7 @@ import io
 import numpy as np
 from PIL import Image, ImageFilter
 
-from .imaging import resize_gray
+from .edge.imaging import resize_gray
 
 # name -> (kind, strength). Framing perturbations act on the whole film, the others on the clean view.
 PERTURBATIONS: dict[str, tuple[str, float]] = {

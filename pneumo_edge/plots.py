@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .atomic import write_with
+from .edge.atomic import write_with
 
 
 def _fig():

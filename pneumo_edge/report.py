@@ -13,7 +13,7 @@ import re
 import sys
 from pathlib import Path
 
-from .atomic import write_text
+from .edge.atomic import write_text
 from .evaluate import DEFAULT_LEDGER, count_ledger
 
 # Published results on the same official 624-image test split, for comparison.

@@ -24,11 +24,11 @@ from torch import nn
 
 from . import __version__
 from .augment import AugmentConfig, augment, crop_batch
-from .atomic import prepare_out_dir, write_json, write_with
+from .edge.atomic import prepare_out_dir, write_json, write_with
 from .checkpoint import save_checkpoint
 from .data import LABELS, carve_validation, decode_all, fingerprint, load_splits
-from .errors import PneumoEdgeError
-from .imaging import PreprocessSpec
+from .edge.errors import PneumoEdgeError
+from .edge.imaging import PreprocessSpec
 from .metrics import binary_metrics, calibrate, prob_from_logits
 from .models import DEFAULT_MODEL, create_model
 
@@ -82,7 +82,7 @@ def uint8_batch(images: np.ndarray, idx: np.ndarray) -> torch.Tensor:
 def predict_logits(model: nn.Module, images: np.ndarray, spec: PreprocessSpec,
                    batch_size: int = 64) -> np.ndarray:
     """Logits for pre-resized uint8 images, through the same normalisation as imaging.normalize."""
-    from .imaging import normalize
+    from .edge.imaging import normalize
 
     model.eval()
     out = []

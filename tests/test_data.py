@@ -4,7 +4,7 @@ import pytest
 
 from conftest import REAL, make_dataset, needs_real
 from pneumo_edge.data import (Sample, carve_validation, decode_all, fingerprint, load_splits, patient_id)
-from pneumo_edge.errors import DataError
+from pneumo_edge.edge.errors import DataError
 
 
 @pytest.mark.parametrize("name,pid", [
@@ -65,7 +65,7 @@ def test_layout_errors_are_clear(tmp_path):
 def test_offline_hub_fails_fast(monkeypatch):
     import time
 
-    from pneumo_edge.errors import HubError
+    from pneumo_edge.edge.errors import HubError
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     t = time.time()

@@ -10,7 +10,8 @@ from click.testing import CliRunner
 
 from conftest import REAL, needs_real
 from pneumo_edge.cli import main
-from pneumo_edge.runtime import REQUIRED_META, EdgeModel, read_metadata
+from pneumo_edge.edge.meta import read_meta
+from pneumo_edge.edge.model import EdgeModel
 
 SHIPPED = Path(__file__).resolve().parents[1] / "export"
 
@@ -31,12 +32,11 @@ def test_export_cli_writes_bundle_and_passes_gate(tiny_checkpoint, tiny_data, tm
 
 
 def test_metadata_round_trip(tiny_bundle, tiny_checkpoint):
-    meta = read_metadata(tiny_bundle / "model.onnx")
+    meta = read_meta(tiny_bundle / "model.onnx")
     config = json.loads((tiny_checkpoint / "config.json").read_text())
-    assert set(REQUIRED_META) <= set(meta)
-    assert meta["labels"] == config["labels"] and meta["preprocess"] == config["preprocess"]
-    assert meta["threshold"] == config["threshold"] and meta["temperature"] == config["temperature"]
-    assert meta["weights_sha256"] == config["weights_sha256"] and meta["data_fingerprint"]
+    assert list(meta.labels) == config["labels"] and meta.preprocess.to_dict() == config["preprocess"]
+    assert meta.threshold == config["threshold"] and meta.temperature == config["temperature"]
+    assert meta.weights_sha256 == config["weights_sha256"] and meta.data_fingerprint
     proto = onnx.load(str(tiny_bundle / "model.onnx"))
     assert proto.opset_import[0].version >= 17
     batch_dim = proto.graph.input[0].type.tensor_type.shape.dim[0]
@@ -53,7 +53,7 @@ def test_int8_model_is_quantized_and_smaller(tiny_bundle):
     q = onnx.load(str(tiny_bundle / "model.int8.onnx"))
     ops = {n.op_type for n in q.graph.node}
     assert "QuantizeLinear" in ops and "DequantizeLinear" in ops
-    assert read_metadata(tiny_bundle / "model.int8.onnx")["quantization"].startswith("static QDQ")
+    assert read_meta(tiny_bundle / "model.int8.onnx").quantization.startswith("static QDQ")
     assert (tiny_bundle / "model.int8.onnx").stat().st_size < (tiny_bundle / "model.onnx").stat().st_size
 
 
@@ -108,7 +108,7 @@ def test_shipped_bundle_reproduces_its_metrics():
     from pneumo_edge.metrics import binary_metrics
 
     m = EdgeModel(SHIPPED / "model.onnx")
-    assert set(REQUIRED_META) <= set(m.meta) and m.guard is not None
+    assert m.guard is not None
     results = json.loads((SHIPPED / "results.json").read_text())
     x, y, _ = decode_all(load_splits(str(REAL)).test, m.spec.size, progress=False, rule=m.spec.resize)
     got = binary_metrics(y, m.probability(m.logits(x)), m.threshold)

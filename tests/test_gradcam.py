@@ -60,7 +60,7 @@ def _spearman(a, b):
 def test_randomised_weights_change_the_map():
     """Model-parameter randomisation test (Adebayo et al. 2018) on the shipped model and real X-rays."""
     from pneumo_edge.checkpoint import load_checkpoint
-    from pneumo_edge.imaging import PreprocessSpec, load_gray, normalize, resize_gray
+    from pneumo_edge.edge.imaging import PreprocessSpec, load_gray, normalize, resize_gray
 
     trained, config = load_checkpoint(SHIPPED)
     spec = PreprocessSpec.from_dict(config["preprocess"])

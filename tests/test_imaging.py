@@ -3,8 +3,8 @@ import pytest
 from PIL import Image
 
 from conftest import EXTERNAL, needs_external
-from pneumo_edge.errors import ImageError
-from pneumo_edge.imaging import PreprocessSpec, load_gray, load_image, normalize, to_input
+from pneumo_edge.edge.errors import ImageError
+from pneumo_edge.edge.imaging import PreprocessSpec, load_gray, load_image, normalize, to_input
 
 
 def write_dicom(path, pixels: np.ndarray, photometric="MONOCHROME2", bits=16):
@@ -105,7 +105,7 @@ def test_truncated_jpeg_and_tiny_image(tmp_path):
 
 
 def test_decompression_bomb_is_refused(tmp_path, monkeypatch):
-    import pneumo_edge.imaging as imaging
+    import pneumo_edge.edge.imaging as imaging
 
     Image.new("L", (300, 300)).save(tmp_path / "big.png")
     monkeypatch.setattr(imaging, "MAX_PIXELS", 10_000)
@@ -141,7 +141,7 @@ def test_real_external_files_decode():
 
 
 def test_resize_rules():
-    from pneumo_edge.imaging import resize_gray
+    from pneumo_edge.edge.imaging import resize_gray
 
     wide = np.zeros((100, 200), np.uint8)
     wide[:, 50:150] = 255  # the central square is all white

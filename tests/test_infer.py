@@ -82,7 +82,7 @@ def test_infer_folder_of_real_world_files(tiny_bundle, messy_folder, tmp_path):
 
 
 def test_infer_resume_completes_an_interrupted_run(tiny_bundle, messy_folder, tmp_path, monkeypatch):
-    import pneumo_edge.runtime as rt
+    import pneumo_edge.edge.infer as rt
 
     d, _, _ = messy_folder
     out = tmp_path / "pred.csv"

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from pneumo_edge.errors import HubError, ModelError
+from pneumo_edge.edge.errors import HubError, ModelError
 from pneumo_edge.models import check_model_name, create_model, lite0_package_state_dict
 
 

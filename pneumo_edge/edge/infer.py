@@ -1,10 +1,7 @@
-"""Run an exported bundle with onnxruntime alone: no torch import on this path.
+"""Batch inference over files and folders: one row per input, written as it is produced.
 
     model = EdgeModel("export/model.onnx")
     summary = predict_paths(["./xrays"], model, out_csv="predictions.csv")
-
-Everything the model needs (labels, input size, normalisation, threshold,
-temperature, guard statistics) is read from the ONNX file's metadata.
 """
 
 from __future__ import annotations
@@ -21,86 +18,11 @@ from pathlib import Path
 import numpy as np
 
 from .errors import ImageError, ModelError, PneumoEdgeError
-from .imaging import IMAGE_SUFFIXES, PreprocessSpec, load_image, normalize, resize_gray
+from .imaging import IMAGE_SUFFIXES, load_image, normalize, resize_gray
+from .model import EdgeModel
 
-META_KEY = "pneumo_edge"
-REQUIRED_META = ("labels", "preprocess", "threshold", "temperature", "model", "pneumo_edge_version")
 EXIT_SOME_FAILED = 1  # infer: some files could not be classified; all others were
 COLUMNS = ("path", "probability", "label", "status", "error", "ood_score")
-
-
-def default_model_path() -> Path:
-    env = os.environ.get("PNEUMO_EDGE_MODEL")
-    return Path(env) if env else Path(__file__).resolve().parents[1] / "export" / "model.onnx"
-
-
-def read_metadata(path: str | Path) -> dict:
-    """The pneumo-edge metadata of an ONNX file, checked for completeness."""
-    import onnx
-
-    path = Path(path)
-    if not path.is_file():
-        raise ModelError(f"model '{path}' does not exist")
-    try:
-        proto = onnx.load(str(path), load_external_data=False)
-    except Exception as e:
-        raise ModelError(f"'{path}' is not a readable ONNX model ({e.__class__.__name__})") from None
-    props = {p.key: p.value for p in proto.metadata_props}
-    if META_KEY not in props:
-        raise ModelError(f"'{path}' has no pneumo-edge metadata (missing key '{META_KEY}': "
-                         f"{', '.join(REQUIRED_META)}); export it with `pneumo-edge export`")
-    meta = json.loads(props[META_KEY])
-    missing = [k for k in REQUIRED_META if k not in meta]
-    if missing:
-        raise ModelError(f"'{path}' metadata is incomplete: missing {', '.join(missing)}")
-    return meta
-
-
-class EdgeModel:
-    """An onnxruntime session plus the metadata that says how to feed it."""
-
-    def __init__(self, path: str | Path, threads: int | None = None):
-        import onnxruntime as ort
-
-        self.path = Path(path)
-        self.meta = read_metadata(self.path)
-        opts = ort.SessionOptions()
-        opts.intra_op_num_threads = threads or os.cpu_count() or 1
-        opts.inter_op_num_threads = 1
-        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        try:
-            self.session = ort.InferenceSession(str(self.path), opts, providers=["CPUExecutionProvider"])
-        except Exception as e:
-            raise ModelError(f"onnxruntime cannot load '{self.path}': {str(e)[:200]}") from None
-        self.input_name = self.session.get_inputs()[0].name
-        self.output_names = [o.name for o in self.session.get_outputs()]
-        self.spec = PreprocessSpec.from_dict(self.meta["preprocess"])
-        self.labels = list(self.meta["labels"])
-        self.threshold = float(self.meta["threshold"])
-        self.temperature = float(self.meta["temperature"])
-        self.guard = None
-        if self.meta.get("ood") and "embedding" in self.output_names:
-            from .ood import Guard
-
-            self.guard = Guard.from_meta(self.meta["ood"])
-
-    def run(self, x: np.ndarray) -> dict[str, np.ndarray]:
-        """Raw outputs for normalised float32 input (N, C, S, S)."""
-        if x.dtype != np.float32 or x.ndim != 4 or x.shape[1:] != (self.spec.channels, self.spec.size, self.spec.size):
-            raise ValueError(f"expected float32 (N, {self.spec.channels}, {self.spec.size}, {self.spec.size}), "
-                             f"got {x.dtype} {x.shape}")
-        return dict(zip(self.output_names, self.session.run(None, {self.input_name: x})))
-
-    def logits(self, resized: np.ndarray, batch_size: int = 32) -> np.ndarray:
-        """Logits for pre-resized uint8 images (N, S, S), through imaging.normalize."""
-        out = [self.run(normalize(resized[i:i + batch_size], self.spec))["logits"]
-               for i in range(0, len(resized), batch_size)]
-        return np.concatenate(out) if out else np.zeros((0, len(self.labels)), np.float32)
-
-    def probability(self, logits: np.ndarray) -> np.ndarray:
-        from .metrics import prob_from_logits
-
-        return prob_from_logits(logits, self.temperature)
 
 
 # ---------------------------------------------------------------- batch inference over files
@@ -282,11 +204,10 @@ def _classify(batch, model: EdgeModel, use_guard: bool) -> list[dict]:
             probs = model.probability(outs["logits"])
             scores = model.guard.scores(images, outs["embedding"], chroma) if use_guard else [None] * len(ok)
             for (p, _), prob, score in zip(ok, probs, scores):
-                label = model.labels[int(prob >= model.threshold)]
-                row = {"status": "ok", "probability": f"{prob:.6f}", "label": label}
+                row = {"status": "ok", "probability": f"{prob:.6f}", "label": model.meta.decide(prob)}
                 if score is not None:
                     row["ood_score"] = f"{score:.4f}"
-                    if score > 1.0:
+                    if model.guard.rejects(score):
                         row["label"] = "REJECTED_OOD"
                 result[p] = row
     rows = []

@@ -1,0 +1,128 @@
+"""The bundle metadata: one dataclass, written by export into the ONNX file, read by everyone else.
+
+    meta = BundleMeta.from_json(text)       # validated: a bad field fails here, by name
+    text = meta.to_json()                   # what export stores under META_KEY
+
+Everything the edge needs to turn pixels into a decision travels in the model file itself,
+so an `.onnx` copied alone to another machine still classifies exactly as it did here.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+
+from .errors import ModelError
+from .imaging import RESIZE_RULES, PreprocessSpec
+
+META_KEY = "pneumo_edge"
+LABELS = ("NORMAL", "PNEUMONIA")
+REQUIRED = ("labels", "preprocess", "threshold", "temperature", "model", "pneumo_edge_version")
+INPUT_SIZES = (32, 1024)  # a square side outside this range is not a model this toolchain made
+INPUT = {"name": "image", "layout": "NCHW", "dtype": "float32", "range": "grey level / 255, then (x - mean) / std"}
+OUTPUTS = {"logits": "unnormalised class scores", "embedding": "penultimate features"}
+PROBABILITY = "softmax(logits / temperature)[PNEUMONIA]; label PNEUMONIA if >= threshold"
+
+
+@dataclass(frozen=True)
+class BundleMeta:
+    model: str  # timm architecture of the twin
+    labels: tuple[str, ...]
+    preprocess: PreprocessSpec
+    threshold: float  # on P(PNEUMONIA) after temperature scaling, chosen on validation
+    temperature: float
+    pneumo_edge_version: str
+    target_sensitivity: float | None = None
+    data_fingerprint: str | None = None
+    weights_sha256: str | None = None
+    ood: dict | None = None  # guard statistics (edge.guard.Guard.to_meta)
+    quantization: str | None = None  # set on INT8 files
+    extra: dict = field(default_factory=dict)  # keys a newer writer added; kept, not interpreted
+
+    def decide(self, probability: float) -> str:
+        """The label for a calibrated P(PNEUMONIA): the one place the threshold is applied."""
+        return self.labels[int(probability >= self.threshold)]
+
+    def to_dict(self) -> dict:
+        d = {"pneumo_edge_version": self.pneumo_edge_version, "model": self.model, "labels": list(self.labels),
+             "preprocess": self.preprocess.to_dict(), "input": INPUT, "outputs": OUTPUTS,
+             "threshold": self.threshold, "temperature": self.temperature, "probability": PROBABILITY,
+             "target_sensitivity": self.target_sensitivity, "data_fingerprint": self.data_fingerprint,
+             "weights_sha256": self.weights_sha256}
+        if self.ood is not None:
+            d["ood"] = self.ood
+        if self.quantization is not None:
+            d["quantization"] = self.quantization
+        return {**self.extra, **d}
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, d: dict, source: str = "model") -> "BundleMeta":
+        def bad(field_name: str, why: str) -> ModelError:
+            return ModelError(f"{source}: metadata field '{field_name}' {why}")
+
+        if not isinstance(d, dict):
+            raise ModelError(f"{source}: metadata is not a JSON object")
+        for k in REQUIRED:
+            if k not in d:
+                raise bad(k, "is missing")
+        labels = d["labels"]
+        if not isinstance(labels, list) or len(labels) != 2 or not all(isinstance(x, str) for x in labels):
+            raise bad("labels", f"must be two class names, got {labels!r}")
+        for k, lo, hi in (("threshold", 0.0, 1.0), ("temperature", 1e-3, 1e3)):
+            v = d[k]
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or not lo <= v <= hi:
+                raise bad(k, f"must be a number in [{lo:g}, {hi:g}], got {v!r}")
+        p = d["preprocess"]
+        if not isinstance(p, dict):
+            raise bad("preprocess", "must be an object")
+        for k in ("size", "mean", "std"):
+            if k not in p:
+                raise bad(f"preprocess.{k}", "is missing")
+        size = p["size"]
+        if isinstance(size, bool) or not isinstance(size, int) or not INPUT_SIZES[0] <= size <= INPUT_SIZES[1]:
+            raise bad("preprocess.size", f"must be an integer in {list(INPUT_SIZES)}, got {size!r}")
+        if not all(isinstance(p[k], (int, float)) and math.isfinite(p[k]) for k in ("mean", "std")) or p["std"] <= 0:
+            raise bad("preprocess.mean/std", f"must be finite with std > 0, got {p['mean']!r}/{p['std']!r}")
+        if p.get("channels", 1) != 1:
+            raise bad("preprocess.channels", f"must be 1 (grey input), got {p['channels']!r}")
+        if p.get("resize", RESIZE_RULES[0]) not in RESIZE_RULES:
+            raise bad("preprocess.resize", f"must be one of {', '.join(RESIZE_RULES)}, got {p['resize']!r}")
+        ood = d.get("ood")
+        if ood is not None and not isinstance(ood, dict):
+            raise bad("ood", "must be an object")
+        known = set(REQUIRED) | {"target_sensitivity", "data_fingerprint", "weights_sha256", "ood", "quantization",
+                                 "input", "outputs", "probability"}
+        return cls(model=str(d["model"]), labels=tuple(labels), preprocess=PreprocessSpec.from_dict(p),
+                   threshold=float(d["threshold"]), temperature=float(d["temperature"]),
+                   pneumo_edge_version=str(d["pneumo_edge_version"]),
+                   target_sensitivity=d.get("target_sensitivity"), data_fingerprint=d.get("data_fingerprint"),
+                   weights_sha256=d.get("weights_sha256"), ood=ood, quantization=d.get("quantization"),
+                   extra={k: v for k, v in d.items() if k not in known})
+
+    @classmethod
+    def from_json(cls, text: str, source: str = "model") -> "BundleMeta":
+        try:
+            d = json.loads(text)
+        except (json.JSONDecodeError, TypeError) as e:
+            raise ModelError(f"{source}: metadata is not valid JSON ({e})") from None
+        return cls.from_dict(d, source)
+
+
+def from_session(session, source: str) -> BundleMeta:
+    """The metadata of an open onnxruntime session (no `onnx` package needed)."""
+    props = session.get_modelmeta().custom_metadata_map
+    if META_KEY not in props:
+        raise ModelError(f"'{source}' has no pneumo-edge metadata (key '{META_KEY}' with {', '.join(REQUIRED)}); "
+                         "export it with `pneumo-edge export`")
+    return BundleMeta.from_json(props[META_KEY], source)
+
+
+def read_meta(path) -> BundleMeta:
+    """The metadata of an ONNX file on disk."""
+    from .model import open_session
+
+    return from_session(open_session(path, threads=1), str(path))
