@@ -1,3 +1,6 @@
+import os
+import re
+
 import numpy as np
 import pytest
 from PIL import Image
@@ -7,7 +10,8 @@ from pneumo_edge.edge.errors import ImageError
 from pneumo_edge.edge.imaging import PreprocessSpec, load_gray, load_image, normalize, to_input
 
 
-def write_dicom(path, pixels: np.ndarray, photometric="MONOCHROME2", bits=16):
+def write_dicom(path, pixels: np.ndarray, photometric="MONOCHROME2", bits=16, stored=12, **attrs):
+    """A minimal uncompressed DICOM; pixels (rows, cols) or (frames, rows, cols); attrs override the header."""
     from pydicom.dataset import FileDataset, FileMetaDataset
     from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
@@ -18,10 +22,14 @@ def write_dicom(path, pixels: np.ndarray, photometric="MONOCHROME2", bits=16):
     ds = FileDataset(str(path), {}, file_meta=meta, preamble=b"\0" * 128)
     ds.SOPClassUID, ds.SOPInstanceUID = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID
     ds.Modality = "CR"
-    ds.Rows, ds.Columns = pixels.shape
+    ds.Rows, ds.Columns = pixels.shape[-2:]
+    if pixels.ndim == 3:
+        ds.NumberOfFrames = pixels.shape[0]
     ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, photometric
-    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = bits, 12, 11, 0
-    ds.PixelData = pixels.astype(np.uint16).tobytes()
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = bits, stored, stored - 1, 0
+    ds.PixelData = pixels.astype(np.uint8 if bits == 8 else np.uint16).tobytes()
+    for key, value in attrs.items():
+        setattr(ds, key, value)
     ds.save_as(str(path), enforce_file_format=True)
     return path
 
@@ -150,3 +158,141 @@ def test_resize_rules():
     assert abs(resize_gray(wide, 10, "squash-bilinear").mean() - 127.5) < 5  # squash keeps the whole frame
     with pytest.raises(ValueError, match="unknown resize rule"):
         resize_gray(wide, 10, "stretch")
+
+
+# ---------------------------------------------------------------- decoding hardening
+
+def pydicom_testfile(tmp_path, name, **attrs):
+    """One of pydicom's bundled test files, with header attributes overridden, saved under tmp_path."""
+    from pydicom.data import get_testdata_file
+
+    ds = get_testdata_file(name, read=True, download=False)
+    assert ds is not None, f"pydicom no longer ships {name}"
+    for key, value in attrs.items():
+        setattr(ds, key, value)
+    ds.save_as(tmp_path / name)
+    return tmp_path / name
+
+
+def other_format_files(tmp_path):
+    """Files Pillow can identify but the decoder must refuse, each named like an accepted image."""
+    img = Image.fromarray(np.tile(np.arange(0, 250, 5, dtype=np.uint8), (30, 1)))
+    img.save(tmp_path / "gif.png", format="GIF")
+    img.save(tmp_path / "webp.jpg", format="WEBP")
+    img.save(tmp_path / "ico.bmp", format="ICO")
+    # PostScript named .png: guessing by content would hand it to Ghostscript
+    (tmp_path / "ps.png").write_bytes(b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 40 40\nshowpage\n")
+    (tmp_path / "psd.tiff").write_bytes(b"8BPS\0\1" + b"\0" * 40)
+    return {"gif.png": "GIF", "webp.jpg": "WebP", "ico.bmp": "ICO", "ps.png": "PostScript/EPS", "psd.tiff": "PSD"}
+
+
+def test_only_allowlisted_formats_are_opened(tmp_path):
+    for name, fmt in other_format_files(tmp_path).items():
+        with pytest.raises(ImageError, match=rf"unsupported format \({re.escape(fmt)}\)"):
+            load_gray(tmp_path / name)
+        with pytest.raises(ImageError, match="unsupported format"):
+            load_gray((tmp_path / name).read_bytes())
+
+
+def test_folder_scan_and_decoder_accept_the_same_formats(tmp_path):
+    from pneumo_edge.edge.imaging import FORMATS, IMAGE_SUFFIXES, PIL_FORMATS, SUFFIX_FORMATS
+    from pneumo_edge.edge.infer import find_inputs
+
+    assert set(IMAGE_SUFFIXES) == set(SUFFIX_FORMATS) and set(FORMATS) == set(SUFFIX_FORMATS.values())
+    assert set(PIL_FORMATS) == {"JPEG", "PNG", "BMP", "TIFF"}
+    img = Image.fromarray(np.full((20, 20), 100, np.uint8))
+    for fmt, suffix in (("GIF", ".gif"), ("WEBP", ".webp"), ("PNG", ".png"), ("TIFF", ".tif")):
+        img.save(tmp_path / f"x{suffix}", format=fmt)
+    found = find_inputs([str(tmp_path)])
+    assert sorted(os.path.basename(f) for f in found.files) == ["x.png", "x.tif"]
+    assert {os.path.basename(p): s for p, s, _ in found.problems} == {"x.gif": "skipped", "x.webp": "skipped"}
+    with pytest.raises(ImageError, match=r"unsupported format \(GIF\)"):  # named directly: refused as well
+        load_gray(tmp_path / "x.gif")
+
+
+def test_multi_frame_tiff_and_dicom_are_refused(tmp_path):
+    frames = [Image.fromarray(np.full((20, 20), v, np.uint8)) for v in (10, 200)]
+    frames[0].save(tmp_path / "two.tiff", save_all=True, append_images=frames[1:])
+    write_dicom(tmp_path / "two.dcm", np.stack([ramp(), ramp()]))
+    for name in ("two.tiff", "two.dcm"):
+        with pytest.raises(ImageError, match=r"multi-frame image \(2 frames\): one frame per file"):
+            load_gray(tmp_path / name)
+
+
+def test_dicom_header_claiming_a_huge_image_is_refused_before_decoding(tmp_path):
+    path = write_dicom(tmp_path / "bomb.dcm", ramp(), Rows=60_000, Columns=60_000)  # 8 KB of pixels on disk
+    with pytest.raises(ImageError, match=r"image too large \(60000x60000 pixels"):
+        load_gray(path)
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_non_finite_float_pixels_are_refused(tmp_path, bad):
+    a = np.tile(np.linspace(0, 1, 50, dtype=np.float32), (40, 1))
+    a[5, 5] = bad
+    Image.fromarray(a, mode="F").save(tmp_path / "f.tiff")
+    with pytest.raises(ImageError, match="NaN or infinite"):
+        load_gray(tmp_path / "f.tiff")
+
+
+def test_one_hot_pixel_does_not_rescale_a_16_bit_film(tmp_path):
+    png = np.tile(np.linspace(0, 4000, 50), (40, 1)).astype(np.uint16)
+    png[0, 0] = 65535
+    Image.fromarray(png).save(tmp_path / "hot.png")
+    dcm = np.tile(np.linspace(0, 400, 50), (40, 1))
+    dcm[0, 0] = 4095  # 12 bits stored, no window
+    write_dicom(tmp_path / "hot.dcm", dcm)
+    for name in ("hot.png", "hot.dcm"):
+        body = load_gray(tmp_path / name)[1:]  # rows without the hot pixel
+        assert body.min() <= 3 and body.max() >= 252, name  # the ramp spans the grey scale
+        assert np.all(np.diff(body[0].astype(int)) >= 0), name  # and stays monotonic
+
+
+def test_8_bit_dicom_keeps_min_max_scaling(tmp_path):
+    a = np.tile(np.arange(10, 210, 4), (40, 1))
+    a[0, 0] = 250  # a hot pixel in an 8-bit film: scaled as ever, min-max
+    g = load_gray(write_dicom(tmp_path / "eight.dcm", a, bits=8, stored=8))
+    expected = np.round((a.astype(np.float32) - 10) * (255.0 / 240)).astype(np.uint8)
+    np.testing.assert_array_equal(g, expected)
+
+
+@pytest.mark.parametrize("attrs,match", [
+    ({"Modality": "CT"}, "DICOM modality CT is not a chest radiograph"),
+    ({"Modality": "MR"}, "modality MR"),
+    ({"Modality": "US"}, "modality US"),
+    ({"Modality": "MG"}, "modality MG"),
+    ({"BodyPartExamined": "HEAD"}, "DICOM body part HEAD is not a chest radiograph"),
+    ({"BodyPartExamined": "KNEE"}, "body part KNEE"),
+    ({"BodyPartExamined": "L SPINE"}, "body part L SPINE"),
+])
+def test_dicom_that_is_not_a_chest_radiograph_is_refused(tmp_path, attrs, match):
+    with pytest.raises(ImageError, match=match):
+        load_gray(write_dicom(tmp_path / "x.dcm", ramp(), **attrs))
+
+
+@pytest.mark.parametrize("attrs", [
+    {"Modality": "DX", "BodyPartExamined": "CHEST", "ViewPosition": "PA"},
+    {"Modality": "CR", "BodyPartExamined": "THORAX"},
+    {"Modality": "OT", "BodyPartExamined": ""},
+    {"Modality": "", "BodyPartExamined": "CHEST_TO_ABDOMEN"},
+])
+def test_chest_radiograph_headers_pass(tmp_path, attrs):
+    assert load_gray(write_dicom(tmp_path / "x.dcm", ramp(), **attrs)).shape == (40, 50)
+
+
+@pytest.mark.parametrize("name", ["JPEGLSNearLossless_16.dcm", "MR_small_jpeg_ls_lossless.dcm",
+                                  "JPGExtended.dcm", "SC_rgb_jpeg_gdcm.dcm"])
+def test_jpeg_ls_12_bit_and_lossless_jpeg_dicoms_decode(tmp_path, name):
+    g = load_gray(pydicom_testfile(tmp_path, name, Modality="DX"))  # JPEG-LS, 12-bit extended, lossless JPEG
+    assert g.dtype == np.uint8 and min(g.shape) >= 10 and g.max() > g.min()
+
+
+def test_missing_decoder_plugin_is_named(tmp_path, monkeypatch):
+    from pydicom.pixels import get_decoder
+    from pydicom.uid import JPEGLSNearLossless
+
+    decoder = get_decoder(JPEGLSNearLossless)  # as if no plugin were installed
+    monkeypatch.setattr(decoder, "_available", {})
+    monkeypatch.setattr(decoder, "_unavailable", {"pylibjpeg": ("pylibjpeg>=2.0", "pylibjpeg-libjpeg>=2.1")})
+    with pytest.raises(ImageError, match="needs a decoder plugin that is not installed: pylibjpeg - requires") as e:
+        load_gray(pydicom_testfile(tmp_path, "JPEGLSNearLossless_16.dcm"))
+    assert "pylibjpeg-libjpeg" in str(e.value) and "\n" not in str(e.value)

@@ -6,12 +6,22 @@ exported model sees exactly the pixels its PyTorch twin saw. It imports no torch
 
     gray = load_gray("xray.dcm", size=224)      # uint8 (H, W)
     x = to_input(gray, PreprocessSpec())        # float32 (1, 224, 224)
+
+Accepted: DICOM (pydicom) and JPEG, PNG, BMP, TIFF (Pillow, restricted to those four
+decoders, judged by content: a PNG named .jpg opens, a GIF or PostScript named .png does not).
+
+Memory: MAX_PIXELS (64 M) bounds every decode; peak memory is MAX_PIXELS x the bytes
+per pixel of the working copies, measured: ~5 B/pixel for grey 8-bit JPEG/PNG (~330 MB at
+the limit), ~12 B/pixel for colour JPEG/PNG, 16-bit PNG/TIFF and plain DICOM (~0.8 GB),
+~31 B/pixel for DICOM with a rescale or window (pydicom works in float64; ~2 GB).
+A 3000 x 3000 film needs a seventh of that.
 """
 
 from __future__ import annotations
 
 import io
 import os
+import re
 import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -25,8 +35,31 @@ from .errors import ImageError
 MAX_PIXELS = 64_000_000
 Image.MAX_IMAGE_PIXELS = MAX_PIXELS
 
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".dcm", ".dicom"}
+# The one list of accepted formats. Folder scans keep files with these suffixes; the decoder
+# opens only these formats, judged by content (a PNG named .jpg still opens, a GIF never does).
+SUFFIX_FORMATS = {".jpg": "JPEG", ".jpeg": "JPEG", ".png": "PNG", ".bmp": "BMP",
+                  ".tif": "TIFF", ".tiff": "TIFF", ".dcm": "DICOM", ".dicom": "DICOM"}
+IMAGE_SUFFIXES = frozenset(SUFFIX_FORMATS)
+FORMATS = tuple(dict.fromkeys(SUFFIX_FORMATS.values()))  # JPEG, PNG, BMP, TIFF, DICOM
+PIL_FORMATS = tuple(f for f in FORMATS if f != "DICOM")  # Pillow tries no other decoder
 MIN_SIDE = 8  # smaller inputs carry no diagnostic content
+
+# Refused formats named from their first bytes, so the message says what the file is.
+_OTHER_FORMATS = ((0, b"GIF8", "GIF"), (8, b"WEBP", "WebP"), (0, b"%!PS", "PostScript/EPS"),
+                  (0, b"\xc5\xd0\xd3\xc6", "EPS"), (0, b"8BPS", "PSD"), (0, b"\0\0\1\0", "ICO"),
+                  (0, b"%PDF", "PDF"), (4, b"jP  ", "JPEG 2000"), (0, b"\xffO\xffQ", "JPEG 2000"),
+                  (4, b"ftyp", "HEIF/AVIF"), (0, b"qoif", "QOI"))
+
+# High-bit-depth inputs without a DICOM window: stretch these percentiles, as viewers do.
+ROBUST_PERCENTILES = (0.5, 99.5)
+
+# DICOM: projection radiographs (OT: secondary capture, often a scanned film) or no modality.
+RADIOGRAPH_MODALITIES = frozenset({"CR", "DX", "DR", "RG", "OT", ""})
+_CHEST_WORDS = ("CHEST", "THORAX", "TORAX", "LUNG")
+_NOT_CHEST = frozenset(
+    "HEAD SKULL BRAIN FACE JAW TMJ SINUS ORBIT NECK SPINE CSPINE TSPINE LSPINE SSPINE SACRUM COCCYX "
+    "ABDOMEN PELVIS HIP SHOULDER CLAVICLE HUMERUS ARM ELBOW FOREARM WRIST HAND FINGER THUMB "
+    "LEG FEMUR KNEE TIBIA FIBULA ANKLE FOOT HEEL TOE BREAST EXTREMITY KIDNEY BLADDER".split())
 
 
 @dataclass(frozen=True)
@@ -49,13 +82,77 @@ class PreprocessSpec:
         return cls(**{k: d[k] for k in ("size", "mean", "std", "channels", "resize") if k in d})
 
 
-def _scale_to_uint8(a: np.ndarray) -> np.ndarray:
-    """Min-max a high-bit-depth array to 0..255 (X-ray PNG/TIFF/DICOM use 10-16 bits)."""
+def _scale_to_uint8(a: np.ndarray, robust: bool = False) -> np.ndarray:
+    """Stretch a high-bit-depth array (X-ray PNG/TIFF/DICOM use 10-16 bits) to 0..255.
+
+    robust: stretch the ROBUST_PERCENTILES and clip beyond them, so one hot or dead pixel
+    cannot squeeze the whole film into a few grey levels. Otherwise min-max, the exact
+    arithmetic 8-bit DICOMs have always had.
+    """
+    if a.dtype.kind == "f" and not np.isfinite(a).all():
+        raise ImageError("image has NaN or infinite pixel values")
     a = a.astype(np.float32)
     lo, hi = float(a.min()), float(a.max())
+    if robust and hi > lo:
+        p_lo, p_hi = (float(v) for v in np.percentile(a, ROBUST_PERCENTILES))
+        if p_hi > p_lo:  # else over 99% of pixels share one value: keep the full range
+            lo, hi = p_lo, p_hi
     if hi <= lo:
         return np.zeros(a.shape, np.uint8)
-    return np.round((a - lo) * (255.0 / (hi - lo))).astype(np.uint8)
+    a -= lo  # in place: the float32 copy is the largest buffer of a decode
+    a *= 255.0 / (hi - lo)
+    np.round(a, out=a)
+    return np.clip(a, 0, 255, out=a).astype(np.uint8)
+
+
+def _multi_frame(n: int) -> ImageError:
+    return ImageError(f"multi-frame image ({n} frames): one frame per file is supported")
+
+
+def _too_large(w: int, h: int) -> ImageError:
+    return ImageError(f"image too large ({w}x{h} pixels, limit {MAX_PIXELS:,})")
+
+
+def _header_int(ds, name: str, default: int) -> int:
+    value = ds.get(name)
+    try:
+        return default if value is None or value == "" else int(value)
+    except (TypeError, ValueError) as e:
+        raise ImageError(f"invalid DICOM header {name}={value!r}") from e
+
+
+def _check_dicom_header(ds) -> None:
+    """Refuse, before any pixel is decoded, what is not one chest radiograph of sane size."""
+    modality = str(ds.get("Modality") or "").strip().upper()
+    if modality not in RADIOGRAPH_MODALITIES:
+        raise ImageError(f"DICOM modality {modality} is not a chest radiograph")
+    part = str(ds.get("BodyPartExamined") or "").strip().upper()
+    if set(re.findall(r"[A-Z]+", part)) & _NOT_CHEST and not any(w in part for w in _CHEST_WORDS):
+        raise ImageError(f"DICOM body part {part} is not a chest radiograph")
+    if "PixelData" not in ds:
+        raise ImageError("DICOM file has no pixel data")
+    frames = _header_int(ds, "NumberOfFrames", 1)
+    if frames > 1:
+        raise _multi_frame(frames)
+    rows, cols = _header_int(ds, "Rows", 0), _header_int(ds, "Columns", 0)
+    if rows * cols * _header_int(ds, "SamplesPerPixel", 1) > MAX_PIXELS:  # pixel_array would allocate it all
+        raise _too_large(cols, rows)
+
+
+def _check_decoder(ds) -> None:
+    """Name the missing decoder plugin for compressed pixel data, instead of pydicom's traceback text."""
+    from pydicom.pixels import get_decoder
+
+    uid = getattr(ds, "file_meta", {}).get("TransferSyntaxUID")
+    if uid is None or not uid.is_encapsulated:
+        return
+    try:
+        decoder = get_decoder(uid)
+    except NotImplementedError as e:
+        raise ImageError(f"DICOM transfer syntax {uid.name} is not supported") from e
+    if not decoder.is_available:
+        raise ImageError(f"DICOM {uid.name} needs a decoder plugin that is not installed: "
+                         + "; ".join(decoder.missing_dependencies))
 
 
 def _load_dicom(source) -> np.ndarray:
@@ -66,21 +163,20 @@ def _load_dicom(source) -> np.ndarray:
         raise ImageError("reading DICOM needs pydicom (pip install pydicom)") from e
     try:
         ds = pydicom.dcmread(source)
-    except Exception as e:
+    except Exception as e:  # pydicom raises many types for a malformed file
         raise ImageError(f"not a readable DICOM file ({e.__class__.__name__}: {e})") from e
-    if "PixelData" not in ds:
-        raise ImageError("DICOM file has no pixel data")
+    _check_dicom_header(ds)
+    _check_decoder(ds)
     try:
         arr = ds.pixel_array
-    except Exception as e:
-        raise ImageError(f"cannot decode DICOM pixel data ({e})") from e
-    if arr.ndim == 3 and arr.shape[-1] in (3, 4):  # colour DICOM (rare): use luminance
+    except Exception as e:  # pydicom and its plugins raise many types for bad pixel data
+        raise ImageError(f"cannot decode DICOM pixel data ({' '.join(str(e).split())})") from e
+    if arr.ndim == 3:  # colour DICOM (rare; multi-frame was refused above): use luminance
         arr = arr[..., :3].astype(np.float32) @ np.array([0.299, 0.587, 0.114], np.float32)
-    elif arr.ndim == 3:  # multi-frame: the first frame
-        arr = arr[0]
-    arr = apply_modality_lut(arr, ds)
-    arr = apply_voi_lut(arr, ds)
-    out = _scale_to_uint8(np.asarray(arr))
+    windowed = bool(ds.get("VOILUTSequence")) or ds.get("WindowCenter") is not None
+    arr = apply_voi_lut(apply_modality_lut(arr, ds), ds)
+    high_bit = _header_int(ds, "BitsStored", 8) > 8
+    out = _scale_to_uint8(np.asarray(arr), robust=high_bit and not windowed)
     if str(ds.get("PhotometricInterpretation", "")).upper() == "MONOCHROME1":
         out = 255 - out  # MONOCHROME1 stores bone dark; the model was trained on bone bright
     return out
@@ -97,7 +193,7 @@ def chroma(img: Image.Image) -> float:
 def _pil_to_gray(img: Image.Image) -> tuple[np.ndarray, float]:
     img = ImageOps.exif_transpose(img)
     if img.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
-        return _scale_to_uint8(np.asarray(img)), 0.0
+        return _scale_to_uint8(np.asarray(img), robust=True), 0.0
     if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
         # Composite on black: transparent padding should read as empty background.
         img = img.convert("RGBA")
@@ -105,6 +201,37 @@ def _pil_to_gray(img: Image.Image) -> tuple[np.ndarray, float]:
         img = Image.alpha_composite(bg, img)
     colour = chroma(img) if img.mode not in ("L", "1") else 0.0
     return np.asarray(img.convert("L")), colour
+
+
+def _load_pil(stream, head: bytes, size: int | None) -> tuple[np.ndarray, float]:
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(stream, formats=PIL_FORMATS) as img:
+                w, h = img.size
+                if w * h > MAX_PIXELS:
+                    raise _too_large(w, h)
+                # MPO (a JPEG with preview frames, from cameras) keeps frame 0, the image itself
+                frames = getattr(img, "n_frames", 1)
+                if frames > 1 and img.format != "MPO":
+                    raise _multi_frame(frames)
+                if size and img.format == "JPEG":
+                    img.draft(img.mode, (size, size))  # DCT-domain downscale, keeps >= size
+                img.load()
+                return _pil_to_gray(img)
+    except ImageError:
+        raise
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+        raise ImageError(f"image too large (decompression-bomb limit): {e}") from e
+    except Image.UnidentifiedImageError as e:
+        other = next((name for at, magic, name in _OTHER_FORMATS if head[at:at + len(magic)] == magic), None)
+        if other:
+            raise ImageError(f"unsupported format ({other}); supported: {', '.join(FORMATS)}") from e
+        raise ImageError("not an image (unrecognised format)") from e
+    except PermissionError as e:
+        raise ImageError("permission denied") from e
+    except (OSError, SyntaxError, ValueError) as e:
+        raise ImageError(f"corrupt or truncated image ({e})") from e
 
 
 def load_gray(source: str | os.PathLike | bytes, size: int | None = None) -> np.ndarray:
@@ -125,7 +252,8 @@ def load_image(source: str | os.PathLike | bytes, size: int | None = None) -> tu
         if not data:
             raise ImageError("empty file (0 bytes)")
         stream = io.BytesIO(data)
-        is_dicom = len(data) > 132 and data[128:132] == b"DICM"
+        head = data[:132]
+        is_dicom = head[128:132] == b"DICM"
     else:
         path = Path(source)
         name = path.name
@@ -145,33 +273,9 @@ def load_image(source: str | os.PathLike | bytes, size: int | None = None) -> tu
         except OSError as e:
             raise ImageError(f"cannot read file ({e.strerror or e})") from e
         stream = path
-        is_dicom = path.suffix.lower() in (".dcm", ".dicom") or head[128:132] == b"DICM"
+        is_dicom = SUFFIX_FORMATS.get(path.suffix.lower()) == "DICOM" or head[128:132] == b"DICM"
 
-    colour = 0.0
-    if is_dicom:
-        gray = _load_dicom(stream)
-    else:
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("error", Image.DecompressionBombWarning)
-                with Image.open(stream) as img:
-                    w, h = img.size
-                    if w * h > MAX_PIXELS:
-                        raise ImageError(f"image too large ({w}x{h} pixels, limit {MAX_PIXELS:,})")
-                    if size and img.format == "JPEG":
-                        img.draft(img.mode, (size, size))  # DCT-domain downscale, keeps >= size
-                    img.load()
-                    gray, colour = _pil_to_gray(img)
-        except ImageError:
-            raise
-        except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
-            raise ImageError(f"image too large (decompression-bomb limit): {e}") from e
-        except Image.UnidentifiedImageError as e:
-            raise ImageError("not an image (unrecognised format)") from e
-        except PermissionError as e:
-            raise ImageError("permission denied") from e
-        except (OSError, SyntaxError, ValueError) as e:
-            raise ImageError(f"corrupt or truncated image ({e})") from e
+    gray, colour = (_load_dicom(stream), 0.0) if is_dicom else _load_pil(stream, head, size)
     if gray.ndim != 2:
         raise ImageError(f"unexpected pixel layout {gray.shape} in {name}")
     if min(gray.shape) < MIN_SIDE:
