@@ -6,7 +6,7 @@ DATA    ?= ../shared/data/chest_xray
 BUNDLE  ?= export
 RUN     ?= runs/default
 
-.PHONY: install demo test bench reproduce guard-report readme seeds clean
+.PHONY: install demo test bench reproduce guard-report readme seeds study clean
 
 $(BIN)/pneumo-edge: pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -29,7 +29,7 @@ test: install
 	$(BIN)/python -m pytest -q
 
 bench: install
-	$(BIN)/python bench/run.py --bundle $(BUNDLE) --data $(DATA)
+	$(BIN)/pneumo-edge bench --bundle $(BUNDLE) --data $(DATA)
 
 guard-report: install
 	$(BIN)/pneumo-edge guard-report --model $(BUNDLE)/model.onnx --data $(DATA) --out $(BUNDLE)/guard.json
@@ -39,11 +39,11 @@ reproduce: install
 	@start=$$(date +%s); \
 	$(BIN)/pneumo-edge train --data $(DATA) --out $(RUN) --force && \
 	$(BIN)/pneumo-edge evaluate $(RUN) --data $(DATA) --out $(RUN)/eval --force --note "make reproduce" && \
-	$(BIN)/python export/build_bundle.py --checkpoint $(RUN) --results $(RUN)/eval --data $(DATA) --out $(BUNDLE) && \
+	$(BIN)/pneumo-edge bundle $(RUN) --results $(RUN)/eval --data $(DATA) --out $(BUNDLE) --force && \
 	echo "reproduce took $$(( $$(date +%s) - start )) s"
 
 readme: install
-	$(BIN)/python -m pneumo_edge.report README.md $(BUNDLE)
+	$(BIN)/pneumo-edge readme README.md --bundle $(BUNDLE)
 
 clean:
 	rm -rf $(VENV) demo_out .pytest_cache
@@ -54,4 +54,8 @@ seeds: install
 	  $(BIN)/pneumo-edge train --data $(DATA) --out runs/seed$$s --seed $$s --force && \
 	  $(BIN)/pneumo-edge evaluate runs/seed$$s --data $(DATA) --out runs/seed$$s/eval --force --note "seed $$s"; \
 	done
-	$(BIN)/python -m pneumo_edge.evaluate $(BUNDLE)/seeds.json $(RUN)/eval runs/seed43/eval runs/seed44/eval
+	$(BIN)/pneumo-edge seeds $(RUN)/eval runs/seed43/eval runs/seed44/eval --out $(BUNDLE)/seeds.json --force
+
+# The recipe study: train every declared candidate, score it on perturbed validation, pick by the committed rule.
+study: install
+	$(BIN)/pneumo-edge study bench/study/recipes.json

@@ -1,4 +1,4 @@
-"""`make bench`: latency, throughput and accuracy of the shipped bundle (logic in pneumo_edge.bench)."""
+"""`make bench` runs `pneumo-edge bench`; this file only lets `python bench/run.py` do the same."""
 
 import sys
 

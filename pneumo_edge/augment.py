@@ -21,6 +21,8 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from .edge.imaging import to_unit
+
 
 @dataclass
 class AugmentConfig:
@@ -76,7 +78,7 @@ def crop_batch(films: list[np.ndarray], idx: np.ndarray, size: int, rng: np.rand
         h, w = film.shape
         box = center_box(h, w) if cfg.crop_scale is None else random_box(h, w, rng, cfg.crop_scale, cfg.crop_ratio)
         out[j] = np.asarray(Image.fromarray(film).resize((size, size), Image.BILINEAR, box=box))
-    return torch.from_numpy(out).unsqueeze(1).float().div_(255.0)
+    return torch.from_numpy(to_unit(out)).unsqueeze(1)
 
 
 def _gaussian_blur(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .hub import HUB_TIMEOUT_S, hub_offline
+from .edge.hub import HUB_TIMEOUT_S, hub_offline
 from .edge.errors import DataError, HubError, ImageError
 from .edge.imaging import IMAGE_SUFFIXES, load_gray, resize_gray
 
@@ -212,6 +212,25 @@ def carve_validation(pool: list[Sample], fraction: float = 0.1, seed: int = 42
         val_class_counts={LABELS[k]: int((labels[va_idx] == k).sum()) for k in range(len(LABELS))},
     )
     return train, val, info
+
+
+def rebuild_split(config: dict, data: str) -> tuple[Splits, list[Sample], list[Sample], SplitInfo]:
+    """The training and validation samples a checkpoint was trained on, carved again from its config."""
+    from .edge.errors import ModelError
+
+    tcfg = config.get("train_config")
+    if not isinstance(tcfg, dict):
+        raise ModelError("checkpoint config has no 'train_config': cannot rebuild its validation split")
+    for key in ("val_fraction", "seed"):
+        if key not in tcfg:
+            raise ModelError(f"checkpoint config is missing 'train_config.{key}': cannot rebuild its validation split")
+    splits = load_splits(data)
+    fp = fingerprint(splits.train_pool)
+    if config.get("data_fingerprint") and fp != config["data_fingerprint"]:
+        warnings.warn(f"training data fingerprint {fp} differs from the checkpoint's {config['data_fingerprint']}: "
+                      "validation is carved from different data", stacklevel=2)
+    train, val, info = carve_validation(splits.train_pool, tcfg["val_fraction"], tcfg["seed"])
+    return splits, train, val, info
 
 
 def fingerprint(samples: list[Sample]) -> str:

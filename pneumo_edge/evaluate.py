@@ -19,7 +19,7 @@ import numpy as np
 
 from .edge.atomic import prepare_out_dir, write_json, write_text
 from .checkpoint import load_checkpoint
-from .data import LABELS, carve_validation, decode_all, fingerprint, load_splits
+from .data import LABELS, decode_all, fingerprint, rebuild_split
 from .edge.imaging import PreprocessSpec
 from .metrics import (METRIC_NAMES, binary_metrics, bootstrap_ci, calibrate, expected_calibration_error,
                       prob_from_logits, reliability_bins)
@@ -54,12 +54,8 @@ def evaluate(checkpoint: str | Path, data: str, out: str | Path, target_sensitiv
     tcfg = config.get("train_config", {})
     target = target_sensitivity or config.get("target_sensitivity", 0.95)
 
-    splits = load_splits(data)
+    splits, _, val_s, info = rebuild_split(config, data)
     fp = fingerprint(splits.train_pool)
-    if fp != config.get("data_fingerprint"):
-        print(f"warning: training data fingerprint {fp} differs from the checkpoint's "
-              f"{config.get('data_fingerprint')}: validation is carved from different data")
-    _, val_s, info = carve_validation(splits.train_pool, tcfg.get("val_fraction", 0.1), tcfg.get("seed", 42))
     x_val, y_val, _ = decode_all(val_s, spec.size, progress=progress, rule=spec.resize)
     val_logits = predict_logits(model, x_val, spec)
     cal = calibrate(val_logits, y_val, target)
@@ -170,10 +166,3 @@ def summarize_seeds(result_dirs: list[str | Path], out_json: str | Path | None =
     if out_json:
         write_json(out_json, summary)
     return summary
-
-
-if __name__ == "__main__":  # python -m pneumo_edge.evaluate OUT.json RESULT_DIR...
-    import sys
-
-    s = summarize_seeds(sys.argv[2:], sys.argv[1])
-    print(json.dumps(s["summary"], indent=1))

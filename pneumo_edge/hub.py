@@ -9,15 +9,11 @@ import os
 from pathlib import Path
 
 from .edge.errors import HubError, PneumoEdgeError
+from .edge.hub import hub_offline
 
 BUNDLE_REQUIRED = ("model.onnx", "model.int8.onnx", "model.safetensors", "config.json", "README.md",
                    "results.json", "parity.json")
 UPLOAD_SUFFIXES = {".onnx", ".safetensors", ".json", ".md", ".png"}
-HUB_TIMEOUT_S = 8.0  # one short probe: no network costs seconds, not minutes of retries
-
-
-def hub_offline() -> bool:
-    return os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes")
 
 
 def bundle_files(bundle: str | Path) -> list[Path]:

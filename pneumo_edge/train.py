@@ -28,7 +28,7 @@ from .edge.atomic import prepare_out_dir, write_json, write_with
 from .checkpoint import save_checkpoint
 from .data import LABELS, carve_validation, decode_all, fingerprint, load_splits
 from .edge.errors import PneumoEdgeError
-from .edge.imaging import PreprocessSpec
+from .edge.imaging import PreprocessSpec, standardize, to_unit
 from .metrics import binary_metrics, calibrate, prob_from_logits
 from .models import DEFAULT_MODEL, create_model
 
@@ -69,11 +69,11 @@ class TrainConfig:
 # ---------------------------------------------------------------- batches
 
 def to_model_input(x01: torch.Tensor, spec: PreprocessSpec) -> torch.Tensor:
-    return ((x01 - spec.mean) / spec.std).contiguous(memory_format=torch.channels_last)
+    return standardize(x01, spec).contiguous(memory_format=torch.channels_last)
 
 
 def uint8_batch(images: np.ndarray, idx: np.ndarray) -> torch.Tensor:
-    return torch.from_numpy(images[idx]).unsqueeze(1).float().div_(255.0)
+    return torch.from_numpy(to_unit(images[idx])).unsqueeze(1)
 
 
 # ---------------------------------------------------------------- evaluation
@@ -277,6 +277,7 @@ def fit(cfg: TrainConfig) -> dict:
 
     wall = time.perf_counter() - t_start
     result = {"wall_time_s": round(wall, 1), "decode_s": round(decode_s, 1), "best_epoch": best["epoch"],
+              "machine": {"cpus": os.cpu_count(), "threads": torch.get_num_threads(), "torch": torch.__version__},
               "best": best, "history": history, "validation": asdict(info),
               "data_fingerprint": data_fp, "config": asdict(cfg)}
     write_json(out / "train_results.json", result)

@@ -25,3 +25,17 @@ def test_build_bundle_end_to_end(tiny_checkpoint, tiny_data, tmp_path):
     card = (out / "README.md").read_text()
     assert card.startswith("---\nlicense:") and "Not a medical device" in card.replace("**", "")
     assert json.loads((out / "guard.json").read_text())["ood_overall"]["n"] > 50
+
+
+def test_bundle_cli_refuses_a_non_empty_out_without_force(tiny_checkpoint, tiny_data, tmp_path):
+    ev = tmp_path / "eval"
+    r = CliRunner().invoke(main, ["evaluate", str(tiny_checkpoint), "--data", str(tiny_data), "--out", str(ev),
+                                  "--ledger", "", "--bootstrap", "20"])
+    assert r.exit_code == 0, r.output
+    out = tmp_path / "bundle"
+    out.mkdir()
+    (out / "keep.txt").write_text("user file")
+    r = CliRunner().invoke(main, ["bundle", str(tiny_checkpoint), "--results", str(ev), "--data", str(tiny_data),
+                                  "--out", str(out)])
+    assert r.exit_code == 2 and "--force" in r.output and "Traceback" not in r.output
+    assert (out / "keep.txt").read_text() == "user file" and not (out / "model.onnx").exists()

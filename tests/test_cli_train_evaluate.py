@@ -69,3 +69,36 @@ def test_evaluate_rejects_non_checkpoint(tmp_path, tiny_data):
     (tmp_path / "ck" / "model.safetensors").write_bytes(b"junk")
     r = CliRunner().invoke(main, ["evaluate", str(tmp_path / "ck"), "--data", str(tiny_data)])
     assert r.exit_code == 2 and "not a pneumo-edge checkpoint" in r.output
+
+
+def test_seeds_cli_summarises_runs_and_obeys_force(tiny_checkpoint, tiny_data, tmp_path):
+    dirs = []
+    for i in range(2):
+        out = tmp_path / f"eval{i}"
+        r = CliRunner().invoke(main, ["evaluate", str(tiny_checkpoint), "--data", str(tiny_data), "--out", str(out),
+                                      "--ledger", "", "--bootstrap", "20"])
+        assert r.exit_code == 0, r.output
+        dirs.append(str(out))
+    summary = tmp_path / "seeds.json"
+    r = CliRunner().invoke(main, ["seeds", *dirs, "--out", str(summary)])
+    assert r.exit_code == 0, r.output
+    s = json.loads(summary.read_text())
+    auc = json.loads((tmp_path / "eval0" / "results.json").read_text())["test"]["at_operating_point"]["roc_auc"]
+    assert s["summary"]["roc_auc"]["mean"] == auc and s["summary"]["roc_auc"]["sd"] == 0.0  # same model twice
+    again = CliRunner().invoke(main, ["seeds", *dirs, "--out", str(summary)])
+    assert again.exit_code == 2 and "--force" in again.output
+
+
+def test_readme_cli_fills_generated_sections_from_result_files(tiny_checkpoint, tiny_data, tmp_path):
+    bundle = tmp_path / "bundle"
+    r = CliRunner().invoke(main, ["evaluate", str(tiny_checkpoint), "--data", str(tiny_data), "--out", str(bundle),
+                                  "--ledger", "", "--bootstrap", "20"])
+    assert r.exit_code == 0, r.output
+    readme = tmp_path / "README.md"
+    readme.write_text("intro\n<!-- generated:results -->\nold\n<!-- /generated:results -->\nend\n")
+    r = CliRunner().invoke(main, ["readme", str(readme), "--bundle", str(bundle)])
+    assert r.exit_code == 0, r.output
+    text = readme.read_text()
+    n = json.loads((bundle / "results.json").read_text())["test"]["n"]
+    assert "old" not in text and f"official test split, {n} images" in text and text.endswith("end\n")
+    assert "updated sections: results" in r.output

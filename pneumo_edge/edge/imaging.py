@@ -170,7 +170,11 @@ def _load_dicom(source) -> np.ndarray:
     try:
         arr = ds.pixel_array
     except Exception as e:  # pydicom and its plugins raise many types for bad pixel data
-        raise ImageError(f"cannot decode DICOM pixel data ({' '.join(str(e).split())})") from e
+        why = " ".join(str(e).split())
+        if "12-bit precision" in why:  # GDCM and Pillow lack it; the one pip decoder that has it is GPL-licensed
+            raise ImageError("12-bit JPEG DICOM needs the decoder plugin pylibjpeg-libjpeg "
+                             "(GPL-3.0, not installed by default: pip install pylibjpeg pylibjpeg-libjpeg)") from e
+        raise ImageError(f"cannot decode DICOM pixel data ({why})") from e
     if arr.ndim == 3:  # colour DICOM (rare; multi-frame was refused above): use luminance
         arr = arr[..., :3].astype(np.float32) @ np.array([0.299, 0.587, 0.114], np.float32)
     windowed = bool(ds.get("VOILUTSequence")) or ds.get("WindowCenter") is not None
@@ -301,13 +305,30 @@ def resize_gray(gray: np.ndarray, size: int, rule: str = "center-crop-bilinear")
     return np.asarray(Image.fromarray(gray).resize((size, size), Image.BILINEAR, box=box))
 
 
+def to_unit(resized: np.ndarray) -> np.ndarray:
+    """uint8 grey levels -> float32 in [0, 1]."""
+    return resized.astype(np.float32) * np.float32(1.0 / 255.0)
+
+
+def standardize(x01, spec: PreprocessSpec):
+    """[0, 1] grey levels -> model input, (x - mean) / std in float32.
+
+    The one normalisation: training applies it to torch tensors (after augmentation),
+    inference to numpy arrays, with the same float32 arithmetic.
+    """
+    return (x01 - np.float32(spec.mean)) / np.float32(spec.std)
+
+
 def normalize(resized: np.ndarray, spec: PreprocessSpec) -> np.ndarray:
-    """uint8 (..., S, S) -> float32 (..., 1, S, S) with the spec's mean/std."""
-    x = resized.astype(np.float32) * np.float32(1.0 / 255.0)
-    x = (x - np.float32(spec.mean)) / np.float32(spec.std)
-    return x[..., None, :, :]
+    """uint8 (..., S, S) -> float32 (..., 1, S, S) model input."""
+    return standardize(to_unit(resized), spec)[..., None, :, :]
 
 
 def to_input(gray: np.ndarray, spec: PreprocessSpec) -> np.ndarray:
     """Decoded grayscale -> one float32 (1, S, S) model input."""
     return normalize(resize_gray(gray, spec.size, spec.resize), spec)
+
+
+def pil_to_gray(img: Image.Image) -> tuple[np.ndarray, float]:
+    """An image already opened with Pillow (or built from an array), decoded like a file: (grey uint8, chroma)."""
+    return _pil_to_gray(img)

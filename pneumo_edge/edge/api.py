@@ -1,0 +1,91 @@
+"""The Python API: load a model once, classify paths, bytes, PIL images or arrays.
+
+    import pneumo_edge
+    m = pneumo_edge.load("export/model.int8.onnx")     # or a bundle folder, or a hub id "user/repo"
+    m.predict("xray.jpeg")                              # {"label": "PNEUMONIA", "probability": 0.97, ...}
+    m.predict([img1, img2], as_frame=True)              # pandas DataFrame, one row per image
+
+Every input goes through the same decoding and preprocessing as `pneumo-edge infer`.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+
+from .errors import ImageError, ModelError
+from .hub import download_model, is_repo_id
+from .imaging import load_image, normalize, pil_to_gray, resize_gray
+from .model import EdgeModel
+
+MODEL_FILES = ("model.onnx", "model.int8.onnx")  # what a bundle folder or hub repo offers, default first
+
+
+def resolve_model(source: str | os.PathLike, filename: str = MODEL_FILES[0]) -> Path:
+    """An .onnx path for a local file, a bundle folder, or a hub repo id (downloaded and cached)."""
+    text = os.fspath(source)
+    path = Path(text)
+    if path.is_dir():
+        path = path / filename
+    elif not path.exists() and is_repo_id(text):
+        return download_model(text, filename)
+    if not path.is_file():
+        raise ModelError(f"model '{text}' not found: give an .onnx file, a bundle folder or a hub id 'user/repo'")
+    return path
+
+
+class Classifier:
+    """An EdgeModel with a friendly predict(); the guard applies unless turned off."""
+
+    def __init__(self, model: EdgeModel, guard: bool = True):
+        self.model = model
+        self.meta = model.meta
+        self.guard = guard and model.guard is not None
+
+    def _gray(self, x) -> tuple[np.ndarray, float]:
+        from PIL import Image
+
+        if isinstance(x, (str, os.PathLike, bytes, bytearray)):
+            return load_image(x, size=self.meta.preprocess.size)
+        if isinstance(x, Image.Image):
+            return pil_to_gray(x)
+        if isinstance(x, np.ndarray):
+            if x.ndim == 3 and x.shape[-1] in (3, 4):
+                x = x[..., :3]
+            elif x.ndim != 2:
+                raise ImageError(f"array of shape {x.shape}: expected (H, W) grey or (H, W, 3) colour")
+            if x.dtype == np.float64:
+                x = x.astype(np.float32)
+            return pil_to_gray(Image.fromarray(np.ascontiguousarray(x)))
+        raise ImageError(f"cannot classify a {type(x).__name__}: give a path, bytes, a PIL image or a numpy array")
+
+    def predict(self, x, as_frame: bool = False):
+        """One dict for one input, a list for a list; each has label, probability, threshold, guard_score, rejected."""
+        many = isinstance(x, (list, tuple))
+        items = list(x) if many else [x]
+        spec = self.meta.preprocess
+        decoded = [self._gray(item) for item in items]
+        resized = np.stack([resize_gray(g, spec.size, spec.resize) for g, _ in decoded])
+        outs = self.model.run(normalize(resized, spec))
+        probs = self.model.probability(outs["logits"])
+        scores = (self.model.guard.scores(resized, outs["embedding"], np.array([c for _, c in decoded]))
+                  if self.guard else [None] * len(items))
+        rows = []
+        for p, s in zip(probs, scores):
+            rejected = bool(self.model.guard.rejects(s)) if s is not None else False
+            rows.append({"label": "REJECTED_OOD" if rejected else self.meta.decide(float(p)),
+                         "probability": float(p), "threshold": self.meta.threshold,
+                         "guard_score": None if s is None else float(s), "rejected": rejected})
+        if as_frame:
+            import pandas as pd
+
+            return pd.DataFrame(rows)
+        return rows if many else rows[0]
+
+
+def load(source: str | os.PathLike = "export", guard: bool = True, threads: int | None = None,
+         filename: str = MODEL_FILES[0]) -> Classifier:
+    """Open a model for prediction: an .onnx file, a bundle folder (its `filename`) or a hub id."""
+    return Classifier(EdgeModel(resolve_model(source, filename), threads=threads), guard=guard)

@@ -1,0 +1,45 @@
+"""Fetch a bundle's ONNX file from the Hugging Face hub, failing fast when the hub cannot be reached.
+
+    path = download_model("me/pneumo-edge-lite0", "model.int8.onnx")   # cached after the first call
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+from .errors import HubError
+
+HUB_TIMEOUT_S = 8.0  # one short probe: no network costs seconds, not minutes of retries
+REPO_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
+
+
+def hub_offline() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes")
+
+
+def is_repo_id(text: str) -> bool:
+    """'user/repo' that is not also a local path."""
+    return bool(REPO_ID.fullmatch(text)) and not Path(text).exists()
+
+
+def download_model(repo_id: str, filename: str = "model.onnx") -> Path:
+    """The cached file if present; otherwise one short probe, then the download."""
+    from huggingface_hub import HfApi, hf_hub_download
+    from huggingface_hub.errors import LocalEntryNotFoundError
+
+    def fail(why: str) -> HubError:
+        return HubError(f"cannot get '{filename}' from hub repo '{repo_id}' ({why}); pass a local bundle folder "
+                        "or .onnx file to --model instead, e.g. --model export/model.int8.onnx")
+
+    try:
+        return Path(hf_hub_download(repo_id, filename, local_files_only=True))
+    except LocalEntryNotFoundError:  # not cached yet: the network decides
+        if hub_offline():
+            raise fail("HF_HUB_OFFLINE is set and no cached copy exists") from None
+    try:
+        HfApi().model_info(repo_id, timeout=HUB_TIMEOUT_S)
+        return Path(hf_hub_download(repo_id, filename, etag_timeout=HUB_TIMEOUT_S))
+    except Exception as e:
+        raise fail(e.__class__.__name__) from None
