@@ -8,7 +8,7 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-from .edge.atomic import write_text
+from .edge.atomic import copy_file, write_text
 
 EVAL_FILES = ("results.json", "report.md", "confusion_matrix.png", "roc.png", "reliability.png")
 CAM_EXAMPLES = 3  # per class
@@ -23,8 +23,8 @@ def build_bundle(checkpoint: str, results: str, data: str, out: str = "export", 
     out_p = Path(out)
     export(checkpoint, out_p, data, gate or GateConfig(), results=results, force=True)
     for name in EVAL_FILES:
-        shutil.copyfile(Path(results) / name, out_p / name)
-    shutil.copyfile(Path(checkpoint) / "train_results.json", out_p / "train_results.json")
+        copy_file(Path(results) / name, out_p / name)
+    copy_file(Path(checkpoint) / "train_results.json", out_p / "train_results.json")
     test = Path(data) / "test"
     picks = [str(p) for label in ("NORMAL", "PNEUMONIA") for p in sorted((test / label).iterdir())[:CAM_EXAMPLES]]
     cam_dir = out_p / "gradcam"

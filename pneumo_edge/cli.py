@@ -33,6 +33,21 @@ def friendly(fn):
     return wrapper
 
 
+def no_traceback(fn):
+    """For commands that handle user files: an unexpected error is one line and exit 2, not a traceback."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except (PneumoEdgeError, click.exceptions.ClickException, click.exceptions.Exit, click.Abort):
+            raise
+        except Exception as e:  # noqa: BLE001 - a file system surprise, reported as such
+            raise PneumoEdgeError(f"unexpected {e.__class__.__name__}: {e}") from e
+
+    return wrapper
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="pneumo-edge")
 def main() -> None:
@@ -147,43 +162,48 @@ def export(checkpoint, out, data, results, atol, int8, min_int8_agreement, max_i
 @click.option("--model", "model_path", type=click.Path(), help="ONNX bundle model (default: the shipped export/model.onnx).")
 @click.option("--out", "out_csv", default="predictions.csv", show_default=True, help="CSV with one row per input.")
 @click.option("--json", "json_path", type=click.Path(), help="Also write the rows as JSON Lines here.")
-@click.option("--resume", is_flag=True, help="Skip inputs already in --out and append the rest.")
-@click.option("--force", is_flag=True, help="Overwrite an existing --out.")
+@click.option("--resume", is_flag=True,
+              help="Keep the rows already in --out (and --json), re-try error and torn rows, append the rest.")
+@click.option("--force", is_flag=True, help="Overwrite an existing --out (and --json).")
 @click.option("--batch-size", type=int, default=16, show_default=True)
 @click.option("--workers", type=int, help="Decode threads (default: all cores).")
 @click.option("--guard/--no-guard", default=True, show_default=True,
               help="Label out-of-distribution inputs REJECTED_OOD instead of classifying them.")
 @click.option("-v", "--verbose", is_flag=True, help="Also print one line per input.")
 @friendly
+@no_traceback
 def infer(paths, model_path, out_csv, json_path, resume, force, batch_size, workers, guard, verbose) -> None:
     """Classify X-ray files and folders with onnxruntime (JPEG, PNG, BMP, TIFF, DICOM).
 
-    Exit code 0 when every file was classified, 1 when some could not be (all
-    others were, and every file has a row in --out), 2 for usage errors.
+    Exit code 0 when every input was classified, 1 when error rows remain in --out
+    (every other input was classified, and every input has a row), 2 for usage
+    errors (an existing or locked --out, an unusable model, ...).
     """
-    from pathlib import Path
-
-    from .edge.infer import EXIT_SOME_FAILED, check_output, predict_paths
+    from .edge.infer import EXIT_SOME_FAILED, Outputs, predict_paths, printable
     from .edge.model import EdgeModel, default_model_path
 
-    out = Path(out_csv)
-    check_output(out, resume, force)
-    model = EdgeModel(model_path or default_model_path())
     def echo(row: dict) -> None:
+        path = printable(row["path"])
         if row["status"] == "ok":
             score = f"  ood {row['ood_score']}" if row.get("ood_score") else ""
-            click.echo(f"{row['label']:<13} p={row['probability']}{score}  {row['path']}")
+            click.echo(f"{row['label']:<13} p={row['probability']}{score}  {path}")
         else:
-            click.echo(f"{row['status'].upper():<13} {row['error']}  {row['path']}")
+            click.echo(f"{row['status'].upper():<13} {printable(row['error'])}  {path}")
 
-    s = predict_paths(list(paths), model, out, json_path, resume, batch_size, workers, guard,
-                      echo=echo if verbose else None)
+    with Outputs(out_csv, json_path, resume, force) as outputs:  # before the model loads: refuse early
+        model = EdgeModel(model_path or default_model_path())
+        s = predict_paths(list(paths), model, outputs, batch_size=batch_size, workers=workers, guard=guard,
+                          echo=echo if verbose else None)
     labels = ", ".join(f"{k} {v}" for k, v in sorted(s.counts.items())) or "nothing"
-    click.echo(f"{s.n_files} inputs: {labels}"
-               + (f"; {s.n_skipped_resume} already done" if s.n_skipped_resume else "")
-               + f"; {s.images_per_s:.1f} images/s. Rows in {out}")
-    if s.n_failed:
-        click.echo(f"{s.n_failed} file(s) could not be classified: see the 'error' column", err=True)
+    notes = [f"{s.n_skipped_resume} already done" if s.n_skipped_resume else "",
+             f"{s.n_duplicates} duplicate(s) ignored" if s.n_duplicates else "",
+             f"{s.n_incomplete} incomplete row(s) re-done" if s.n_incomplete else ""]
+    click.echo(f"{s.n_files} inputs: {labels}" + "".join(f"; {n}" for n in notes if n)
+               + f"; {s.images_per_s:.1f} images/s. Rows in {printable(out_csv)}")
+    if s.n_failed or s.n_old_errors:
+        old = f" (and {s.n_old_errors} error row(s) from earlier runs)" if s.n_old_errors else ""
+        click.echo(f"{s.n_failed} file(s) could not be classified{old}: see the 'error' column; "
+                   "--resume re-tries them", err=True)
         sys.exit(EXIT_SOME_FAILED)
 
 
@@ -196,17 +216,23 @@ def infer(paths, model_path, out_csv, json_path, resume, force, batch_size, work
               help="Explain this class instead of the predicted one.")
 @click.option("--force", is_flag=True, help="Write into a non-empty --out.")
 @friendly
+@no_traceback
 def explain(images, bundle, out, layer, target, force) -> None:
-    """Grad-CAM heat maps on the PyTorch twin of the bundle."""
+    """Grad-CAM heat maps on the PyTorch twin of the bundle.
+
+    One overlay per input (inputs sharing a file name get a short hash suffix); a file that
+    cannot be explained is one error line and the others go on (exit 1).
+    """
+    from .edge.infer import printable
     from .gradcam import explain as run
     from .edge.model import default_model_path
 
     records = run(list(images), bundle or default_model_path().parent, out, layer, target, force)
     for r in records:
         if r["status"] == "ok":
-            click.echo(f"{r['png']}: P(pneumonia) {r['probability']:.3f} -> {r['label']}")
+            click.echo(f"{printable(r['png'])}: P(pneumonia) {r['probability']:.3f} -> {r['label']}")
         else:
-            click.echo(f"{r['path']}: error: {r['error']}", err=True)
+            click.echo(f"{printable(r['path'])}: error: {printable(r['error'])}", err=True)
     ok = sum(r["status"] == "ok" for r in records)
     if ok > 1:
         click.echo(f"contact sheet: {out}/contact_sheet.png")
@@ -258,16 +284,24 @@ def push(bundle, repo_id, dry_run, private) -> None:
 @click.option("--data", default="../shared/data/chest_xray", show_default=True,
               help="Dataset root: its test split measures how many real X-rays the guard wrongly rejects.")
 @click.option("--out", "out_json", type=click.Path(), help="Write the report as JSON here (and .md beside it).")
+@click.option("--force", is_flag=True, help="Overwrite an existing --out (and its .md).")
 @friendly
-def guard_report(model_path, data, out_json) -> None:
+@no_traceback
+def guard_report(model_path, data, out_json, force) -> None:
     """How often the OOD guard rejects real X-rays, and each kind of non-X-ray image."""
     from pathlib import Path
 
-    from .edge.atomic import write_text
+    from .edge.atomic import refuse_existing, write_text
+    from .edge.errors import PneumoEdgeError
     from .ood import guard_report as run
     from .ood import render_guard_report
     from .edge.model import default_model_path
 
+    if out_json:  # checked before the (long) run
+        if Path(out_json).suffix.lower() == ".md":
+            raise PneumoEdgeError("--out names the JSON report; the .md table is written beside it")
+        for p in (out_json, Path(out_json).with_suffix(".md")):
+            refuse_existing(p, force)
     r = run(str(model_path or default_model_path()), data if data and Path(data).is_dir() else None, out_json)
     table = render_guard_report(r)
     if out_json:
@@ -284,3 +318,4 @@ def study(study_file, only) -> None:
     from .study import run_study
 
     run_study(study_file, only=list(only) or None, progress=sys.stderr.isatty())
+

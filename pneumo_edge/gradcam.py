@@ -115,15 +115,32 @@ def _figure_png(path: Path, panels: list[tuple[np.ndarray, np.ndarray, str]], co
     return path
 
 
+def overlay_names(images: list[str]) -> list[str]:
+    """One PNG name per input: the file stem, plus a short hash of the path where stems collide."""
+    import hashlib
+    import os
+    from collections import Counter
+
+    stems = [Path(src).stem for src in images]
+    shared = Counter(s.casefold() for s in stems)  # case-insensitive file systems collide too
+    names, used = [], set()
+    for i, (src, stem) in enumerate(zip(images, stems)):
+        if shared[stem.casefold()] > 1:
+            stem += "-" + hashlib.sha1(os.fsencode(os.path.abspath(src))).hexdigest()[:8]
+        if stem.casefold() in used:  # the same path given twice
+            stem += f"-{i}"
+        used.add(stem.casefold())
+        names.append(f"{stem}.gradcam.png")
+    return names
+
+
 def explain(images: list[str], bundle: str | Path, out: str | Path, layer: str = "conv_head",
             target: str | None = None, force: bool = False) -> list[dict]:
     """One overlay PNG per image plus a contact sheet; returns one record per image."""
     from .edge.atomic import prepare_out_dir
     from .checkpoint import load_checkpoint
     from .edge.errors import ImageError
-    from .edge.imaging import load_gray, normalize, resize_gray
     from .edge.meta import read_meta
-    from .edge.model import prob_from_logits
 
     model, _ = load_checkpoint(bundle)
     meta = read_meta(Path(bundle) / "model.onnx")  # threshold and temperature: the ONNX file owns them
@@ -136,26 +153,39 @@ def explain(images: list[str], bundle: str | Path, out: str | Path, layer: str =
     out = prepare_out_dir(out, force)
     records, panels = [], []
     with GradCAM(model, layer) as cam:
-        for src in images:
+        for src, name in zip(images, overlay_names(images)):
             try:
-                resized = resize_gray(load_gray(src, size=spec.size), spec.size, spec.resize)
+                record, panel = _explain_one(cam, src, out / name, spec, meta, target_idx)
             except ImageError as e:
-                records.append({"path": str(src), "status": "error", "error": str(e)})
-                continue
-            x = torch.from_numpy(normalize(resized[None], spec))
-            # One forward pass: the probability printed is the one the map came from, and the map
-            # explains the class the bundle decides (calibrated threshold), not the argmax.
-            heat, logits = cam(x, target_idx, decide=lambda lg: labels.index(
-                meta.decide(float(prob_from_logits(lg, meta.temperature)[0]))))
-            p = float(prob_from_logits(logits, meta.temperature)[0])
-            label = meta.decide(p)
-            explained = labels[target_idx] if target_idx is not None else label
-            title = f"{Path(src).name[:40]}\nP(pneumonia) {p:.3f} -> {label}; map for {explained}"
-            png = out / f"{Path(src).stem}.gradcam.png"
-            _figure_png(png, [(resized / 255.0, heat[0], title)], cols=1)
-            panels.append((resized / 255.0, heat[0], title))
-            records.append({"path": str(src), "status": "ok", "probability": p, "label": label,
-                            "explained_class": explained, "png": str(png)})
+                record, panel = {"path": str(src), "status": "error", "error": str(e)}, None
+            except Exception as e:  # one odd file must never end the run  # noqa: BLE001
+                record, panel = {"path": str(src), "status": "error",
+                                 "error": f"unexpected {e.__class__.__name__}: {e}"}, None
+            records.append(record)
+            if panel:
+                panels.append(panel)
     if len(panels) > 1:
         _figure_png(out / "contact_sheet.png", panels, cols=min(3, len(panels)))
     return records
+
+
+def _explain_one(cam: GradCAM, src: str, png: Path, spec, meta, target_idx: int | None) -> tuple[dict, tuple]:
+    """The overlay PNG of one image: (its record, its contact-sheet panel)."""
+    from .edge.imaging import load_gray, normalize, resize_gray
+    from .edge.model import prob_from_logits
+
+    labels = list(meta.labels)
+    resized = resize_gray(load_gray(src, size=spec.size), spec.size, spec.resize)
+    x = torch.from_numpy(normalize(resized[None], spec))
+    # One forward pass: the probability printed is the one the map came from, and the map
+    # explains the class the bundle decides (calibrated threshold), not the argmax.
+    heat, logits = cam(x, target_idx, decide=lambda lg: labels.index(
+        meta.decide(float(prob_from_logits(lg, meta.temperature)[0]))))
+    p = float(prob_from_logits(logits, meta.temperature)[0])
+    label = meta.decide(p)
+    explained = labels[target_idx] if target_idx is not None else label
+    title = f"{Path(src).name[:40]}\nP(pneumonia) {p:.3f} -> {label}; map for {explained}"
+    panel = (resized / 255.0, heat[0], title)
+    _figure_png(png, [panel], cols=1)
+    return ({"path": str(src), "status": "ok", "probability": p, "label": label,
+             "explained_class": explained, "png": str(png)}, panel)

@@ -13,7 +13,6 @@ complete.
 from __future__ import annotations
 
 import json
-import shutil
 import tempfile
 import time
 from dataclasses import dataclass, replace
@@ -24,7 +23,7 @@ import torch
 from torch import nn
 
 from . import __version__
-from .edge.atomic import prepare_out_dir, write_json, write_text
+from .edge.atomic import copy_file, prepare_out_dir, write_json, write_text
 from .checkpoint import CONFIG, WEIGHTS, load_checkpoint, resolve
 from .edge.errors import ParityError
 from .edge.imaging import PreprocessSpec, normalize
@@ -243,7 +242,7 @@ def export(checkpoint: str | Path, out: str | Path, data: str, gate: GateConfig 
         for n in files:  # complete files only, each moved in one rename
             (tmp / n).replace(out / n)
     twin_config = {**config, "threshold": threshold, "temperature": temperature}
-    shutil.copyfile(weights_path, out / WEIGHTS)
+    copy_file(weights_path, out / WEIGHTS)
     write_json(out / CONFIG, twin_config)
     write_json(out / "parity.json", report)
     write_text(out / "parity.md", render_parity(report))

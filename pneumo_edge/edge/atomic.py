@@ -1,16 +1,21 @@
 """Atomic file writes: write to a temporary name in the same folder, then rename.
 
 A crash or Ctrl-C mid-write leaves the previous file (or nothing), never half a file.
+Files that one run appends to for a long time (predictions) are held under an exclusive
+lock instead, so that two runs can never interleave their rows in one file.
 """
 
 from __future__ import annotations
 
+import fcntl  # POSIX: the edge boxes run Linux
 import json
 import os
+import shutil
 import tempfile
 from collections.abc import Callable
 from contextlib import contextmanager
 from pathlib import Path
+from typing import BinaryIO
 
 
 @contextmanager
@@ -57,3 +62,88 @@ def prepare_out_dir(out: str | os.PathLike, force: bool) -> Path:
         raise OutputExistsError(f"output folder '{out}' exists and is not empty; use --force to overwrite")
     out.mkdir(parents=True, exist_ok=True)
     return out
+
+
+def refuse_existing(path: str | os.PathLike, force: bool) -> None:
+    """An output file that exists is overwritten only with --force."""
+    from .errors import OutputExistsError
+
+    path = Path(path)
+    if path.is_dir():
+        raise OutputExistsError(f"output '{path}' is a folder, not a file")
+    if path.exists() and not force:
+        raise OutputExistsError(f"'{path}' exists; use --force to overwrite it")
+
+
+def copy_file(src: str | os.PathLike, dst: str | os.PathLike) -> None:
+    """Copy `src` to `dst`: readers see the old `dst` or the whole copy, never a partial one."""
+    write_with(dst, lambda tmp: shutil.copyfile(src, tmp))
+
+
+# ---------------------------------------------------------------- files written by one run at a time
+
+CREATE, UPDATE, REPLACE = "create", "update", "replace"
+
+
+def open_locked(path: Path, how: str) -> BinaryIO:
+    """Open `path` read-write under an exclusive lock; a second writer is refused, never waited for.
+
+    CREATE: the file must not exist (O_EXCL: the existence check and the open are one step).
+    UPDATE: open or create it, content kept. REPLACE: the content is emptied only once the lock
+    is held, so a refused second writer never empties the first one's file.
+    """
+    from .errors import OutputExistsError, PneumoEdgeError
+
+    refuse_existing(path, force=True)  # a folder
+    flags = os.O_RDWR | os.O_CREAT | (os.O_EXCL if how == CREATE else 0)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, flags, 0o666)
+    except FileExistsError:
+        raise OutputExistsError(f"'{path}' exists; use --resume to continue it or --force to overwrite") from None
+    except OSError as e:
+        raise PneumoEdgeError(f"cannot open '{path}': {e.strerror or e}") from e
+    f = os.fdopen(fd, "r+b")
+    try:
+        _lock(f, path)
+        if how == REPLACE:
+            f.truncate(0)
+    except BaseException:
+        f.close()
+        raise
+    return f
+
+
+def replace_locked(path: Path, content: bytes) -> BinaryIO:
+    """Atomically replace `path` by `content`; returns the new file, open at its end and already locked.
+
+    The lock is taken before the rename, so no other writer can slip in between; the caller then
+    closes its old handle (the old, now nameless file).
+    """
+    f = None
+    try:
+        with atomic_path(path) as tmp:
+            f = open(tmp, "r+b")
+            _lock(f, tmp)
+            f.write(content)
+            f.flush()
+            os.fsync(f.fileno())
+    except BaseException:
+        if f is not None:
+            f.close()
+        raise
+    return f
+
+
+def _lock(f: BinaryIO, path: Path) -> None:
+    from .errors import PneumoEdgeError
+
+    busy = PneumoEdgeError(f"'{path}' is being written by another run (it is locked); "
+                           "wait for that run or choose another output")
+    try:
+        fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        raise busy from None
+    st, now = os.fstat(f.fileno()), path.stat()
+    if (st.st_dev, st.st_ino) != (now.st_dev, now.st_ino):  # replaced (by a --resume) while we opened it
+        raise busy

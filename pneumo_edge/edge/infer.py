@@ -2,107 +2,410 @@
 
     model = EdgeModel("export/model.onnx")
     summary = predict_paths(["./xrays"], model, out_csv="predictions.csv")
+
+Nothing is skipped silently: every input named, and every entry found under a folder, ends as a
+row ("ok", "skipped" with a reason, or "error" with a reason); the same file reached twice is
+classified once and counted as a duplicate.
+
+What a crash can cost: rows are flushed after every batch and fsynced at least every SYNC_ROWS rows
+or SYNC_SECONDS seconds and at exit, so a crash, a power cut included, loses at most the rows since
+the last sync and never leaves a corrupt file: `resume` drops a torn last record and re-does that
+input, as it re-does every input whose row is an error. Outputs are held under an exclusive lock, so
+a second run writing the same file is refused instead of interleaving its rows.
 """
 
 from __future__ import annotations
 
 import csv
+import io
 import json
 import os
+import re
+import stat
 import time
 from collections import Counter, deque
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 
-from .errors import ImageError, ModelError, PneumoEdgeError
+from .atomic import CREATE, REPLACE, UPDATE, open_locked, replace_locked
+from .errors import ImageError, PneumoEdgeError
 from .imaging import IMAGE_SUFFIXES, load_image, normalize, resize_gray
 from .model import EdgeModel
 
 EXIT_SOME_FAILED = 1  # infer: some files could not be classified; all others were
 COLUMNS = ("path", "probability", "label", "status", "error", "ood_score")
+DONE_STATUSES = ("ok", "skipped")  # rows that resume keeps; "error" rows are re-tried
+SYNC_ROWS, SYNC_SECONDS = 256, 2.0
 
 
-# ---------------------------------------------------------------- batch inference over files
+# ---------------------------------------------------------------- names
 
 def display_path(p: str) -> str:
     """A printable path even when the file name is not valid UTF-8."""
     return os.fsencode(p).decode("utf-8", "backslashreplace")
 
 
+def printable(text: str) -> str:
+    """Control characters escaped (\\n, \\x1b, ...) so that a file name cannot rewrite the terminal."""
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in text)
+
+
+def identity(path: str) -> str:
+    """One key per file however it is spelled (./x, /abs/x, through a symlink)."""
+    return os.path.realpath(path) if os.path.exists(path) else os.path.abspath(path)
+
+
+# ---------------------------------------------------------------- finding the inputs
+
 @dataclass
 class Found:
     files: list[str] = field(default_factory=list)  # to classify
     problems: list[tuple[str, str, str]] = field(default_factory=list)  # (path, status, message)
+    n_duplicates: int = 0  # files or folders reached a second time: classified once
+
+
+class _Finder:
+    def __init__(self, exclude: set[str]):
+        self.found = Found()
+        self.exclude = exclude  # this run's own outputs
+        self.seen: set[str] = set()  # identities of every file and folder already listed
+
+    def _first_time(self, path: str) -> bool:
+        key = identity(path)
+        if key in self.seen:
+            self.found.n_duplicates += 1
+            return False
+        self.seen.add(key)
+        return True
+
+    def _n_listed(self) -> int:
+        return len(self.found.files) + len(self.found.problems) + self.found.n_duplicates
+
+    def add(self, raw: str) -> None:
+        if os.path.isdir(raw):
+            self.folder(raw)
+        elif os.path.lexists(raw):
+            self.file(raw, walked=False)
+        elif self._first_time(raw):
+            self.found.problems.append((raw, "error", "path does not exist"))
+
+    def folder(self, top: str) -> None:
+        if identity(top) in self.seen:
+            self.found.n_duplicates += 1
+            return
+        n_before = self._n_listed()
+        for root, dirs, names in os.walk(top, followlinks=True, onerror=self._unlistable):
+            if root != top and not self._first_time(root):  # a symlink loop, or a folder reached twice
+                dirs[:] = []
+                continue
+            if root == top:
+                self.seen.add(identity(top))
+            for d in sorted(dirs):
+                if d.startswith("."):
+                    self.found.problems.append((os.path.join(root, d), "skipped", "hidden folder, not searched"))
+            dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+            for name in sorted(names):
+                self.file(os.path.join(root, name), walked=True)
+        if self._n_listed() == n_before:
+            self.found.problems.append((top, "error", "folder contains no files"))
+
+    def _unlistable(self, e: OSError) -> None:
+        reason = (e.strerror or str(e)).lower()
+        self.found.problems.append((e.filename, "error", f"cannot list folder: {reason}"))
+
+    def file(self, path: str, walked: bool) -> None:
+        if not self._first_time(path):
+            return
+        reason = self._skip_reason(path, walked)
+        if reason:
+            self.found.problems.append((path, *reason))
+        else:
+            self.found.files.append(path)
+
+    def _skip_reason(self, path: str, walked: bool) -> tuple[str, str] | None:
+        if identity(path) in self.exclude:
+            return "skipped", "an output of this run"
+        try:
+            mode = os.stat(path).st_mode
+        except OSError:
+            return None  # broken link, no permission...: decoding names the reason
+        if not stat.S_ISREG(mode):  # a FIFO would block the decoder for ever
+            return "error", "not a regular file"
+        name = os.path.basename(path)
+        if walked and name.startswith("."):
+            return "skipped", "hidden file"
+        if walked and Path(name).suffix.lower() not in IMAGE_SUFFIXES:
+            return "skipped", "not an image file extension"
+        return None
 
 
 def find_inputs(paths: list[str], exclude: set[str] = frozenset()) -> Found:
-    """Expand folders (recursively, sorted) and files; odd paths become rows, not exceptions."""
-    found = Found()
+    """Expand folders (recursively, sorted, following symlinks once) and files; odd paths become rows."""
+    finder = _Finder(set(exclude))
     for raw in paths:
-        p = Path(raw)
-        if p.is_dir():
-            n_before = len(found.files) + len(found.problems)
-            for root, dirs, names in os.walk(p):
-                dirs[:] = sorted(d for d in dirs if not d.startswith("."))
-                for name in sorted(names):
-                    if name.startswith("."):
-                        continue
-                    full = os.path.join(root, name)
-                    if os.path.abspath(full) in exclude:
-                        continue
-                    if Path(name).suffix.lower() in IMAGE_SUFFIXES:
-                        found.files.append(full)
-                    else:
-                        found.problems.append((full, "skipped", "not an image file extension"))
-            if len(found.files) + len(found.problems) == n_before:
-                found.problems.append((str(p), "error", "folder contains no files"))
-        elif p.exists() or p.is_symlink():
-            found.files.append(str(p))
-        else:
-            found.problems.append((str(p), "error", "path does not exist"))
-    return found
+        finder.add(raw)
+    return finder.found
 
 
-class RowWriter:
-    """CSV (and optional JSON Lines) rows, flushed one batch at a time so an interruption loses nothing."""
+# ---------------------------------------------------------------- output formats
 
-    def __init__(self, csv_path: Path, json_path: Path | None, append: bool, echo=None):
-        self.echo = echo
-        mode = "a" if append else "w"
-        new_csv = not append or not csv_path.exists() or csv_path.stat().st_size == 0
-        csv_path.parent.mkdir(parents=True, exist_ok=True)
-        self._csv_f = open(csv_path, mode, newline="", encoding="utf-8")
-        self._csv = csv.writer(self._csv_f)
-        if new_csv:
-            self._csv.writerow(COLUMNS)
-        self._json_f = open(json_path, mode, encoding="utf-8") if json_path else None
+NUMBER = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?")
+
+
+def spreadsheet_safe(cell: str) -> str:
+    """Prefix a quote to text a spreadsheet would run as a formula (=, +, -, @, tab, CR); numbers stay numbers."""
+    if cell and cell[0] in "=+-@\t\r" and not NUMBER.fullmatch(cell):
+        return "'" + cell
+    return cell
+
+
+def _valid_row(row: dict) -> bool:
+    status = row.get("status")
+    if not isinstance(row.get("path"), str) or not row["path"] or status not in (*DONE_STATUSES, "error"):
+        return False
+    return status != "ok" or (bool(row.get("label")) and bool(NUMBER.fullmatch(str(row.get("probability")))))
+
+
+def _physical_lines(text: str) -> list[str]:
+    return re.findall(r"[^\n]*\n|[^\n]+", text)
+
+
+class Record(NamedTuple):
+    key: str  # the path as the file stores it
+    status: str
+    text: str  # the whole record, line end included
+
+
+class CsvFormat:
+    name = "predictions CSV"
+    header = ",".join(COLUMNS) + "\r\n"  # csv.writer's line end
+
+    @staticmethod
+    def key(display: str) -> str:
+        return spreadsheet_safe(display)
+
+    @staticmethod
+    def encode(rows: list[dict]) -> str:
+        buf = io.StringIO()
+        w = csv.writer(buf)
+        for r in rows:
+            w.writerow([spreadsheet_safe("" if r.get(c) is None else str(r[c])) for c in COLUMNS])
+        return buf.getvalue()
+
+    def parse(self, text: str) -> tuple[list[Record], int]:
+        """(complete records after the header, number of incomplete or malformed ones)."""
+        lines = _physical_lines(text)
+        reader = csv.reader(iter(lines))
+        records, bad, used = [], 0, 0
+        while True:
+            try:
+                fields = next(reader)
+            except StopIteration:
+                break
+            except csv.Error:
+                fields = []
+            chunk, used = "".join(lines[used:reader.line_num]), reader.line_num
+            complete = chunk.endswith("\n") and len(fields) == len(COLUMNS)
+            if complete and not records and not bad and fields == list(COLUMNS):
+                continue  # the header
+            row = dict(zip(COLUMNS, fields))
+            if complete and _valid_row(row):
+                records.append(Record(row["path"], row["status"], chunk))
+            else:
+                bad += 1
+        return records, bad
+
+
+class JsonlFormat:
+    name = "predictions JSON Lines"
+    header = ""
+
+    @staticmethod
+    def key(display: str) -> str:
+        return display
+
+    @staticmethod
+    def encode(rows: list[dict]) -> str:
+        return "".join(json.dumps({c: r.get(c) for c in COLUMNS}) + "\n" for r in rows)
+
+    def parse(self, text: str) -> tuple[list[Record], int]:
+        records, bad = [], 0
+        for line in _physical_lines(text):
+            row = self._row(line)
+            if row is None:
+                bad += 1
+            else:
+                records.append(Record(row["path"], row["status"], line))
+        return records, bad
+
+    @staticmethod
+    def _row(line: str) -> dict | None:
+        if not line.endswith("\n"):
+            return None  # torn: the crash came before its end
+        try:
+            row = json.loads(line)
+        except ValueError:
+            return None
+        return row if isinstance(row, dict) and _valid_row(row) else None
+
+
+# How our files begin; anything else is someone else's file and is never rewritten.
+SIGNATURES = {CsvFormat: (CsvFormat.header, CsvFormat.header.replace("\r\n", "\n")), JsonlFormat: ('{"path": ',)}
+
+
+# ---------------------------------------------------------------- output files
+
+class Output:
+    """One output file, open and locked for the whole run; on resume, its complete records."""
+
+    def __init__(self, path: Path, fmt: CsvFormat | JsonlFormat, how: str):
+        self.path, self.fmt = path, fmt
+        self.created = how == CREATE
+        self.file = open_locked(path, how)
+        self.records: list[Record] = []
+        self.n_incomplete = 0
+        try:
+            if how == UPDATE:
+                self._load()
+            if self.file.tell() == 0:
+                self.file.write(fmt.header.encode())
+        except BaseException:
+            self.file.close()
+            raise
+
+    def _load(self) -> None:
+        text = self.file.read().decode("utf-8", "surrogateescape")  # a torn multi-byte tail must not stop us
+        if not any(text.startswith(sig) or sig.startswith(text) for sig in SIGNATURES[type(self.fmt)]):
+            raise PneumoEdgeError(f"'{self.path}' is not a {self.fmt.name} file; "
+                                  "choose another path or use --force to overwrite it")
+        self.records, self.n_incomplete = self.fmt.parse(text)
+        if self.n_incomplete:
+            self._rewrite(self.records)
+
+    def statuses(self) -> dict[str, str]:
+        """The status of each path's first record, by the path as this format stores it."""
+        first: dict[str, str] = {}
+        for r in self.records:
+            first.setdefault(r.key, r.status)
+        return first
+
+    def drop(self, displays: set[str]) -> None:
+        """Remove the records of inputs about to be re-done (and repeated records): one atomic rewrite."""
+        keys = {self.fmt.key(d) for d in displays}
+        kept, seen = [], set()
+        for r in self.records:
+            if r.key not in keys and r.key not in seen:
+                kept.append(r)
+                seen.add(r.key)
+        if len(kept) != len(self.records):
+            self._rewrite(kept)
+
+    def _rewrite(self, records: list[Record]) -> None:
+        body = self.fmt.header + "".join(r.text for r in records)
+        new = replace_locked(self.path, body.encode("utf-8", "surrogateescape"))
+        self.file.close()  # the old file, now nameless: its lock goes with it
+        self.file, self.records = new, records
+
+    def write(self, text: str) -> None:
+        self.file.write(text.encode("utf-8", "backslashreplace"))  # lone surrogates must not lose a row
+        self.file.flush()
+
+    def sync(self) -> None:
+        os.fsync(self.file.fileno())
+
+
+class Outputs:
+    """The CSV (and optional JSON Lines) of one run: opened, checked and locked before any model loads.
+
+    Not resume: a new file (refused if it exists) or, with force, the old one emptied once locked.
+    Resume: torn and repeated records dropped; `begin` drops the rows of inputs to re-do.
+    """
+
+    def __init__(self, csv_path: str | Path, json_path: str | Path | None = None, resume: bool = False,
+                 force: bool = False):
+        csv_path = Path(csv_path)
+        json_path = Path(json_path) if json_path else None
+        if json_path and identity(str(json_path)) == identity(str(csv_path)):
+            raise PneumoEdgeError(f"--json and --out name the same file '{csv_path}'")
+        how = UPDATE if resume else REPLACE if force else CREATE
+        self.outputs: list[Output] = []
+        self.n_rows = 0
+        try:
+            self.outputs.append(Output(csv_path, CsvFormat(), how))
+            if json_path:
+                self.outputs.append(Output(json_path, JsonlFormat(), how))
+        except BaseException:
+            self.discard()
+            raise
+        self._unsynced, self._synced_at = 0, time.monotonic()
+
+    @property
+    def csv(self) -> Output:
+        return self.outputs[0]
+
+    @property
+    def n_incomplete(self) -> int:
+        return max(o.n_incomplete for o in self.outputs)
+
+    def identities(self) -> set[str]:
+        return {identity(str(o.path)) for o in self.outputs}
+
+    def begin(self, displays: list[str]) -> set[str]:
+        """Inputs already done (a done row in every output); the rows of all others are dropped."""
+        statuses = [(o.fmt.key, o.statuses()) for o in self.outputs]
+        done = {d for d in displays if all(st.get(key(d)) in DONE_STATUSES for key, st in statuses)}
+        redo = set(displays) - done
+        for o in self.outputs:
+            o.drop(redo)
+        return done
+
+    def n_old_errors(self) -> int:
+        """Error rows kept from earlier runs (inputs not named this time)."""
+        return sum(r.status == "error" for r in self.csv.records)
 
     def write(self, rows: list[dict]) -> None:
-        for r in rows:
-            if self.echo:
-                self.echo(r)
-            self._csv.writerow([r.get(c, "") for c in COLUMNS])
-            if self._json_f:
-                self._json_f.write(json.dumps({c: r.get(c) for c in COLUMNS}) + "\n")
-        self._csv_f.flush()
-        if self._json_f:
-            self._json_f.flush()
+        for o in self.outputs:
+            o.write(o.fmt.encode(rows))
+        self.n_rows += len(rows)
+        self._unsynced += len(rows)
+        if self._unsynced >= SYNC_ROWS or time.monotonic() - self._synced_at >= SYNC_SECONDS:
+            self.sync()
+
+    def sync(self) -> None:
+        for o in self.outputs:
+            o.sync()
+        self._unsynced, self._synced_at = 0, time.monotonic()
+
+    def discard(self) -> None:
+        """Close, removing the files this run created: for a run that failed before its first row."""
+        for o in self.outputs:
+            if o.created:
+                o.path.unlink(missing_ok=True)
+            o.file.close()
 
     def close(self) -> None:
-        self._csv_f.close()
-        if self._json_f:
-            self._json_f.close()
+        try:
+            self.sync()
+        finally:
+            for o in self.outputs:
+                o.file.close()
+
+    def __enter__(self) -> "Outputs":
+        return self
+
+    def __exit__(self, exc_type, *_) -> None:
+        if exc_type is None or self.n_rows:
+            self.close()
+        else:
+            self.discard()
 
 
-def done_paths(csv_path: Path) -> set[str]:
-    if not csv_path.exists():
-        return set()
-    with open(csv_path, newline="", encoding="utf-8") as f:
-        return {row["path"] for row in csv.DictReader(f) if row.get("path")}
-
+# ---------------------------------------------------------------- batch inference over files
 
 def _decode(path: str, size: int, rule: str):
     """((resized uint8, chroma), None) or (None, error message)."""
@@ -119,9 +422,12 @@ def _decode(path: str, size: int, rule: str):
 class InferSummary:
     counts: Counter
     n_files: int
-    n_failed: int
+    n_failed: int  # error rows written by this run
     n_skipped_resume: int
     seconds: float
+    n_duplicates: int = 0  # inputs reached twice, classified once
+    n_incomplete: int = 0  # torn or incomplete rows that resume dropped and re-did
+    n_old_errors: int = 0  # error rows kept from earlier runs for inputs not named this time
 
     @property
     def images_per_s(self) -> float:
@@ -129,63 +435,77 @@ class InferSummary:
         return classified / self.seconds if self.seconds > 0 else 0.0
 
 
-def predict_paths(paths: list[str], model: EdgeModel, out_csv: str | Path, json_path: str | Path | None = None,
-                  resume: bool = False, batch_size: int = 16, workers: int | None = None,
-                  guard: bool = True, progress: bool | None = None, echo=None) -> InferSummary:
-    """Classify every image under `paths`, one row per input, flushed as produced."""
+def predict_paths(paths: list[str], model: EdgeModel, out_csv: str | Path | Outputs,
+                  json_path: str | Path | None = None, resume: bool = False, batch_size: int = 16,
+                  workers: int | None = None, guard: bool = True, progress: bool | None = None, echo=None,
+                  force: bool = False) -> InferSummary:
+    """Classify every image under `paths`, one row per input, flushed as produced.
+
+    `out_csv` is a path (opened here with `json_path`, `resume`, `force`) or an open `Outputs`.
+    """
+    if isinstance(out_csv, Outputs):
+        return _predict(paths, model, out_csv, batch_size, workers, guard, progress, echo)
+    with Outputs(out_csv, json_path, resume, force) as outputs:
+        return _predict(paths, model, outputs, batch_size, workers, guard, progress, echo)
+
+
+def _predict(paths: list[str], model: EdgeModel, outputs: Outputs, batch_size: int, workers: int | None,
+             guard: bool, progress: bool | None, echo: Callable[[dict], None] | None) -> InferSummary:
     from tqdm.auto import tqdm
 
-    out_csv = Path(out_csv)
-    json_path = Path(json_path) if json_path else None
-    exclude = {os.path.abspath(out_csv)} | ({os.path.abspath(json_path)} if json_path else set())
-    found = find_inputs(paths, exclude)
-    already = done_paths(out_csv) if resume else set()
-    todo = [f for f in found.files if display_path(f) not in already]
-    problems = [pr for pr in found.problems if display_path(pr[0]) not in already]
-    writer = RowWriter(out_csv, json_path, append=resume, echo=echo)
+    found = find_inputs(paths, outputs.identities())
+    done = outputs.begin([display_path(p) for p in (*found.files, *(pr[0] for pr in found.problems))])
+    todo = [f for f in found.files if display_path(f) not in done]
+    problems = [pr for pr in found.problems if display_path(pr[0]) not in done]
     counts: Counter = Counter()
     use_guard = guard and model.guard is not None
-    size = model.spec.size
     t0 = time.perf_counter()
-    try:
-        rows = [{"path": display_path(p), "status": st, "error": msg} for p, st, msg in problems]
-        writer.write(rows)
-        counts.update(r["status"] for r in rows)
-        bar = tqdm(total=len(todo), unit="img", desc="infer", leave=False,
-                   disable=None if progress is None else not progress)
-        with ThreadPoolExecutor(workers or os.cpu_count() or 1) as pool:
-            window: deque = deque()
-            it = iter(todo)
-            batch: list[tuple[str, tuple | None, str | None]] = []
 
-            def flush():
-                rows = _classify(batch, model, use_guard)
-                writer.write(rows)
-                counts.update(r["label"] if r["status"] == "ok" else r["status"] for r in rows)
-                bar.update(len(batch))
-                batch.clear()
+    def write(rows: list[dict]) -> None:
+        outputs.write(rows)  # the file first: it is the record, the terminal only a view
+        for r in rows if echo else ():
+            echo(r)
+        counts.update(r["label"] if r["status"] == "ok" else r["status"] for r in rows)
 
-            for path in it:  # keep a bounded number of decodes in flight
-                window.append((path, pool.submit(_decode, path, size, model.spec.resize)))
-                if len(window) >= 4 * batch_size:
-                    p, fut = window.popleft()
-                    batch.append((p, *fut.result()))
-                    if len(batch) == batch_size:
-                        flush()
-            while window:
-                p, fut = window.popleft()
-                batch.append((p, *fut.result()))
-                if len(batch) == batch_size:
-                    flush()
-            if batch:
-                flush()
-        bar.close()
-    finally:
-        writer.close()
-    n_failed = counts.get("error", 0)
-    return InferSummary(counts=counts, n_files=len(todo) + len(problems), n_failed=n_failed,
+    write([{"path": display_path(p), "status": st, "error": msg} for p, st, msg in problems])
+    bar = tqdm(total=len(todo), unit="img", desc="infer", leave=False,
+               disable=None if progress is None else not progress)
+    for batch in _decoded_batches(todo, model, batch_size, workers):
+        write(_classify(batch, model, use_guard))
+        bar.update(len(batch))
+    bar.close()
+    return InferSummary(counts=counts, n_files=len(todo) + len(problems), n_failed=counts.get("error", 0),
                         n_skipped_resume=len(found.files) + len(found.problems) - len(todo) - len(problems),
-                        seconds=time.perf_counter() - t0)
+                        seconds=time.perf_counter() - t0, n_duplicates=found.n_duplicates,
+                        n_incomplete=outputs.n_incomplete, n_old_errors=outputs.n_old_errors())
+
+
+def _decoded_batches(todo: list[str], model: EdgeModel, batch_size: int, workers: int | None):
+    """Batches of (path, decoded or None, error or None), decoding ahead on a thread pool."""
+    size, rule = model.spec.size, model.spec.resize
+    with ThreadPoolExecutor(workers or os.cpu_count() or 1) as pool:
+        window: deque = deque()
+
+        def take() -> tuple[str, tuple | None, str | None]:
+            p, fut = window.popleft()
+            return (p, *fut.result())
+
+        def in_order():  # results in input order, a bounded number of decodes in flight
+            for path in todo:
+                window.append((path, pool.submit(_decode, path, size, rule)))
+                if len(window) >= 4 * batch_size:
+                    yield take()
+            while window:
+                yield take()
+
+        batch: list[tuple[str, tuple | None, str | None]] = []
+        for item in in_order():
+            batch.append(item)
+            if len(batch) == batch_size:
+                yield batch
+                batch = []
+        if batch:
+            yield batch
 
 
 def _classify(batch, model: EdgeModel, use_guard: bool) -> list[dict]:
@@ -215,8 +535,3 @@ def _classify(batch, model: EdgeModel, use_guard: bool) -> list[dict]:
         r = result.get(p) or {"status": "error", "error": err}
         rows.append({"path": display_path(p), **r})
     return rows
-
-
-def check_output(out_csv: Path, resume: bool, force: bool) -> None:
-    if out_csv.exists() and not (resume or force):
-        raise PneumoEdgeError(f"'{out_csv}' exists; use --resume to continue it or --force to overwrite")
