@@ -14,14 +14,14 @@ EVAL_FILES = ("results.json", "report.md", "confusion_matrix.png", "roc.png", "r
 CAM_EXAMPLES = 3  # per class
 
 
-def build_bundle(checkpoint: str, results: str, data: str, out: str = "export", gate=None) -> Path:
+def build_bundle(checkpoint: str, results: str, data: str, out: str = "export", gate=None, force: bool = False) -> Path:
     from .gradcam import explain
     from .onnx_export import GateConfig, export
     from .ood import guard_report, render_guard_report
     from .report import model_card
 
     out_p = Path(out)
-    export(checkpoint, out_p, data, gate or GateConfig(), results=results, force=True)
+    export(checkpoint, out_p, data, gate or GateConfig(), results=results, force=force)
     for name in EVAL_FILES:
         copy_file(Path(results) / name, out_p / name)
     copy_file(Path(checkpoint) / "train_results.json", out_p / "train_results.json")

@@ -319,3 +319,50 @@ def study(study_file, only) -> None:
 
     run_study(study_file, only=list(only) or None, progress=sys.stderr.isatty())
 
+
+@main.command()
+@click.argument("checkpoint", type=click.Path(exists=True, file_okay=False))
+@click.option("--results", required=True, type=click.Path(exists=True, file_okay=False),
+              help="evaluate's output folder for this checkpoint (its operating point and metrics ship).")
+@click.option("--data", default=DEFAULT_DATA, show_default=True, help="Dataset the checkpoint was trained on.")
+@click.option("--out", default="export", show_default=True, help="Bundle folder.")
+@click.option("--force", is_flag=True, help="Rebuild into a non-empty --out.")
+@friendly
+def bundle(checkpoint, results, data, out, force) -> None:
+    """Build the shipped bundle: export + gates, evaluation, Grad-CAM sheet, guard report, model card."""
+    from .bundle import build_bundle
+
+    click.echo(f"bundle written to {build_bundle(checkpoint=checkpoint, results=results, data=data, out=out, force=force)}")
+
+
+@main.command()
+@click.argument("result_dirs", nargs=-1, required=True, type=click.Path(exists=True, file_okay=False))
+@click.option("--out", "out_json", required=True, type=click.Path(dir_okay=False),
+              help="Summary JSON (mean and sd of the test metrics over the runs).")
+@click.option("--force", is_flag=True, help="Overwrite an existing --out.")
+@friendly
+def seeds(result_dirs, out_json, force) -> None:
+    """Summarise evaluations of one recipe trained with different seeds."""
+    from .edge.atomic import refuse_existing
+    from .evaluate import summarize_seeds
+
+    refuse_existing(out_json, force)
+    s = summarize_seeds(result_dirs=list(result_dirs), out_json=out_json)
+    for k, v in s["summary"].items():
+        click.echo(f"{k:>12}: {v['mean']:.4f} ± {v['sd']:.4f}")
+    click.echo(f"wrote {out_json}")
+
+
+@main.command()
+@click.argument("readme_path", default="README.md", type=click.Path(exists=True, dir_okay=False))
+@click.option("--bundle", "bundle_dir", default="export", show_default=True, help="Bundle whose result files fill the README.")
+@friendly
+def readme(readme_path, bundle_dir) -> None:
+    """Rewrite README's generated sections and the bundle's model card from the result files."""
+    from .report import update_readme, write_model_card
+
+    done = update_readme(readme=readme_path, bundle=bundle_dir)
+    click.echo("updated sections: " + (", ".join(done) or "none"))
+    card = write_model_card(bundle_dir)
+    if card:
+        click.echo(f"model card: {card}")

@@ -25,6 +25,7 @@ from torch import nn
 from . import __version__
 from .edge.atomic import copy_file, prepare_out_dir, write_json, write_text
 from .checkpoint import CONFIG, WEIGHTS, load_checkpoint, resolve
+from .models import WithEmbedding
 from .edge.errors import ParityError
 from .edge.imaging import PreprocessSpec, normalize
 from .metrics import METRIC_NAMES, binary_metrics
@@ -32,18 +33,6 @@ from .edge.meta import META_KEY, BundleMeta
 from .edge.model import EdgeModel, prob_from_logits
 
 OPSET = 18
-
-
-class WithEmbedding(nn.Module):
-    """Outputs logits and the penultimate embedding (the OOD guard reads the latter)."""
-
-    def __init__(self, model: nn.Module):
-        super().__init__()
-        self.model = model
-
-    def forward(self, x: torch.Tensor):
-        emb = self.model.forward_head(self.model.forward_features(x), pre_logits=True)
-        return self.model.get_classifier()(emb), emb
 
 
 def export_onnx(model: nn.Module, spec: PreprocessSpec, path: Path, meta: dict) -> None:
@@ -193,7 +182,7 @@ def export(checkpoint: str | Path, out: str | Path, data: str, gate: GateConfig 
            force: bool = False, progress: bool = True, guard: bool = True) -> dict:
     import onnx
 
-    from .data import carve_validation, decode_all, load_splits
+    from .data import decode_all, rebuild_split
 
     t0 = time.perf_counter()
     weights_path, _ = resolve(checkpoint)
@@ -206,9 +195,7 @@ def export(checkpoint: str | Path, out: str | Path, data: str, gate: GateConfig 
     out = prepare_out_dir(out, force)
     meta = bundle_metadata(config, threshold, temperature)
 
-    splits = load_splits(data)
-    tcfg = config.get("train_config", {})
-    train_s, val_s, _ = carve_validation(splits.train_pool, tcfg.get("val_fraction", 0.1), tcfg.get("seed", 42))
+    splits, train_s, val_s, _ = rebuild_split(config, data)
     x_test, y_test, _ = decode_all(splits.test, spec.size, progress=progress, rule=spec.resize)
 
     failures: list[str] = []
