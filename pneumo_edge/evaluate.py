@@ -20,6 +20,7 @@ import numpy as np
 from .edge.atomic import prepare_out_dir, write_json, write_text
 from .checkpoint import load_checkpoint
 from .data import LABELS, decode_all, fingerprint, rebuild_split
+from .edge.errors import ModelError
 from .edge.imaging import PreprocessSpec
 from .metrics import (METRIC_NAMES, binary_metrics, bootstrap_ci, calibrate, expected_calibration_error,
                       prob_from_logits, reliability_bins)
@@ -44,10 +45,13 @@ def count_ledger(ledger: str | Path) -> int:
 
 def evaluate(checkpoint: str | Path, data: str, out: str | Path, target_sensitivity: float | None = None,
              n_bootstrap: int = 1000, ledger: str | Path | None = DEFAULT_LEDGER, force: bool = False,
-             note: str = "", progress: bool = True) -> dict:
+             note: str = "", progress: bool = True, rule_commit: str | None = None) -> dict:
     from .plots import confusion_matrix_plot, reliability_plot, roc_plot
     from .train import predict_logits
 
+    if str(checkpoint).lower().endswith(".onnx"):  # its folder's PyTorch twin is not what the user named
+        raise ModelError(f"'{checkpoint}' is an ONNX model: evaluate scores PyTorch checkpoints; "
+                         f"run `pneumo-edge validate FOLDER --model {checkpoint}` to score the ONNX file itself")
     model, config = load_checkpoint(checkpoint)
     out = prepare_out_dir(out, force)
     spec = PreprocessSpec.from_dict(config["preprocess"])
@@ -81,7 +85,8 @@ def evaluate(checkpoint: str | Path, data: str, out: str | Path, target_sensitiv
         "input_size": spec.size,
         "validation": {**info.__dict__, "metrics_at_0.5": binary_metrics(y_val, p_val, 0.5)},
         "operating_point": {"target_sensitivity": target, "threshold": threshold,
-                            "chosen_on": "validation", "temperature": temperature},
+                            "chosen_on": "validation", "temperature": temperature,
+                            "temperature_check": cal["temperature_check"]},
         "test": {"n": int(len(y_test)), "class_counts": {LABELS[k]: int((y_test == k).sum()) for k in range(2)},
                  "unreadable": [n for n, _ in bad_test],
                  "at_operating_point": at_op, "at_0.5": at_half, "ci95_at_operating_point": ci},
@@ -107,7 +112,9 @@ def evaluate(checkpoint: str | Path, data: str, out: str | Path, target_sensitiv
         append_ledger(ledger, {
             "time": results["evaluated_at"], "model": config["model"], "input_size": spec.size,
             "recipe": {**{k: tcfg.get(k) for k in ("epochs", "lr", "batch_size", "ema_decay", "label_smoothing",
-                                                    "sampler", "weighted_loss", "seed")}, "resize": spec.resize},
+                                                    "sampler", "weighted_loss", "seed")}, "resize": spec.resize,
+                       **{k: tcfg[k] for k in ("augment", "probe_epochs", "freeze_bn") if k in tcfg}},
+            **({"rule_commit": rule_commit} if rule_commit else {}),
             "weights_sha256": (config.get("weights_sha256") or "")[:16], "note": note,
             "roc_auc": round(at_op["roc_auc"], 4), "accuracy": round(at_op["accuracy"], 4),
             "sensitivity": round(at_op["recall"], 4), "specificity": round(at_op["specificity"], 4),

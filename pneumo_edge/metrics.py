@@ -80,12 +80,36 @@ def fit_temperature(logits: np.ndarray, y: np.ndarray) -> float:
     return float(np.exp(res.x))
 
 
+def _nll(logits: np.ndarray, y: np.ndarray, temperature: float) -> float:
+    p = np.clip(prob_from_logits(logits, temperature), 1e-12, 1 - 1e-12)
+    return float(-np.mean(y * np.log(p) + (1 - y) * np.log(1 - p)))
+
+
+def temperature_holds_up(val_logits: np.ndarray, y_val: np.ndarray, seed: int = 0) -> dict:
+    """Fit T on one half of validation and check it on the other: does scaling lower held-out NLL?"""
+    y = np.asarray(y_val).astype(int)
+    rng = np.random.default_rng(seed)
+    fit = np.zeros(len(y), bool)
+    for k in (0, 1):  # stratified halves
+        idx = rng.permutation(np.flatnonzero(y == k))
+        fit[idx[: len(idx) // 2]] = True
+    t = fit_temperature(val_logits[fit], y[fit])
+    held = ~fit
+    before, after = _nll(val_logits[held], y[held], 1.0), _nll(val_logits[held], y[held], t)
+    return {"half_temperature": t, "heldout_nll_t1": before, "heldout_nll_scaled": after, "applied": after < before}
+
+
 def calibrate(val_logits: np.ndarray, y_val: np.ndarray, target_sensitivity: float = 0.95) -> dict:
-    """Temperature, then the operating point on the calibrated probabilities; validation data only."""
-    t = fit_temperature(val_logits, y_val)
+    """Temperature, then the operating point on the calibrated probabilities; validation data only.
+
+    Temperature scaling is applied only when a temperature fitted on half of validation lowers the
+    NLL of the other half; otherwise T = 1 and `probability` is the network's own softmax.
+    """
+    check = temperature_holds_up(val_logits, y_val)
+    t = fit_temperature(val_logits, y_val) if check["applied"] else 1.0
     p = prob_from_logits(val_logits, t)
     return {"temperature": t, "threshold": threshold_for_sensitivity(y_val, p, target_sensitivity),
-            "target_sensitivity": target_sensitivity}
+            "target_sensitivity": target_sensitivity, "temperature_check": check}
 
 
 def expected_calibration_error(y: np.ndarray, p: np.ndarray, bins: int = 15) -> float:
@@ -119,13 +143,24 @@ def reliability_bins(y: np.ndarray, p: np.ndarray, bins: int = 10) -> dict:
 
 
 def bootstrap_ci(y: np.ndarray, p: np.ndarray, threshold: float, n: int = 1000, seed: int = 0,
-                 level: float = 0.95) -> dict[str, list[float]]:
-    """Percentile bootstrap intervals (resampling images) for every metric in METRIC_NAMES."""
+                 level: float = 0.95, groups: np.ndarray | None = None) -> dict[str, list[float]]:
+    """Percentile bootstrap intervals for every metric in METRIC_NAMES.
+
+    Resamples images, or whole groups when `groups` names each image's group (its patient): images of
+    one patient are not independent, and resampling them one by one makes the intervals too narrow.
+    """
     y, p = np.asarray(y).astype(int), np.asarray(p, np.float64)
     rng = np.random.default_rng(seed)
+    members = None
+    if groups is not None:
+        _, inverse = np.unique(np.asarray(groups), return_inverse=True)
+        members = np.split(np.argsort(inverse, kind="stable"), np.cumsum(np.bincount(inverse))[:-1])
     draws = {k: [] for k in METRIC_NAMES}
     for _ in range(n):
-        i = rng.integers(0, len(y), len(y))
+        if members is None:
+            i = rng.integers(0, len(y), len(y))
+        else:
+            i = np.concatenate([members[g] for g in rng.integers(0, len(members), len(members))])
         if len(np.unique(y[i])) < 2:
             continue
         m = binary_metrics(y[i], p[i], threshold)

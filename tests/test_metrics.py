@@ -50,3 +50,17 @@ def test_bootstrap_ci_contains_point_estimate():
     ci = bootstrap_ci(y, p, 0.5, n=200)
     for k, (lo, hi) in ci.items():
         assert lo <= point[k] <= hi and hi - lo < 0.3, k
+
+
+def test_temperature_is_applied_only_when_it_helps_held_out_validation(monkeypatch):
+    import pneumo_edge.metrics as metrics
+
+    rng = np.random.default_rng(0)
+    z = rng.normal(0, 2, 2000)
+    y = (rng.random(2000) < 1 / (1 + np.exp(-z))).astype(int)
+    overconfident = np.stack([np.zeros_like(z), 4 * z], 1)  # true temperature 4
+    cal = metrics.calibrate(overconfident, y)
+    assert cal["temperature_check"]["applied"] and cal["temperature"] == pytest.approx(4, rel=0.15)
+    monkeypatch.setattr(metrics, "fit_temperature", lambda logits, y: 0.1)  # a temperature that hurts
+    cal = metrics.calibrate(overconfident, y)
+    assert not cal["temperature_check"]["applied"] and cal["temperature"] == 1.0
