@@ -100,5 +100,5 @@ def test_readme_cli_fills_generated_sections_from_result_files(tiny_checkpoint, 
     assert r.exit_code == 0, r.output
     text = readme.read_text()
     n = json.loads((bundle / "results.json").read_text())["test"]["n"]
-    assert "old" not in text and f"official test split, {n} images" in text and text.endswith("end\n")
+    assert "\nold\n" not in text and f"official test split, {n} images" in text and text.endswith("end\n")
     assert "updated sections: results" in r.output
