@@ -92,6 +92,9 @@ def sections(bundle: Path, root: Path) -> dict[str, str]:
     bench = bench_table(root / "bench" / "results")
     if bench:
         out["bench"] = bench
+    study = root / "bench" / "study" / "results.md"
+    if study.is_file():  # drop the file's own title: README has its own heading
+        out["study"] = study.read_text().split("\n", 1)[1].strip()
     if (bundle / "guard.md").is_file():
         out["guard"] = (bundle / "guard.md").read_text().strip()
     out["ledger"] = (f"The test split has been read **{count_ledger(root / DEFAULT_LEDGER)} times** while this "
