@@ -11,6 +11,7 @@ Library entry points (the CLI is a thin layer over these):
     pneumo_edge.study.run_study          the recipe study and its selection rule
     pneumo_edge.evaluate.evaluate        test metrics, calibration, plots, ledger
     pneumo_edge.onnx_export.export       ONNX + INT8 bundle with a parity gate
+    pneumo_edge.validate.validate        an exported .onnx file on a labelled folder, with its stored rule
     pneumo_edge.gradcam.explain          Grad-CAM on the PyTorch twin
     pneumo_edge.bench.run_benchmark      latency, throughput and accuracy side by side
 """

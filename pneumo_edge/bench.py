@@ -26,7 +26,7 @@ from .edge.errors import BenchError
 @dataclass
 class BenchConfig:
     bundle: str = "export"  # folder with model.onnx, model.int8.onnx, model.safetensors + config.json
-    data: str | None = None  # dataset root; its test split is used when present
+    data: str | None = None  # local dataset root or hub id whose test split is timed; None: fallback_images
     fallback_images: str = "examples/xrays"  # committed X-rays when no dataset is present
     out: str = "bench/results"
     iters: int = 200  # timed batch-1 calls per variant
@@ -129,10 +129,10 @@ def _ort_runner(path: Path, threads: int):
 
 
 def load_images(cfg: BenchConfig, size: int, rule: str) -> tuple[np.ndarray, np.ndarray | None, str]:
-    """Real test images and labels; the committed X-rays (labels from folder names) otherwise."""
+    """Real test images and labels; the committed X-rays (labels from folder names) when no data is named."""
     from .data import LABELS, Sample, decode_all, load_splits
 
-    if cfg.data and Path(cfg.data).is_dir():
+    if cfg.data:  # a folder or a hub id, like every other --data
         x, y, _ = decode_all(load_splits(cfg.data).test, size, progress=False, rule=rule)
         return x, y, f"test split of {cfg.data} ({len(x)} images)"
     files = sorted(p for p in Path(cfg.fallback_images).rglob("*") if p.is_file() and not p.name.endswith(".md"))

@@ -13,7 +13,10 @@ import click
 from . import __version__
 from .edge.errors import PneumoEdgeError
 
-DEFAULT_DATA = "hf-vision/chest-xray-pneumonia"
+DEFAULT_DATA = "hf-vision/chest-xray-pneumonia"  # every --data; = data.DEFAULT_HUB_DATASET (not imported: start-up)
+MODEL_HELP = ("Model to run: an .onnx file (fp32 or INT8), a bundle folder or a hub id 'user/repo' "
+              "(default: the shipped export/model.onnx).")
+SHOW_ROWS = 20  # infer prints one line per input up to this many without -v
 
 
 def friendly(fn):
@@ -48,50 +51,70 @@ def no_traceback(fn):
     return wrapper
 
 
+class ConfigDefaults(click.Command):
+    """A command whose option defaults are the same-named fields of a config dataclass ("module:Class").
+
+    Read when the command parses its arguments or shows its help, not when the CLI is imported:
+    the config's module may import torch, which `pneumo-edge infer` must never load.
+    """
+
+    def __init__(self, *args, config: str, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.config = config
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        import importlib
+        from dataclasses import MISSING, fields
+
+        module, name = self.config.split(":")
+        cls = getattr(importlib.import_module(module, __package__), name)
+        defaults = {f.name: f.default for f in fields(cls) if f.default is not MISSING}
+        for param in self.params:
+            if param.name in defaults:
+                param.default = defaults[param.name]
+        return super().parse_args(ctx, args)
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="pneumo-edge")
 def main() -> None:
     """Pneumonia-vs-normal chest X-ray classifier: train, evaluate, export, infer, explain, bench."""
 
 
-@main.command()
-@click.option("--data", default=DEFAULT_DATA, show_default=True,
+# Defaults: TrainConfig's fields (ConfigDefaults); each option is named after its field.
+@main.command(cls=ConfigDefaults, config=".train:TrainConfig")
+@click.option("--data", show_default=True,
               help="Local folder {train,val,test}/{NORMAL,PNEUMONIA}/ or a hub dataset id.")
-@click.option("--out", default="runs/default", show_default=True, help="Output folder for the checkpoint.")
-@click.option("--model", "model_name", default="tf_efficientnet_lite0", show_default=True, help="Any timm model name.")
-@click.option("--pretrained", type=click.Choice(["auto", "package", "hub", "none"]), default="auto", show_default=True)
+@click.option("--out", show_default=True, help="Output folder for the checkpoint.")
+@click.option("--arch", "model", show_default=True, help="Architecture to fine-tune: any timm model name.")
+@click.option("--pretrained", type=click.Choice(["auto", "package", "hub", "none"]), show_default=True,
+              help="Starting weights: auto = the best offline-capable source, package / hub force one, "
+                   "none = from scratch.")
 @click.option("--weights", type=click.Path(dir_okay=False), help="Start from a local state dict (.safetensors/.pth).")
-@click.option("--img-size", type=int, help="Input size (default: the model's).")
-@click.option("--resize", type=click.Choice(["center-crop-bilinear", "squash-bilinear"]),
-              default="center-crop-bilinear", show_default=True, help="How an image becomes a square input.")
-@click.option("--epochs", type=int, default=3, show_default=True)
-@click.option("--batch-size", type=int, default=16, show_default=True)
-@click.option("--lr", type=float, default=3e-4, show_default=True, help="Peak learning rate (warm-up + cosine).")
-@click.option("--weight-decay", type=float, default=1e-4, show_default=True)
-@click.option("--ema-decay", type=float, default=0.998, show_default=True, help="Weight averaging; 0 disables.")
-@click.option("--label-smoothing", type=float, default=0.1, show_default=True)
-@click.option("--sampler/--no-sampler", default=True, show_default=True, help="Class-balanced sampling.")
-@click.option("--weighted-loss/--no-weighted-loss", default=False, show_default=True,
-              help="Inverse-frequency weighted cross entropy.")
-@click.option("--val-fraction", type=float, default=0.1, show_default=True, help="Validation carved from train, by patient.")
-@click.option("--target-sensitivity", type=float, default=0.95, show_default=True)
-@click.option("--seed", type=int, default=42, show_default=True)
+@click.option("--img-size", type=int, help="Input size (default: the architecture's).")
+@click.option("--resize", type=click.Choice(["center-crop-bilinear", "squash-bilinear"]), show_default=True,
+              help="How an image becomes a square input.")
+@click.option("--epochs", type=int, show_default=True, help="Passes over the training images.")
+@click.option("--batch-size", type=int, show_default=True, help="Images per optimisation step.")
+@click.option("--lr", type=float, show_default=True, help="Peak learning rate (warm-up + cosine).")
+@click.option("--weight-decay", type=float, show_default=True, help="AdamW weight decay.")
+@click.option("--ema-decay", type=float, show_default=True, help="Weight averaging; 0 disables.")
+@click.option("--label-smoothing", type=float, show_default=True, help="Cross-entropy label smoothing.")
+@click.option("--sampler/--no-sampler", show_default=True, help="Class-balanced sampling.")
+@click.option("--weighted-loss/--no-weighted-loss", show_default=True, help="Inverse-frequency weighted cross entropy.")
+@click.option("--val-fraction", type=float, show_default=True, help="Validation carved from train, by patient.")
+@click.option("--target-sensitivity", type=float, show_default=True,
+              help="The decision threshold is set to reach this sensitivity on validation.")
+@click.option("--seed", type=int, show_default=True, help="Seed for the split, sampling, augmentation and init.")
 @click.option("--max-train-images", type=int, help="Subsample training images (smoke runs).")
 @click.option("--resume", is_flag=True, help="Continue the run in --out from its last epoch.")
 @click.option("--force", is_flag=True, help="Overwrite a non-empty --out.")
 @friendly
-def train(data, out, model_name, pretrained, weights, img_size, resize, epochs, batch_size, lr, weight_decay,
-          ema_decay, label_smoothing, sampler, weighted_loss, val_fraction, target_sensitivity, seed,
-          max_train_images, resume, force) -> None:
+def train(**options) -> None:
     """Fine-tune on the CPU; keep the best epoch by validation AUROC."""
     from .train import TrainConfig, fit
 
-    fit(TrainConfig(data=data, out=out, model=model_name, pretrained=pretrained, weights=weights,
-                    img_size=img_size, resize=resize, epochs=epochs, batch_size=batch_size, lr=lr,
-                    weight_decay=weight_decay, ema_decay=ema_decay, label_smoothing=label_smoothing,
-                    sampler=sampler, weighted_loss=weighted_loss, val_fraction=val_fraction,
-                    target_sensitivity=target_sensitivity, seed=seed, max_train_images=max_train_images,
-                    resume=resume, force=force, progress=sys.stderr.isatty()))
+    fit(TrainConfig(**options, progress=sys.stderr.isatty()))
 
 
 @main.command()
@@ -124,8 +147,10 @@ def evaluate(checkpoint, data, out, target_sensitivity, bootstrap, ledger, note,
 @click.option("--results", type=click.Path(file_okay=False), help="evaluate's output folder: its operating point is used.")
 @click.option("--atol", type=float, default=1e-4, show_default=True, help="Max |delta probability| PyTorch vs ONNX.")
 @click.option("--int8/--no-int8", default=True, show_default=True, help="Also write model.int8.onnx.")
-@click.option("--min-int8-agreement", type=float, default=0.99, show_default=True)
-@click.option("--max-int8-auroc-delta", type=float, default=0.005, show_default=True)
+@click.option("--min-int8-agreement", type=float, default=0.99, show_default=True,
+              help="Min fraction of test labels INT8 must share with fp32.")
+@click.option("--max-int8-auroc-delta", type=float, default=0.005, show_default=True,
+              help="Max ROC-AUC the INT8 file may lose against fp32.")
 @click.option("--calib-images", type=int, default=256, show_default=True, help="Training images for INT8 calibration.")
 @click.option("--guard/--no-guard", default=True, show_default=True, help="Fit the out-of-distribution guard.")
 @click.option("--force", is_flag=True, help="Write into a non-empty --out.")
@@ -159,52 +184,124 @@ def export(checkpoint, out, data, results, atol, int8, min_int8_agreement, max_i
 
 @main.command()
 @click.argument("paths", nargs=-1, required=True)
-@click.option("--model", "model_path", type=click.Path(), help="ONNX bundle model (default: the shipped export/model.onnx).")
-@click.option("--out", "out_csv", default="predictions.csv", show_default=True, help="CSV with one row per input.")
+@click.option("--model", "model_path", help=MODEL_HELP)
+@click.option("--out", "out_csv", default="predictions.csv", show_default=True,
+              help="CSV with one row per input; '-' writes it to standard output.")
 @click.option("--json", "json_path", type=click.Path(), help="Also write the rows as JSON Lines here.")
 @click.option("--resume", is_flag=True,
               help="Keep the rows already in --out (and --json), re-try error and torn rows, append the rest.")
 @click.option("--force", is_flag=True, help="Overwrite an existing --out (and --json).")
-@click.option("--batch-size", type=int, default=16, show_default=True)
+@click.option("--batch-size", type=int, default=16, show_default=True, help="Images per onnxruntime call.")
 @click.option("--workers", type=int, help="Decode threads (default: all cores).")
 @click.option("--guard/--no-guard", default=True, show_default=True,
-              help="Label out-of-distribution inputs REJECTED_OOD instead of classifying them.")
-@click.option("-v", "--verbose", is_flag=True, help="Also print one line per input.")
+              help="Give out-of-distribution inputs status 'rejected' (label REJECTED_OOD) instead of a class.")
+@click.option("-v", "--verbose", is_flag=True, help=f"Print one line per input even when there are over {SHOW_ROWS}.")
 @friendly
 @no_traceback
 def infer(paths, model_path, out_csv, json_path, resume, force, batch_size, workers, guard, verbose) -> None:
     """Classify X-ray files and folders with onnxruntime (JPEG, PNG, BMP, TIFF, DICOM).
 
+    Each row has the probability, the model's stored threshold, the label, the guard score and an
+    'ood' flag; an input the guard refused has status 'rejected'. One line per input is printed
+    when there are at most 20 inputs (always with -v).
+
     Exit code 0 when every input was classified, 1 when error rows remain in --out
-    (every other input was classified, and every input has a row), 2 for usage
-    errors (an existing or locked --out, an unusable model, ...).
+    (every other input was classified, and every input has a row) or when nothing at
+    all was classified (every input skipped, rejected or failed), 2 for usage errors
+    (an existing or locked --out, an unusable model, ...).
     """
-    from .edge.infer import EXIT_SOME_FAILED, Outputs, predict_paths, printable
-    from .edge.model import EdgeModel, default_model_path
+    from .edge.api import resolve_model
+    from .edge.infer import EXIT_SOME_FAILED, SCORED, STDOUT, Outputs, predict_paths, printable
+    from .edge.model import EdgeModel
+
+    to_stderr = out_csv == STDOUT  # then standard output carries the CSV alone
+    say = functools.partial(click.echo, err=to_stderr)
+    where = "standard output" if to_stderr else printable(out_csv)
 
     def echo(row: dict) -> None:
         path = printable(row["path"])
-        if row["status"] == "ok":
-            score = f"  ood {row['ood_score']}" if row.get("ood_score") else ""
-            click.echo(f"{row['label']:<13} p={row['probability']}{score}  {path}")
+        if row["status"] in SCORED:
+            score = f"  ood {row['ood_score']}" if row.get("ood_score") is not None else ""
+            say(f"{row['label']:<13} p={row['probability']:.4f}{score}  {path}")
         else:
-            click.echo(f"{row['status'].upper():<13} {printable(row['error'])}  {path}")
+            say(f"{row['status'].upper():<13} {printable(row['error'])}  {path}")
+
+    held: list[dict] = []  # without -v: printed at the end if there are few
+
+    def hold(row: dict) -> None:
+        if len(held) <= SHOW_ROWS:
+            held.append(row)
 
     with Outputs(out_csv, json_path, resume, force) as outputs:  # before the model loads: refuse early
-        model = EdgeModel(model_path or default_model_path())
+        model = EdgeModel(resolve_model(model_path))
         s = predict_paths(list(paths), model, outputs, batch_size=batch_size, workers=workers, guard=guard,
-                          echo=echo if verbose else None)
+                          echo=echo if verbose else hold)
+    for row in held if len(held) <= SHOW_ROWS else ():
+        echo(row)
     labels = ", ".join(f"{k} {v}" for k, v in sorted(s.counts.items())) or "nothing"
     notes = [f"{s.n_skipped_resume} already done" if s.n_skipped_resume else "",
              f"{s.n_duplicates} duplicate(s) ignored" if s.n_duplicates else "",
              f"{s.n_incomplete} incomplete row(s) re-done" if s.n_incomplete else ""]
-    click.echo(f"{s.n_files} inputs: {labels}" + "".join(f"; {n}" for n in notes if n)
-               + f"; {s.images_per_s:.1f} images/s. Rows in {printable(out_csv)}")
+    say(f"{s.n_files} inputs: {labels}" + "".join(f"; {n}" for n in notes if n)
+               + f"; {s.images_per_s:.1f} images/s. Rows in {where}")
     if s.n_failed or s.n_old_errors:
         old = f" (and {s.n_old_errors} error row(s) from earlier runs)" if s.n_old_errors else ""
         click.echo(f"{s.n_failed} file(s) could not be classified{old}: see the 'error' column; "
                    "--resume re-tries them", err=True)
+    nothing = not any(s.counts[label] for label in model.labels) and not s.n_skipped_resume
+    if nothing:
+        click.echo("nothing was classified: every input was skipped, rejected by the guard or failed", err=True)
+    if s.n_failed or s.n_old_errors or nothing:
         sys.exit(EXIT_SOME_FAILED)
+
+
+# Defaults: ValidateConfig's fields (ConfigDefaults); each option is named after its field.
+@main.command(cls=ConfigDefaults, config=".validate:ValidateConfig")
+@click.argument("folder")
+@click.option("--model", help=MODEL_HELP)
+@click.option("--split", help="Use this split of a dataset root laid out {train,val,test}/{NORMAL,PNEUMONIA}/, e.g. test.")
+@click.option("--out", show_default=True, help="Output folder: metrics.json, predictions.csv and the plots.")
+@click.option("--guard/--no-guard", show_default=True,
+              help="Apply the file's out-of-distribution guard; rejected images are counted apart from the metrics.")
+@click.option("--bootstrap", "n_bootstrap", type=int, show_default=True,
+              help="Bootstrap resamples for the 95% intervals; 0 skips them.")
+@click.option("--batch-size", type=int, show_default=True, help="Images per onnxruntime call.")
+@click.option("--workers", type=int, help="Decode threads (default: all cores).")
+@click.option("--force", is_flag=True, help="Write into a non-empty --out.")
+@friendly
+@no_traceback
+def validate(**options) -> None:
+    """Score an exported ONNX model (fp32 or INT8) on labelled X-rays, with its own threshold and guard.
+
+    FOLDER holds NORMAL/ and PNEUMONIA/ (or is a dataset root: add --split test). Writes metrics
+    with 95% intervals (resampling patients when file names carry them), predictions.csv and ROC,
+    precision-recall, confusion-matrix and reliability plots into --out.
+    """
+    from .validate import ValidateConfig, render_summary, validate
+
+    r = validate(ValidateConfig(**options, progress=sys.stderr.isatty()))
+    click.echo(render_summary(r))
+    click.echo(f"wrote {options['out']}/metrics.json, predictions.csv, {', '.join(r['plots'])}")
+
+
+@main.command()
+@click.argument("model", required=False)
+@friendly
+def info(model) -> None:
+    """What a model file carries: labels, preprocessing, decision rule, guard, quantization.
+
+    MODEL: an .onnx file, a bundle folder or a hub id 'user/repo' (default: the shipped export/model.onnx).
+    """
+    from .edge.api import resolve_model
+    from .edge.meta import describe
+    from .edge.model import EdgeModel
+
+    loaded = EdgeModel(resolve_model(model), threads=1)  # checks the metadata and guard like infer does
+    size = f"{loaded.path.stat().st_size / 1e6:.2f} MB"
+    rows = [("file", f"{loaded.path}  ({size})"), *describe(loaded.meta)]
+    width = max(len(name) for name, _ in rows)
+    for name, value in rows:
+        click.echo(f"{name:<{width}}  {value}")
 
 
 @main.command()
@@ -242,9 +339,9 @@ def explain(images, bundle, out, layer, target, force) -> None:
 
 @main.command()
 @click.option("--bundle", default=None, help="Bundle folder (default: the shipped export/).")
-@click.option("--data", default="../shared/data/chest_xray", show_default=True,
-              help="Dataset root whose test split is timed; the committed X-rays are used when it is absent.")
-@click.option("--out", default="bench/results", show_default=True)
+@click.option("--data", default=DEFAULT_DATA, show_default=True,
+              help="Local folder or hub dataset id whose test split is timed; '' times the committed X-rays.")
+@click.option("--out", default="bench/results", show_default=True, help="Folder for the results table, JSON and plot.")
 @click.option("--iters", type=int, default=200, show_default=True, help="Timed batch-1 calls per variant.")
 @click.option("--batch-iters", type=int, default=25, show_default=True, help="Timed batch-16 calls per variant.")
 @click.option("--smoke", is_flag=True, help="A few iterations, no end-to-end run: checks the machinery only.")
@@ -266,7 +363,7 @@ def bench(bundle, data, out, iters, batch_iters, smoke, min_auroc, max_p50_ms) -
 @click.argument("bundle", type=click.Path())
 @click.option("--repo-id", required=True, help="Hugging Face model repository, e.g. me/pneumo-edge-lite0.")
 @click.option("--dry-run", is_flag=True, help="List what would be uploaded; upload nothing.")
-@click.option("--private", is_flag=True)
+@click.option("--private", is_flag=True, help="Create the repository as private.")
 @friendly
 def push(bundle, repo_id, dry_run, private) -> None:
     """Upload a bundle (model card included) to the Hugging Face hub."""
@@ -281,8 +378,9 @@ def push(bundle, repo_id, dry_run, private) -> None:
 
 @main.command("guard-report")
 @click.option("--model", "model_path", type=click.Path(), help="Bundle model (default: the shipped export/model.onnx).")
-@click.option("--data", default="../shared/data/chest_xray", show_default=True,
-              help="Dataset root: its test split measures how many real X-rays the guard wrongly rejects.")
+@click.option("--data", default=DEFAULT_DATA, show_default=True,
+              help="Local folder or hub dataset id: its test split measures how many real X-rays the guard "
+                   "wrongly rejects; '' skips that part.")
 @click.option("--out", "out_json", type=click.Path(), help="Write the report as JSON here (and .md beside it).")
 @click.option("--force", is_flag=True, help="Overwrite an existing --out (and its .md).")
 @friendly
@@ -302,7 +400,7 @@ def guard_report(model_path, data, out_json, force) -> None:
             raise PneumoEdgeError("--out names the JSON report; the .md table is written beside it")
         for p in (out_json, Path(out_json).with_suffix(".md")):
             refuse_existing(p, force)
-    r = run(str(model_path or default_model_path()), data if data and Path(data).is_dir() else None, out_json)
+    r = run(str(model_path or default_model_path()), data or None, out_json)
     table = render_guard_report(r)
     if out_json:
         write_text(Path(out_json).with_suffix(".md"), table)

@@ -1,4 +1,4 @@
-"""Plots people would rather look at than read: confusion matrix, ROC, reliability.
+"""Plots people would rather look at than read: confusion matrix, ROC, precision-recall, reliability.
 
 Each function writes one PNG atomically and returns its path.
 """
@@ -44,25 +44,54 @@ def confusion_matrix_plot(cm: list[list[int]], labels: list[str], path: Path, ti
     return _save(fig, path)
 
 
+def _rates(y: np.ndarray, p: np.ndarray, t: float) -> tuple[float, float, float]:
+    """(sensitivity, specificity, precision) at threshold t."""
+    y, pred = np.asarray(y) == 1, np.asarray(p) >= t
+    return ((pred & y).sum() / max(1, y.sum()), (~pred & ~y).sum() / max(1, (~y).sum()),
+            (pred & y).sum() / max(1, pred.sum()))
+
+
+def _curve(path: Path, title: str, curve: tuple, label: str, chance: tuple, marks: list[tuple[float, float, str]],
+           axes: tuple[str, str], legend: str) -> Path:
+    """One curve, its chance line (dotted) and the marked operating points."""
+    plt = _fig()
+    fig, ax = plt.subplots(figsize=(4.6, 4.2))
+    ax.plot(*curve, lw=2, label=label)
+    ax.plot(*chance, ls=":", c="grey")
+    for (x, y, text), marker in zip(marks, ("o", "s", "^")):
+        ax.plot([x], [y], marker=marker, ms=8, ls="", label=text)
+    ax.set_xlabel(axes[0])
+    ax.set_ylabel(axes[1])
+    ax.set_title(title, fontsize=10)
+    ax.legend(loc=legend, fontsize=7)
+    return _save(fig, path)
+
+
 def roc_plot(y: np.ndarray, p: np.ndarray, path: Path, points: dict[str, float], title: str) -> Path:
     """ROC curve with each named threshold marked at its (1 - specificity, sensitivity)."""
     from sklearn.metrics import roc_auc_score, roc_curve
 
-    plt = _fig()
     fpr, tpr, _ = roc_curve(y, p)
-    fig, ax = plt.subplots(figsize=(4.6, 4.2))
-    ax.plot(fpr, tpr, lw=2, label=f"ROC (AUC {roc_auc_score(y, p):.4f})")
-    ax.plot([0, 1], [0, 1], ls=":", c="grey")
-    for (name, t), marker in zip(points.items(), ("o", "s", "^")):
-        pred = p >= t
-        sens = (pred & (y == 1)).sum() / max(1, (y == 1).sum())
-        fp = (pred & (y == 0)).sum() / max(1, (y == 0).sum())
-        ax.plot([fp], [sens], marker=marker, ms=8, ls="", label=f"{name} (t={t:.3f}): sens {sens:.3f}, spec {1 - fp:.3f}")
-    ax.set_xlabel("1 - specificity")
-    ax.set_ylabel("sensitivity")
-    ax.set_title(title, fontsize=10)
-    ax.legend(loc="lower right", fontsize=7)
-    return _save(fig, path)
+    marks = []
+    for name, t in points.items():
+        sens, spec, _ = _rates(y, p, t)
+        marks.append((1 - spec, sens, f"{name} (t={t:.3f}): sens {sens:.3f}, spec {spec:.3f}"))
+    return _curve(path, title, (fpr, tpr), f"ROC (AUC {roc_auc_score(y, p):.4f})", ([0, 1], [0, 1]), marks,
+                  ("1 - specificity", "sensitivity"), "lower right")
+
+
+def pr_plot(y: np.ndarray, p: np.ndarray, path: Path, points: dict[str, float], title: str) -> Path:
+    """Precision-recall curve with each named threshold marked; chance is the positive fraction."""
+    from sklearn.metrics import average_precision_score, precision_recall_curve
+
+    precision, recall, _ = precision_recall_curve(y, p)
+    marks = []
+    for name, t in points.items():
+        sens, _, prec = _rates(y, p, t)
+        marks.append((sens, prec, f"{name} (t={t:.3f}): sens {sens:.3f}, precision {prec:.3f}"))
+    base = float(np.mean(np.asarray(y) == 1))
+    return _curve(path, title, (recall, precision), f"PR (average precision {average_precision_score(y, p):.4f})",
+                  ([0, 1], [base, base]), marks, ("sensitivity (recall)", "precision"), "lower left")
 
 
 def reliability_plot(curves: dict[str, dict], path: Path, title: str) -> Path:

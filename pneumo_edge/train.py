@@ -26,7 +26,7 @@ from . import __version__
 from .augment import AugmentConfig, augment, crop_batch
 from .edge.atomic import prepare_out_dir, write_json, write_with
 from .checkpoint import save_checkpoint
-from .data import LABELS, carve_validation, decode_all, fingerprint, load_splits
+from .data import DEFAULT_HUB_DATASET, LABELS, carve_validation, decode_all, fingerprint, load_splits
 from .edge.errors import PneumoEdgeError
 from .edge.imaging import PreprocessSpec, standardize, to_unit
 from .metrics import binary_metrics, calibrate, prob_from_logits
@@ -35,7 +35,7 @@ from .models import DEFAULT_MODEL, create_model
 
 @dataclass
 class TrainConfig:
-    data: str = "hf-vision/chest-xray-pneumonia"  # local folder or hub dataset id
+    data: str = DEFAULT_HUB_DATASET  # local folder or hub dataset id
     out: str = "runs/default"
     model: str = DEFAULT_MODEL
     pretrained: str = "auto"  # auto | package | hub | none

@@ -5,7 +5,7 @@ from click.testing import CliRunner
 from conftest import TINY_MODEL
 from pneumo_edge.cli import main
 
-TINY = ["--model", TINY_MODEL, "--pretrained", "none", "--img-size", "64", "--epochs", "1",
+TINY = ["--arch", TINY_MODEL, "--pretrained", "none", "--img-size", "64", "--epochs", "1",
         "--batch-size", "8", "--val-fraction", "0.25"]
 
 
@@ -38,7 +38,7 @@ def test_train_bad_inputs_are_one_line_errors(tiny_data, tmp_path):
     r = CliRunner().invoke(main, ["train", "--data", str(tmp_path / "missing"), "--out", str(tmp_path / "o")])
     assert r.exit_code == 2 and "does not exist" in r.output and "Traceback" not in r.output
     r = CliRunner().invoke(main, ["train", "--data", str(tiny_data), "--out", str(tmp_path / "o"),
-                                  "--model", "resnet5O"])
+                                  "--arch", "resnet5O"])
     assert r.exit_code == 2 and "did you mean" in r.output
 
 
@@ -69,6 +69,13 @@ def test_evaluate_rejects_non_checkpoint(tmp_path, tiny_data):
     (tmp_path / "ck" / "model.safetensors").write_bytes(b"junk")
     r = CliRunner().invoke(main, ["evaluate", str(tmp_path / "ck"), "--data", str(tiny_data)])
     assert r.exit_code == 2 and "not a pneumo-edge checkpoint" in r.output
+
+
+def test_evaluate_refuses_an_onnx_file_and_points_to_validate(tiny_bundle, tiny_data, tmp_path):
+    r = CliRunner().invoke(main, ["evaluate", str(tiny_bundle / "model.int8.onnx"), "--data", str(tiny_data),
+                                  "--out", str(tmp_path / "e"), "--ledger", str(tmp_path / "ledger.jsonl")])
+    assert r.exit_code == 2 and "pneumo-edge validate" in r.output and len(r.output.strip().splitlines()) == 1
+    assert not (tmp_path / "e").exists() and not (tmp_path / "ledger.jsonl").exists()  # nothing read or written
 
 
 def test_seeds_cli_summarises_runs_and_obeys_force(tiny_checkpoint, tiny_data, tmp_path):

@@ -1,4 +1,5 @@
 import csv
+import io
 import json
 import os
 import subprocess
@@ -159,3 +160,74 @@ def test_infer_real_dicom_and_png(tiny_bundle, tmp_path):
     assert sum(line.split()[0] in ("NORMAL", "PNEUMONIA") for line in r.output.splitlines()) == 9
     assert sum(row["status"] == "ok" for row in rows) == 9  # 7 PNG/JPEG + 2 DICOM
     assert json.dumps(rows)  # plain serialisable rows
+
+
+# ---------------------------------------------------------------- what a user sees
+
+@pytest.fixture()
+def xrays_and_blank(tmp_path):
+    d = tmp_path / "in"
+    d.mkdir()
+    rng = np.random.default_rng(7)
+    for i in range(3):
+        Image.fromarray(xray_like(rng, i % 2 == 0)).save(d / f"xray{i}.png")
+    Image.fromarray(np.zeros((96, 80), np.uint8)).save(d / "blank.png")  # the guard refuses it
+    return d
+
+
+def test_infer_rows_carry_threshold_ood_flag_and_rejected_status(tiny_bundle, xrays_and_blank, tmp_path):
+    from pneumo_edge.edge.meta import read_meta
+
+    out, js = tmp_path / "p.csv", tmp_path / "p.jsonl"
+    r = CliRunner().invoke(main, ["infer", str(xrays_and_blank), "--model", str(tiny_bundle), "--out", str(out),
+                                  "--json", str(js)])
+    assert r.exit_code == 0, r.output
+    meta = read_meta(tiny_bundle / "model.onnx")
+    rows = {os.path.basename(row["path"]): row for row in rows_of(out)}
+    blank = rows.pop("blank.png")
+    assert blank["status"] == "rejected" and blank["label"] == "REJECTED_OOD" and blank["ood"] == "True"
+    assert float(blank["ood_score"]) > 1 and 0 <= float(blank["probability"]) <= 1
+    kept = [row for row in rows.values() if row["status"] == "ok"]
+    assert kept and all(row["ood"] == "False" and row["label"] == meta.decide(float(row["probability"])) for row in kept)
+    assert all(float(row["threshold"]) == meta.threshold for row in rows_of(out))
+    for line in js.read_text().splitlines():  # numbers as numbers, the flag as a boolean
+        row = json.loads(line)
+        assert isinstance(row["probability"], float) and isinstance(row["ood_score"], float)
+        assert row["threshold"] == meta.threshold and isinstance(row["ood"], bool)
+    printed = [line for line in r.output.splitlines() if ".png" in line]  # few inputs: one line each, no -v
+    assert len(printed) == 4 and any(line.startswith("REJECTED_OOD") for line in printed)
+    again = CliRunner().invoke(main, ["infer", str(xrays_and_blank), "--model", str(tiny_bundle), "--out", str(out),
+                                      "--json", str(js), "--resume"])
+    assert again.exit_code == 0 and "4 already done" in again.output  # a rejected row is a finished row
+
+
+def test_infer_to_stdout_keeps_stdout_for_the_csv(tiny_bundle, xrays_and_blank, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    r = CliRunner().invoke(main, ["infer", str(xrays_and_blank), "--model", str(tiny_bundle), "--out", "-"])
+    assert r.exit_code == 0, r.output
+    rows = list(csv.DictReader(io.StringIO(r.stdout)))
+    assert len(rows) == 4 and {os.path.basename(row["path"]) for row in rows} >= {"blank.png", "xray0.png"}
+    assert "standard output" in r.stderr and not (tmp_path / "-").exists()
+    resumed = CliRunner().invoke(main, ["infer", str(xrays_and_blank), "--model", str(tiny_bundle), "--out", "-",
+                                        "--resume"])
+    assert resumed.exit_code == 2 and "--resume" in resumed.output and len(resumed.output.strip().splitlines()) == 1
+
+
+def test_infer_prints_rows_only_for_few_inputs_and_fails_when_nothing_is_classified(tiny_bundle, tmp_path):
+    many = tmp_path / "many"
+    many.mkdir()
+    for i in range(21):
+        Image.fromarray(xray_like(np.random.default_rng(i), False)).save(many / f"x{i:02d}.png")
+    args = ["--model", str(tiny_bundle), "--no-guard", "--out"]
+    r = CliRunner().invoke(main, ["infer", str(many), *args, str(tmp_path / "a.csv")])
+    assert r.exit_code == 0 and len(r.output.strip().splitlines()) == 1  # the summary only
+    r = CliRunner().invoke(main, ["infer", str(many), *args, str(tmp_path / "b.csv"), "-v"])
+    assert len(r.output.strip().splitlines()) == 22
+
+    (tmp_path / "notes").mkdir()
+    (tmp_path / "notes" / "readme.txt").write_text("no images here")
+    Image.fromarray(np.zeros((96, 80), np.uint8)).save(tmp_path / "blank.png")
+    for inputs, guard in (([tmp_path / "notes"], "--no-guard"), ([tmp_path / "blank.png"], "--guard")):
+        r = CliRunner().invoke(main, ["infer", *map(str, inputs), "--model", str(tiny_bundle), guard, "--out",
+                                      str(tmp_path / f"{guard}.csv")])
+        assert r.exit_code == 1 and "nothing was classified" in r.output, r.output

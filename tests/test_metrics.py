@@ -64,3 +64,13 @@ def test_temperature_is_applied_only_when_it_helps_held_out_validation(monkeypat
     monkeypatch.setattr(metrics, "fit_temperature", lambda logits, y: 0.1)  # a temperature that hurts
     cal = metrics.calibrate(overconfident, y)
     assert not cal["temperature_check"]["applied"] and cal["temperature"] == 1.0
+
+
+def test_bootstrap_ci_by_patient_is_wider_when_a_patient_has_many_films():
+    rng = np.random.default_rng(0)
+    y = np.repeat(np.arange(20) % 2, 10)  # 20 patients, 10 near-identical films each
+    p = np.clip(np.repeat(0.3 + 0.4 * (np.arange(20) % 2) + rng.normal(0, 0.25, 20), 10), 0, 1)
+    width = lambda ci: ci["accuracy"][1] - ci["accuracy"][0]  # noqa: E731
+    by_image = bootstrap_ci(y, p, 0.5, n=300)
+    by_patient = bootstrap_ci(y, p, 0.5, n=300, groups=np.repeat(np.arange(20), 10))
+    assert width(by_patient) > 2 * width(by_image)

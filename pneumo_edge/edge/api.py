@@ -18,13 +18,18 @@ import numpy as np
 from .errors import ImageError, ModelError
 from .hub import download_model, is_repo_id
 from .imaging import load_image, normalize, pil_to_gray, resize_gray
-from .model import EdgeModel
+from .model import EdgeModel, default_model_path
 
 MODEL_FILES = ("model.onnx", "model.int8.onnx")  # what a bundle folder or hub repo offers, default first
 
 
-def resolve_model(source: str | os.PathLike, filename: str = MODEL_FILES[0]) -> Path:
-    """An .onnx path for a local file, a bundle folder, or a hub repo id (downloaded and cached)."""
+def resolve_model(source: str | os.PathLike | None, filename: str = MODEL_FILES[0]) -> Path:
+    """An .onnx path for a local file, a bundle folder, or a hub repo id (downloaded and cached).
+
+    None (no --model given): the shipped model, `default_model_path()`.
+    """
+    if source is None:
+        return default_model_path()
     text = os.fspath(source)
     path = Path(text)
     if path.is_dir():

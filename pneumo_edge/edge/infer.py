@@ -4,8 +4,8 @@
     summary = predict_paths(["./xrays"], model, out_csv="predictions.csv")
 
 Nothing is skipped silently: every input named, and every entry found under a folder, ends as a
-row ("ok", "skipped" with a reason, or "error" with a reason); the same file reached twice is
-classified once and counted as a duplicate.
+row ("ok", "rejected" by the guard with label REJECTED_OOD, "skipped" with a reason, or "error" with a
+reason); the same file reached twice is classified once and counted as a duplicate.
 
 What a crash can cost: rows are flushed after every batch and fsynced at least every SYNC_ROWS rows
 or SYNC_SECONDS seconds and at exit, so a crash, a power cut included, loses at most the rows since
@@ -22,13 +22,14 @@ import json
 import os
 import re
 import stat
+import sys
 import time
 from collections import Counter, deque
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import NamedTuple
+from typing import BinaryIO, NamedTuple
 
 import numpy as np
 
@@ -38,8 +39,10 @@ from .imaging import IMAGE_SUFFIXES, load_image, normalize, resize_gray
 from .model import EdgeModel
 
 EXIT_SOME_FAILED = 1  # infer: some files could not be classified; all others were
-COLUMNS = ("path", "probability", "label", "status", "error", "ood_score")
-DONE_STATUSES = ("ok", "skipped")  # rows that resume keeps; "error" rows are re-tried
+COLUMNS = ("path", "probability", "label", "status", "error", "ood_score", "threshold", "ood")
+SCORED = ("ok", "rejected")  # statuses of rows that carry a probability
+DONE_STATUSES = (*SCORED, "skipped")  # rows that resume keeps; "error" rows are re-tried
+STDOUT = "-"  # as the CSV path: write the rows to standard output
 SYNC_ROWS, SYNC_SECONDS = 256, 2.0
 
 
@@ -168,7 +171,7 @@ def _valid_row(row: dict) -> bool:
     status = row.get("status")
     if not isinstance(row.get("path"), str) or not row["path"] or status not in (*DONE_STATUSES, "error"):
         return False
-    return status != "ok" or (bool(row.get("label")) and bool(NUMBER.fullmatch(str(row.get("probability")))))
+    return status not in SCORED or (bool(row.get("label")) and bool(NUMBER.fullmatch(str(row.get("probability")))))
 
 
 def _physical_lines(text: str) -> list[str]:
@@ -318,12 +321,31 @@ class Output:
     def sync(self) -> None:
         os.fsync(self.file.fileno())
 
+    def close(self) -> None:
+        self.file.close()
+
+
+class StreamOutput(Output):
+    """The CSV on standard output (`--out -`): nothing to lock, resume, fsync or remove."""
+
+    def __init__(self, stream: BinaryIO):
+        self.path, self.fmt, self.file = Path(STDOUT), CsvFormat(), stream
+        self.created, self.records, self.n_incomplete = False, [], 0
+        self.write(self.fmt.header)
+
+    def sync(self) -> None:
+        self.file.flush()  # a pipe cannot be fsynced
+
+    def close(self) -> None:
+        self.file.flush()  # standard output stays open for whoever prints after us
+
 
 class Outputs:
     """The CSV (and optional JSON Lines) of one run: opened, checked and locked before any model loads.
 
     Not resume: a new file (refused if it exists) or, with force, the old one emptied once locked.
     Resume: torn and repeated records dropped; `begin` drops the rows of inputs to re-do.
+    A CSV path of "-" (STDOUT) writes the CSV to standard output instead.
     """
 
     def __init__(self, csv_path: str | Path, json_path: str | Path | None = None, resume: bool = False,
@@ -333,10 +355,13 @@ class Outputs:
         if json_path and identity(str(json_path)) == identity(str(csv_path)):
             raise PneumoEdgeError(f"--json and --out name the same file '{csv_path}'")
         how = UPDATE if resume else REPLACE if force else CREATE
+        to_stdout = str(csv_path) == STDOUT
+        if to_stdout and resume:
+            raise PneumoEdgeError("--resume needs the CSV in a file: it cannot re-read standard output ('--out -')")
         self.outputs: list[Output] = []
         self.n_rows = 0
         try:
-            self.outputs.append(Output(csv_path, CsvFormat(), how))
+            self.outputs.append(StreamOutput(sys.stdout.buffer) if to_stdout else Output(csv_path, CsvFormat(), how))
             if json_path:
                 self.outputs.append(Output(json_path, JsonlFormat(), how))
         except BaseException:
@@ -353,7 +378,7 @@ class Outputs:
         return max(o.n_incomplete for o in self.outputs)
 
     def identities(self) -> set[str]:
-        return {identity(str(o.path)) for o in self.outputs}
+        return {identity(str(o.path)) for o in self.outputs if not isinstance(o, StreamOutput)}
 
     def begin(self, displays: list[str]) -> set[str]:
         """Inputs already done (a done row in every output); the rows of all others are dropped."""
@@ -386,14 +411,14 @@ class Outputs:
         for o in self.outputs:
             if o.created:
                 o.path.unlink(missing_ok=True)
-            o.file.close()
+            o.close()
 
     def close(self) -> None:
         try:
             self.sync()
         finally:
             for o in self.outputs:
-                o.file.close()
+                o.close()
 
     def __enter__(self) -> "Outputs":
         return self
@@ -470,7 +495,7 @@ def _predict(paths: list[str], model: EdgeModel, outputs: Outputs, batch_size: i
     write([{"path": display_path(p), "status": st, "error": msg} for p, st, msg in problems])
     bar = tqdm(total=len(todo), unit="img", desc="infer", leave=False,
                disable=None if progress is None else not progress)
-    for batch in _decoded_batches(todo, model, batch_size, workers):
+    for batch in decoded_batches(todo, model, batch_size, workers):
         write(_classify(batch, model, use_guard))
         bar.update(len(batch))
     bar.close()
@@ -480,7 +505,7 @@ def _predict(paths: list[str], model: EdgeModel, outputs: Outputs, batch_size: i
                         n_incomplete=outputs.n_incomplete, n_old_errors=outputs.n_old_errors())
 
 
-def _decoded_batches(todo: list[str], model: EdgeModel, batch_size: int, workers: int | None):
+def decoded_batches(todo: list[str], model: EdgeModel, batch_size: int, workers: int | None):
     """Batches of (path, decoded or None, error or None), decoding ahead on a thread pool."""
     size, rule = model.spec.size, model.spec.resize
     with ThreadPoolExecutor(workers or os.cpu_count() or 1) as pool:
@@ -508,28 +533,35 @@ def _decoded_batches(todo: list[str], model: EdgeModel, batch_size: int, workers
             yield batch
 
 
+def score_decoded(model: EdgeModel, decoded: list[tuple[np.ndarray, float]],
+                  use_guard: bool) -> tuple[np.ndarray, np.ndarray | None]:
+    """Calibrated P(positive) and guard scores (None without the guard) for (resized uint8, chroma) pairs."""
+    images, chroma = np.stack([d[0] for d in decoded]), np.array([d[1] for d in decoded])
+    outs = model.run(normalize(images, model.spec))
+    scores = model.guard.scores(images, outs["embedding"], chroma) if use_guard else None
+    return model.probability(outs["logits"]), scores
+
+
+def _scored_row(model: EdgeModel, prob: float, score: float | None) -> dict:
+    """Numbers stay numbers (JSON Lines); a guard refusal is its own status, the probability still shown."""
+    rejected = score is not None and bool(model.guard.rejects(score))
+    return {"status": "rejected" if rejected else "ok", "probability": round(prob, 6),
+            "label": "REJECTED_OOD" if rejected else model.meta.decide(prob), "threshold": model.threshold,
+            "ood_score": None if score is None else round(score, 4), "ood": None if score is None else rejected}
+
+
 def _classify(batch, model: EdgeModel, use_guard: bool) -> list[dict]:
     ok = [(p, dec) for p, dec, err in batch if err is None]
     result: dict[str, dict] = {}
     if ok:
-        images = np.stack([dec[0] for _, dec in ok])
-        chroma = np.array([dec[1] for _, dec in ok])
         try:
-            outs = model.run(normalize(images, model.spec))
+            probs, scores = score_decoded(model, [dec for _, dec in ok], use_guard)
         except Exception as e:  # noqa: BLE001 - report the whole batch, keep going
             for p, _ in ok:
                 result[p] = {"status": "error", "error": f"inference failed: {e}"}
-            outs = None
-        if outs is not None:
-            probs = model.probability(outs["logits"])
-            scores = model.guard.scores(images, outs["embedding"], chroma) if use_guard else [None] * len(ok)
-            for (p, _), prob, score in zip(ok, probs, scores):
-                row = {"status": "ok", "probability": f"{prob:.6f}", "label": model.meta.decide(prob)}
-                if score is not None:
-                    row["ood_score"] = f"{score:.4f}"
-                    if model.guard.rejects(score):
-                        row["label"] = "REJECTED_OOD"
-                result[p] = row
+        else:
+            for i, (p, _) in enumerate(ok):
+                result[p] = _scored_row(model, float(probs[i]), None if scores is None else float(scores[i]))
     rows = []
     for p, _, err in batch:
         r = result.get(p) or {"status": "error", "error": err}

@@ -126,3 +126,41 @@ def read_meta(path) -> BundleMeta:
     from .model import open_session
 
     return from_session(open_session(path, threads=1), str(path))
+
+
+def _guard_rows(ood: dict | None) -> list[tuple[str, str]]:
+    """The guard's settings; `ood` as validated by Guard.from_meta (required keys present)."""
+    if ood is None:
+        return [("guard", "off (this file carries no guard statistics)")]
+    how = (f", {ood['percentile']}th percentile of validation x margin {ood.get('margin', 1.0)}"
+           if "percentile" in ood else "")
+    (m_lo, s_lo, e_lo), (m_hi, s_hi, e_hi) = ood["stat_lo"], ood["stat_hi"]
+    rows = [("guard", f"on ({ood.get('method', 'method not recorded')}): each check scores 1.0 at its "
+                      "threshold, a maximum above 1 rejects"),
+            ("  embedding", f"distance threshold {ood['threshold']:.4g} ({ood['k']} principal directions{how})"),
+            ("  colour", f"max chroma {ood['max_chroma']:g}"),
+            ("  grey levels", f"mean [{m_lo:.3f}, {m_hi:.3f}], spread [{s_lo:.3f}, {s_hi:.3f}], "
+                              f"entropy [{e_lo:.2f}, {e_hi:.2f}] bits")]
+    if ood.get("orientation"):
+        rows.append(("  orientation", f"P(altered film) threshold {ood['orientation']['threshold']:.3g}"))
+    return rows
+
+
+def describe(meta: BundleMeta) -> list[tuple[str, str]]:
+    """(name, value) pairs for people (`pneumo-edge info`): what the file does to an image, and why."""
+    p, positive = meta.preprocess, meta.labels[1]
+    target = (f"{meta.target_sensitivity:g} (the threshold was chosen on validation to reach it)"
+              if meta.target_sensitivity is not None else "not recorded")
+    return [("model", meta.model),
+            ("labels", f"{', '.join(meta.labels)} (probability is P({positive}))"),
+            ("input size", f"{p.size} x {p.size}, {p.channels} grey channel, float32 NCHW"),
+            ("resize rule", p.resize),
+            ("normalisation", f"(grey / 255 - {p.mean:g}) / {p.std:g}"),
+            ("threshold", f"{meta.threshold:.4f} on P({positive}), after temperature scaling"),
+            ("temperature", f"{meta.temperature:.4f}"),
+            ("target sensitivity", target),
+            *_guard_rows(meta.ood),
+            ("quantization", meta.quantization or "none (fp32)"),
+            ("weights sha256", meta.weights_sha256 or "not recorded"),
+            ("data fingerprint", meta.data_fingerprint or "not recorded"),
+            ("written by", f"pneumo-edge {meta.pneumo_edge_version}")]

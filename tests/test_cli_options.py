@@ -1,0 +1,69 @@
+"""One vocabulary on the command line: help everywhere, one --data default, train defaults from TrainConfig; info."""
+
+import dataclasses
+import subprocess
+import sys
+
+import click
+from click.testing import CliRunner
+
+from pneumo_edge.cli import DEFAULT_DATA, main
+from pneumo_edge.edge.meta import read_meta
+
+
+def options(name):
+    cmd = main.commands[name]
+    cmd.make_context(name, [], resilient_parsing=True)  # fills ConfigDefaults options, as a real run does
+    return {p.name: p for p in cmd.params if isinstance(p, click.Option)}
+
+
+def test_every_option_has_help():
+    missing = [f"{name} {'/'.join(p.opts)}" for name, cmd in main.commands.items()
+               for p in cmd.params if isinstance(p, click.Option) and not p.help]
+    assert not missing
+
+
+def test_data_has_one_default_everywhere():
+    from pneumo_edge.data import DEFAULT_HUB_DATASET
+    from pneumo_edge.train import TrainConfig
+
+    assert DEFAULT_DATA == DEFAULT_HUB_DATASET == TrainConfig.data
+    with_data = {name: opts["data"].default for name in main.commands if "data" in (opts := options(name))}
+    assert {"train", "evaluate", "export", "bench", "guard-report", "bundle"} <= set(with_data)
+    assert set(with_data.values()) == {DEFAULT_DATA}, with_data
+
+
+def test_train_defaults_are_train_config_fields_and_arch_names_the_architecture():
+    from pneumo_edge.train import TrainConfig
+
+    fields = {f.name: f.default for f in dataclasses.fields(TrainConfig)}
+    opts = options("train")
+    assert opts["model"].opts == ["--arch"] and not any("--model" in p.opts for p in opts.values())
+    for name, p in opts.items():
+        assert name in fields and p.default == fields[name], name
+    help_text = CliRunner().invoke(main, ["train", "--help"]).output
+    assert f"[default: {TrainConfig.lr}]" in help_text and "--arch" in help_text
+
+
+def test_cli_help_does_not_import_torch():
+    code = ("import sys\nfrom pneumo_edge.cli import main\n"
+            "for args in (['--help'], ['infer', '--help'], ['info', '--help']):\n"
+            "    try:\n        main(args)\n    except SystemExit as e:\n        assert e.code == 0, e.code\n"
+            "assert 'torch' not in sys.modules\nprint('NO_TORCH')")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert "NO_TORCH" in r.stdout, r.stderr
+
+
+def test_info_prints_the_metadata_of_a_file_or_bundle(tiny_bundle):
+    meta = read_meta(tiny_bundle / "model.onnx")
+    r = CliRunner().invoke(main, ["info", str(tiny_bundle)])
+    assert r.exit_code == 0, r.output
+    lines = dict(line.split(None, 1) for line in r.output.splitlines() if not line.startswith(" "))
+    assert f"{meta.threshold:.4f}" in r.output and f"{meta.temperature:.4f}" in r.output
+    assert "NORMAL, PNEUMONIA" in r.output and meta.preprocess.resize in r.output and "MB" in r.output
+    assert lines["quantization"] == "none (fp32)" and lines["guard"].startswith("on") and "  embedding" in r.output
+    assert meta.weights_sha256 in r.output
+    int8 = CliRunner().invoke(main, ["info", str(tiny_bundle / "model.int8.onnx")])
+    assert int8.exit_code == 0 and "int8" in int8.output.lower()
+    missing = CliRunner().invoke(main, ["info", str(tiny_bundle / "nope.onnx")])
+    assert missing.exit_code == 2 and len(missing.output.strip().splitlines()) == 1
