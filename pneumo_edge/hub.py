@@ -8,7 +8,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from .edge.errors import HubError, PneumoEdgeError
+from .edge.errors import HubError, ModelError
 from .edge.hub import hub_offline
 
 BUNDLE_REQUIRED = ("model.onnx", "model.int8.onnx", "model.safetensors", "config.json", "README.md",
@@ -20,10 +20,10 @@ def bundle_files(bundle: str | Path) -> list[Path]:
     """The files of a bundle that are uploaded; refuses a bundle with a required file missing."""
     bundle = Path(bundle)
     if not bundle.is_dir():
-        raise PneumoEdgeError(f"bundle folder '{bundle}' does not exist")
+        raise ModelError(f"bundle folder '{bundle}' does not exist")
     missing = [f for f in BUNDLE_REQUIRED if not (bundle / f).is_file()]
     if missing:
-        raise PneumoEdgeError(f"bundle '{bundle}' is incomplete: missing {', '.join(missing)}")
+        raise ModelError(f"bundle '{bundle}' is incomplete: missing {', '.join(missing)}")
     return sorted(p for p in bundle.rglob("*") if p.is_file() and p.suffix in UPLOAD_SUFFIXES
                   and not any(part.startswith(".") for part in p.relative_to(bundle).parts))
 

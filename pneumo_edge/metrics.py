@@ -57,7 +57,9 @@ def threshold_for_sensitivity(y: np.ndarray, p: np.ndarray, target: float = 0.95
     y, p = np.asarray(y).astype(int), np.asarray(p, np.float64)
     pos = np.sort(p[y == 1])
     if len(pos) == 0:
-        raise ValueError("no positive samples to set a sensitivity target on")
+        from .edge.errors import DataError
+
+        raise DataError("no PNEUMONIA images in this set: cannot set a sensitivity target")
     # At threshold t = pos[k], the positives >= t are len(pos) - k; keep the largest such k.
     k = int(np.floor(len(pos) * (1.0 - target) + 1e-9))
     k = min(max(k, 0), len(pos) - 1)

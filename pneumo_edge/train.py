@@ -27,7 +27,7 @@ from .augment import AugmentConfig, augment, crop_batch
 from .edge.atomic import prepare_out_dir, write_json, write_with
 from .checkpoint import save_checkpoint
 from .data import DEFAULT_HUB_DATASET, LABELS, carve_validation, decode_all, fingerprint, load_splits
-from .edge.errors import PneumoEdgeError
+from .edge.errors import DataError, ModelError
 from .edge.imaging import PreprocessSpec, standardize, to_unit
 from .metrics import binary_metrics, calibrate, prob_from_logits
 from .models import DEFAULT_MODEL, create_model
@@ -166,7 +166,7 @@ def fit(cfg: TrainConfig) -> dict:
     out = Path(cfg.out)
     if cfg.resume:
         if not (out / "last.json").is_file():
-            raise PneumoEdgeError(f"nothing to resume in '{out}' (no last.json)")
+            raise ModelError(f"nothing to resume in '{out}' (no last.json)")
     else:
         prepare_out_dir(out, cfg.force)
     torch.manual_seed(cfg.seed)
@@ -195,7 +195,7 @@ def fit(cfg: TrainConfig) -> dict:
 
     counts = np.bincount(y_train, minlength=len(LABELS)).astype(np.float64)
     if (counts == 0).any():
-        raise PneumoEdgeError(f"training split has no {LABELS[int(np.argmin(counts))]} images")
+        raise DataError(f"training split has no {LABELS[int(np.argmin(counts))]} images")
     class_w = torch.tensor(counts.sum() / (len(LABELS) * counts), dtype=torch.float32)
     criterion = nn.CrossEntropyLoss(weight=class_w if cfg.weighted_loss else None,
                                     label_smoothing=cfg.label_smoothing)

@@ -92,7 +92,7 @@ def open_locked(path: Path, how: str) -> BinaryIO:
     UPDATE: open or create it, content kept. REPLACE: the content is emptied only once the lock
     is held, so a refused second writer never empties the first one's file.
     """
-    from .errors import OutputExistsError, PneumoEdgeError
+    from .errors import OutputError, OutputExistsError
 
     refuse_existing(path, force=True)  # a folder
     flags = os.O_RDWR | os.O_CREAT | (os.O_EXCL if how == CREATE else 0)
@@ -102,7 +102,7 @@ def open_locked(path: Path, how: str) -> BinaryIO:
     except FileExistsError:
         raise OutputExistsError(f"'{path}' exists; use --resume to continue it or --force to overwrite") from None
     except OSError as e:
-        raise PneumoEdgeError(f"cannot open '{path}': {e.strerror or e}") from e
+        raise OutputError(f"cannot open '{path}': {e.strerror or e}") from e
     f = os.fdopen(fd, "r+b")
     try:
         _lock(f, path)
@@ -136,9 +136,9 @@ def replace_locked(path: Path, content: bytes) -> BinaryIO:
 
 
 def _lock(f: BinaryIO, path: Path) -> None:
-    from .errors import PneumoEdgeError
+    from .errors import OutputError
 
-    busy = PneumoEdgeError(f"'{path}' is being written by another run (it is locked); "
+    busy = OutputError(f"'{path}' is being written by another run (it is locked); "
                            "wait for that run or choose another output")
     try:
         fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)

@@ -23,8 +23,12 @@ class HubError(PneumoEdgeError):
     """The Hugging Face hub cannot be reached or refused the request."""
 
 
-class OutputExistsError(PneumoEdgeError):
-    """An output folder exists and --force was not given."""
+class OutputError(PneumoEdgeError):
+    """An output path that cannot be written as asked (locked, a folder, not ours to resume)."""
+
+
+class OutputExistsError(OutputError):
+    """An output exists and --force was not given."""
 
 
 class ParityError(PneumoEdgeError):
