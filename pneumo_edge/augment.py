@@ -26,9 +26,11 @@ from .edge.imaging import to_unit
 
 @dataclass
 class AugmentConfig:
+    """The defaults are the recipe the study picked (bench/study: "rrc-photo")."""
+
     # Framing: area fraction of the film and log-uniform aspect of each crop. None = the fixed
     # center crop (the inference view) for every sample.
-    crop_scale: tuple[float, float] | None = None
+    crop_scale: tuple[float, float] | None = (0.35, 1.0)
     crop_ratio: tuple[float, float] = (3 / 4, 4 / 3)
     # Geometry after the crop.
     flip: bool = True
@@ -36,11 +38,11 @@ class AugmentConfig:
     scale: float = 0.1  # +- zoom
     shift: float = 0.05  # +- fraction of the side
     # Grey levels.
-    jitter: float = 0.05  # +- brightness and contrast
-    gamma: float = 0.0  # log-uniform gamma in [exp(-g), exp(g)]; 0 = off
-    blur_p: float = 0.0  # probability of a Gaussian blur, sigma uniform in (0.3, blur_sigma] px
+    jitter: float = 0.15  # +- brightness and contrast
+    gamma: float = 0.4  # log-uniform gamma in [exp(-g), exp(g)]; 0 = off
+    blur_p: float = 0.25  # probability of a Gaussian blur, sigma uniform in (0.3, blur_sigma] px
     blur_sigma: float = 1.2
-    noise_p: float = 0.0  # probability of additive Gaussian noise with std uniform in (0, noise_std]
+    noise_p: float = 0.25  # probability of additive Gaussian noise with std uniform in (0, noise_std]
     noise_std: float = 0.03
 
 

@@ -12,7 +12,8 @@ from pneumo_edge.perturb import PERTURBATIONS, perturbed_views
 from pneumo_edge.study import TIE_MARGIN, pick
 from pneumo_edge.train import EMA, TrainConfig, lr_at
 
-OFF = AugmentConfig(flip=False, max_rot=0.0, scale=0.0, shift=0.0, jitter=0.0)
+OFF = AugmentConfig(crop_scale=None, flip=False, max_rot=0.0, scale=0.0, shift=0.0, jitter=0.0, gamma=0.0,
+                    blur_p=0.0, noise_p=0.0)
 
 
 def test_augment_keeps_shape_and_range():
