@@ -205,6 +205,9 @@ def run_benchmark(cfg: BenchConfig) -> dict:
         r["speedup_vs_eager"] = ref["p50_ms"] / r["p50_ms"] if ref else None
 
     extra: dict = {}
+    if (bundle / "model.onnx").is_file():
+        extra["features_output"] = features_output_cost(bundle / "model.onnx", x_all[:1], cfg, cpu["cores"])
+        print(_features_line(extra["features_output"]))
     int8 = EdgeModel(bundle / "model.int8.onnx") if (bundle / "model.int8.onnx").is_file() else None
     guard_model = int8 or EdgeModel(bundle / "model.onnx")
     if guard_model.guard is not None:  # the OOD guard's own cost per image
@@ -237,6 +240,62 @@ def run_benchmark(cfg: BenchConfig) -> dict:
     return result
 
 
+def features_output_cost(path: Path, x: np.ndarray, cfg: BenchConfig, threads: int, rounds: int = 5) -> dict:
+    """Batch-1 fp32 latency of the graph with its heat-map output 'features' vs the same graph without it.
+
+    Three ways, timed in alternating rounds on one input: the graph without the output (as exported before
+    heat maps), the graph with it when only logits and embedding are fetched (plain inference), and when
+    the feature map is fetched too (heat maps).
+    """
+    import json
+    import tempfile
+
+    import onnx
+
+    from .edge.meta import META_KEY
+    from .edge.model import EdgeModel
+
+    proto = onnx.load(str(path))
+    if "features" not in [o.name for o in proto.graph.output]:
+        return {"available": False, "reason": f"{path.name} has no 'features' output"}
+    keep = [o for o in proto.graph.output if o.name != "features"]
+    del proto.graph.output[:]
+    proto.graph.output.extend(keep)
+    for prop in proto.metadata_props:  # the metadata of a file without heat maps
+        if prop.key == META_KEY:
+            meta = json.loads(prop.value)
+            meta.pop("cam", None)
+            meta.get("outputs", {}).pop("features", None)
+            prop.value = json.dumps(meta, sort_keys=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        onnx.save(proto, str(Path(tmp) / "without.onnx"))
+        without, with_ = EdgeModel(Path(tmp) / "without.onnx", threads=threads), EdgeModel(path, threads=threads)
+    runs = {"without_output": lambda a: without.run(a),
+            "with_output_not_fetched": lambda a: with_.run(a, with_.predict_outputs),
+            "with_output_fetched": lambda a: with_.run(a)}
+    times: dict[str, list] = {k: [] for k in runs}
+    per_round = max(1, cfg.iters // rounds)
+    for _ in range(rounds):  # alternate, so that drift in machine load hits every variant alike
+        for k, fn in runs.items():
+            times[k].append(time_calls(fn, x, per_round, max(1, cfg.warmup // rounds)))
+    p50 = {k: float(np.percentile(np.concatenate(v), 50)) for k, v in times.items()}
+    base = p50["without_output"]
+    return {"available": True, "threads": threads, "batch": 1, "iters": per_round * rounds,
+            "p50_ms": p50, "ratio_not_fetched": p50["with_output_not_fetched"] / base,
+            "ratio_fetched": p50["with_output_fetched"] / base, "goal_max_ratio": 1.05}
+
+
+def _features_line(f: dict) -> str:
+    if not f.get("available"):
+        return f"Heat-map output cost: not measured ({f.get('reason', 'no features output')})."
+    p = f["p50_ms"]
+    verdict = "met" if f["ratio_not_fetched"] <= f["goal_max_ratio"] else "**missed**"
+    return (f"Heat-map output 'features' (fp32, batch 1, {f['threads']} threads, p50): graph without it "
+            f"{p['without_output']:.2f} ms, with it {p['with_output_not_fetched']:.2f} ms "
+            f"(x{f['ratio_not_fetched']:.3f}; goal <= x{f['goal_max_ratio']:.2f}: {verdict}), "
+            f"with the feature map fetched for heat maps {p['with_output_fetched']:.2f} ms (x{f['ratio_fetched']:.3f}).")
+
+
 def _row_line(r: dict) -> str:
     auc = f"{r['roc_auc']:.4f}" if r["roc_auc"] is not None else "  -   "
     return (f"{r['variant']:<20} t={r['threads']} b={r['batch']:<3} p50 {r['p50_ms']:8.2f} ms  "
@@ -261,6 +320,8 @@ def render_table(res: dict) -> str:
             lines.append(f"\nEnd to end `pneumo-edge infer` with {k[11:]}: {v['images']} files in "
                          f"{v['seconds']:.2f} s = {v['images_per_s']:.1f} images/s (decode included).")
     lines += _goals(res)
+    if res.get("features_output", {}).get("available"):
+        lines.append("\n" + _features_line(res["features_output"]))
     if "ood_guard_p50_ms_per_image" in res:
         lines.append(f"\nOOD guard cost: {res['ood_guard_p50_ms_per_image']:.3f} ms per image (p50, numpy).")
     return "\n".join(lines) + "\n"

@@ -196,9 +196,12 @@ def export(checkpoint, out, data, results, atol, int8, min_int8_agreement, max_i
 @click.option("--guard/--no-guard", default=True, show_default=True,
               help="Give out-of-distribution inputs status 'rejected' (label REJECTED_OOD) instead of a class.")
 @click.option("-v", "--verbose", is_flag=True, help=f"Print one line per input even when there are over {SHOW_ROWS}.")
+@click.option("--heatmaps", "heatmaps", type=click.Path(file_okay=False),
+              help="Also write one heat-map overlay PNG per classified input into this folder.")
 @friendly
 @no_traceback
-def infer(paths, model_path, out_csv, json_path, resume, force, batch_size, workers, guard, verbose) -> None:
+def infer(paths, model_path, out_csv, json_path, resume, force, batch_size, workers, guard, verbose,
+          heatmaps) -> None:
     """Classify X-ray files and folders with onnxruntime (JPEG, PNG, BMP, TIFF, DICOM).
 
     Each row has the probability, the model's stored threshold, the label, the guard score and an
@@ -235,7 +238,7 @@ def infer(paths, model_path, out_csv, json_path, resume, force, batch_size, work
     with Outputs(out_csv, json_path, resume, force) as outputs:  # before the model loads: refuse early
         model = EdgeModel(resolve_model(model_path))
         s = predict_paths(list(paths), model, outputs, batch_size=batch_size, workers=workers, guard=guard,
-                          echo=echo if verbose else hold)
+                          echo=echo if verbose else hold, heatmaps=heatmaps)
     for row in held if len(held) <= SHOW_ROWS else ():
         echo(row)
     labels = ", ".join(f"{k} {v}" for k, v in sorted(s.counts.items())) or "nothing"
@@ -243,7 +246,8 @@ def infer(paths, model_path, out_csv, json_path, resume, force, batch_size, work
              f"{s.n_duplicates} duplicate(s) ignored" if s.n_duplicates else "",
              f"{s.n_incomplete} incomplete row(s) re-done" if s.n_incomplete else ""]
     say(f"{s.n_files} inputs: {labels}" + "".join(f"; {n}" for n in notes if n)
-               + f"; {s.images_per_s:.1f} images/s. Rows in {where}")
+               + f"; {s.images_per_s:.1f} images/s. Rows in {where}"
+               + (f"; heat maps in {printable(str(heatmaps))}" if heatmaps else ""))
     if s.n_failed or s.n_old_errors:
         old = f" (and {s.n_old_errors} error row(s) from earlier runs)" if s.n_old_errors else ""
         click.echo(f"{s.n_failed} file(s) could not be classified{old}: see the 'error' column; "
@@ -307,24 +311,38 @@ def info(model) -> None:
 @main.command()
 @click.argument("images", nargs=-1, required=True)
 @click.option("--bundle", default=None, help="Folder with model.safetensors + config.json (default: the shipped export/).")
+@click.option("--model", "model_path", type=click.Path(dir_okay=False),
+              help="Explain an .onnx file with onnxruntime alone (CAM from its 'features' output; no torch).")
 @click.option("--out", required=True, help="Folder for the overlay PNGs and the contact sheet.")
-@click.option("--layer", default="conv_head", show_default=True, help="Target layer for Grad-CAM.")
+@click.option("--layer", default="conv_head", show_default=True, help="Target layer for Grad-CAM (PyTorch twin only).")
 @click.option("--target", type=click.Choice(["NORMAL", "PNEUMONIA"], case_sensitive=False),
               help="Explain this class instead of the predicted one.")
 @click.option("--force", is_flag=True, help="Write into a non-empty --out.")
 @friendly
 @no_traceback
-def explain(images, bundle, out, layer, target, force) -> None:
-    """Grad-CAM heat maps on the PyTorch twin of the bundle.
+def explain(images, bundle, model_path, out, layer, target, force) -> None:
+    """Grad-CAM heat maps on the PyTorch twin of the bundle, or CAM from an .onnx file (--model).
 
     One overlay per input (inputs sharing a file name get a short hash suffix); a file that
-    cannot be explained is one error line and the others go on (exit 1).
+    cannot be explained is one error line and the others go on (exit 1). With --model (or a
+    --bundle that names an .onnx file) only onnxruntime runs, no torch: the map is Grad-CAM at
+    the pooled feature map, which equals CAM there.
     """
     from .edge.infer import printable
-    from .gradcam import explain as run
     from .edge.model import default_model_path
 
-    records = run(list(images), bundle or default_model_path().parent, out, layer, target, force)
+    if model_path is None and bundle and bundle.lower().endswith(".onnx"):
+        model_path, bundle = bundle, None
+    if model_path is not None:
+        from .edge.cam import explain as explain_onnx
+
+        if bundle or layer != "conv_head":
+            raise click.UsageError("--bundle and --layer are for the PyTorch twin; --model explains an .onnx file")
+        records = explain_onnx(images=list(images), model=model_path, out=out, target=target, force=force)
+    else:
+        from .gradcam import explain as run
+
+        records = run(list(images), bundle or default_model_path().parent, out, layer, target, force)
     for r in records:
         if r["status"] == "ok":
             click.echo(f"{printable(r['png'])}: P(pneumonia) {r['probability']:.3f} -> {r['label']}")

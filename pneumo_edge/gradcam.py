@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .edge.atomic import write_with
+from .edge.cam import overlay_names, target_index
 from .edge.errors import ModelError
 
 
@@ -26,6 +27,27 @@ def find_layer(model: nn.Module, name: str) -> nn.Module:
         convs = [n for n, m in modules.items() if isinstance(m, nn.Conv2d)]
         raise ModelError(f"no layer '{name}' in the model; last conv layers: {', '.join(convs[-3:])}")
     return modules[name]
+
+
+def features_layer(model: nn.Module) -> str:
+    """The module whose output is `model.forward_features(x)` (for timm EfficientNets 'bn2', conv + BN + activation).
+
+    Grad-CAM there equals the CAM the edge computes from the ONNX 'features' output (`edge.cam`).
+    """
+    outputs: dict[str, torch.Tensor] = {}
+    handles = [m.register_forward_hook(lambda _, __, out, name=name: outputs.setdefault(name, out))
+               for name, m in model.named_modules() if name]
+    first = next(m for m in model.modules() if isinstance(m, nn.Conv2d))
+    try:
+        with torch.no_grad():
+            feats = model.eval().forward_features(torch.zeros(1, first.in_channels, 64, 64))
+    finally:
+        for h in handles:
+            h.remove()
+    names = [n for n, out in outputs.items() if out is feats]
+    if not names:
+        raise ModelError("no single layer outputs the model's feature map")
+    return names[-1]  # the outermost: in-place activations make inner modules share the tensor
 
 
 class GradCAM:
@@ -115,25 +137,6 @@ def _figure_png(path: Path, panels: list[tuple[np.ndarray, np.ndarray, str]], co
     return path
 
 
-def overlay_names(images: list[str]) -> list[str]:
-    """One PNG name per input: the file stem, plus a short hash of the path where stems collide."""
-    import hashlib
-    import os
-    from collections import Counter
-
-    stems = [Path(src).stem for src in images]
-    shared = Counter(s.casefold() for s in stems)  # case-insensitive file systems collide too
-    names, used = [], set()
-    for i, (src, stem) in enumerate(zip(images, stems)):
-        if shared[stem.casefold()] > 1:
-            stem += "-" + hashlib.sha1(os.fsencode(os.path.abspath(src))).hexdigest()[:8]
-        if stem.casefold() in used:  # the same path given twice
-            stem += f"-{i}"
-        used.add(stem.casefold())
-        names.append(f"{stem}.gradcam.png")
-    return names
-
-
 def explain(images: list[str], bundle: str | Path, out: str | Path, layer: str = "conv_head",
             target: str | None = None, force: bool = False) -> list[dict]:
     """One overlay PNG per image plus a contact sheet; returns one record per image."""
@@ -145,11 +148,7 @@ def explain(images: list[str], bundle: str | Path, out: str | Path, layer: str =
     model, _ = load_checkpoint(bundle)
     meta = read_meta(Path(bundle) / "model.onnx")  # threshold and temperature: the ONNX file owns them
     spec, labels = meta.preprocess, list(meta.labels)
-    target_idx = None
-    if target is not None:
-        if target.upper() not in labels:
-            raise ModelError(f"--target must be one of {', '.join(labels)}")
-        target_idx = labels.index(target.upper())
+    target_idx = target_index(labels, target)
     out = prepare_out_dir(out, force)
     records, panels = [], []
     with GradCAM(model, layer) as cam:

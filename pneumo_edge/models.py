@@ -171,12 +171,18 @@ def build_twin(name: str) -> nn.Module:
 
 
 class WithEmbedding(nn.Module):
-    """Logits and the penultimate embedding from one pass: what the ONNX graph outputs and the guard fits on."""
+    """Logits, the penultimate embedding and the last feature map from one pass: what the ONNX graph outputs.
+
+    The guard fits on the embedding; the edge computes class-activation maps from `features` (the activated
+    feature map that global pooling averages, for timm models `forward_features(x)`) and the classifier
+    weights stored in the metadata (`edge.cam`).
+    """
 
     def __init__(self, model: nn.Module):
         super().__init__()
         self.model = model
 
     def forward(self, x: torch.Tensor):
-        emb = self.model.forward_head(self.model.forward_features(x), pre_logits=True)
-        return self.model.get_classifier()(emb), emb
+        features = self.model.forward_features(x)
+        emb = self.model.forward_head(features, pre_logits=True)
+        return self.model.get_classifier()(emb), emb, features

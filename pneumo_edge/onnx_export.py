@@ -33,6 +33,9 @@ from .edge.meta import META_KEY, BundleMeta
 from .edge.model import EdgeModel, prob_from_logits
 
 OPSET = 18
+OUTPUT_NAMES = ("logits", "embedding", "features")  # what WithEmbedding returns, in order
+CAM_IMAGES = 50  # test images on which the heat-map parity is measured
+CAM_MIN_CORRELATION = 0.99  # ONNX CAM vs the twin's Grad-CAM at the same layer, per image (fp32)
 
 
 def export_onnx(model: nn.Module, spec: PreprocessSpec, path: Path, meta: dict) -> None:
@@ -46,7 +49,7 @@ def export_onnx(model: nn.Module, spec: PreprocessSpec, path: Path, meta: dict) 
         warnings.simplefilter("ignore")
         program = torch.onnx.export(
             WithEmbedding(model).eval(), (x,), dynamo=True, opset_version=OPSET,
-            input_names=["image"], output_names=["logits", "embedding"],
+            input_names=["image"], output_names=list(OUTPUT_NAMES),
             dynamic_shapes=({0: torch.export.Dim("batch")},), verbose=False)
     program.save(str(path))
     proto = onnx.load(str(path))
@@ -63,12 +66,23 @@ def set_metadata(proto, meta: BundleMeta) -> None:
     proto.producer_version = __version__
 
 
-def bundle_metadata(config: dict, threshold: float, temperature: float) -> BundleMeta:
+def cam_metadata(model: nn.Module) -> dict | None:
+    """The classifier head for edge heat maps (`edge.cam`), or None for a head that is not one linear layer."""
+    from .edge.cam import CamHead
+
+    head = model.get_classifier()
+    if not isinstance(head, nn.Linear) or head.bias is None:
+        return None
+    return CamHead.from_linear(head.weight.detach().numpy(), head.bias.detach().numpy()).to_meta()
+
+
+def bundle_metadata(config: dict, threshold: float, temperature: float, model: nn.Module | None = None) -> BundleMeta:
     return BundleMeta(model=config["model"], labels=tuple(config["labels"]),
                       preprocess=PreprocessSpec.from_dict(config["preprocess"]), threshold=threshold,
                       temperature=temperature, pneumo_edge_version=__version__,
                       target_sensitivity=config.get("target_sensitivity"),
-                      data_fingerprint=config.get("data_fingerprint"), weights_sha256=config.get("weights_sha256"))
+                      data_fingerprint=config.get("data_fingerprint"), weights_sha256=config.get("weights_sha256"),
+                      cam=None if model is None else cam_metadata(model))
 
 
 # ---------------------------------------------------------------- parity
@@ -99,8 +113,8 @@ def check_parity(model: nn.Module, edge: EdgeModel, resized: np.ndarray, y: np.n
     outs = [edge.run(normalize(resized[i:i + 32], edge.spec)) for i in range(0, len(resized), 32)]
     o_logits = np.concatenate([o["logits"] for o in outs])
     o_emb = np.concatenate([o["embedding"] for o in outs])
-    if edge.output_names[:2] != ["logits", "embedding"]:
-        failures.append(f"output names {edge.output_names} != ['logits', 'embedding']")
+    if edge.output_names != list(OUTPUT_NAMES):
+        failures.append(f"output names {edge.output_names} != {list(OUTPUT_NAMES)}")
     if o_logits.shape != t_logits.shape:
         failures.append(f"logits shape {o_logits.shape} != PyTorch {t_logits.shape}")
         return {"failures": failures}, failures
@@ -139,6 +153,52 @@ def check_int8(fp32: EdgeModel, int8: EdgeModel, resized: np.ndarray, y: np.ndar
         failures.append(f"INT8 label agreement {agree:.4f} < {gate.int8_min_agreement}")
     if abs(d_auc) > gate.int8_max_auroc_delta:
         failures.append(f"INT8 |delta ROC-AUC| {abs(d_auc):.4f} > {gate.int8_max_auroc_delta}")
+    return report, failures
+
+
+def map_correlation(a: np.ndarray, b: np.ndarray) -> float:
+    """Pearson correlation of two heat maps; two constant maps (both all-zero) count as identical."""
+    a, b = np.asarray(a, np.float64).ravel(), np.asarray(b, np.float64).ravel()
+    if a.std() == 0 or b.std() == 0:
+        return 1.0 if np.allclose(a, b) else 0.0
+    return float(np.corrcoef(a, b)[0, 1])
+
+
+def _summary(values: list[float]) -> dict:
+    return {"mean": float(np.mean(values)), "min": float(np.min(values))}
+
+
+def check_cam(model: nn.Module, fp32: EdgeModel, int8: EdgeModel | None, resized: np.ndarray,
+              n: int = CAM_IMAGES, min_corr: float = CAM_MIN_CORRELATION) -> tuple[dict, list[str]]:
+    """Heat-map parity on `n` evenly spaced images: the ONNX CAM (`edge.cam`) vs the twin's Grad-CAM at the
+    layer that outputs the feature map, per image (gate: min >= min_corr); INT8 CAM vs fp32 CAM, recorded.
+
+    Both explain the class the fp32 bundle decides, as `explain` does.
+    """
+    from .gradcam import GradCAM, features_layer
+
+    if fp32.cam is None:
+        return {"available": False, "reason": "the head is not one linear layer: no heat maps"}, []
+    pick = np.unique(np.linspace(0, len(resized) - 1, min(n, len(resized))).astype(int))
+    x = normalize(resized[pick], fp32.spec)
+    layer = features_layer(model)
+    out = fp32.run(x)
+    classes = (fp32.probability(out["logits"]) >= fp32.threshold).astype(int)
+    edge_maps = fp32.cam.maps(out["features"], classes, fp32.spec.size)
+    with GradCAM(model, layer) as gradcam:
+        twin_maps = np.concatenate([gradcam(torch.from_numpy(x[i:i + 1]), int(c))[0] for i, c in enumerate(classes)])
+    corr = [map_correlation(a, b) for a, b in zip(edge_maps, twin_maps)]
+    report = {"available": True, "n": int(len(pick)), "twin_layer": layer, "method": "CAM (decided class logit)",
+              "onnx_vs_twin_gradcam": _summary(corr), "min_correlation": min_corr}
+    failures = []
+    if min(corr) < min_corr:
+        failures.append(f"heat maps: ONNX CAM vs twin Grad-CAM correlation {min(corr):.4f} < {min_corr} "
+                        f"on {sum(c < min_corr for c in corr)} of {len(corr)} images")
+    if int8 is not None and int8.cam is not None:
+        q = int8.run(x)
+        corr8 = [map_correlation(a, b) for a, b in zip(int8.cam.maps(q["features"], classes, fp32.spec.size),
+                                                       edge_maps)]
+        report["int8_vs_fp32"] = _summary(corr8)
     return report, failures
 
 
@@ -193,7 +253,7 @@ def export(checkpoint: str | Path, out: str | Path, data: str, gate: GateConfig 
         op = json.loads((Path(results) / "results.json").read_text())["operating_point"]
         threshold, temperature = op["threshold"], op["temperature"]
     out = prepare_out_dir(out, force)
-    meta = bundle_metadata(config, threshold, temperature)
+    meta = bundle_metadata(config, threshold, temperature, model)
 
     splits, train_s, val_s, _ = rebuild_split(config, data)
     x_test, y_test, _ = decode_all(splits.test, spec.size, progress=progress, rule=spec.resize)
@@ -222,6 +282,8 @@ def export(checkpoint: str | Path, out: str | Path, data: str, gate: GateConfig 
             report["int8"], f = check_int8(fp32, EdgeModel(tmp / "model.int8.onnx"), x_test, y_test, gate)
             failures += f
             files.append("model.int8.onnx")
+        report["cam"], f = check_cam(model, fp32, EdgeModel(tmp / "model.int8.onnx") if int8 else None, x_test)
+        failures += f
         report["sizes_mb"] = {n: round((tmp / n).stat().st_size / 1e6, 2) for n in files}
         report["failures"] = failures
         report["passed"] = not failures
@@ -258,6 +320,13 @@ def render_parity(r: dict) -> str:
         i = r["int8"]
         lines += ["", f"INT8 vs fp32: label agreement {i['label_agreement']:.2%} (gate >= {i['min_agreement']:.0%}), "
                   f"delta ROC-AUC {i['roc_auc_delta']:+.4f} (gate <= {i['max_auroc_delta']})."]
+    c = r.get("cam") or {}
+    if c.get("available"):
+        lines += ["", f"Heat maps on {c['n']} images: ONNX CAM vs PyTorch Grad-CAM at `{c['twin_layer']}` correlation "
+                  f"mean {c['onnx_vs_twin_gradcam']['mean']:.4f}, min {c['onnx_vs_twin_gradcam']['min']:.4f} "
+                  f"(gate >= {c['min_correlation']})"
+                  + (f"; INT8 vs fp32 mean {c['int8_vs_fp32']['mean']:.4f}, min {c['int8_vs_fp32']['min']:.4f}"
+                     if "int8_vs_fp32" in c else "") + "."]
     lines += ["", f"Sizes (MB): {', '.join(f'{k} {v}' for k, v in r['sizes_mb'].items())}.",
               f"Verdict: {'PASSED' if r['passed'] else 'FAILED: ' + '; '.join(r['failures'])}"]
     return "\n".join(lines) + "\n"

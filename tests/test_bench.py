@@ -25,6 +25,9 @@ def test_bench_smoke_writes_complete_results(tiny_bundle, tiny_data, tmp_path):
             assert r[c] is not None and (isinstance(r[c], str) or r[c] > 0), (c, r)
         assert r["p50_ms"] <= r["p95_ms"] <= r["p99_ms"]
     assert res["macs"] > 0 and res["end_to_end_model.int8.onnx"]["images_per_s"] > 0
+    f = res["features_output"]  # the heat-map output's cost, against the same graph without it
+    assert f["available"] and set(f["p50_ms"]) == {"without_output", "with_output_not_fetched", "with_output_fetched"}
+    assert f["ratio_not_fetched"] > 0 and "Heat-map output" in (out / next(out.glob("*.md")).name).read_text()
     cpu = cpu_info()
     assert cpu["cores"] >= 1 and res["env"]["onnxruntime"] in next(out.glob("*.json")).name
 

@@ -4,6 +4,7 @@
     m = pneumo_edge.load("export/model.int8.onnx")     # or a bundle folder, or a hub id "user/repo"
     m.predict("xray.jpeg")                              # {"label": "PNEUMONIA", "probability": 0.97, ...}
     m.predict([img1, img2], as_frame=True)              # pandas DataFrame, one row per image
+    m.predict("xray.jpeg", heatmap=True)["heatmap_png"]  # PNG bytes: heat map over the model's input
 
 Every input goes through the same decoding and preprocessing as `pneumo-edge infer`.
 """
@@ -66,14 +67,19 @@ class Classifier:
             return pil_to_gray(Image.fromarray(np.ascontiguousarray(x)))
         raise ImageError(f"cannot classify a {type(x).__name__}: give a path, bytes, a PIL image or a numpy array")
 
-    def predict(self, x, as_frame: bool = False):
-        """One dict for one input, a list for a list; each has label, probability, threshold, guard_score, rejected."""
+    def predict(self, x, as_frame: bool = False, heatmap: bool = False):
+        """One dict for one input, a list for a list; each has label, probability, threshold, guard_score, rejected.
+
+        heatmap: also "heatmap_png" (bytes: the class-activation map of the decided class over the model's
+        input, `edge.cam`) and "explained_class"; a ModelError for a model file without heat-map data.
+        """
+        head = self.model.require_cam() if heatmap else None
         many = isinstance(x, (list, tuple))
         items = list(x) if many else [x]
         spec = self.meta.preprocess
         decoded = [self._gray(item) for item in items]
         resized = np.stack([resize_gray(g, spec.size, spec.resize) for g, _ in decoded])
-        outs = self.model.run(normalize(resized, spec))
+        outs = self.model.run(normalize(resized, spec), None if heatmap else self.model.predict_outputs)
         probs = self.model.probability(outs["logits"])
         scores = (self.model.guard.scores(resized, outs["embedding"], np.array([c for _, c in decoded]))
                   if self.guard else [None] * len(items))
@@ -83,6 +89,15 @@ class Classifier:
             rows.append({"label": "REJECTED_OOD" if rejected else self.meta.decide(float(p)),
                          "probability": float(p), "threshold": self.meta.threshold,
                          "guard_score": None if s is None else float(s), "rejected": rejected})
+        if head is not None:
+            from .cam import overlay_png
+
+            labels = list(self.meta.labels)
+            explained = [self.meta.decide(float(p)) for p in probs]
+            maps = head.maps(outs["features"], [labels.index(c) for c in explained], spec.size)
+            for row, image, heat, c in zip(rows, resized, maps, explained):
+                row["explained_class"] = c
+                row["heatmap_png"] = overlay_png(image, heat)
         if as_frame:
             import pandas as pd
 

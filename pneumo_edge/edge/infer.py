@@ -463,20 +463,37 @@ class InferSummary:
 def predict_paths(paths: list[str], model: EdgeModel, out_csv: str | Path | Outputs,
                   json_path: str | Path | None = None, resume: bool = False, batch_size: int = 16,
                   workers: int | None = None, guard: bool = True, progress: bool | None = None, echo=None,
-                  force: bool = False) -> InferSummary:
+                  force: bool = False, heatmaps: str | Path | None = None) -> InferSummary:
     """Classify every image under `paths`, one row per input, flushed as produced.
 
     `out_csv` is a path (opened here with `json_path`, `resume`, `force`) or an open `Outputs`.
+    `heatmaps`: a folder that gets one overlay PNG per classified input (named by `edge.cam.heatmap_name`).
     """
     if isinstance(out_csv, Outputs):
-        return _predict(paths, model, out_csv, batch_size, workers, guard, progress, echo)
+        return _predict(paths, model, out_csv, batch_size, workers, guard, progress, echo, heatmaps)
     with Outputs(out_csv, json_path, resume, force) as outputs:
-        return _predict(paths, model, outputs, batch_size, workers, guard, progress, echo)
+        return _predict(paths, model, outputs, batch_size, workers, guard, progress, echo, heatmaps)
+
+
+def heatmap_folder(folder: str | Path, model: EdgeModel) -> Path:
+    """The --heatmaps folder, created; refused before any row when the model cannot make heat maps."""
+    model.require_cam()
+    folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        raise PneumoEdgeError(f"--heatmaps '{folder}' exists and is not a folder")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise PneumoEdgeError(f"cannot create --heatmaps folder '{folder}': {e.strerror or e}") from None
+    return folder
 
 
 def _predict(paths: list[str], model: EdgeModel, outputs: Outputs, batch_size: int, workers: int | None,
-             guard: bool, progress: bool | None, echo: Callable[[dict], None] | None) -> InferSummary:
+             guard: bool, progress: bool | None, echo: Callable[[dict], None] | None,
+             heatmaps: str | Path | None = None) -> InferSummary:
     from tqdm.auto import tqdm
+
+    heat_dir = heatmap_folder(heatmaps, model) if heatmaps is not None else None
 
     found = find_inputs(paths, outputs.identities())
     done = outputs.begin([display_path(p) for p in (*found.files, *(pr[0] for pr in found.problems))])
@@ -496,7 +513,7 @@ def _predict(paths: list[str], model: EdgeModel, outputs: Outputs, batch_size: i
     bar = tqdm(total=len(todo), unit="img", desc="infer", leave=False,
                disable=None if progress is None else not progress)
     for batch in decoded_batches(todo, model, batch_size, workers):
-        write(_classify(batch, model, use_guard))
+        write(_classify(batch, model, use_guard, heat_dir))
         bar.update(len(batch))
     bar.close()
     return InferSummary(counts=counts, n_files=len(todo) + len(problems), n_failed=counts.get("error", 0),
@@ -534,10 +551,15 @@ def decoded_batches(todo: list[str], model: EdgeModel, batch_size: int, workers:
 
 
 def score_decoded(model: EdgeModel, decoded: list[tuple[np.ndarray, float]],
-                  use_guard: bool) -> tuple[np.ndarray, np.ndarray | None]:
-    """Calibrated P(positive) and guard scores (None without the guard) for (resized uint8, chroma) pairs."""
+                  use_guard: bool, keep: dict | None = None) -> tuple[np.ndarray, np.ndarray | None]:
+    """Calibrated P(positive) and guard scores (None without the guard) for (resized uint8, chroma) pairs.
+
+    keep: a dict that receives all raw outputs (heat maps read 'features'); else the feature map is not fetched.
+    """
     images, chroma = np.stack([d[0] for d in decoded]), np.array([d[1] for d in decoded])
-    outs = model.run(normalize(images, model.spec))
+    outs = model.run(normalize(images, model.spec), None if keep is not None else model.predict_outputs)
+    if keep is not None:
+        keep.update(outs)
     scores = model.guard.scores(images, outs["embedding"], chroma) if use_guard else None
     return model.probability(outs["logits"]), scores
 
@@ -550,18 +572,38 @@ def _scored_row(model: EdgeModel, prob: float, score: float | None) -> dict:
             "ood_score": None if score is None else round(score, 4), "ood": None if score is None else rejected}
 
 
-def _classify(batch, model: EdgeModel, use_guard: bool) -> list[dict]:
+def _write_heatmaps(folder: Path, model: EdgeModel, ok, features: np.ndarray, probs, result: dict) -> None:
+    """One overlay PNG per classified input, of the class the model decides; a failed write is an error row."""
+    from .cam import caption_for, heatmap_path, overlay_png, write_png
+
+    labels = list(model.labels)
+    decided = [model.meta.decide(float(p)) for p in probs]
+    maps = model.cam.maps(features, [labels.index(d) for d in decided], model.spec.size)
+    for (p, dec), heat, prob, label in zip(ok, maps, probs, decided):
+        try:
+            png = overlay_png(dec[0], heat, caption_for(label, float(prob), model.threshold, label,
+                                                        result[p]["label"] == "REJECTED_OOD"))
+            write_png(heatmap_path(folder, p), png)
+        except OSError as e:
+            result[p] = {"status": "error",
+                         "error": f"classified, but the heat map was not written: {(e.strerror or str(e)).lower()}"}
+
+
+def _classify(batch, model: EdgeModel, use_guard: bool, heatmaps: Path | None = None) -> list[dict]:
     ok = [(p, dec) for p, dec, err in batch if err is None]
     result: dict[str, dict] = {}
     if ok:
+        outs: dict | None = {} if heatmaps is not None else None
         try:
-            probs, scores = score_decoded(model, [dec for _, dec in ok], use_guard)
+            probs, scores = score_decoded(model, [dec for _, dec in ok], use_guard, outs)
         except Exception as e:  # noqa: BLE001 - report the whole batch, keep going
             for p, _ in ok:
                 result[p] = {"status": "error", "error": f"inference failed: {e}"}
         else:
             for i, (p, _) in enumerate(ok):
                 result[p] = _scored_row(model, float(probs[i]), None if scores is None else float(scores[i]))
+            if heatmaps is not None:
+                _write_heatmaps(heatmaps, model, ok, outs["features"], probs, result)
     rows = []
     for p, _, err in batch:
         r = result.get(p) or {"status": "error", "error": err}

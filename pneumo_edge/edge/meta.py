@@ -22,6 +22,7 @@ REQUIRED = ("labels", "preprocess", "threshold", "temperature", "model", "pneumo
 INPUT_SIZES = (32, 1024)  # a square side outside this range is not a model this toolchain made
 INPUT = {"name": "image", "layout": "NCHW", "dtype": "float32", "range": "grey level / 255, then (x - mean) / std"}
 OUTPUTS = {"logits": "unnormalised class scores", "embedding": "penultimate features"}
+FEATURES_OUTPUT = {"features": "last feature map after its activation (input of global pooling), for heat maps"}
 PROBABILITY = "softmax(logits / temperature)[PNEUMONIA]; label PNEUMONIA if >= threshold"
 
 
@@ -38,6 +39,7 @@ class BundleMeta:
     weights_sha256: str | None = None
     ood: dict | None = None  # guard statistics (edge.guard.Guard.to_meta)
     quantization: str | None = None  # set on INT8 files
+    cam: dict | None = None  # classifier weights for heat maps from the 'features' output (edge.cam.CamHead.to_meta)
     extra: dict = field(default_factory=dict)  # keys a newer writer added; kept, not interpreted
 
     def decide(self, probability: float) -> str:
@@ -46,7 +48,8 @@ class BundleMeta:
 
     def to_dict(self) -> dict:
         d = {"pneumo_edge_version": self.pneumo_edge_version, "model": self.model, "labels": list(self.labels),
-             "preprocess": self.preprocess.to_dict(), "input": INPUT, "outputs": OUTPUTS,
+             "preprocess": self.preprocess.to_dict(), "input": INPUT,
+             "outputs": {**OUTPUTS, **(FEATURES_OUTPUT if self.cam is not None else {})},
              "threshold": self.threshold, "temperature": self.temperature, "probability": PROBABILITY,
              "target_sensitivity": self.target_sensitivity, "data_fingerprint": self.data_fingerprint,
              "weights_sha256": self.weights_sha256}
@@ -54,6 +57,8 @@ class BundleMeta:
             d["ood"] = self.ood
         if self.quantization is not None:
             d["quantization"] = self.quantization
+        if self.cam is not None:
+            d["cam"] = self.cam
         return {**self.extra, **d}
 
     def to_json(self) -> str:
@@ -94,13 +99,16 @@ class BundleMeta:
         ood = d.get("ood")
         if ood is not None and not isinstance(ood, dict):
             raise bad("ood", "must be an object")
+        cam = d.get("cam")
+        if cam is not None and not isinstance(cam, dict):
+            raise bad("cam", "must be an object")
         known = set(REQUIRED) | {"target_sensitivity", "data_fingerprint", "weights_sha256", "ood", "quantization",
-                                 "input", "outputs", "probability"}
+                                 "cam", "input", "outputs", "probability"}
         return cls(model=str(d["model"]), labels=tuple(labels), preprocess=PreprocessSpec.from_dict(p),
                    threshold=float(d["threshold"]), temperature=float(d["temperature"]),
                    pneumo_edge_version=str(d["pneumo_edge_version"]),
                    target_sensitivity=d.get("target_sensitivity"), data_fingerprint=d.get("data_fingerprint"),
-                   weights_sha256=d.get("weights_sha256"), ood=ood, quantization=d.get("quantization"),
+                   weights_sha256=d.get("weights_sha256"), ood=ood, quantization=d.get("quantization"), cam=cam,
                    extra={k: v for k, v in d.items() if k not in known})
 
     @classmethod

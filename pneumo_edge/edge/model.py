@@ -1,7 +1,7 @@
 """An exported model on onnxruntime: the session plus the metadata that says how to feed it.
 
     model = EdgeModel("export/model.int8.onnx")
-    out = model.run(normalize(resized, model.spec))      # {"logits": ..., "embedding": ...}
+    out = model.run(normalize(resized, model.spec))      # {"logits": ..., "embedding": ..., "features": ...}
     p = model.probability(out["logits"])                  # calibrated P(PNEUMONIA)
 """
 
@@ -73,17 +73,37 @@ class EdgeModel:
             if "embedding" not in self.output_names:
                 raise ModelError(f"'{self.path}': metadata has a guard ('ood') but the graph has no 'embedding' output")
             self.guard = Guard.from_meta(self.meta.ood, str(self.path))
+        self.cam = None  # heat maps: the classifier head from the metadata, on the 'features' output
+        if self.meta.cam is not None:
+            from .cam import OUTPUT, CamHead
 
-    def run(self, x: np.ndarray) -> dict[str, np.ndarray]:
-        """Raw outputs for normalised float32 input (N, C, S, S)."""
+            if OUTPUT not in self.output_names:
+                raise ModelError(f"'{self.path}': metadata has a heat-map head ('cam') but the graph has no "
+                                 f"'{OUTPUT}' output")
+            self.cam = CamHead.from_meta(self.meta.cam, str(self.path), len(self.labels))
+            self.cam.check_features(self.session.get_outputs()[self.output_names.index(OUTPUT)].shape, str(self.path))
+        # what plain classification fetches: everything but the feature map (a copy it does not need)
+        self.predict_outputs = [n for n in self.output_names if n != "features"]
+
+    def require_cam(self):
+        """The heat-map head, or a ModelError saying why this file cannot make heat maps."""
+        if self.cam is None:
+            raise ModelError(f"'{self.path}' cannot make heat maps: it has no 'cam' metadata and 'features' output "
+                             "(exported by an older pneumo-edge); re-export it with `pneumo-edge export`, or use "
+                             "`pneumo-edge explain --bundle` on the PyTorch twin")
+        return self.cam
+
+    def run(self, x: np.ndarray, outputs: list[str] | None = None) -> dict[str, np.ndarray]:
+        """Raw outputs for normalised float32 input (N, C, S, S): all of them, or the named ones."""
         if x.dtype != np.float32 or x.ndim != 4 or x.shape[1:] != (self.spec.channels, self.spec.size, self.spec.size):
             raise ValueError(f"expected float32 (N, {self.spec.channels}, {self.spec.size}, {self.spec.size}), "
                              f"got {x.dtype} {x.shape}")
-        return dict(zip(self.output_names, self.session.run(None, {self.input_name: x})))
+        names = self.output_names if outputs is None else list(outputs)
+        return dict(zip(names, self.session.run(names, {self.input_name: x})))
 
     def logits(self, resized: np.ndarray, batch_size: int = 32) -> np.ndarray:
         """Logits for pre-resized uint8 images (N, S, S), through imaging.normalize."""
-        out = [self.run(normalize(resized[i:i + batch_size], self.spec))["logits"]
+        out = [self.run(normalize(resized[i:i + batch_size], self.spec), ["logits"])["logits"]
                for i in range(0, len(resized), batch_size)]
         return np.concatenate(out) if out else np.zeros((0, len(self.labels)), np.float32)
 
