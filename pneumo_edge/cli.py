@@ -378,6 +378,28 @@ def bench(bundle, data, out, iters, batch_iters, smoke, min_auroc, max_p50_ms) -
 
 
 @main.command()
+@click.option("--model", "model_path", help="ONNX model, bundle folder or hub id (default: the shipped export/model.onnx).")
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to bind; 0.0.0.0 exposes it to the network.")
+@click.option("--port", type=int, default=8000, show_default=True)
+@click.option("--workers", type=int, default=1, show_default=True, help="Processes, each with its own onnxruntime session.")
+@click.option("--threads", type=int, help="onnxruntime threads per worker (default: cores / workers).")
+@click.option("--concurrency", type=int, default=1, show_default=True, help="Images classified at once per worker.")
+@click.option("--queue", type=int, default=16, show_default=True, help="Requests waiting per worker before 503 Busy.")
+@click.option("--max-upload-mb", type=float, default=50, show_default=True, help="Larger uploads get 413.")
+@click.option("--guard/--no-guard", default=True, show_default=True, help="Refuse out-of-distribution images.")
+@friendly
+def serve(model_path, host, port, workers, threads, concurrency, queue, max_upload_mb, guard) -> None:
+    """HTTP service and web page: POST /v1/predict, GET /v1/model, /healthz, / (page), /docs (OpenAPI)."""
+    from .edge.serve import ServeConfig, serve
+
+    if host not in ("127.0.0.1", "localhost", "::1"):
+        click.echo(f"warning: serving on {host}: anyone who can reach this address can send images", err=True)
+    config = ServeConfig(model=model_path, max_upload_bytes=int(max_upload_mb * 1024 * 1024), queue=queue,
+                         concurrency=concurrency, threads=threads, guard=guard)
+    serve(config=config, host=host, port=port, workers=workers)
+
+
+@main.command()
 @click.argument("bundle", type=click.Path())
 @click.option("--repo-id", required=True, help="Hugging Face model repository, e.g. me/pneumo-edge-lite0.")
 @click.option("--dry-run", is_flag=True, help="List what would be uploaded; upload nothing.")

@@ -1,0 +1,158 @@
+// pneumo-edge web page: plain JavaScript, no libraries, talks only to this server.
+"use strict";
+
+const $ = (sel, root = document) => root.querySelector(sel);
+const queue = [];
+let busy = false;
+let model = null;
+
+function text(el, value) { el.textContent = value; return el; }
+
+async function loadModel() {
+  try {
+    const r = await fetch("/v1/model");
+    if (!r.ok) throw new Error((await r.json()).error || r.statusText);
+    model = await r.json();
+    const digest = model.weights_sha256 ? model.weights_sha256.slice(0, 12) : "not recorded";
+    const thr = model.metadata && typeof model.metadata.threshold === "number"
+      ? `, threshold ${model.metadata.threshold.toFixed(3)}` : "";
+    text($("#model"), `Model ${model.file} (${model.model}, pneumo-edge ${model.version}${thr}, weights ${digest})`
+      + (model.heatmaps ? "" : ". This model file has no heat maps.")
+      + (model.guard ? "" : ". The out-of-distribution guard is off."));
+    text($("#limit"), `${Math.round(model.limits.max_upload_bytes / 1048576)} MB`);
+    if (!model.heatmaps) { $("#heat").checked = false; $("#heat").disabled = true; }
+  } catch (e) {
+    text($("#model"), `Cannot reach the model: ${e.message}`);
+  }
+}
+
+function addFiles(files) {
+  for (const file of files) {
+    const card = $("#card").content.firstElementChild.cloneNode(true);
+    text($(".name", card), file.name || "unnamed file");
+    text($(".label", card), "Waiting…");
+    card.classList.add("pending");
+    $("#results").prepend(card);
+    queue.push({ file, card });
+  }
+  status();
+  next();
+}
+
+function status() {
+  const n = $("#results").children.length;
+  const waiting = queue.length + (busy ? 1 : 0);
+  text($("#status"), n === 0 ? "No images yet."
+    : `${n} image${n === 1 ? "" : "s"}` + (waiting ? `, ${waiting} still being analysed.` : ", all analysed."));
+}
+
+async function next() {
+  if (busy || queue.length === 0) return;
+  busy = true;
+  const { file, card } = queue.shift();
+  text($(".label", card), "Analysing…");
+  try {
+    const heat = $("#heat").checked;
+    const form = new FormData();
+    form.append("file", file, file.name);
+    let r = await fetch(`/v1/predict${heat ? "?heatmap=1" : ""}`, { method: "POST", body: form });
+    for (let tries = 0; r.status === 503 && tries < 5; tries++) {  // busy: wait as told, then retry
+      const wait = Number(r.headers.get("Retry-After") || "1");
+      text($(".label", card), `Server busy, retrying in ${wait} s…`);
+      await new Promise(ok => setTimeout(ok, wait * 1000));
+      r = await fetch(`/v1/predict${heat ? "?heatmap=1" : ""}`, { method: "POST", body: form });
+    }
+    const body = await r.json().catch(() => ({ error: `${r.status} ${r.statusText}` }));
+    if (!r.ok) showError(card, file, body.error || `${r.status} ${r.statusText}`);
+    else showResult(card, file, body);
+  } catch (e) {
+    showError(card, file, `cannot reach the server (${e.message})`);
+  }
+  card.classList.remove("pending");
+  busy = false;
+  status();
+  next();
+}
+
+function browserCanShow(file) {
+  return /^image\/(jpeg|png|bmp|gif|webp)$/.test(file.type);
+}
+
+function showError(card, file, message) {
+  const label = text($(".label", card), "Not analysed");
+  label.className = "label error";
+  text($(".prob", card), message).classList.add("error-text");
+  $(".meter", card).hidden = true;
+  if (browserCanShow(file)) setPicture(card, URL.createObjectURL(file), `The file ${file.name}`, "");
+}
+
+function setPicture(card, src, alt, caption) {
+  const img = $(".picture", card);
+  img.src = src;
+  img.alt = alt;
+  text($(".caption", card), caption);
+}
+
+function showResult(card, file, r) {
+  const label = $(".label", card);
+  const positive = r.decision.match(/^P\(([^)]+)\)/);
+  const pname = positive ? positive[1].toLowerCase() : "positive";
+  if (r.label === "REJECTED_OOD") {
+    text(label, "No result: not a chest X-ray like the training images");
+  } else {
+    text(label, r.label === "PNEUMONIA" ? "PNEUMONIA likely" : r.label === "NORMAL" ? "NORMAL (no pneumonia found)" : r.label);
+  }
+  label.className = `label ${r.label}`;
+  const pct = (100 * r.probability).toFixed(1);
+  const thr = (100 * r.threshold).toFixed(1);
+  const side = r.probability >= r.threshold ? "at or above" : "below";
+  text($(".prob", card), `Probability of ${pname}: ${pct}%, ${side} the threshold of ${thr}%`
+    + (r.label === "REJECTED_OOD" ? ` (the model alone would have said ${r.model_label}; ignore it)` : "."));
+  $(".meter .fill", card).style.width = `${Math.max(0, Math.min(100, 100 * r.probability))}%`;
+  $(".meter .tick", card).style.left = `${Math.max(0, Math.min(100, 100 * r.threshold))}%`;
+  const g = r.guard;
+  const score = typeof g.score === "number" ? ` (score ${g.score.toFixed(2)}; above 1 means rejected)` : "";
+  text($(".guard", card), `Guard: ${g.verdict === "accepted" ? "accepted" : g.verdict === "rejected" ? "rejected" : "off"}: `
+    + `${g.explanation}${score}.`);
+  text($(".meta", card), `${r.model.file}, weights ${(r.model.weights_sha256 || "").slice(0, 12)}, `
+    + `${r.latency_ms.toFixed(0)} ms on the server`);
+  if (r.heatmap) {
+    setPicture(card, `data:image/png;base64,${r.heatmap.png_base64}`,
+      `Heat map for ${r.heatmap.class} over the centre square of ${file.name}`,
+      `Heat map: regions that pushed the model towards ${r.heatmap.class} (red strongest), over the square the model saw.`);
+  } else if (browserCanShow(file)) {
+    setPicture(card, URL.createObjectURL(file), `The X-ray ${file.name}`, "");
+  }
+}
+
+function setup() {
+  const drop = $("#drop");
+  const input = $("#files");
+  drop.addEventListener("click", () => input.click());
+  drop.addEventListener("keydown", e => {
+    if (e.key === "Enter" || e.key === " ") { e.preventDefault(); input.click(); }
+  });
+  for (const ev of ["dragenter", "dragover"]) {
+    drop.addEventListener(ev, e => { e.preventDefault(); drop.classList.add("over"); });
+  }
+  for (const ev of ["dragleave", "drop"]) {
+    drop.addEventListener(ev, e => { e.preventDefault(); drop.classList.remove("over"); });
+  }
+  drop.addEventListener("drop", e => addFiles(e.dataTransfer.files));
+  // dropping a file anywhere else must not navigate away from the page
+  window.addEventListener("dragover", e => e.preventDefault());
+  window.addEventListener("drop", e => e.preventDefault());
+  input.addEventListener("change", () => { addFiles(input.files); input.value = ""; });
+  $("#clear").addEventListener("click", () => {
+    queue.length = 0;
+    for (const img of document.querySelectorAll(".picture")) {
+      if (img.src.startsWith("blob:")) URL.revokeObjectURL(img.src);
+    }
+    const list = $("#results");
+    for (const card of [...list.children]) if (!card.classList.contains("pending")) card.remove();
+    status();
+  });
+  loadModel();
+}
+
+document.addEventListener("DOMContentLoaded", setup);
