@@ -399,6 +399,27 @@ def serve(model_path, host, port, workers, threads, concurrency, queue, max_uplo
     serve(config=config, host=host, port=port, workers=workers)
 
 
+@main.command("bench-serve")
+@click.option("--model", "model_path", default="export/model.int8.onnx", show_default=True)
+@click.option("--images", default="../shared/data/chest_xray/test", show_default=True, help="Folder of X-rays to send.")
+@click.option("--requests", "n_requests", type=int, default=2000, show_default=True)
+@click.option("--clients", type=int, default=8, show_default=True, help="Concurrent clients on loopback.")
+@click.option("--heatmap", is_flag=True, help="Ask every request for a heat map.")
+@click.option("--workers", type=int, default=1, show_default=True)
+@click.option("--threads", type=int, help="onnxruntime threads per server worker.")
+@click.option("--out", default="bench/results", show_default=True)
+@friendly
+def bench_serve(model_path, images, n_requests, clients, heatmap, workers, threads, out) -> None:
+    """Load-test `pneumo-edge serve` on loopback: throughput, p50/p95/p99, errors, memory growth."""
+    from .loadtest import LoadConfig, load_test, render
+
+    r = load_test(LoadConfig(model=model_path, images=images, requests=n_requests, clients=clients, heatmap=heatmap,
+                             workers=workers, threads=threads, out=out))
+    click.echo(render(r))
+    if r["errors"]:
+        raise SystemExit(1)
+
+
 @main.command()
 @click.argument("bundle", type=click.Path())
 @click.option("--repo-id", required=True, help="Hugging Face model repository, e.g. me/pneumo-edge-lite0.")

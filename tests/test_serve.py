@@ -253,3 +253,14 @@ def test_serve_refuses_a_missing_model_before_binding(tmp_path):
 
     r = CliRunner().invoke(main, ["serve", "--model", str(tmp_path / "none.onnx"), "--port", str(free_port())])
     assert r.exit_code == 2 and "not found" in r.output
+
+
+def test_load_test_counts_every_request(tiny_bundle, tiny_data, tmp_path):
+    from pneumo_edge.loadtest import LoadConfig, load_test, render
+
+    r = load_test(LoadConfig(model=str(tiny_bundle / "model.onnx"), images=str(tiny_data / "test"), requests=24,
+                             clients=3, warmup=4, heatmap=True, threads=1, out=str(tmp_path)))
+    assert r["requests"] == 24 and r["errors"] == 0 and r["status_codes"] == {"200": 24}
+    assert 0 < r["latency_ms"]["p50"] <= r["latency_ms"]["p95"] <= r["latency_ms"]["p99"]
+    assert r["rss_mb"]["end"] > 0 and "req/s" in render(r)
+    assert [p.name for p in tmp_path.glob("serve-*.json")] == ["serve-heatmap-model-w1-c3.json"]

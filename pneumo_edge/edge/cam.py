@@ -36,6 +36,7 @@ from .errors import ImageError, ModelError
 OUTPUT = "features"  # the graph output CAM reads
 METHOD = "CAM = Grad-CAM at the pooled feature map; map of the decided class's logit"
 ALPHA = 0.45  # heat-map opacity over the grey image (as the twin's overlays)
+PNG_LEVEL = 1  # zlib level: a 224 px overlay in ~2 ms instead of ~12 ms at level 6, for ~25% more bytes
 
 # matplotlib's "jet" (its segment data), so that edge overlays look like the twin's
 _JET = {"r": ((0, 0), (0.35, 0), (0.66, 1), (0.89, 1), (1, 0.5)),
@@ -123,9 +124,10 @@ def _interp_matrix(n_in: int, n_out: int) -> np.ndarray:
 
 def upsample_bilinear(a: np.ndarray, h: int, w: int) -> np.ndarray:
     """(N, h0, w0) -> (N, h, w), as torch.nn.functional.interpolate(mode="bilinear", align_corners=False)."""
-    a = np.asarray(a, np.float64)
-    ry, rx = _interp_matrix(a.shape[-2], h), _interp_matrix(a.shape[-1], w)
-    return np.einsum("yh,nhw,xw->nyx", ry, a, rx).astype(np.float32)
+    a = np.asarray(a, np.float32)
+    ry = _interp_matrix(a.shape[-2], h).astype(np.float32)
+    rx = _interp_matrix(a.shape[-1], w).astype(np.float32)
+    return (ry @ a @ rx.T).astype(np.float32)  # two small matrix products per image
 
 
 def unit_scale(a: np.ndarray) -> np.ndarray:
@@ -137,17 +139,21 @@ def unit_scale(a: np.ndarray) -> np.ndarray:
 
 # ---------------------------------------------------------------- pictures
 
+_LEVELS = np.linspace(0, 1, 256)
+_JET_LUT = np.stack([np.interp(_LEVELS, *zip(*_JET[c])) for c in "rgb"], axis=-1).astype(np.float32)  # (256, 3)
+
+
 def jet(heat: np.ndarray) -> np.ndarray:
-    """[0, 1] -> RGB float in [0, 1] by matplotlib's jet colour map."""
-    heat = np.clip(np.asarray(heat, np.float64), 0, 1)
-    return np.stack([np.interp(heat, *zip(*_JET[c])) for c in "rgb"], axis=-1)
+    """[0, 1] -> RGB float32 in [0, 1] by matplotlib's jet colour map (its 256-entry table, as matplotlib)."""
+    idx = np.clip(np.asarray(heat, np.float32) * 255.0, 0, 255).astype(np.uint8)
+    return _JET_LUT[idx]
 
 
 def overlay_rgb(gray: np.ndarray, heat: np.ndarray, alpha: float = ALPHA) -> np.ndarray:
     """A [0, 1] heat map blended over a uint8 grey image: uint8 (H, W, 3)."""
-    grey = np.repeat((np.asarray(gray, np.float64) / 255.0)[..., None], 3, axis=2)
-    rgb = np.clip((1 - alpha) * grey + alpha * jet(heat), 0, 1)
-    return np.round(rgb * 255).astype(np.uint8)
+    grey = (np.asarray(gray, np.float32) * np.float32((1 - alpha) / 255.0))[..., None]
+    rgb = np.clip(grey + np.float32(alpha) * jet(heat), 0, 1)
+    return (rgb * 255 + 0.5).astype(np.uint8)
 
 
 def _font(size: int):
@@ -179,7 +185,7 @@ def overlay_image(gray: np.ndarray, heat: np.ndarray, caption: list[str] | tuple
 
 def png_bytes(img) -> bytes:
     buf = io.BytesIO()
-    img.save(buf, format="PNG", optimize=False, compress_level=6)
+    img.save(buf, format="PNG", compress_level=PNG_LEVEL)
     return buf.getvalue()
 
 
