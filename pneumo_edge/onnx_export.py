@@ -7,7 +7,8 @@ Writes `model.onnx` (fp32, dynamic batch, all deployment metadata inside),
 PyTorch twin, and `parity.json` / `parity.md`. Both gates run on the test split
 through the same preprocessing code; every failed check is listed before the
 command exits non-zero. Nothing is moved into the output folder until it is
-complete.
+complete. Each ONNX file carries an OOD guard fitted on its own embeddings
+(training and validation films only): the twin's for fp32, onnxruntime's for INT8.
 """
 
 from __future__ import annotations
@@ -74,6 +75,14 @@ def cam_metadata(model: nn.Module) -> dict | None:
     if not isinstance(head, nn.Linear) or head.bias is None:
         return None
     return CamHead.from_linear(head.weight.detach().numpy(), head.bias.detach().numpy()).to_meta()
+
+
+def _write_metadata(path: Path, meta: BundleMeta) -> None:
+    import onnx
+
+    proto = onnx.load(str(path))
+    set_metadata(proto, meta)
+    onnx.save(proto, str(path))
 
 
 def bundle_metadata(config: dict, threshold: float, temperature: float, model: nn.Module | None = None) -> BundleMeta:
@@ -263,9 +272,10 @@ def export(checkpoint: str | Path, out: str | Path, data: str, gate: GateConfig 
     with tempfile.TemporaryDirectory(dir=out, prefix=".export-") as tmp:
         tmp = Path(tmp)
         if guard:
-            from .ood import fit_guard
+            from .ood import fit_guard, guard_images, torch_embedder
 
-            meta = replace(meta, ood=fit_guard(model, spec, train_s, val_s, progress=progress))
+            guard_imgs = guard_images(spec, train_s, val_s, progress=progress)
+            meta = replace(meta, ood=fit_guard(torch_embedder(model, spec), guard_imgs))
         export_onnx(model, spec, tmp / "model.onnx", meta)
         fp32 = EdgeModel(tmp / "model.onnx")
         report["fp32"], f = check_parity(model, fp32, x_test, y_test, gate)
@@ -276,9 +286,13 @@ def export(checkpoint: str | Path, out: str | Path, data: str, gate: GateConfig 
             pick = sorted(rng.choice(len(train_s), min(calib_images, len(train_s)), replace=False))
             x_cal, _, _ = decode_all([train_s[i] for i in pick], spec.size, progress=progress, rule=spec.resize)
             quantize_int8(tmp / "model.onnx", tmp / "model.int8.onnx", x_cal, spec)
-            q = onnx.load(str(tmp / "model.int8.onnx"))
-            set_metadata(q, replace(meta, quantization=f"static QDQ int8, per-channel, {len(x_cal)} training images"))
-            onnx.save(q, str(tmp / "model.int8.onnx"))
+            q_meta = replace(meta, quantization=f"static QDQ int8, per-channel, {len(x_cal)} training images")
+            _write_metadata(tmp / "model.int8.onnx", q_meta)
+            if guard:  # INT8 embeddings differ from fp32 ones: the INT8 file gets a guard fitted on its own
+                from .ood import fit_guard, onnx_embedder
+
+                q_ood = fit_guard(onnx_embedder(EdgeModel(tmp / "model.int8.onnx")), guard_imgs)
+                _write_metadata(tmp / "model.int8.onnx", replace(q_meta, ood=q_ood))
             report["int8"], f = check_int8(fp32, EdgeModel(tmp / "model.int8.onnx"), x_test, y_test, gate)
             failures += f
             files.append("model.int8.onnx")

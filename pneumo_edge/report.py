@@ -13,6 +13,7 @@ import re
 from pathlib import Path
 
 from .edge.atomic import write_text
+from .edge.guard import MARGIN, PERCENTILE
 from .evaluate import DEFAULT_LEDGER, count_ledger
 
 # Published results on the same official 624-image test split, for comparison.
@@ -226,8 +227,10 @@ width/height ratio, which in this dataset separates the classes by itself).
 
 ## Out-of-distribution guard
 Inputs whose guard score exceeds 1 are labelled `REJECTED_OOD` (disable with `--no-guard`). The score is the
-maximum of a Mahalanobis distance on the penultimate embedding (threshold: 99.5th percentile of validation),
-a colour check and an intensity-histogram range check, all fitted on training data.
+maximum of a Mahalanobis distance on the penultimate embedding (threshold: {MARGIN:g} x the {PERCENTILE:g}th
+percentile of validation films and their mild acquisition shifts), an orientation head (logistic regression that
+flags upside-down, rotated and grey-inverted films), a colour check and an intensity-histogram range check. Each
+file's guard is fitted on its own embeddings (fp32 and INT8 differ), on training and validation films only.
 
 {s.get('guard', 'Run `make guard-report` to measure.')}
 

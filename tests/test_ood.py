@@ -68,3 +68,104 @@ def test_image_stats_separate_blank_from_xray():
     rng = np.random.default_rng(0)
     s = image_stats(np.stack([xray_like(rng, False, (64, 64)), np.zeros((64, 64), np.uint8)]))
     assert s[0, 1] > 0.02 and s[1, 1] == 0 and s[1, 2] == 0
+
+
+# ---------------------------------------------------------------- per-file guards and the orientation head
+
+def test_int8_guard_is_fitted_on_int8_embeddings(tiny_bundle, tiny_checkpoint, tiny_data):
+    import json
+
+    from pneumo_edge.data import rebuild_split
+    from pneumo_edge.ood import guard_images, onnx_embedder
+
+    fp32, int8 = EdgeModel(tiny_bundle / "model.onnx"), EdgeModel(tiny_bundle / "model.int8.onnx")
+    assert int8.guard.orientation is not None and int8.meta.ood["validation_rejected"]
+    assert int8.guard.threshold != fp32.guard.threshold
+    config = json.loads((tiny_checkpoint / "config.json").read_text())
+    _, train, val, _ = rebuild_split(config, str(tiny_data))
+    images = guard_images(int8.spec, train, val, progress=False)
+    e8 = onnx_embedder(int8)(images.train)
+    means8 = np.stack([e8[images.train_labels == c].mean(0) for c in (0, 1)])
+    np.testing.assert_allclose(int8.guard.means, means8, atol=1e-5)  # the INT8 file's own embeddings ...
+    assert np.abs(fp32.guard.means - means8).max() > 1e-4  # ... which fp32's guard was not fitted on
+
+
+def _asymmetric_films(rng: np.random.Generator, n: int, size: int = 64) -> np.ndarray:
+    """Synthetic films with a top and a bottom (bright abdomen below the lungs), like real chest X-rays."""
+    films = np.stack([xray_like(rng, i % 2 == 1, (size, size)) for i in range(n)]).astype(np.int16)
+    films[:, int(0.8 * size):] += 70
+    return np.clip(films, 0, 255).astype(np.uint8)
+
+
+def _band_embed(x: np.ndarray) -> np.ndarray:
+    """A stand-in for a network: mean grey level of 8 horizontal and 8 vertical bands."""
+    x = np.asarray(x, np.float64) / 255.0
+    n, s = len(x), x.shape[-1]
+    return np.concatenate([x.reshape(n, 8, -1).mean(2), x.mean(1).reshape(n, 8, s // 8).mean(2)], 1)
+
+
+def test_orientation_head_rejects_flipped_and_inverted_synthetic_films():
+    from pneumo_edge.ood import GuardImages, alterations, fit_guard
+    from pneumo_edge.perturb import perturbed_views
+
+    rng = np.random.default_rng(0)
+    train, val, fresh = (_asymmetric_films(rng, n) for n in (300, 120, 100))
+    images = GuardImages(train=train, train_labels=np.arange(300) % 2, train_stats=image_stats(train),
+                         train_companion=np.ascontiguousarray(train[:, :, ::-1]), val=val,
+                         val_shifted=perturbed_views(list(val), 64, names=["contrast-0.6", "gamma-1.6"]))
+    meta = fit_guard(_band_embed, images)
+    guard = Guard.from_meta(meta)
+    assert guard.orientation is not None and meta["threshold_views"] == ["clean", "contrast-0.6", "gamma-1.6"]
+    assert guard.rejects(guard.scores(fresh, _band_embed(fresh))).mean() <= 0.05
+    for name, altered in alterations(fresh).items():
+        altered = np.ascontiguousarray(altered)
+        s = guard.orientation.scores(_band_embed(altered))
+        assert guard.rejects(s).mean() >= 0.95, name
+    assert meta["validation_rejected"]["upside down"] >= 0.95
+
+
+def _guard_with_orientation(d: int = 6) -> Guard:
+    from pneumo_edge.edge.guard import OrientationHead
+
+    rng = np.random.default_rng(0)
+    return Guard(means=rng.normal(size=(2, d)), components=np.eye(d)[:2], eigvals=np.array([2.0, 1.0]),
+                 residual_var=0.5, threshold=7.0, stat_lo=np.zeros(3), stat_hi=np.array([1.0, 1.0, 6.0]),
+                 orientation=OrientationHead(weights=rng.normal(size=d), bias=-0.5, threshold=0.3),
+                 margin=1.2, threshold_views=("clean", "gamma-0.6"))
+
+
+def test_guard_round_trips_with_and_without_the_orientation_fields():
+    g = _guard_with_orientation()
+    rng = np.random.default_rng(1)
+    emb, imgs = rng.normal(size=(20, 6)), rng.integers(0, 256, (20, 16, 16), dtype=np.uint8)
+    again = Guard.from_meta(g.to_meta())
+    np.testing.assert_allclose(again.scores(imgs, emb), g.scores(imgs, emb), rtol=1e-5)
+    assert again.margin == 1.2 and again.threshold_views == ("clean", "gamma-0.6")
+
+    old = {k: v for k, v in g.to_meta().items() if k not in ("orientation", "margin", "threshold_views")}
+    legacy = Guard.from_meta(old)
+    assert legacy.orientation is None and legacy.margin == 1.0
+    assert set(legacy.check_scores(imgs, emb)) == {"embedding", "intensity", "colour"}
+    without = Guard.from_meta(g.to_meta())
+    without.orientation = None
+    np.testing.assert_allclose(legacy.scores(imgs, emb), without.scores(imgs, emb), rtol=1e-5)
+
+
+def test_a_bundle_written_before_the_orientation_head_still_loads(tiny_bundle, tmp_path):
+    from dataclasses import replace
+
+    import onnx
+
+    from pneumo_edge.edge.meta import read_meta
+    from pneumo_edge.onnx_export import set_metadata
+
+    meta = read_meta(tiny_bundle / "model.onnx")
+    old_ood = {k: v for k, v in meta.ood.items()
+               if k not in ("orientation", "margin", "threshold_views", "validation_rejected")}
+    proto = onnx.load(str(tiny_bundle / "model.onnx"))
+    set_metadata(proto, replace(meta, ood=old_ood))
+    onnx.save(proto, str(tmp_path / "old.onnx"))
+    m = EdgeModel(tmp_path / "old.onnx")
+    assert m.guard is not None and m.guard.orientation is None
+    x = np.full((2, 64, 64), 90, np.uint8)
+    assert m.guard.scores(x, m.run(np.zeros((2, 1, 64, 64), np.float32))["embedding"]).shape == (2,)
