@@ -126,17 +126,18 @@ def train(**options) -> None:
 @click.option("--ledger", default="test_ledger.jsonl", show_default=True,
               help="Append one line per test-split read here; '' disables.")
 @click.option("--note", default="", help="Free text for the ledger line.")
+@click.option("--rule-commit", help="Commit that fixed the recipe-selection rule, recorded in the ledger line.")
 @click.option("--force", is_flag=True, help="Overwrite a non-empty --out.")
 @friendly
-def evaluate(checkpoint, data, out, target_sensitivity, bootstrap, ledger, note, force) -> None:
+def evaluate(checkpoint, data, out, target_sensitivity, bootstrap, ledger, note, rule_commit, force) -> None:
     """Calibrate on validation, then score the test split once (metrics, CIs, plots, ledger)."""
     from pathlib import Path
 
-    from .evaluate import evaluate as run
+    from .evaluate import evaluate
 
     out = out or str(Path(checkpoint if Path(checkpoint).is_dir() else Path(checkpoint).parent) / "eval")
-    run(checkpoint, data, out, target_sensitivity, bootstrap, ledger or None, force, note,
-        progress=sys.stderr.isatty())
+    evaluate(checkpoint=checkpoint, data=data, out=out, target_sensitivity=target_sensitivity, n_bootstrap=bootstrap,
+             ledger=ledger or None, force=force, note=note, progress=sys.stderr.isatty(), rule_commit=rule_commit)
     click.echo(f"wrote {out}/results.json, report.md and plots")
 
 
@@ -162,12 +163,13 @@ def export(checkpoint, out, data, results, atol, int8, min_int8_agreement, max_i
     from pathlib import Path
 
     from .onnx_export import GateConfig
-    from .onnx_export import export as run
+    from .onnx_export import export
 
     t0 = time.perf_counter()
     gate = GateConfig(atol=atol, int8_min_agreement=min_int8_agreement, int8_max_auroc_delta=max_int8_auroc_delta)
     try:
-        r = run(checkpoint, out, data, gate, int8, calib_images, results, force, sys.stderr.isatty(), guard)
+        r = export(checkpoint=checkpoint, out=out, data=data, gate=gate, int8=int8, calib_images=calib_images,
+                   results=results, force=force, progress=sys.stderr.isatty(), guard=guard)
     finally:
         parity = Path(out) / "parity.json"
         if parity.exists():
@@ -314,7 +316,9 @@ def info(model) -> None:
 @click.option("--model", "model_path", type=click.Path(dir_okay=False),
               help="Explain an .onnx file with onnxruntime alone (CAM from its 'features' output; no torch).")
 @click.option("--out", required=True, help="Folder for the overlay PNGs and the contact sheet.")
-@click.option("--layer", default="conv_head", show_default=True, help="Target layer for Grad-CAM (PyTorch twin only).")
+@click.option("--layer", default=None,
+              help="Target layer for Grad-CAM (PyTorch twin only; default: the pooled feature map, where it equals "
+                   "the CAM an .onnx file computes).")
 @click.option("--target", type=click.Choice(["NORMAL", "PNEUMONIA"], case_sensitive=False),
               help="Explain this class instead of the predicted one.")
 @click.option("--force", is_flag=True, help="Write into a non-empty --out.")
@@ -336,13 +340,14 @@ def explain(images, bundle, model_path, out, layer, target, force) -> None:
     if model_path is not None:
         from .edge.cam import explain as explain_onnx
 
-        if bundle or layer != "conv_head":
+        if bundle or layer is not None:
             raise click.UsageError("--bundle and --layer are for the PyTorch twin; --model explains an .onnx file")
         records = explain_onnx(images=list(images), model=model_path, out=out, target=target, force=force)
     else:
-        from .gradcam import explain as run
+        from .gradcam import explain
 
-        records = run(list(images), bundle or default_model_path().parent, out, layer, target, force)
+        records = explain(images=list(images), bundle=bundle or default_model_path().parent, out=out, layer=layer,
+                          target=target, force=force)
     for r in records:
         if r["status"] == "ok":
             click.echo(f"{printable(r['png'])}: P(pneumonia) {r['probability']:.3f} -> {r['label']}")
@@ -428,9 +433,9 @@ def bench_serve(model_path, images, n_requests, clients, heatmap, workers, threa
 @friendly
 def push(bundle, repo_id, dry_run, private) -> None:
     """Upload a bundle (model card included) to the Hugging Face hub."""
-    from .hub import push as run
+    from .hub import push
 
-    files = run(bundle, repo_id, dry_run, private)
+    files = push(bundle=bundle, repo_id=repo_id, dry_run=dry_run, private=private)
     total = sum(f.stat().st_size for f in files) / 1e6
     for f in files:
         click.echo(f"{'would upload' if dry_run else 'uploaded'} {f}  ({f.stat().st_size / 1e6:.2f} MB)")
@@ -452,7 +457,7 @@ def guard_report(model_path, data, out_json, force) -> None:
 
     from .edge.atomic import refuse_existing, write_text
     from .edge.errors import PneumoEdgeError
-    from .ood import guard_report as run
+    from .ood import guard_report
     from .ood import render_guard_report
     from .edge.model import default_model_path
 
@@ -461,7 +466,8 @@ def guard_report(model_path, data, out_json, force) -> None:
             raise PneumoEdgeError("--out names the JSON report; the .md table is written beside it")
         for p in (out_json, Path(out_json).with_suffix(".md")):
             refuse_existing(p, force)
-    r = run(str(model_path or default_model_path()), data or None, out_json)
+    r = guard_report(model_path=str(model_path or default_model_path()),
+                     data=data or None, out_json=out_json)
     table = render_guard_report(r)
     if out_json:
         write_text(Path(out_json).with_suffix(".md"), table)

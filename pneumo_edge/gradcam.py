@@ -137,7 +137,7 @@ def _figure_png(path: Path, panels: list[tuple[np.ndarray, np.ndarray, str]], co
     return path
 
 
-def explain(images: list[str], bundle: str | Path, out: str | Path, layer: str = "conv_head",
+def explain(images: list[str], bundle: str | Path, out: str | Path, layer: str | None = None,
             target: str | None = None, force: bool = False) -> list[dict]:
     """One overlay PNG per image plus a contact sheet; returns one record per image."""
     from .edge.atomic import prepare_out_dir
@@ -151,7 +151,7 @@ def explain(images: list[str], bundle: str | Path, out: str | Path, layer: str =
     target_idx = target_index(labels, target)
     out = prepare_out_dir(out, force)
     records, panels = [], []
-    with GradCAM(model, layer) as cam:
+    with GradCAM(model, layer or features_layer(model)) as cam:
         for src, name in zip(images, overlay_names(images)):
             try:
                 record, panel = _explain_one(cam, src, out / name, spec, meta, target_idx)

@@ -34,7 +34,7 @@ from typing import BinaryIO, NamedTuple
 import numpy as np
 
 from .atomic import CREATE, REPLACE, UPDATE, open_locked, replace_locked
-from .errors import ImageError, PneumoEdgeError
+from .errors import ImageError, OutputError
 from .imaging import IMAGE_SUFFIXES, load_image, normalize, resize_gray
 from .model import EdgeModel
 
@@ -284,7 +284,7 @@ class Output:
     def _load(self) -> None:
         text = self.file.read().decode("utf-8", "surrogateescape")  # a torn multi-byte tail must not stop us
         if not any(text.startswith(sig) or sig.startswith(text) for sig in SIGNATURES[type(self.fmt)]):
-            raise PneumoEdgeError(f"'{self.path}' is not a {self.fmt.name} file; "
+            raise OutputError(f"'{self.path}' is not a {self.fmt.name} file; "
                                   "choose another path or use --force to overwrite it")
         self.records, self.n_incomplete = self.fmt.parse(text)
         if self.n_incomplete:
@@ -353,11 +353,11 @@ class Outputs:
         csv_path = Path(csv_path)
         json_path = Path(json_path) if json_path else None
         if json_path and identity(str(json_path)) == identity(str(csv_path)):
-            raise PneumoEdgeError(f"--json and --out name the same file '{csv_path}'")
+            raise OutputError(f"--json and --out name the same file '{csv_path}'")
         how = UPDATE if resume else REPLACE if force else CREATE
         to_stdout = str(csv_path) == STDOUT
         if to_stdout and resume:
-            raise PneumoEdgeError("--resume needs the CSV in a file: it cannot re-read standard output ('--out -')")
+            raise OutputError("--resume needs the CSV in a file: it cannot re-read standard output ('--out -')")
         self.outputs: list[Output] = []
         self.n_rows = 0
         try:
@@ -480,11 +480,11 @@ def heatmap_folder(folder: str | Path, model: EdgeModel) -> Path:
     model.require_cam()
     folder = Path(folder)
     if folder.exists() and not folder.is_dir():
-        raise PneumoEdgeError(f"--heatmaps '{folder}' exists and is not a folder")
+        raise OutputError(f"--heatmaps '{folder}' exists and is not a folder")
     try:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as e:
-        raise PneumoEdgeError(f"cannot create --heatmaps folder '{folder}': {e.strerror or e}") from None
+        raise OutputError(f"cannot create --heatmaps folder '{folder}': {e.strerror or e}") from None
     return folder
 
 

@@ -25,8 +25,15 @@ def prob_from_logits(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray
 
 
 def default_model_path() -> Path:
+    """$PNEUMO_EDGE_MODEL, else the bundle shipped beside the package in a source checkout."""
     env = os.environ.get("PNEUMO_EDGE_MODEL")
-    return Path(env) if env else Path(__file__).resolve().parents[2] / "export" / "model.onnx"
+    if env:
+        return Path(env)
+    shipped = Path(__file__).resolve().parents[2] / "export" / "model.onnx"
+    if not shipped.is_file():  # an installed wheel carries no bundle
+        raise ModelError("no model given and no shipped bundle found: pass --model (an .onnx file, a bundle "
+                         "folder or a hub id user/repo) or set PNEUMO_EDGE_MODEL")
+    return shipped
 
 
 def open_session(path: str | Path, threads: int | None = None):
