@@ -77,5 +77,19 @@ def tiny_bundle(tiny_checkpoint, tiny_data, tmp_path_factory) -> Path:
     return out
 
 
+@pytest.fixture(scope="session")
+def tiny_eval(tiny_checkpoint, tiny_data, tmp_path_factory) -> Path:
+    """`pneumo-edge evaluate` of the tiny checkpoint (no ledger line), through the CLI."""
+    from click.testing import CliRunner
+
+    from pneumo_edge.cli import main
+
+    out = tmp_path_factory.mktemp("eval") / "eval"
+    r = CliRunner().invoke(main, ["evaluate", str(tiny_checkpoint), "--data", str(tiny_data), "--out", str(out),
+                                  "--ledger", "", "--bootstrap", "20"])
+    assert r.exit_code == 0, r.output
+    return out
+
+
 needs_real = pytest.mark.skipif(not REAL.is_dir(), reason="../shared/data/chest_xray not present")
 needs_external = pytest.mark.skipif(not EXTERNAL.is_dir(), reason="../shared/data/external_cxr not present")

@@ -6,14 +6,11 @@ from pneumo_edge.bundle import build_bundle
 from pneumo_edge.cli import main
 
 
-def test_build_bundle_end_to_end(tiny_checkpoint, tiny_data, tmp_path):
+def test_build_bundle_end_to_end(tiny_checkpoint, tiny_data, tiny_eval, tmp_path):
     """The last step of `make reproduce`: export, copy evaluation, Grad-CAM, guard report, model card."""
     import pneumo_edge.onnx_export as ox
 
-    ev = tmp_path / "eval"
-    r = CliRunner().invoke(main, ["evaluate", str(tiny_checkpoint), "--data", str(tiny_data), "--out", str(ev),
-                                  "--ledger", "", "--bootstrap", "20"])
-    assert r.exit_code == 0, r.output
+    ev = tiny_eval
     out = tmp_path / "bundle"
     # The tiny model's INT8 twin is not held to the real model's INT8 gate; fp32 parity still is.
     build_bundle(str(tiny_checkpoint), str(ev), str(tiny_data), str(out),
@@ -27,11 +24,8 @@ def test_build_bundle_end_to_end(tiny_checkpoint, tiny_data, tmp_path):
     assert json.loads((out / "guard.json").read_text())["ood_overall"]["n"] > 50
 
 
-def test_bundle_cli_refuses_a_non_empty_out_without_force(tiny_checkpoint, tiny_data, tmp_path):
-    ev = tmp_path / "eval"
-    r = CliRunner().invoke(main, ["evaluate", str(tiny_checkpoint), "--data", str(tiny_data), "--out", str(ev),
-                                  "--ledger", "", "--bootstrap", "20"])
-    assert r.exit_code == 0, r.output
+def test_bundle_cli_refuses_a_non_empty_out_without_force(tiny_checkpoint, tiny_data, tiny_eval, tmp_path):
+    ev = tiny_eval
     out = tmp_path / "bundle"
     out.mkdir()
     (out / "keep.txt").write_text("user file")
