@@ -385,7 +385,7 @@ def bench(bundle, data, out, iters, batch_iters, smoke, min_auroc, max_p50_ms) -
 @main.command()
 @click.option("--model", "model_path", help="ONNX model, bundle folder or hub id (default: the shipped export/model.onnx).")
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to bind; 0.0.0.0 exposes it to the network.")
-@click.option("--port", type=int, default=8000, show_default=True)
+@click.option("--port", type=int, default=8000, show_default=True, help="TCP port to listen on.")
 @click.option("--workers", type=int, default=1, show_default=True, help="Processes, each with its own onnxruntime session.")
 @click.option("--threads", type=int, help="onnxruntime threads per worker (default: cores / workers).")
 @click.option("--concurrency", type=int, default=1, show_default=True, help="Images classified at once per worker.")
@@ -405,14 +405,15 @@ def serve(model_path, host, port, workers, threads, concurrency, queue, max_uplo
 
 
 @main.command("bench-serve")
-@click.option("--model", "model_path", default="export/model.int8.onnx", show_default=True)
+@click.option("--model", "model_path", default="export/model.int8.onnx", show_default=True,
+              help="Model the server under test runs (an .onnx file or bundle folder).")
 @click.option("--images", default="../shared/data/chest_xray/test", show_default=True, help="Folder of X-rays to send.")
-@click.option("--requests", "n_requests", type=int, default=2000, show_default=True)
+@click.option("--requests", "n_requests", type=int, default=2000, show_default=True, help="Requests to send in all.")
 @click.option("--clients", type=int, default=8, show_default=True, help="Concurrent clients on loopback.")
 @click.option("--heatmap", is_flag=True, help="Ask every request for a heat map.")
-@click.option("--workers", type=int, default=1, show_default=True)
+@click.option("--workers", type=int, default=1, show_default=True, help="Server worker processes.")
 @click.option("--threads", type=int, help="onnxruntime threads per server worker.")
-@click.option("--out", default="bench/results", show_default=True)
+@click.option("--out", default="bench/results", show_default=True, help="Folder for the serve-*.json result.")
 @friendly
 def bench_serve(model_path, images, n_requests, clients, heatmap, workers, threads, out) -> None:
     """Load-test `pneumo-edge serve` on loopback: throughput, p50/p95/p99, errors, memory growth."""
