@@ -68,6 +68,8 @@ def test_page_classifies_xrays_and_refuses_a_photo(server, tmp_path):
         browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox", "--disable-gpu"])
         try:
             page = browser.new_page()
+            page.set_default_timeout(60_000)  # a loaded 2-core CI box is slow; the checks, not the clock, decide
+            sync_api.expect.set_options(timeout=60_000)
             errors: list[str] = []
             page.on("pageerror", lambda e: errors.append(str(e)))
             page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
