@@ -32,7 +32,8 @@ bench: install
 	$(BIN)/pneumo-edge bench --bundle $(BUNDLE) --data $(DATA)
 
 guard-report: install
-	$(BIN)/pneumo-edge guard-report --model $(BUNDLE)/model.onnx --data $(DATA) --out $(BUNDLE)/guard.json
+	$(BIN)/pneumo-edge guard-report --model $(BUNDLE)/model.onnx --data $(DATA) --out $(BUNDLE)/guard.json --force
+	$(BIN)/pneumo-edge guard-report --model $(BUNDLE)/model.int8.onnx --data $(DATA) --out $(BUNDLE)/guard.int8.json --force
 
 # Retrain and re-export the shipped bundle from the dataset (about 15 minutes of training on 2 cores).
 reproduce: install
