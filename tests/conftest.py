@@ -50,6 +50,37 @@ def make_dataset(root: Path, n_train: int = 24, n_val: int = 4, n_test: int = 10
     return root
 
 
+def write_xrays(folder: Path, n: int = 2, seed: int = 0) -> list[str]:
+    """n synthetic X-ray PNGs x0.png, x1.png, ... (alternating NORMAL-like and PNEUMONIA-like)."""
+    rng = np.random.default_rng(seed)
+    paths = []
+    for i in range(n):
+        p = folder / f"x{i}.png"
+        Image.fromarray(xray_like(rng, i % 2 == 1)).save(p)
+        paths.append(str(p))
+    return paths
+
+
+def run_cli_without_torch(args: list[str], cwd: Path):
+    """`pneumo-edge ARGS` in a fresh interpreter where `import torch` fails; asserts torch stayed out."""
+    import subprocess
+    import sys
+
+    script = f"""
+import sys
+sys.modules["torch"] = None  # any 'import torch' now raises ImportError
+import pneumo_edge.edge
+from pneumo_edge.cli import main
+sys.argv = ["pneumo-edge", *{list(map(str, args))!r}]
+try:
+    main()
+except SystemExit:
+    assert "torch" not in [m for m in sys.modules if sys.modules[m] is not None], "torch was imported"
+    raise
+"""
+    return subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=cwd)
+
+
 @pytest.fixture(scope="session")
 def tiny_data(tmp_path_factory) -> Path:
     return make_dataset(tmp_path_factory.mktemp("data") / "chest_xray")

@@ -1,11 +1,11 @@
 """The edge boundary: the edge package runs without torch, and both sides preprocess identically."""
 
 import ast
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
+
+from conftest import run_cli_without_torch
 
 ROOT = Path(__file__).resolve().parents[1]
 EDGE = ROOT / "pneumo_edge" / "edge"
@@ -28,19 +28,7 @@ def test_edge_modules_import_only_edge_modules():
 
 def test_infer_cli_classifies_a_real_xray_with_torch_unimportable(tmp_path):
     out = tmp_path / "rows.csv"
-    script = f"""
-import sys
-sys.modules["torch"] = None  # any 'import torch' now raises ImportError
-import pneumo_edge.edge
-from pneumo_edge.cli import main
-sys.argv = ["pneumo-edge", "infer", {str(EXAMPLE)!r}, "--out", {str(out)!r}]
-try:
-    main()
-except SystemExit as e:
-    assert "torch" not in [m for m in sys.modules if sys.modules[m] is not None], "torch was imported"
-    raise
-"""
-    r = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=tmp_path)
+    r = run_cli_without_torch(["infer", EXAMPLE, "--out", out], cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     rows = out.read_text().splitlines()
     assert len(rows) == 2 and ",ok," in rows[1], rows

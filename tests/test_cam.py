@@ -2,8 +2,6 @@
 
 import json
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -14,7 +12,7 @@ import torch.nn.functional as F
 from click.testing import CliRunner
 from PIL import Image
 
-from conftest import REAL, xray_like
+from conftest import REAL, run_cli_without_torch, write_xrays, xray_like
 from pneumo_edge.cli import main
 from pneumo_edge.edge.cam import CamHead, heatmap_name, upsample_bilinear
 from pneumo_edge.edge.errors import ModelError
@@ -159,25 +157,9 @@ def test_infer_writes_one_safe_overlay_per_classified_input(tiny_bundle, tmp_pat
 
 
 def test_explain_with_an_onnx_file_needs_no_torch(tiny_bundle, tmp_path):
-    rng = np.random.default_rng(4)
-    paths = []
-    for i in range(2):
-        p = tmp_path / f"x{i}.png"
-        Image.fromarray(xray_like(rng, i == 1)).save(p)
-        paths.append(str(p))
+    paths = write_xrays(tmp_path, seed=4)
     out = tmp_path / "cams"
-    script = f"""
-import sys
-sys.modules["torch"] = None  # any 'import torch' now raises ImportError
-from pneumo_edge.cli import main
-sys.argv = ["pneumo-edge", "explain", *{paths!r}, "--model", {str(tiny_bundle / "model.onnx")!r}, "--out", {str(out)!r}]
-try:
-    main()
-except SystemExit as e:
-    assert "torch" not in [m for m in sys.modules if sys.modules[m] is not None], "torch was imported"
-    raise
-"""
-    r = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=tmp_path)
+    r = run_cli_without_torch(["explain", *paths, "--model", tiny_bundle / "model.onnx", "--out", out], cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     assert "P(pneumonia)" in r.stdout and "contact sheet" in r.stdout
     assert (out / "x0.cam.png").stat().st_size > 0 and (out / "contact_sheet.png").stat().st_size > 0

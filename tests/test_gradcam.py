@@ -4,9 +4,8 @@ import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
-from PIL import Image
 
-from conftest import REAL, xray_like
+from conftest import REAL, write_xrays
 from pneumo_edge.cli import main
 from pneumo_edge.gradcam import GradCAM
 from pneumo_edge.models import build_twin
@@ -15,12 +14,7 @@ SHIPPED = Path(__file__).resolve().parents[1] / "export"
 
 
 def test_explain_cli_writes_overlays_and_contact_sheet(tiny_bundle, tmp_path):
-    rng = np.random.default_rng(0)
-    paths = []
-    for i in range(2):
-        p = tmp_path / f"x{i}.png"
-        Image.fromarray(xray_like(rng, i == 1)).save(p)
-        paths.append(str(p))
+    paths = write_xrays(tmp_path)
     out = tmp_path / "cams"
     r = CliRunner().invoke(main, ["explain", *paths, "--bundle", str(tiny_bundle), "--out", str(out),
                                   "--target", "pneumonia"])
