@@ -30,6 +30,7 @@ test: install
 
 bench: install
 	$(BIN)/pneumo-edge bench --bundle $(BUNDLE) --data $(DATA)
+	$(BIN)/pneumo-edge bench-memory
 
 guard-report: install
 	$(BIN)/pneumo-edge guard-report --model $(BUNDLE)/model.onnx --data $(DATA) --out $(BUNDLE)/guard.json --force

@@ -227,7 +227,8 @@ def infer(paths, model_path, out_csv, json_path, resume, force, batch_size, work
         path = printable(row["path"])
         if row["status"] in SCORED:
             score = f"  ood {row['ood_score']}" if row.get("ood_score") is not None else ""
-            say(f"{row['label']:<13} p={row['probability']:.4f}{score}  {path}")
+            why = f"  ({printable(row['error'])})" if row.get("error") else ""
+            say(f"{row['label']:<13} p={row['probability']:.4f}{score}  {path}{why}")
         else:
             say(f"{row['status'].upper():<13} {printable(row['error'])}  {path}")
 
@@ -322,13 +323,17 @@ def info(model) -> None:
 @click.option("--target", type=click.Choice(["NORMAL", "PNEUMONIA"], case_sensitive=False),
               help="Explain this class instead of the predicted one.")
 @click.option("--force", is_flag=True, help="Write into a non-empty --out.")
+@click.option("--guard/--no-guard", default=True, show_default=True,
+              help="Draw no heat map for an image the out-of-distribution guard refuses (it says why instead).")
 @friendly
 @no_traceback
-def explain(images, bundle, model_path, out, layer, target, force) -> None:
+def explain(images, bundle, model_path, out, layer, target, force, guard) -> None:
     """Grad-CAM heat maps on the PyTorch twin of the bundle, or CAM from an .onnx file (--model).
 
     One overlay per input (inputs sharing a file name get a short hash suffix); a file that
-    cannot be explained is one error line and the others go on (exit 1). With --model (or a
+    cannot be explained is one error line and the others go on (exit 1). An image the bundle's guard
+    refuses gets a line saying why and no heat map: a map of an image the model should not judge
+    would look like evidence. With --model (or a
     --bundle that names an .onnx file) only onnxruntime runs, no torch: the map is Grad-CAM at
     the pooled feature map, which equals CAM there.
     """
@@ -342,21 +347,24 @@ def explain(images, bundle, model_path, out, layer, target, force) -> None:
 
         if bundle or layer is not None:
             raise click.UsageError("--bundle and --layer are for the PyTorch twin; --model explains an .onnx file")
-        records = explain_onnx(images=list(images), model=model_path, out=out, target=target, force=force)
+        records = explain_onnx(images=list(images), model=model_path, out=out, target=target, force=force,
+                               guard=guard)
     else:
         from .gradcam import explain
 
         records = explain(images=list(images), bundle=bundle or default_model_path().parent, out=out, layer=layer,
-                          target=target, force=force)
+                          target=target, force=force, guard=guard)
     for r in records:
         if r["status"] == "ok":
             click.echo(f"{printable(r['png'])}: P(pneumonia) {r['probability']:.3f} -> {r['label']}")
+        elif r["status"] == "rejected":
+            click.echo(f"{printable(r['path'])}: REJECTED_OOD, no heat map: {printable(r['error'])}", err=True)
         else:
             click.echo(f"{printable(r['path'])}: error: {printable(r['error'])}", err=True)
     ok = sum(r["status"] == "ok" for r in records)
     if ok > 1:
         click.echo(f"contact sheet: {out}/contact_sheet.png")
-    if ok < len(records):
+    if any(r["status"] == "error" for r in records):
         sys.exit(1)
 
 
@@ -402,6 +410,20 @@ def serve(model_path, host, port, workers, threads, concurrency, queue, max_uplo
     config = ServeConfig(model=model_path, max_upload_bytes=int(max_upload_mb * 1024 * 1024), queue=queue,
                          concurrency=concurrency, threads=threads, guard=guard)
     serve(config=config, host=host, port=port, workers=workers)
+
+
+@main.command("bench-memory")
+@click.option("--model", "model_path", help="ONNX model or bundle folder (default: the shipped export/model.onnx).")
+@click.option("--out", default="bench/results", show_default=True, help="Folder for decode-memory.json.")
+@click.option("--files", type=int, default=4, show_default=True,
+              help="DICOMs at the pixel limit, and as many decompression bombs.")
+@friendly
+def bench_memory(model_path, out, files) -> None:
+    """Peak memory of `infer` over DICOMs at the pixel limit and decompression bombs, 1 and 2 decode workers."""
+    from .memory import MemoryConfig, measure_decode_memory, render
+
+    click.echo(render(measure_decode_memory(MemoryConfig(model=model_path, out=out, at_limit=files, bombs=files))))
+    click.echo(f"wrote {out}/decode-memory.json")
 
 
 @main.command("bench-serve")

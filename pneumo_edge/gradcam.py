@@ -138,15 +138,20 @@ def _figure_png(path: Path, panels: list[tuple[np.ndarray, np.ndarray, str]], co
 
 
 def explain(images: list[str], bundle: str | Path, out: str | Path, layer: str | None = None,
-            target: str | None = None, force: bool = False) -> list[dict]:
-    """One overlay PNG per image plus a contact sheet; returns one record per image."""
+            target: str | None = None, force: bool = False, guard: bool = True) -> list[dict]:
+    """One overlay PNG per image plus a contact sheet; returns one record per image.
+
+    guard: the bundle's model.onnx judges each image first (its guard was fitted on that file's
+    embedding); a refused image gets status "rejected", the reason and no PNG.
+    """
     from .edge.atomic import prepare_out_dir
     from .checkpoint import load_checkpoint
     from .edge.errors import ImageError
-    from .edge.meta import read_meta
+    from .edge.model import EdgeModel
 
     model, _ = load_checkpoint(bundle)
-    meta = read_meta(Path(bundle) / "model.onnx")  # threshold and temperature: the ONNX file owns them
+    edge = EdgeModel(Path(bundle) / "model.onnx", threads=1)  # threshold, temperature and guard live there
+    meta = edge.meta
     spec, labels = meta.preprocess, list(meta.labels)
     target_idx = target_index(labels, target)
     out = prepare_out_dir(out, force)
@@ -154,7 +159,7 @@ def explain(images: list[str], bundle: str | Path, out: str | Path, layer: str |
     with GradCAM(model, layer or features_layer(model)) as cam:
         for src, name in zip(images, overlay_names(images)):
             try:
-                record, panel = _explain_one(cam, src, out / name, spec, meta, target_idx)
+                record, panel = _explain_one(cam, src, out / name, spec, meta, target_idx, edge if guard else None)
             except ImageError as e:
                 record, panel = {"path": str(src), "status": "error", "error": str(e)}, None
             except Exception as e:  # one odd file must never end the run  # noqa: BLE001
@@ -168,13 +173,21 @@ def explain(images: list[str], bundle: str | Path, out: str | Path, layer: str |
     return records
 
 
-def _explain_one(cam: GradCAM, src: str, png: Path, spec, meta, target_idx: int | None) -> tuple[dict, tuple]:
-    """The overlay PNG of one image: (its record, its contact-sheet panel)."""
-    from .edge.imaging import load_gray, normalize, resize_gray
+def _explain_one(cam: GradCAM, src: str, png: Path, spec, meta, target_idx: int | None,
+                 guard=None) -> tuple[dict, tuple | None]:
+    """The overlay PNG of one image: (its record, its contact-sheet panel); no PNG if `guard` refuses it."""
+    from .edge.cam import guard_reason, rejected_record
+    from .edge.imaging import load_image, normalize, resize_gray
     from .edge.model import prob_from_logits
 
     labels = list(meta.labels)
-    resized = resize_gray(load_gray(src, size=spec.size), spec.size, spec.resize)
+    gray, chroma = load_image(src, size=spec.size)
+    resized = resize_gray(gray, spec.size, spec.resize)
+    if guard is not None:
+        o = guard.run(normalize(resized[None], spec), ["logits", "embedding"])
+        why = guard_reason(guard, resized, o["embedding"], chroma)
+        if why:
+            return rejected_record(src, float(guard.probability(o["logits"])[0]), why), None
     x = torch.from_numpy(normalize(resized[None], spec))
     # One forward pass: the probability printed is the one the map came from, and the map
     # explains the class the bundle decides (calibrated threshold), not the argmax.

@@ -85,7 +85,7 @@ def _score(files: list[str], model: EdgeModel, use_guard: bool, cfg: ValidateCon
         ok = [(path, dec) for path, dec, err in batch if err is None]
         unreadable += [{"path": display_path(path), "error": err} for path, _, err in batch if err is not None]
         if ok:
-            probs, scores = score_decoded(model, [dec for _, dec in ok], use_guard)
+            probs, scores, _ = score_decoded(model, [dec for _, dec in ok], use_guard)
             for i, (path, _) in enumerate(ok):
                 scored[path] = (float(probs[i]), None if scores is None else float(scores[i]))
         bar.update(len(batch))

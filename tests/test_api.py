@@ -22,7 +22,7 @@ def test_predict_accepts_path_bytes_pil_and_array_with_one_answer(tiny_bundle, x
     arr, path = xray
     m = pneumo_edge.load(tiny_bundle)
     one = m.predict(str(path))
-    assert set(one) == {"label", "probability", "threshold", "guard_score", "rejected"}
+    assert set(one) == {"label", "probability", "threshold", "guard_score", "rejected", "reason"}
     assert one["threshold"] == m.meta.threshold and 0.0 <= one["probability"] <= 1.0
     for x in (path, path.read_bytes(), Image.open(path), arr):
         assert m.predict(x)["probability"] == pytest.approx(one["probability"], abs=1e-6), type(x)
@@ -35,7 +35,8 @@ def test_predict_accepts_path_bytes_pil_and_array_with_one_answer(tiny_bundle, x
 def test_predict_as_frame_and_without_guard(tiny_bundle, xray):
     _, path = xray
     frame = pneumo_edge.load(tiny_bundle).predict([path, path], as_frame=True)
-    assert list(frame.columns) == ["label", "probability", "threshold", "guard_score", "rejected"] and len(frame) == 2
+    assert list(frame.columns) == ["label", "probability", "threshold", "guard_score", "rejected", "reason"]
+    assert len(frame) == 2
     unguarded = pneumo_edge.load(tiny_bundle / "model.int8.onnx", guard=False).predict(path)
     assert unguarded["guard_score"] is None and unguarded["label"] in ("NORMAL", "PNEUMONIA")
 

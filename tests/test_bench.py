@@ -36,3 +36,16 @@ def test_bench_cli_asserts_minimums(tiny_bundle, tiny_data, tmp_path):
     r = CliRunner().invoke(main, ["bench", "--bundle", str(tiny_bundle), "--data", str(tiny_data), "--out",
                                   str(tmp_path / "r"), "--smoke", "--min-auroc", "1.01"])
     assert r.exit_code == 4 and "ROC-AUC" in r.output and "<" in r.output
+
+
+def test_bench_memory_refuses_bombs_and_measures_films_at_the_limit(tiny_bundle, tmp_path):
+    """End to end: one DICOM at the pixel limit decodes, one declaring 256 Mpx is refused from its header."""
+    r = CliRunner().invoke(main, ["bench-memory", "--model", str(tiny_bundle / "model.onnx"), "--out", str(tmp_path),
+                                  "--files", "1"])
+    assert r.exit_code == 0, r.output
+    res = json.loads((tmp_path / "decode-memory.json").read_text())
+    assert res["folder"]["largest_file_mb"] < 2  # the bombs really are small on disk
+    for run in res["runs"]:
+        assert run["rows"] == 2 and run["classified"] == 1 and run["refused_too_large"] == 1
+        assert run["over_baseline_mb"] > 100  # 128 MB of 16-bit pixels were decoded, and it shows
+        assert run["peak_mb"] < 2500  # and nothing near what the bomb would have taken

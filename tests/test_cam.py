@@ -1,5 +1,6 @@
 """Heat maps on the edge: CAM from the ONNX 'features' output equals the twin's Grad-CAM at that layer."""
 
+import csv
 import json
 import os
 from pathlib import Path
@@ -184,6 +185,48 @@ def test_api_returns_the_heat_map_png(tiny_bundle, tmp_path):
     with Image.open(io.BytesIO(r["heatmap_png"])) as im:
         assert im.size == (64, 64) and im.mode == "RGB"
     assert "heatmap_png" not in m.predict(arr)
+
+
+BLANK = np.zeros((96, 80), np.uint8)  # every guard refuses an empty film (intensity check)
+
+
+def test_no_heat_map_for_an_image_the_guard_refuses(tiny_bundle, tmp_path):
+    import pneumo_edge
+
+    m = pneumo_edge.load(tiny_bundle)
+    refused = m.predict(BLANK, heatmap=True)
+    assert refused["rejected"] and "heatmap_png" not in refused and "grey levels" in refused["reason"]
+    assert "heatmap_png" in pneumo_edge.load(tiny_bundle, guard=False).predict(BLANK, heatmap=True)
+
+    d = tmp_path / "in"
+    d.mkdir()
+    Image.fromarray(BLANK).save(d / "blank.png")
+    Image.fromarray(xray_like(np.random.default_rng(3), True)).save(d / "x.png")
+    maps = tmp_path / "maps"
+    r = CliRunner().invoke(main, ["infer", str(d), "--model", str(tiny_bundle / "model.onnx"),
+                                  "--out", str(tmp_path / "p.csv"), "--heatmaps", str(maps)])
+    rows = {Path(row["path"]).name: row for row in csv.DictReader(open(tmp_path / "p.csv"))}
+    assert rows["blank.png"]["status"] == "rejected", r.output
+    assert "no heat map drawn" in rows["blank.png"]["error"] and "guard:" in rows["blank.png"]["error"]
+    accepted = [n for n, row in rows.items() if row["status"] == "ok"]
+    assert len(list(maps.iterdir())) == len(accepted)
+    assert not list(maps.glob("blank-*"))
+
+
+@pytest.mark.parametrize("route", ["--model", "--bundle"])
+def test_explain_draws_no_map_for_a_refused_image_and_says_why(tiny_bundle, tmp_path, route):
+    paths = write_xrays(tmp_path, seed=5)[:1]
+    Image.fromarray(BLANK).save(tmp_path / "blank.png")
+    target = tiny_bundle / "model.onnx" if route == "--model" else tiny_bundle
+    out = tmp_path / "maps"
+    r = CliRunner().invoke(main, ["explain", paths[0], str(tmp_path / "blank.png"), route, str(target),
+                                  "--out", str(out)])
+    assert r.exit_code == 0, r.output  # a refusal is an answer, not a failure
+    assert "blank.png: REJECTED_OOD, no heat map: guard: " in r.output and "grey levels outside" in r.output
+    assert not list(out.glob("blank*")) and len([p for p in out.iterdir() if p.name != "contact_sheet.png"]) == 1
+    drawn = CliRunner().invoke(main, ["explain", str(tmp_path / "blank.png"), route, str(target),
+                                      "--out", str(tmp_path / "all"), "--no-guard"])
+    assert drawn.exit_code == 0 and len(list((tmp_path / "all").glob("blank*"))) == 1, drawn.output
 
 
 # ---------------------------------------------------------------- real X-rays, the shipped twin

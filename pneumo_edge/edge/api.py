@@ -68,9 +68,10 @@ class Classifier:
         raise ImageError(f"cannot classify a {type(x).__name__}: give a path, bytes, a PIL image or a numpy array")
 
     def predict(self, x, as_frame: bool = False, heatmap: bool = False):
-        """One dict for one input, a list for a list; each has label, probability, threshold, guard_score, rejected.
+        """One dict for one input, a list for a list; each has label, probability, threshold, guard_score, rejected
+        and reason (why the guard refused it, else None).
 
-        heatmap: also "heatmap_png" (bytes: the class-activation map of the decided class over the model's
+        heatmap: also, for every image the guard accepts, "heatmap_png" (bytes: the class-activation map of the decided class over the model's
         input, `edge.cam`) and "explained_class"; a ModelError for a model file without heat-map data.
         """
         head = self.model.require_cam() if heatmap else None
@@ -81,23 +82,25 @@ class Classifier:
         resized = np.stack([resize_gray(g, spec.size, spec.resize) for g, _ in decoded])
         outs = self.model.run(normalize(resized, spec), None if heatmap else self.model.predict_outputs)
         probs = self.model.probability(outs["logits"])
-        scores = (self.model.guard.scores(resized, outs["embedding"], np.array([c for _, c in decoded]))
-                  if self.guard else [None] * len(items))
+        scores, reasons = (self.model.guard.assess(resized, outs["embedding"], np.array([c for _, c in decoded]))
+                           if self.guard else ([None] * len(items), [""] * len(items)))
         rows = []
-        for p, s in zip(probs, scores):
+        for p, s, why in zip(probs, scores, reasons):
             rejected = bool(self.model.guard.rejects(s)) if s is not None else False
             rows.append({"label": "REJECTED_OOD" if rejected else self.meta.decide(float(p)),
                          "probability": float(p), "threshold": self.meta.threshold,
-                         "guard_score": None if s is None else float(s), "rejected": rejected})
-        if head is not None:
+                         "guard_score": None if s is None else float(s), "rejected": rejected,
+                         "reason": why or None})
+        if head is not None:  # no map for a refused image: it would look like evidence
             from .cam import overlay_png
 
             labels = list(self.meta.labels)
             explained = [self.meta.decide(float(p)) for p in probs]
             maps = head.maps(outs["features"], [labels.index(c) for c in explained], spec.size)
             for row, image, heat, c in zip(rows, resized, maps, explained):
-                row["explained_class"] = c
-                row["heatmap_png"] = overlay_png(image, heat)
+                if not row["rejected"]:
+                    row["explained_class"] = c
+                    row["heatmap_png"] = overlay_png(image, heat)
         if as_frame:
             import pandas as pd
 

@@ -203,9 +203,8 @@ def write_png(path: str | os.PathLike, data: bytes) -> Path:
     return Path(path)
 
 
-def caption_for(label: str, probability: float, threshold: float, explained: str, rejected: bool = False) -> list[str]:
-    first = f"P(pneumonia) {probability:.3f} (threshold {threshold:.3f}) -> {label}"
-    return [first + (" [guard: rejected]" if rejected else ""), f"heat map: {explained}"]
+def caption_for(label: str, probability: float, threshold: float, explained: str) -> list[str]:
+    return [f"P(pneumonia) {probability:.3f} (threshold {threshold:.3f}) -> {label}", f"heat map: {explained}"]
 
 
 def contact_sheet(images: list, cols: int = 3, pad: int = 6):
@@ -266,6 +265,18 @@ def overlay_names(images: list[str], suffix: str = ".gradcam.png") -> list[str]:
 
 # ---------------------------------------------------------------- explain with onnxruntime
 
+def guard_reason(model, resized: np.ndarray, embedding: np.ndarray, chroma: float) -> str:
+    """Why the model's guard refuses this one image, '' if it accepts it (or the file has no guard)."""
+    if model.guard is None:
+        return ""
+    return model.guard.assess(resized[None], embedding, np.array([chroma]))[1][0]
+
+
+def rejected_record(src, probability: float, why: str) -> dict:
+    return {"path": str(src), "status": "rejected", "probability": probability, "label": "REJECTED_OOD",
+            "error": f"guard: {why}"}
+
+
 def target_index(labels: list[str], target: str | None) -> int | None:
     """The class `--target` names (any case), or None: explain the class the bundle decides."""
     if target is None:
@@ -276,10 +287,11 @@ def target_index(labels: list[str], target: str | None) -> int | None:
 
 
 def explain(images: list[str], model, out: str | os.PathLike, target: str | None = None,
-            force: bool = False) -> list[dict]:
+            force: bool = False, guard: bool = True) -> list[dict]:
     """`pneumo-edge explain --model X.onnx`: one overlay PNG per image plus a contact sheet, no torch.
 
-    `model` is an EdgeModel or a path. Records match `pneumo_edge.gradcam.explain`.
+    `model` is an EdgeModel or a path. Records match `pneumo_edge.gradcam.explain`; an image the guard
+    refuses gets status "rejected", its reason in "error" and no PNG.
     """
     from .atomic import prepare_out_dir
     from .imaging import load_image, normalize, resize_gray
@@ -293,10 +305,15 @@ def explain(images: list[str], model, out: str | os.PathLike, target: str | None
     records, panels = [], []
     for src, name in zip(images, overlay_names(images, ".cam.png")):
         try:
-            resized = resize_gray(load_image(src, size=spec.size)[0], spec.size, spec.resize)
+            gray, chroma = load_image(src, size=spec.size)
+            resized = resize_gray(gray, spec.size, spec.resize)
             o = model.run(normalize(resized[None], spec))
             p = float(model.probability(o["logits"])[0])
             label = meta.decide(p)
+            why = guard_reason(model, resized, o["embedding"], chroma) if guard else ""
+            if why:
+                records.append(rejected_record(src, p, why))
+                continue
             cls = target_idx if target_idx is not None else labels.index(label)
             heat = head.maps(o[OUTPUT], [cls], spec.size)[0]
             img = overlay_image(resized, heat, [Path(src).name[:40], *caption_for(label, p, meta.threshold,

@@ -104,6 +104,12 @@ class OrientationHead:
                    percentile=float(m.get("percentile", ORIENT_PERCENTILE)))
 
 
+# What each check means, for the reason a refused image is given.
+CHECK_WORDS = {"embedding": "unlike the chest X-rays the model was fitted on",
+               "intensity": "grey levels outside the range of X-rays",
+               "colour": "a colour image", "orientation": "upside down or rotated"}
+
+
 @dataclass
 class Guard:
     means: np.ndarray  # (C, D) class means of the embedding
@@ -151,7 +157,16 @@ class Guard:
 
     def scores(self, resized: np.ndarray, emb: np.ndarray, chroma: np.ndarray | None = None) -> np.ndarray:
         """Guard score per image: the maximum over checks; > 1 means out of distribution."""
-        return np.maximum.reduce(list(self.check_scores(resized, emb, chroma).values()))
+        return self.assess(resized, emb, chroma)[0]
+
+    def assess(self, resized: np.ndarray, emb: np.ndarray,
+               chroma: np.ndarray | None = None) -> tuple[np.ndarray, list[str]]:
+        """(score per image, why per image): the reason names each check past its threshold, '' if none."""
+        checks = self.check_scores(resized, emb, chroma)
+        scores = np.maximum.reduce(list(checks.values()))
+        reasons = ["; ".join(f"{CHECK_WORDS[k]} ({k} {v[i]:.2f}x threshold)" for k, v in checks.items() if v[i] > 1.0)
+                   for i in range(len(scores))]
+        return scores, reasons
 
     def to_meta(self) -> dict:
         c, d = self.means.shape

@@ -550,9 +550,10 @@ def decoded_batches(todo: list[str], model: EdgeModel, batch_size: int, workers:
             yield batch
 
 
-def score_decoded(model: EdgeModel, decoded: list[tuple[np.ndarray, float]],
-                  use_guard: bool, keep: dict | None = None) -> tuple[np.ndarray, np.ndarray | None]:
-    """Calibrated P(positive) and guard scores (None without the guard) for (resized uint8, chroma) pairs.
+def score_decoded(model: EdgeModel, decoded: list[tuple[np.ndarray, float]], use_guard: bool,
+                  keep: dict | None = None) -> tuple[np.ndarray, np.ndarray | None, list[str]]:
+    """Calibrated P(positive), guard scores (None without the guard) and the guard's reasons ('' when
+    accepted) for (resized uint8, chroma) pairs.
 
     keep: a dict that receives all raw outputs (heat maps read 'features'); else the feature map is not fetched.
     """
@@ -560,29 +561,35 @@ def score_decoded(model: EdgeModel, decoded: list[tuple[np.ndarray, float]],
     outs = model.run(normalize(images, model.spec), None if keep is not None else model.predict_outputs)
     if keep is not None:
         keep.update(outs)
-    scores = model.guard.scores(images, outs["embedding"], chroma) if use_guard else None
-    return model.probability(outs["logits"]), scores
+    scores, reasons = (model.guard.assess(images, outs["embedding"], chroma) if use_guard
+                       else (None, [""] * len(images)))
+    return model.probability(outs["logits"]), scores, reasons
 
 
-def _scored_row(model: EdgeModel, prob: float, score: float | None) -> dict:
-    """Numbers stay numbers (JSON Lines); a guard refusal is its own status, the probability still shown."""
+def _scored_row(model: EdgeModel, prob: float, score: float | None, reason: str = "") -> dict:
+    """Numbers stay numbers (JSON Lines); a guard refusal is its own status with its reason in `error`,
+    the probability still shown."""
     rejected = score is not None and bool(model.guard.rejects(score))
     return {"status": "rejected" if rejected else "ok", "probability": round(prob, 6),
             "label": "REJECTED_OOD" if rejected else model.meta.decide(prob), "threshold": model.threshold,
-            "ood_score": None if score is None else round(score, 4), "ood": None if score is None else rejected}
+            "ood_score": None if score is None else round(score, 4), "ood": None if score is None else rejected,
+            **({"error": f"guard: {reason}"} if rejected else {})}
 
 
 def _write_heatmaps(folder: Path, model: EdgeModel, ok, features: np.ndarray, probs, result: dict) -> None:
-    """One overlay PNG per classified input, of the class the model decides; a failed write is an error row."""
+    """One overlay PNG per accepted input, of the class the model decides; none for a guard-rejected input
+    (a map of an image the model should not judge would look like evidence); a failed write is an error row."""
     from .cam import caption_for, heatmap_path, overlay_png, write_png
 
     labels = list(model.labels)
     decided = [model.meta.decide(float(p)) for p in probs]
     maps = model.cam.maps(features, [labels.index(d) for d in decided], model.spec.size)
     for (p, dec), heat, prob, label in zip(ok, maps, probs, decided):
+        if result[p]["status"] == "rejected":
+            result[p]["error"] += "; no heat map drawn"
+            continue
         try:
-            png = overlay_png(dec[0], heat, caption_for(label, float(prob), model.threshold, label,
-                                                        result[p]["label"] == "REJECTED_OOD"))
+            png = overlay_png(dec[0], heat, caption_for(label, float(prob), model.threshold, label))
             write_png(heatmap_path(folder, p), png)
         except OSError as e:
             result[p] = {"status": "error",
@@ -595,13 +602,14 @@ def _classify(batch, model: EdgeModel, use_guard: bool, heatmaps: Path | None = 
     if ok:
         outs: dict | None = {} if heatmaps is not None else None
         try:
-            probs, scores = score_decoded(model, [dec for _, dec in ok], use_guard, outs)
+            probs, scores, reasons = score_decoded(model, [dec for _, dec in ok], use_guard, outs)
         except Exception as e:  # noqa: BLE001 - report the whole batch, keep going
             for p, _ in ok:
                 result[p] = {"status": "error", "error": f"inference failed: {e}"}
         else:
             for i, (p, _) in enumerate(ok):
-                result[p] = _scored_row(model, float(probs[i]), None if scores is None else float(scores[i]))
+                result[p] = _scored_row(model, float(probs[i]), None if scores is None else float(scores[i]),
+                                        reasons[i])
             if heatmaps is not None:
                 _write_heatmaps(heatmaps, model, ok, outs["features"], probs, result)
     rows = []

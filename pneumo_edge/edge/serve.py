@@ -249,7 +249,8 @@ class Service:
         elif r["rejected"]:
             guard = {"score": r["guard_score"], "verdict": "rejected",
                      "explanation": "this does not look like a frontal chest X-ray like those the model was "
-                                    "trained on, so no diagnosis is given"}
+                                    "trained on, so no diagnosis and no heat map are given",
+                     "reason": r["reason"]}
         else:
             guard = {"score": r["guard_score"], "verdict": "accepted",
                      "explanation": "looks like a frontal chest X-ray like those the model was trained on"}

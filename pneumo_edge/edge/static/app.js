@@ -113,7 +113,7 @@ function showResult(card, file, r) {
   const g = r.guard;
   const score = typeof g.score === "number" ? ` (score ${g.score.toFixed(2)}; above 1 means rejected)` : "";
   text($(".guard", card), `Guard: ${g.verdict === "accepted" ? "accepted" : g.verdict === "rejected" ? "rejected" : "off"}: `
-    + `${g.explanation}${score}.`);
+    + `${g.explanation}${score}${g.reason ? `; ${g.reason}` : ""}.`);
   text($(".meta", card), `${r.model.file}, weights ${(r.model.weights_sha256 || "").slice(0, 12)}, `
     + `${r.latency_ms.toFixed(0)} ms on the server`);
   if (r.heatmap) {

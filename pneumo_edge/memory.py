@@ -1,0 +1,127 @@
+"""Peak memory of `infer` over a folder of the largest files the decoder accepts, and of decompression bombs.
+
+    result = measure_decode_memory(MemoryConfig(out="bench/results"))
+
+The folder holds deflate-compressed DICOMs (a few hundred KB each on disk) of two kinds:
+films just under the pixel limit (`imaging.MAX_PIXELS`, 16-bit), which must decode, and
+"bombs" that declare 256 Mpx, which the header check must refuse before any pixel is read.
+`pneumo-edge infer` runs over it in a child process with the given decode workers; its peak
+resident memory (the kernel's high-water mark) is compared with the same run over one small
+X-ray, so the difference is what decoding costs.
+"""
+
+from __future__ import annotations
+
+import csv
+import resource
+import subprocess
+import sys
+import tempfile
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .edge.atomic import write_json
+from .edge.imaging import MAX_PIXELS
+
+
+@dataclass
+class MemoryConfig:
+    model: str | None = None  # .onnx file or bundle folder; None: the shipped one
+    out: str = "bench/results"
+    at_limit: int = 4  # films just under the pixel limit
+    bombs: int = 4  # files declaring 16x the limit
+    workers: tuple[int, ...] = (1, 2)  # decode threads per run
+
+
+def write_deflated_dicom(path: Path, rows: int, cols: int, pixel_bytes: bytes | None = None) -> Path:
+    """A chest CR DICOM, deflate transfer syntax: smooth 12-bit pixels compress to almost nothing."""
+    from pydicom.dataset import FileDataset, FileMetaDataset
+    from pydicom.uid import DeflatedExplicitVRLittleEndian, generate_uid
+
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.1"
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = DeflatedExplicitVRLittleEndian
+    ds = FileDataset(str(path), {}, file_meta=meta, preamble=b"\0" * 128)
+    ds.SOPClassUID, ds.SOPInstanceUID = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID
+    ds.Modality, ds.BodyPartExamined = "CR", "CHEST"
+    ds.Rows, ds.Columns, ds.SamplesPerPixel, ds.PhotometricInterpretation = rows, cols, 1, "MONOCHROME2"
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
+    if pixel_bytes is None:  # a vertical ramp with a bright disc: a plausible grey-level spread
+        y, x = np.ogrid[:rows, :cols]
+        film = (y * (3000 / rows)).astype(np.uint16) + ((x - cols / 2) ** 2 + (y - rows / 2) ** 2 < (rows / 4) ** 2) * 800
+        pixel_bytes = film.astype(np.uint16).tobytes()
+    ds.PixelData = pixel_bytes
+    ds.save_as(str(path), enforce_file_format=True)
+    return path
+
+
+def build_folder(folder: Path, at_limit: int, bombs: int) -> dict:
+    folder.mkdir(parents=True, exist_ok=True)
+    side = int(MAX_PIXELS ** 0.5)  # 8000 x 8000 = the limit exactly: accepted
+    for i in range(at_limit):
+        write_deflated_dicom(folder / f"limit{i}.dcm", side, side)
+    big = 16_000  # 256 Mpx declared; 512 MB of zeros deflate to about 0.5 MB
+    zeros = bytes(big * big * 2)
+    for i in range(bombs):
+        write_deflated_dicom(folder / f"bomb{i}.dcm", big, big, zeros)
+    del zeros
+    sizes = [p.stat().st_size for p in folder.iterdir()]
+    return {"files": len(sizes), "largest_file_mb": round(max(sizes) / 1e6, 2),
+            "at_limit": {"n": at_limit, "pixels": side * side, "decoded_mb": round(side * side * 2 / 1e6)},
+            "bombs": {"n": bombs, "declared_pixels": big * big, "would_decode_mb": round(big * big * 2 / 1e6)}}
+
+
+def peak_rss_mb(args: list[str]) -> tuple[float, subprocess.CompletedProcess]:
+    """Run `pneumo-edge ARGS` in a fresh interpreter that reports its one child's peak resident memory."""
+    probe = ("import resource, subprocess, sys; r = subprocess.run(sys.argv[1:], capture_output=True, text=True); "
+             "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss); "
+             "sys.stderr.write(r.stdout + r.stderr); sys.exit(r.returncode)")
+    done = subprocess.run([sys.executable, "-c", probe, sys.executable, "-m", "pneumo_edge", *args],
+                          capture_output=True, text=True)
+    lines = done.stdout.split()
+    if not lines:
+        raise RuntimeError(f"the memory probe printed nothing: {done.stderr[-500:]}")
+    return int(lines[-1]) / 1024, done  # ru_maxrss is in KiB on Linux
+
+
+def measure_decode_memory(cfg: MemoryConfig) -> dict:
+    from .edge.model import default_model_path
+
+    model = cfg.model or str(default_model_path())
+    with tempfile.TemporaryDirectory(prefix="pneumo-memory-") as tmp:
+        tmp = Path(tmp)
+        folder = tmp / "films"
+        result = {"config": asdict(cfg), "folder": build_folder(folder, cfg.at_limit, cfg.bombs),
+                  "pixel_limit": MAX_PIXELS, "runs": []}
+        small = tmp / "small"
+        small.mkdir()
+        write_deflated_dicom(small / "one.dcm", 256, 256)
+        base, _ = peak_rss_mb(["infer", str(small), "--model", model, "--out", str(tmp / "base.csv"),
+                               "--workers", "1"])
+        result["baseline_mb"] = round(base)
+        for workers in cfg.workers:
+            out = tmp / f"w{workers}.csv"
+            peak, done = peak_rss_mb(["infer", str(folder), "--model", model, "--out", str(out),
+                                      "--workers", str(workers), "--no-guard"])
+            rows = list(csv.DictReader(out.open())) if out.exists() else []
+            refused = sum("too large" in r["error"] for r in rows)
+            result["runs"].append({"workers": workers, "peak_mb": round(peak), "over_baseline_mb": round(peak - base),
+                                   "rows": len(rows), "classified": sum(r["status"] == "ok" for r in rows),
+                                   "refused_too_large": refused, "exit_code": done.returncode})
+    write_json(Path(cfg.out) / "decode-memory.json", result)
+    return result
+
+
+def render(result: dict) -> str:
+    f = result["folder"]
+    lines = [f"{f['at_limit']['n']} DICOMs at the {result['pixel_limit'] / 1e6:.0f} Mpx limit "
+             f"({f['at_limit']['decoded_mb']} MB of 16-bit pixels each) and {f['bombs']['n']} bombs declaring "
+             f"{f['bombs']['declared_pixels'] / 1e6:.0f} Mpx ({f['bombs']['would_decode_mb']} MB each); "
+             f"largest file {f['largest_file_mb']} MB on disk. Runtime alone: {result['baseline_mb']} MB."]
+    for r in result["runs"]:
+        lines.append(f"workers {r['workers']}: peak {r['peak_mb']} MB (+{r['over_baseline_mb']} MB for decoding), "
+                     f"{r['rows']} rows, {r['classified']} classified, {r['refused_too_large']} refused as too large")
+    return "\n".join(lines)
