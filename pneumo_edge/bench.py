@@ -154,6 +154,7 @@ def run_benchmark(cfg: BenchConfig) -> dict:
     from .metrics import binary_metrics, prob_from_logits
     from .edge.infer import predict_paths
     from .edge.model import EdgeModel
+    from .edge.progress import stage
 
     bundle = Path(cfg.bundle)
     model, config = load_checkpoint(bundle)
@@ -176,6 +177,7 @@ def run_benchmark(cfg: BenchConfig) -> dict:
         if not path.is_file():
             print(f"skipping {name}: {path} missing")
             continue
+        stage("bench", f"{name}: accuracy on {len(x_all)} images, then timing")
         # Accuracy of this variant on the same images (batched, all threads).
         runner = _torch_runner(model, cpu["cores"]) if kind == "torch" else _ort_runner(path, cpu["cores"])
         logits = np.concatenate([runner(x_all[i:i + 32]) for i in range(0, len(x_all), 32)])
@@ -220,6 +222,7 @@ def run_benchmark(cfg: BenchConfig) -> dict:
         folder = Path(cfg.data) / "test"
         for name in ("model.int8.onnx", "model.onnx"):
             if (bundle / name).is_file():
+                stage("bench", f"end to end: pneumo-edge infer over {folder} with {name}")
                 with tempfile.TemporaryDirectory() as tmp:
                     s = predict_paths([str(folder)], EdgeModel(bundle / name), Path(tmp) / "p.csv", progress=False)
                 extra[f"end_to_end_{name}"] = {"images": s.n_files, "seconds": s.seconds,

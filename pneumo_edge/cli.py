@@ -51,6 +51,21 @@ def no_traceback(fn):
     return wrapper
 
 
+def quiet_option(fn):
+    """`-q/--quiet` for a long command: no bar, heartbeat or step line; results and errors still print."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, quiet: bool = False, **kwargs):
+        from .edge.progress import set_quiet
+
+        set_quiet(quiet)
+        return fn(*args, **kwargs)
+
+    return click.option("-q", "--quiet", is_flag=True,
+                        help="No progress bar (on a terminal) or heartbeat lines (elsewhere); results and errors "
+                             "still print.")(wrapper)
+
+
 class ConfigDefaults(click.Command):
     """A command whose option defaults are the same-named fields of a config dataclass ("module:Class").
 
@@ -109,12 +124,13 @@ def main() -> None:
 @click.option("--max-train-images", type=int, help="Subsample training images (smoke runs).")
 @click.option("--resume", is_flag=True, help="Continue the run in --out from its last epoch.")
 @click.option("--force", is_flag=True, help="Overwrite a non-empty --out.")
+@quiet_option
 @friendly
 def train(**options) -> None:
     """Fine-tune on the CPU; keep the best epoch by validation AUROC."""
     from .train import TrainConfig, fit
 
-    fit(TrainConfig(**options, progress=sys.stderr.isatty()))
+    fit(TrainConfig(**options, progress=True))
 
 
 @main.command()
@@ -128,6 +144,7 @@ def train(**options) -> None:
 @click.option("--note", default="", help="Free text for the ledger line.")
 @click.option("--rule-commit", help="Commit that fixed the recipe-selection rule, recorded in the ledger line.")
 @click.option("--force", is_flag=True, help="Overwrite a non-empty --out.")
+@quiet_option
 @friendly
 def evaluate(checkpoint, data, out, target_sensitivity, bootstrap, ledger, note, rule_commit, force) -> None:
     """Calibrate on validation, then score the test split once (metrics, CIs, plots, ledger)."""
@@ -137,7 +154,7 @@ def evaluate(checkpoint, data, out, target_sensitivity, bootstrap, ledger, note,
 
     out = out or str(Path(checkpoint if Path(checkpoint).is_dir() else Path(checkpoint).parent) / "eval")
     evaluate(checkpoint=checkpoint, data=data, out=out, target_sensitivity=target_sensitivity, n_bootstrap=bootstrap,
-             ledger=ledger or None, force=force, note=note, progress=sys.stderr.isatty(), rule_commit=rule_commit)
+             ledger=ledger or None, force=force, note=note, progress=True, rule_commit=rule_commit)
     click.echo(f"wrote {out}/results.json, report.md and plots")
 
 
@@ -155,6 +172,7 @@ def evaluate(checkpoint, data, out, target_sensitivity, bootstrap, ledger, note,
 @click.option("--calib-images", type=int, default=256, show_default=True, help="Training images for INT8 calibration.")
 @click.option("--guard/--no-guard", default=True, show_default=True, help="Fit the out-of-distribution guard.")
 @click.option("--force", is_flag=True, help="Write into a non-empty --out.")
+@quiet_option
 @friendly
 def export(checkpoint, out, data, results, atol, int8, min_int8_agreement, max_int8_auroc_delta,
            calib_images, guard, force) -> None:
@@ -169,7 +187,7 @@ def export(checkpoint, out, data, results, atol, int8, min_int8_agreement, max_i
     gate = GateConfig(atol=atol, int8_min_agreement=min_int8_agreement, int8_max_auroc_delta=max_int8_auroc_delta)
     try:
         r = export(checkpoint=checkpoint, out=out, data=data, gate=gate, int8=int8, calib_images=calib_images,
-                   results=results, force=force, progress=sys.stderr.isatty(), guard=guard)
+                   results=results, force=force, progress=True, guard=guard)
     finally:
         parity = Path(out) / "parity.json"
         if parity.exists():
@@ -200,6 +218,7 @@ def export(checkpoint, out, data, results, atol, int8, min_int8_agreement, max_i
 @click.option("-v", "--verbose", is_flag=True, help=f"Print one line per input even when there are over {SHOW_ROWS}.")
 @click.option("--heatmaps", "heatmaps", type=click.Path(file_okay=False),
               help="Also write one heat-map overlay PNG per classified input into this folder.")
+@quiet_option
 @friendly
 @no_traceback
 def infer(paths, model_path, out_csv, json_path, resume, force, batch_size, workers, guard, verbose,
@@ -275,6 +294,7 @@ def infer(paths, model_path, out_csv, json_path, resume, force, batch_size, work
 @click.option("--batch-size", type=int, show_default=True, help="Images per onnxruntime call.")
 @click.option("--workers", type=int, help="Decode threads (default: all cores).")
 @click.option("--force", is_flag=True, help="Write into a non-empty --out.")
+@quiet_option
 @friendly
 @no_traceback
 def validate(**options) -> None:
@@ -286,7 +306,7 @@ def validate(**options) -> None:
     """
     from .validate import ValidateConfig, render_summary, validate
 
-    r = validate(ValidateConfig(**options, progress=sys.stderr.isatty()))
+    r = validate(ValidateConfig(**options, progress=True))
     click.echo(render_summary(r))
     click.echo(f"wrote {options['out']}/metrics.json, predictions.csv, {', '.join(r['plots'])}")
 
@@ -325,6 +345,7 @@ def info(model) -> None:
 @click.option("--force", is_flag=True, help="Write into a non-empty --out.")
 @click.option("--guard/--no-guard", default=True, show_default=True,
               help="Draw no heat map for an image the out-of-distribution guard refuses (it says why instead).")
+@quiet_option
 @friendly
 @no_traceback
 def explain(images, bundle, model_path, out, layer, target, force, guard) -> None:
@@ -378,6 +399,7 @@ def explain(images, bundle, model_path, out, layer, target, force, guard) -> Non
 @click.option("--smoke", is_flag=True, help="A few iterations, no end-to-end run: checks the machinery only.")
 @click.option("--min-auroc", type=float, help="Fail (exit 4) if any variant's ROC-AUC is lower.")
 @click.option("--max-p50-ms", type=float, help="Fail (exit 4) if INT8 batch-1 p50 latency is higher.")
+@quiet_option
 @friendly
 def bench(bundle, data, out, iters, batch_iters, smoke, min_auroc, max_p50_ms) -> None:
     """Latency, throughput and accuracy of PyTorch eager vs onnxruntime fp32 vs INT8."""
@@ -417,6 +439,7 @@ def serve(model_path, host, port, workers, threads, concurrency, queue, max_uplo
 @click.option("--out", default="bench/results", show_default=True, help="Folder for decode-memory.json.")
 @click.option("--files", type=int, default=4, show_default=True,
               help="DICOMs at the pixel limit, and as many decompression bombs.")
+@quiet_option
 @friendly
 def bench_memory(model_path, out, files) -> None:
     """Peak memory of `infer` over DICOMs at the pixel limit and decompression bombs, 1 and 2 decode workers."""
@@ -472,6 +495,7 @@ def push(bundle, repo_id, dry_run, private) -> None:
                    "wrongly rejects; '' skips that part.")
 @click.option("--out", "out_json", type=click.Path(), help="Write the report as JSON here (and .md beside it).")
 @click.option("--force", is_flag=True, help="Overwrite an existing --out (and its .md).")
+@quiet_option
 @friendly
 @no_traceback
 def guard_report(model_path, data, out_json, force) -> None:
@@ -500,12 +524,13 @@ def guard_report(model_path, data, out_json, force) -> None:
 @main.command()
 @click.argument("study_file", type=click.Path(exists=True, dir_okay=False))
 @click.option("--only", multiple=True, help="Run only this candidate (repeatable).")
+@quiet_option
 @friendly
 def study(study_file, only) -> None:
     """Train and score a declared list of recipes on validation; pick one by the committed rule."""
     from .study import run_study
 
-    run_study(study_file, only=list(only) or None, progress=sys.stderr.isatty())
+    run_study(study_file, only=list(only) or None, progress=True)
 
 
 @main.command()
@@ -515,6 +540,7 @@ def study(study_file, only) -> None:
 @click.option("--data", default=DEFAULT_DATA, show_default=True, help="Dataset the checkpoint was trained on.")
 @click.option("--out", default="export", show_default=True, help="Bundle folder.")
 @click.option("--force", is_flag=True, help="Rebuild into a non-empty --out.")
+@quiet_option
 @friendly
 def bundle(checkpoint, results, data, out, force) -> None:
     """Build the shipped bundle: export + gates, evaluation, Grad-CAM sheet, guard report, model card."""

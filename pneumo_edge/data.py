@@ -252,7 +252,7 @@ def decode_all(samples: list[Sample], size: int, workers: int | None = None, pro
     With `rule=None` the images keep their whole frame (a list of (H, W) arrays,
     JPEGs decoded at no less than `size`), for augmentation that picks its own crop.
     """
-    from tqdm.auto import tqdm
+    from .edge.progress import track
 
     workers = workers or min(4, os.cpu_count() or 1)
 
@@ -266,8 +266,7 @@ def decode_all(samples: list[Sample], size: int, workers: int | None = None, pro
     images, labels, bad = [], [], []
     with ThreadPoolExecutor(workers) as pool:
         it = pool.map(work, samples, chunksize=32)
-        for s, (img, err) in tqdm(zip(samples, it), total=len(samples), desc=f"decode {size}px",
-                                  unit="img", disable=not progress, leave=False):
+        for s, (img, err) in track(zip(samples, it), len(samples), f"decode {size}px", enabled=progress):
             if err is None:
                 images.append(img)
                 labels.append(s.label)

@@ -58,8 +58,11 @@ def evaluate(checkpoint: str | Path, data: str, out: str | Path, target_sensitiv
     tcfg = config.get("train_config", {})
     target = target_sensitivity or config.get("target_sensitivity", 0.95)
 
+    from .edge.progress import stage
+
     splits, _, val_s, info = rebuild_split(config, data)
     fp = fingerprint(splits.train_pool)
+    stage("evaluate", f"validation: {len(val_s)} images (operating point and temperature)")
     x_val, y_val, _ = decode_all(val_s, spec.size, progress=progress, rule=spec.resize)
     val_logits = predict_logits(model, x_val, spec)
     cal = calibrate(val_logits, y_val, target)
@@ -68,6 +71,7 @@ def evaluate(checkpoint: str | Path, data: str, out: str | Path, target_sensitiv
     p_val = prob_from_logits(val_logits, temperature)
 
     # The one read of the test split.
+    stage("evaluate", f"test split: {len(splits.test)} images (one read, recorded in the ledger)")
     x_test, y_test, bad_test = decode_all(splits.test, spec.size, progress=progress, rule=spec.resize)
     test_logits = predict_logits(model, x_test, spec)
     p_test_raw = prob_from_logits(test_logits)
@@ -75,6 +79,7 @@ def evaluate(checkpoint: str | Path, data: str, out: str | Path, target_sensitiv
 
     at_op = binary_metrics(y_test, p_test, threshold)
     at_half = binary_metrics(y_test, p_test, 0.5)
+    stage("evaluate", f"bootstrap: {n_bootstrap} resamples")
     ci = bootstrap_ci(y_test, p_test, threshold, n=n_bootstrap)
     results = {
         "checkpoint": str(checkpoint),

@@ -288,6 +288,7 @@ def guard_report(model_path: str, data: str | None, out_json: str | None = None)
     from .data import decode_all, load_splits
     from .edge.imaging import normalize, resize_gray
     from .edge.model import EdgeModel
+    from .edge.progress import stage
 
     model = EdgeModel(model_path)
     if model.guard is None:
@@ -305,7 +306,8 @@ def guard_report(model_path: str, data: str | None, out_json: str | None = None)
 
     report: dict = {"model": str(model_path), "categories": {}}
     if data:
-        x, _, _ = decode_all(load_splits(data).test, s, progress=False, rule=model.spec.resize)
+        stage("guard-report", "test split (in distribution), then altered X-rays")
+        x, _, _ = decode_all(load_splits(data).test, s, progress=True, rule=model.spec.resize)
         r = rejected(x)
         report["in_distribution"] = {"set": "test split", "n": int(len(x)), "rejected": int(r.sum()),
                                      "rate": float(r.mean())}
@@ -314,6 +316,7 @@ def guard_report(model_path: str, data: str | None, out_json: str | None = None)
             r = rejected(imgs)
             report["altered_xrays"][name] = {"n": int(len(imgs)), "rejected": int(r.sum()), "rate": float(r.mean())}
     total, total_rej = 0, 0
+    stage("guard-report", "out-of-distribution images")
     for cat, items in ood_images().items():
         resized = np.stack([resize_gray(g, s, model.spec.resize) for _, g, _ in items])
         colour = np.array([c for _, _, c in items])

@@ -160,7 +160,7 @@ def _load_snapshot(out: Path, model, ema, opt) -> tuple[int, int, list, dict]:
 
 def fit(cfg: TrainConfig) -> dict:
     """Train, validate every epoch, write the best checkpoint; returns the results dict."""
-    from tqdm.auto import tqdm
+    from .edge.progress import Progress
 
     t_start = time.perf_counter()
     out = Path(cfg.out)
@@ -236,9 +236,8 @@ def fit(cfg: TrainConfig) -> dict:
                 if isinstance(mod, nn.BatchNorm2d):
                     mod.eval()
         t_ep, seen, loss_sum = time.perf_counter(), 0, 0.0
-        bar = tqdm(range(steps_per_epoch), desc=f"epoch {epoch + 1}/{cfg.epochs}", unit="batch",
-                   disable=not cfg.progress, leave=False)
-        for b in bar:
+        bar = Progress(steps_per_epoch, f"epoch {epoch + 1}/{cfg.epochs}", unit="batch", enabled=cfg.progress)
+        for b in range(steps_per_epoch):
             idx = order[b * cfg.batch_size:(b + 1) * cfg.batch_size]
             x01 = crop_batch(x_train, idx, spec.size, crop_rng, cfg.augment) if framing else uint8_batch(x_train, idx)
             x = to_model_input(augment(x01, gen, cfg.augment), spec)
@@ -255,6 +254,7 @@ def fit(cfg: TrainConfig) -> dict:
             seen += len(idx)
             loss_sum += loss.item() * len(idx)
             bar.set_postfix(loss=f"{loss_sum / seen:.4f}", img_s=f"{seen / (time.perf_counter() - t_ep):.1f}")
+            bar.update()
         bar.close()
 
         eval_model = _with_state(model, ema.state) if ema is not None else model

@@ -77,10 +77,10 @@ def _named(m: dict) -> dict:
 
 def _score(files: list[str], model: EdgeModel, use_guard: bool, cfg: ValidateConfig):
     """{path: (probability, guard score or None)} and the files that could not be decoded."""
-    from tqdm.auto import tqdm
+    from .edge.progress import Progress
 
     scored, unreadable = {}, []
-    bar = tqdm(total=len(files), unit="img", desc="validate", leave=False, disable=not cfg.progress)
+    bar = Progress(len(files), "validate", enabled=cfg.progress)
     for batch in decoded_batches(files, model, cfg.batch_size, cfg.workers):
         ok = [(path, dec) for path, dec, err in batch if err is None]
         unreadable += [{"path": display_path(path), "error": err} for path, _, err in batch if err is not None]

@@ -296,6 +296,7 @@ def explain(images: list[str], model, out: str | os.PathLike, target: str | None
     from .atomic import prepare_out_dir
     from .imaging import load_image, normalize, resize_gray
     from .model import EdgeModel
+    from .progress import track
 
     model = model if isinstance(model, EdgeModel) else EdgeModel(model)
     head = model.require_cam()
@@ -303,7 +304,7 @@ def explain(images: list[str], model, out: str | os.PathLike, target: str | None
     target_idx = target_index(labels, target)
     out = prepare_out_dir(out, force)
     records, panels = [], []
-    for src, name in zip(images, overlay_names(images, ".cam.png")):
+    for src, name in track(zip(images, overlay_names(images, ".cam.png")), len(images), "explain"):
         try:
             gray, chroma = load_image(src, size=spec.size)
             resized = resize_gray(gray, spec.size, spec.resize)

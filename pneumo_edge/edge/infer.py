@@ -491,7 +491,7 @@ def heatmap_folder(folder: str | Path, model: EdgeModel) -> Path:
 def _predict(paths: list[str], model: EdgeModel, outputs: Outputs, batch_size: int, workers: int | None,
              guard: bool, progress: bool | None, echo: Callable[[dict], None] | None,
              heatmaps: str | Path | None = None) -> InferSummary:
-    from tqdm.auto import tqdm
+    from .progress import Progress
 
     heat_dir = heatmap_folder(heatmaps, model) if heatmaps is not None else None
 
@@ -510,8 +510,7 @@ def _predict(paths: list[str], model: EdgeModel, outputs: Outputs, batch_size: i
         counts.update(r["label"] if r["status"] == "ok" else r["status"] for r in rows)
 
     write([{"path": display_path(p), "status": st, "error": msg} for p, st, msg in problems])
-    bar = tqdm(total=len(todo), unit="img", desc="infer", leave=False,
-               disable=None if progress is None else not progress)
+    bar = Progress(len(todo), "infer", enabled=True if progress is None else progress)
     for batch in decoded_batches(todo, model, batch_size, workers):
         write(_classify(batch, model, use_guard, heat_dir))
         bar.update(len(batch))
