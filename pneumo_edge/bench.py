@@ -356,12 +356,19 @@ def _goals(res: dict) -> list[str]:
     return out
 
 
-def _plot(res: dict, path: Path) -> None:
-    from .plots import bar_plot
+def _plot(res: dict, path: Path) -> Path:
+    from .plots import latency_plot
 
-    rows = [r for r in res["rows"] if r["batch"] == 1]
-    bar_plot([f"{r['variant']} t={r['threads']}" for r in rows], [r["p50_ms"] for r in rows], path,
-             "batch-1 p50 latency (ms)", f"{res['model']} @ {res['input_size']} px, {res['env']['model']}")
+    return latency_plot(res["rows"], path, f"{res['model']} @ {res['input_size']} px, {res['env']['model']} "
+                                           f"({res['env']['cores']} cores)")
+
+
+def replot(result_json: str | Path) -> Path:
+    """Redraw a stored benchmark's chart (the .png beside its .json) without timing anything again."""
+    import json
+
+    path = Path(result_json)
+    return _plot(json.loads(path.read_text()), path.with_suffix(".png"))
 
 
 def _check_minimums(cfg: BenchConfig, rows: list[dict]) -> None:

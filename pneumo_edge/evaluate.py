@@ -1,6 +1,7 @@
 """Evaluate a checkpoint: calibrate on validation, then read the test split once.
 
     results = evaluate("runs/lite0", data="../shared/data/chest_xray", out="runs/lite0/eval")
+    plots_from_predictions("runs/lite0/eval", out="runs/lite0/eval")  # redraw the plots: no test read
 
 Temperature and operating point (default: sensitivity 0.95) are fitted on the
 patient-level validation set carved from train with the checkpoint's own seed
@@ -19,11 +20,11 @@ import numpy as np
 
 from .edge.atomic import prepare_out_dir, write_json, write_text
 from .checkpoint import load_checkpoint
-from .data import LABELS, decode_all, fingerprint, rebuild_split
-from .edge.errors import ModelError
+from .data import LABELS, decode_all, fingerprint, load_splits, rebuild_split
+from .edge.errors import DataError, ModelError
 from .edge.imaging import PreprocessSpec
 from .metrics import (METRIC_NAMES, binary_metrics, bootstrap_ci, calibrate, expected_calibration_error,
-                      prob_from_logits, reliability_bins)
+                      prob_from_logits)
 
 DEFAULT_LEDGER = "test_ledger.jsonl"
 
@@ -46,7 +47,6 @@ def count_ledger(ledger: str | Path) -> int:
 def evaluate(checkpoint: str | Path, data: str, out: str | Path, target_sensitivity: float | None = None,
              n_bootstrap: int = 1000, ledger: str | Path | None = DEFAULT_LEDGER, force: bool = False,
              note: str = "", progress: bool = True, rule_commit: str | None = None) -> dict:
-    from .plots import confusion_matrix_plot, reliability_plot, roc_plot
     from .train import predict_logits
 
     if str(checkpoint).lower().endswith(".onnx"):  # its folder's PyTorch twin is not what the user named
@@ -73,6 +73,8 @@ def evaluate(checkpoint: str | Path, data: str, out: str | Path, target_sensitiv
     # The one read of the test split.
     stage("evaluate", f"test split: {len(splits.test)} images (one read, recorded in the ledger)")
     x_test, y_test, bad_test = decode_all(splits.test, spec.size, progress=progress, rule=spec.resize)
+    unreadable = {n for n, _ in bad_test}
+    names = [s.name for s in splits.test if s.name not in unreadable]  # decode_all keeps the rest, in order
     test_logits = predict_logits(model, x_test, spec)
     p_test_raw = prob_from_logits(test_logits)
     p_test = prob_from_logits(test_logits, temperature)
@@ -104,14 +106,8 @@ def evaluate(checkpoint: str | Path, data: str, out: str | Path, target_sensitiv
         "evaluated_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
     }
     write_json(out / "results.json", results)
-    np.savez_compressed(out / "test_predictions.npz", logits=test_logits, labels=y_test)
-    confusion_matrix_plot(at_op["confusion_matrix"], list(LABELS), out / "confusion_matrix.png",
-                          f"test, threshold {threshold:.3f} (val sensitivity {target:.2f})")
-    roc_plot(y_test, p_test, out / "roc.png", {"operating point": threshold, "0.5": 0.5},
-             f"test ROC, {config['model']} @ {spec.size}px")
-    reliability_plot({"before (T=1)": reliability_bins(y_test, p_test_raw),
-                      f"after (T={temperature:.2f})": reliability_bins(y_test, p_test)},
-                     out / "reliability.png", "test reliability, temperature fitted on validation")
+    np.savez_compressed(out / "test_predictions.npz", logits=test_logits, labels=y_test, names=np.array(names))
+    draw_plots(results, y_test, test_logits, names, out, n_bootstrap)
     write_text(out / "report.md", render_report(results))
     if ledger:
         append_ledger(ledger, {
@@ -126,6 +122,60 @@ def evaluate(checkpoint: str | Path, data: str, out: str | Path, target_sensitiv
         })
     print(render_summary(results))
     return results
+
+
+def draw_plots(results: dict, y: np.ndarray, logits: np.ndarray, names: list[str] | None, out: Path,
+               n_bootstrap: int = 1000) -> list[Path]:
+    """Confusion matrix, ROC + PR (bootstrap band by patient where names carry one), reliability with ECE.
+
+    Drawn from predictions and the results they gave, so stored predictions redraw them without a test read.
+    """
+    from .plots import confusion_matrix_plot, reliability_curves, reliability_plot, roc_pr_plot
+    from .validate import band_groups
+
+    op = results["operating_point"]
+    t, temperature = op["threshold"], op["temperature"]
+    p = prob_from_logits(logits, temperature)
+    groups, unit = band_groups(names) if names is not None else (None, "images")
+    title = f"test, {results['model']} @ {results['input_size']}px"
+    return [
+        confusion_matrix_plot(binary_metrics(y, p, t)["confusion_matrix"], list(LABELS), out / "confusion_matrix.png",
+                              f"test, threshold {t:.3f} (val sensitivity {op['target_sensitivity']:.2f})"),
+        roc_pr_plot(y, p, out / "roc.png", {"operating point": t, "0.5": 0.5}, title, groups, unit, n_bootstrap),
+        reliability_plot(reliability_curves(y, {"before (T=1)": prob_from_logits(logits),
+                                                f"after (T={temperature:.2f})": p}),
+                         out / "reliability.png", "test reliability, temperature fitted on validation"),
+    ]
+
+
+def stored_predictions(eval_dir: str | Path, data: str | None = None
+                       ) -> tuple[dict, np.ndarray, np.ndarray, list[str] | None]:
+    """An evaluation's results.json, test labels, test logits and each prediction's file name.
+
+    Predictions stored before names were: the names are listed again from `data`'s test split, in the
+    order evaluate read it (listed only, nothing decoded or scored), and must line up with the stored labels.
+    """
+    d = Path(eval_dir)
+    results = json.loads((d / "results.json").read_text())
+    with np.load(d / "test_predictions.npz") as z:
+        y, logits = z["labels"], z["logits"]
+        names = [str(n) for n in z["names"]] if "names" in z.files else None
+    if names is None and data:
+        unreadable = set(results["test"]["unreadable"])
+        test = [s for s in load_splits(data).test if s.name not in unreadable]
+        if len(test) != len(y) or any(s.label != k for s, k in zip(test, y)):
+            raise DataError(f"the test split of '{data}' does not line up with {d / 'test_predictions.npz'}")
+        names = [s.name for s in test]
+    return results, y, logits, names
+
+
+def plots_from_predictions(eval_dir: str | Path, out: str | Path, data: str | None = None,
+                           n_bootstrap: int = 1000) -> list[Path]:
+    """Redraw an evaluation's plots from its stored predictions: no test read, no ledger line."""
+    results, y, logits, names = stored_predictions(eval_dir, data)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    return draw_plots(results, y, logits, names, out, n_bootstrap)
 
 
 def render_summary(r: dict) -> str:

@@ -114,6 +114,11 @@ def calibrate(val_logits: np.ndarray, y_val: np.ndarray, target_sensitivity: flo
             "target_sensitivity": target_sensitivity, "temperature_check": check}
 
 
+def outcome(truth: int, predicted: int) -> str:
+    """'true positive', 'false negative', ... for one image (1 = PNEUMONIA, the positive class)."""
+    return f"{'true' if truth == predicted else 'false'} {'positive' if predicted == 1 else 'negative'}"
+
+
 def expected_calibration_error(y: np.ndarray, p: np.ndarray, bins: int = 15) -> float:
     """Top-label ECE: |accuracy - confidence| averaged over equal-width confidence bins."""
     y, p = np.asarray(y).astype(int), np.asarray(p, np.float64)
@@ -144,6 +149,26 @@ def reliability_bins(y: np.ndarray, p: np.ndarray, bins: int = 10) -> dict:
     return out
 
 
+def bootstrap_indices(y: np.ndarray, n: int, seed: int = 0, groups: np.ndarray | None = None):
+    """n bootstrap resamples (index arrays) of images, or of whole groups when `groups` is given.
+
+    Resamples holding one class only are skipped: no AUROC, no sensitivity/specificity pair.
+    """
+    y = np.asarray(y).astype(int)
+    rng = np.random.default_rng(seed)
+    members = None
+    if groups is not None:
+        _, inverse = np.unique(np.asarray(groups), return_inverse=True)
+        members = np.split(np.argsort(inverse, kind="stable"), np.cumsum(np.bincount(inverse))[:-1])
+    for _ in range(n):
+        if members is None:
+            i = rng.integers(0, len(y), len(y))
+        else:
+            i = np.concatenate([members[g] for g in rng.integers(0, len(members), len(members))])
+        if len(np.unique(y[i])) == 2:
+            yield i
+
+
 def bootstrap_ci(y: np.ndarray, p: np.ndarray, threshold: float, n: int = 1000, seed: int = 0,
                  level: float = 0.95, groups: np.ndarray | None = None) -> dict[str, list[float]]:
     """Percentile bootstrap intervals for every metric in METRIC_NAMES.
@@ -152,19 +177,8 @@ def bootstrap_ci(y: np.ndarray, p: np.ndarray, threshold: float, n: int = 1000, 
     one patient are not independent, and resampling them one by one makes the intervals too narrow.
     """
     y, p = np.asarray(y).astype(int), np.asarray(p, np.float64)
-    rng = np.random.default_rng(seed)
-    members = None
-    if groups is not None:
-        _, inverse = np.unique(np.asarray(groups), return_inverse=True)
-        members = np.split(np.argsort(inverse, kind="stable"), np.cumsum(np.bincount(inverse))[:-1])
     draws = {k: [] for k in METRIC_NAMES}
-    for _ in range(n):
-        if members is None:
-            i = rng.integers(0, len(y), len(y))
-        else:
-            i = np.concatenate([members[g] for g in rng.integers(0, len(members), len(members))])
-        if len(np.unique(y[i])) < 2:
-            continue
+    for i in bootstrap_indices(y, n, seed, groups):
         m = binary_metrics(y[i], p[i], threshold)
         for k in METRIC_NAMES:
             draws[k].append(m[k])

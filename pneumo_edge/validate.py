@@ -26,7 +26,7 @@ from .edge.atomic import prepare_out_dir, write_json, write_text
 from .edge.errors import DataError
 from .edge.infer import decoded_batches, display_path, find_inputs, score_decoded, spreadsheet_safe
 from .edge.model import EdgeModel
-from .metrics import binary_metrics, bootstrap_ci, reliability_bins
+from .metrics import binary_metrics, bootstrap_ci
 
 COLUMNS = ("path", "true_label", "label", "probability", "ood_score", "rejected")
 REPORTED = {"accuracy": "accuracy", "sensitivity": "recall", "specificity": "specificity",
@@ -69,6 +69,14 @@ def resampling_groups(paths: list[str]) -> tuple[np.ndarray, dict]:
     return groups, {"unit": unit, "n_groups": len(set(groups.tolist())), "files_with_patient_id": named}
 
 
+def band_groups(paths: list[str]) -> tuple[np.ndarray | None, str]:
+    """resampling_groups for a plot: (groups, what they are in words); None when every group is one image."""
+    groups, info = resampling_groups(paths)
+    if info["unit"] == "image":
+        return None, "images"
+    return groups, "patients" if info["unit"] == "patient" else "groups (patients where named, else images)"
+
+
 def _named(m: dict) -> dict:
     """binary_metrics under this report's names; null where undefined (no images, or one class only)."""
     out = {k: (None if m["n"] == 0 or math.isnan(m[v]) else m[v]) for k, v in REPORTED.items()}
@@ -106,7 +114,7 @@ def _predictions_csv(paths, y, p, scores, rejected, model: EdgeModel) -> str:
 
 def validate(cfg: ValidateConfig) -> dict:
     """Score every image under the class folders with the file's own rule; write metrics, rows and plots."""
-    from .plots import confusion_matrix_plot, pr_plot, reliability_plot, roc_plot
+    from .plots import confusion_matrix_plot, reliability_curves, reliability_plot, roc_pr_plot
 
     model = EdgeModel(resolve_model(cfg.model))
     labels, t = model.labels, model.threshold
@@ -157,12 +165,12 @@ def validate(cfg: ValidateConfig) -> dict:
     name = f"{model.path.name} ({model.meta.model})"
     plots = [confusion_matrix_plot(result["metrics"]["confusion_matrix"], labels, out / "confusion_matrix.png",
                                    f"{name}, stored threshold {t:.3f}"),
-             reliability_plot({name: reliability_bins(ya, pa)}, out / "reliability.png",
+             reliability_plot(reliability_curves(ya, {name: pa}), out / "reliability.png",
                               f"reliability, temperature {model.temperature:.2f} (stored)")]
     if both:  # a curve needs both classes
-        points = {"stored threshold": t}
-        plots += [roc_plot(ya, pa, out / "roc.png", points, f"ROC, {name}"),
-                  pr_plot(ya, pa, out / "pr.png", points, f"precision-recall, {name}")]
+        groups, unit = band_groups([q for q, a in zip(paths, accepted) if a])
+        plots.append(roc_pr_plot(ya, pa, out / "roc.png", {"stored threshold": t}, f"ROC, {name}", groups, unit,
+                                 cfg.n_bootstrap))
     result["plots"] = sorted(f.name for f in plots)
     write_text(out / "predictions.csv", _predictions_csv(paths, y, p, scores, rejected, model))
     write_json(out / "metrics.json", result)

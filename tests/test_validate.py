@@ -14,7 +14,7 @@ from pneumo_edge.cli import main
 from pneumo_edge.edge.meta import read_meta
 from pneumo_edge.validate import resampling_groups
 
-PLOTS = ["confusion_matrix.png", "pr.png", "reliability.png", "roc.png"]
+PLOTS = ["confusion_matrix.png", "reliability.png", "roc.png"]  # roc.png: ROC with its band beside PR
 
 
 def validate(*args):
