@@ -20,6 +20,8 @@ from .edge.atomic import write_with
 from .edge.cam import overlay_names, target_index
 from .edge.errors import ModelError
 
+CMAP, ALPHA = "jet", 0.45  # the overlay's colour map and opacity
+
 
 def find_layer(model: nn.Module, name: str) -> nn.Module:
     modules = dict(model.named_modules())
@@ -106,43 +108,61 @@ class GradCAM:
         return cam.detach().numpy(), logits.detach().numpy()
 
 
-def overlay(gray01: np.ndarray, heat: np.ndarray, alpha: float = 0.45, cmap: str = "jet") -> np.ndarray:
-    """Blend a [0, 1] heat map over a [0, 1] grey image; returns RGB float in [0, 1]."""
-    from matplotlib import colormaps
+def _input_box(shape: tuple[int, int], rule: str) -> tuple[int, int, int, int]:
+    """(left, top, right, bottom) of the film region the model sees under edge.imaging.resize_gray's rule."""
+    h, w = shape
+    if rule != "center-crop-bilinear":
+        return 0, 0, w, h  # squash: the whole film, stretched to a square
+    side = min(h, w)
+    left, top = (w - side) // 2, (h - side) // 2
+    return left, top, left + side, top + side
 
-    coloured = colormaps[cmap](heat)[..., :3]
-    grey = np.repeat(gray01[..., None], 3, axis=2)
-    return np.clip((1 - alpha) * grey + alpha * coloured, 0, 1)
 
-
-def _figure_png(path: Path, panels: list[tuple[np.ndarray, np.ndarray, str]], cols: int) -> Path:
+def _figure_png(path: Path, panels: list[tuple[np.ndarray, np.ndarray, tuple, str]], cols: int) -> Path:
+    """Per panel: the full film, and beside it the film with the map laid back over the region the model saw."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.cm import ScalarMappable
+    from matplotlib.colors import Normalize
+    from matplotlib.patches import Rectangle
 
     rows = (len(panels) + cols - 1) // cols
-    fig, axes = plt.subplots(rows, cols * 2, figsize=(cols * 4.4, rows * 2.5), squeeze=False)
+    height = rows * 2.5 + 0.3  # + one line of caption
+    fig, axes = plt.subplots(rows, cols * 2, figsize=(cols * 4.4 + 0.5, height), squeeze=False)
     for ax in axes.flat:
         ax.axis("off")
-    for i, (gray01, heat, title) in enumerate(panels):
+    for i, (film01, heat, (left, top, right, bottom), title) in enumerate(panels):
         r, c = divmod(i, cols)
-        axes[r, 2 * c].imshow(gray01, cmap="gray", vmin=0, vmax=1)
-        axes[r, 2 * c].set_title(title, fontsize=7, loc="left")
-        axes[r, 2 * c + 1].imshow(overlay(gray01, heat))
-        axes[r, 2 * c + 1].set_title("Grad-CAM", fontsize=7)
-    fig.tight_layout()
+        plain, mapped = axes[r, 2 * c], axes[r, 2 * c + 1]
+        for ax in (plain, mapped):
+            ax.imshow(film01, cmap="gray", vmin=0, vmax=1)
+        # extent stretches the model-sized map back over the film pixels it was computed from
+        mapped.imshow(heat, cmap=CMAP, vmin=0, vmax=1, alpha=ALPHA,
+                      extent=(left - .5, right - .5, bottom - .5, top - .5))
+        mapped.add_patch(Rectangle((left - .5, top - .5), right - left, bottom - top, fill=False, ec="white", ls="--",
+                                   lw=0.8))
+        mapped.set(xlim=(-.5, film01.shape[1] - .5), ylim=(film01.shape[0] - .5, -.5))
+        plain.set_title(title, fontsize=7, loc="left")  # may run over the map beside it, which has no title
+    fig.tight_layout(rect=(0, 0.3 / height, 0.93, 1))
+    fig.text(0.01, 0.08 / height, "Each pair: the full film, then Grad-CAM of the decided class laid back over it; "
+             "dashed box: the part of the film the model sees.", fontsize=7)
+    bar = fig.colorbar(ScalarMappable(Normalize(0, 1), CMAP), cax=fig.add_axes([0.945, 0.15, 0.012, 0.7]))
+    bar.set_label("Grad-CAM, scaled per image (0 lowest, 1 highest)", fontsize=7)
     write_with(path, lambda tmp: fig.savefig(tmp, format="png", dpi=100))
     plt.close(fig)
     return path
 
 
 def explain(images: list[str], bundle: str | Path, out: str | Path, layer: str | None = None,
-            target: str | None = None, force: bool = False, guard: bool = True) -> list[dict]:
+            target: str | None = None, force: bool = False, guard: bool = True,
+            truth: list[str | None] | None = None) -> list[dict]:
     """One overlay PNG per image plus a contact sheet; returns one record per image.
 
     guard: the bundle's model.onnx judges each image first (its guard was fitted on that file's
     embedding); a refused image gets status "rejected", the reason and no PNG.
+    truth: each image's true label where known; its panel then says true/false positive/negative.
     """
     from .edge.atomic import prepare_out_dir
     from .checkpoint import load_checkpoint
@@ -157,9 +177,10 @@ def explain(images: list[str], bundle: str | Path, out: str | Path, layer: str |
     out = prepare_out_dir(out, force)
     records, panels = [], []
     with GradCAM(model, layer or features_layer(model)) as cam:
-        for src, name in zip(images, overlay_names(images)):
+        for src, name, true in zip(images, overlay_names(images), truth or [None] * len(images)):
             try:
-                record, panel = _explain_one(cam, src, out / name, spec, meta, target_idx, edge if guard else None)
+                record, panel = _explain_one(cam, src, out / name, spec, meta, target_idx, edge if guard else None,
+                                             true)
             except ImageError as e:
                 record, panel = {"path": str(src), "status": "error", "error": str(e)}, None
             except Exception as e:  # one odd file must never end the run  # noqa: BLE001
@@ -174,11 +195,12 @@ def explain(images: list[str], bundle: str | Path, out: str | Path, layer: str |
 
 
 def _explain_one(cam: GradCAM, src: str, png: Path, spec, meta, target_idx: int | None,
-                 guard=None) -> tuple[dict, tuple | None]:
+                 guard=None, truth: str | None = None) -> tuple[dict, tuple | None]:
     """The overlay PNG of one image: (its record, its contact-sheet panel); no PNG if `guard` refuses it."""
     from .edge.cam import guard_reason, rejected_record
     from .edge.imaging import load_image, normalize, resize_gray
     from .edge.model import prob_from_logits
+    from .metrics import outcome
 
     labels = list(meta.labels)
     gray, chroma = load_image(src, size=spec.size)
@@ -196,8 +218,12 @@ def _explain_one(cam: GradCAM, src: str, png: Path, spec, meta, target_idx: int 
     p = float(prob_from_logits(logits, meta.temperature)[0])
     label = meta.decide(p)
     explained = labels[target_idx] if target_idx is not None else label
-    title = f"{Path(src).name[:40]}\nP(pneumonia) {p:.3f} -> {label}; map for {explained}"
-    panel = (resized / 255.0, heat[0], title)
+    title = f"{Path(src).name[:40]}\nP(pneumonia) {p:.3f} (threshold {meta.threshold:.3f}) -> {label}; map for {explained}"
+    known = {}
+    if truth is not None:  # the outcome first: a wrong case must read as one at a glance
+        known = {"true_label": truth, "outcome": outcome(labels.index(truth), labels.index(label))}
+        title = f"{known['outcome'].upper()}: true {truth}, predicted {label}\n{title}"
+    panel = (gray / 255.0, heat[0], _input_box(gray.shape, spec.resize), title)
     _figure_png(png, [panel], cols=1)
     return ({"path": str(src), "status": "ok", "probability": p, "label": label,
-             "explained_class": explained, "png": str(png)}, panel)
+             "explained_class": explained, "png": str(png), **known}, panel)
