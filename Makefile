@@ -11,7 +11,7 @@ RUN     ?= runs/default
 $(BIN)/pneumo-edge: pyproject.toml
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e ".[train,test,eval,serve]"
+	$(BIN)/pip install --quiet -e ".[train,test,eval,serve,cluster]"
 	@touch $@
 
 install: $(BIN)/pneumo-edge
@@ -31,6 +31,7 @@ test: install
 bench: install
 	$(BIN)/pneumo-edge bench --bundle $(BUNDLE) --data $(DATA)
 	$(BIN)/pneumo-edge bench-memory
+	$(BIN)/pneumo-edge bench-engines --images $(DATA)/test
 
 guard-report: install
 	$(BIN)/pneumo-edge guard-report --model $(BUNDLE)/model.onnx --data $(DATA) --out $(BUNDLE)/guard.json --force

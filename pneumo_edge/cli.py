@@ -203,10 +203,12 @@ def export(checkpoint, out, data, results, atol, int8, min_int8_agreement, max_i
 
 
 @main.command()
-@click.argument("paths", nargs=-1, required=True)
+@click.argument("paths", nargs=-1)
 @click.option("--model", "model_path", help=MODEL_HELP)
-@click.option("--out", "out_csv", default="predictions.csv", show_default=True,
-              help="CSV with one row per input; '-' writes it to standard output.")
+@click.option("--out", "out_csv", default=None,
+              help="CSV with one row per input; '-' writes it to standard output. With --engine ray, a name not "
+                   "ending in .csv is a Parquet dataset folder. [default: predictions.csv; with --engine ray: "
+                   "predictions.parquet]")
 @click.option("--json", "json_path", type=click.Path(), help="Also write the rows as JSON Lines here.")
 @click.option("--resume", is_flag=True,
               help="Keep the rows already in --out (and --json), re-try error and torn rows, append the rest.")
@@ -218,11 +220,19 @@ def export(checkpoint, out, data, results, atol, int8, min_int8_agreement, max_i
 @click.option("-v", "--verbose", is_flag=True, help=f"Print one line per input even when there are over {SHOW_ROWS}.")
 @click.option("--heatmaps", "heatmaps", type=click.Path(file_okay=False),
               help="Also write one heat-map overlay PNG per classified input into this folder.")
+@click.option("--engine", type=click.Choice(["local", "ray"]), default="local", show_default=True,
+              help="local: threads on this machine. ray: Ray Data (pip install 'pneumo-edge[cluster]'), same rows.")
+@click.option("--address", help="--engine ray: a running cluster ('auto' or ray://host:10001); default: local Ray.")
+@click.option("--manifest", help="--engine ray: a CSV or Parquet file whose 'path' column lists inputs "
+                                 "(local paths or URIs such as s3://bucket/x.dcm).")
+@click.option("--actors", type=int, help="--engine ray: classifier actors (default: CPUs / --threads-per-actor).")
+@click.option("--threads-per-actor", type=int, default=1, show_default=True,
+              help="--engine ray: onnxruntime threads inside each actor.")
 @quiet_option
 @friendly
 @no_traceback
 def infer(paths, model_path, out_csv, json_path, resume, force, batch_size, workers, guard, verbose,
-          heatmaps) -> None:
+          heatmaps, engine, address, manifest, actors, threads_per_actor) -> None:
     """Classify X-ray files and folders with onnxruntime (JPEG, PNG, BMP, TIFF, DICOM).
 
     Each row has the probability, the model's stored threshold, the label, the guard score and an
@@ -238,6 +248,11 @@ def infer(paths, model_path, out_csv, json_path, resume, force, batch_size, work
     from .edge.infer import EXIT_SOME_FAILED, SCORED, STDOUT, Outputs, predict_paths, printable
     from .edge.model import EdgeModel
 
+    if engine == "local" and (manifest or address or actors):
+        raise click.UsageError("--manifest, --address and --actors go with --engine ray")
+    if not paths and not manifest:
+        raise click.UsageError("name at least one file or folder (or, with --engine ray, a --manifest)")
+    out_csv = out_csv or ("predictions.parquet" if engine == "ray" else "predictions.csv")
     to_stderr = out_csv == STDOUT  # then standard output carries the CSV alone
     say = functools.partial(click.echo, err=to_stderr)
     where = "standard output" if to_stderr else printable(out_csv)
@@ -257,10 +272,22 @@ def infer(paths, model_path, out_csv, json_path, resume, force, batch_size, work
         if len(held) <= SHOW_ROWS:
             held.append(row)
 
-    with Outputs(out_csv, json_path, resume, force) as outputs:  # before the model loads: refuse early
-        model = EdgeModel(resolve_model(model_path))
-        s = predict_paths(list(paths), model, outputs, batch_size=batch_size, workers=workers, guard=guard,
-                          echo=echo if verbose else hold, heatmaps=heatmaps)
+    if engine == "ray":
+        from .edge.cluster import ClusterConfig, open_outputs, predict_cluster
+
+        if heatmaps:
+            raise click.UsageError("--heatmaps runs with the local engine only")
+        with open_outputs(out_csv, json_path, resume, force) as outputs:  # before the model loads
+            model = EdgeModel(resolve_model(model_path), threads=1)
+            cfg = ClusterConfig(address=address, actors=actors, threads_per_actor=threads_per_actor,
+                                batch_size=batch_size, guard=guard)
+            s = predict_cluster(list(paths), str(model.path), outputs, cfg, manifest=manifest,
+                                echo=echo if verbose else hold)
+    else:
+        with Outputs(out_csv, json_path, resume, force) as outputs:  # before the model loads: refuse early
+            model = EdgeModel(resolve_model(model_path))
+            s = predict_paths(list(paths), model, outputs, batch_size=batch_size, workers=workers, guard=guard,
+                              echo=echo if verbose else hold, heatmaps=heatmaps)
     for row in held if len(held) <= SHOW_ROWS else ():
         echo(row)
     labels = ", ".join(f"{k} {v}" for k, v in sorted(s.counts.items())) or "nothing"
@@ -447,6 +474,23 @@ def bench_memory(model_path, out, files) -> None:
 
     click.echo(render(measure_decode_memory(MemoryConfig(model=model_path, out=out, at_limit=files, bombs=files))))
     click.echo(f"wrote {out}/decode-memory.json")
+
+
+@main.command("bench-engines")
+@click.option("--model", "model_path", default="export/model.int8.onnx", show_default=True,
+              help="ONNX model both engines run.")
+@click.option("--images", default="../shared/data/chest_xray/test", show_default=True,
+              help="Folder of X-rays both engines classify.")
+@click.option("--out", default="bench/results", show_default=True, help="Folder for engines.json and engines.md.")
+@click.option("--rounds", type=int, default=2, show_default=True, help="Alternating local/Ray rounds (best is reported).")
+@quiet_option
+@friendly
+def bench_engines(model_path, images, out, rounds) -> None:
+    """infer's local engine against --engine ray in local mode, and an estimate for a 10M-image archive."""
+    from .cluster_bench import EnginesConfig, bench_engines as run, render
+
+    click.echo(render(run(EnginesConfig(folder=images, model=model_path, out=out, rounds=rounds))))
+    click.echo(f"wrote {out}/engines.json and engines.md")
 
 
 @main.command("bench-serve")

@@ -61,21 +61,25 @@ def write_xrays(folder: Path, n: int = 2, seed: int = 0) -> list[str]:
     return paths
 
 
-def run_cli_without_torch(args: list[str], cwd: Path):
-    """`pneumo-edge ARGS` in a fresh interpreter where `import torch` fails; asserts torch stayed out."""
+def run_cli_without_torch(args: list[str], cwd: Path, also_block: tuple[str, ...] = ()):
+    """`pneumo-edge ARGS` in a fresh interpreter where `import torch` (and each of `also_block`) fails;
+    asserts they stayed out."""
     import subprocess
     import sys
 
+    blocked = ["torch", *also_block]
     script = f"""
 import sys
-sys.modules["torch"] = None  # any 'import torch' now raises ImportError
+for name in {blocked!r}:
+    sys.modules[name] = None  # any 'import NAME' now raises ImportError
 import pneumo_edge.edge
 from pneumo_edge.cli import main
 sys.argv = ["pneumo-edge", *{list(map(str, args))!r}]
 try:
     main()
 except SystemExit:
-    assert "torch" not in [m for m in sys.modules if sys.modules[m] is not None], "torch was imported"
+    loaded = [m for m in sys.modules if sys.modules[m] is not None]
+    assert not set({blocked!r}) & set(loaded), "a blocked module was imported"
     raise
 """
     return subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=cwd)

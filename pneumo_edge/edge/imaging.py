@@ -243,21 +243,23 @@ def load_gray(source: str | os.PathLike | bytes, size: int | None = None) -> np.
     return load_image(source, size)[0]
 
 
-def load_image(source: str | os.PathLike | bytes, size: int | None = None) -> tuple[np.ndarray, float]:
+def load_image(source: str | os.PathLike | bytes, size: int | None = None,
+               name: str | None = None) -> tuple[np.ndarray, float]:
     """Decode to (uint8 (H, W) grayscale, chroma of the original colours).
 
     `size` lets large JPEGs decode at a reduced scale (never below `size`), which
     is several times faster and changes nothing for images already near `size`.
+    `name`: for bytes, the file name they came from (a `.dcm` suffix marks DICOM, as it does for a path).
     Raises ImageError with a one-line reason for anything that is not an image.
     """
     if isinstance(source, (bytes, bytearray)):
         data = bytes(source)
-        name = "<bytes>"
+        name = name or "<bytes>"
         if not data:
             raise ImageError("empty file (0 bytes)")
         stream = io.BytesIO(data)
         head = data[:132]
-        is_dicom = head[128:132] == b"DICM"
+        is_dicom = SUFFIX_FORMATS.get(Path(name).suffix.lower()) == "DICOM" or head[128:132] == b"DICM"
     else:
         path = Path(source)
         name = path.name

@@ -453,6 +453,7 @@ class InferSummary:
     n_duplicates: int = 0  # inputs reached twice, classified once
     n_incomplete: int = 0  # torn or incomplete rows that resume dropped and re-did
     n_old_errors: int = 0  # error rows kept from earlier runs for inputs not named this time
+    first_result_seconds: float | None = None  # --engine ray: start-up until the first batch of rows
 
     @property
     def images_per_s(self) -> float:

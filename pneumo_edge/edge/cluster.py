@@ -1,0 +1,370 @@
+"""Batch inference on Ray Data: the same rows as `infer`, from one machine or a cluster.
+
+    summary = predict_cluster(["./xrays"], "export/model.int8.onnx", "rows.parquet", ClusterConfig())
+
+The pipeline is Ray Data's: a dataset of input paths, `map_batches` tasks that read each file's
+bytes (local paths, or any URI pyarrow understands: s3://, gs://, hdfs://, file://) and decode
+and resize them with `edge.imaging`, then an actor pool where each actor opens the ONNX file once
+and scores batches with the same code as the local engine (`infer.score_decoded`, `_scored_row`).
+Rows come back to the driver as a stream and are written as they arrive: to a CSV through the
+local engine's `Outputs` (same lock, resume and crash rules), or to a Parquet dataset of part
+files, each written whole under a temporary name and renamed, so a crash never leaves half a part.
+
+Faults: a file that cannot be read or decoded is its row with the reason. An actor that dies is
+restarted by Ray and its batch re-run (Ray Data's actor pools retry tasks); the driver writes each
+input once, so a retried batch cannot duplicate rows. `resume` skips inputs that already have a
+done row and re-tries error rows, as the local engine does.
+
+Ray is an optional dependency (`pip install "pneumo-edge[cluster]"`), imported only here.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+import uuid
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .atomic import atomic_path, open_locked, UPDATE
+from .errors import ImageError, OutputError, PneumoEdgeError
+from .infer import (COLUMNS, DONE_STATUSES, InferSummary, Outputs, _scored_row, display_path, find_inputs,
+                    score_decoded)
+
+PARTS_GLOB = "part-*.parquet"
+BLOCK_ROWS = 256  # inputs per Ray block (one decode task each)
+PART_ROWS = 2048  # rows per Parquet part file: the most a crash can cost the dataset
+
+
+class ClusterError(PneumoEdgeError):
+    exit_code = 2
+
+
+@dataclass
+class ClusterConfig:
+    address: str | None = None  # None: a local Ray instance on this machine; "auto" or "ray://host:10001"
+    actors: int | None = None  # classifier actors (default: CPUs / threads_per_actor)
+    threads_per_actor: int = 1  # onnxruntime threads in each actor
+    batch_size: int = 16  # images per decode task batch and per onnxruntime call
+    guard: bool = True
+
+
+def is_uri(path: str) -> bool:
+    return "://" in path
+
+
+# ---------------------------------------------------------------- inputs
+
+def read_manifest(manifest: str) -> list[str]:
+    """The `path` column of a CSV or Parquet file (local, or any URI pyarrow reads)."""
+    import pyarrow.csv as pacsv
+    import pyarrow.parquet as pq
+
+    try:
+        if manifest.lower().endswith(".parquet"):
+            table = pq.read_table(manifest, columns=["path"])
+        else:
+            table = pacsv.read_csv(manifest, convert_options=pacsv.ConvertOptions(include_columns=["path"],
+                                                                                  column_types={"path": "string"}))
+    except (OSError, KeyError, ValueError) as e:
+        raise ClusterError(f"cannot read manifest '{manifest}' (a CSV or Parquet file with a 'path' column): "
+                           f"{str(e).splitlines()[0]}") from None
+    return [p for p in table.column("path").to_pylist() if p]
+
+
+def gather_inputs(paths: list[str], manifest: str | None, exclude: set[str]) -> tuple[list[str], list[tuple], int]:
+    """(files to read, problem rows (path, status, reason), duplicates): local inputs through the local
+    engine's finder (same skip and error rules), URIs as given, each input once."""
+    named = list(paths) + (read_manifest(manifest) if manifest else [])
+    local = [p for p in named if not is_uri(p)]
+    found = find_inputs(local, exclude)
+    uris, seen = [], set()
+    for u in (p for p in named if is_uri(p)):
+        if u not in seen:
+            seen.add(u)
+            uris.append(u)
+    dupes = found.n_duplicates + sum(1 for p in named if is_uri(p)) - len(uris)
+    return list(found.files) + uris, list(found.problems), dupes
+
+
+# ---------------------------------------------------------------- the pipeline stages (run in Ray workers)
+
+def fetch(uri: str) -> bytes:
+    """A remote file's bytes, with the local engine's reasons for what is not a readable file."""
+    import pyarrow.fs as pafs
+
+    try:
+        fs, inner = pafs.FileSystem.from_uri(uri)
+        info = fs.get_file_info(inner)
+    except (OSError, ValueError) as e:
+        raise ImageError(f"cannot read file ({str(e).splitlines()[0]})") from e
+    if info.type == pafs.FileType.NotFound:
+        raise ImageError("file does not exist")
+    if info.type == pafs.FileType.Directory:
+        raise ImageError("is a folder, not a file")
+    if info.size == 0:
+        raise ImageError("empty file (0 bytes)")
+    try:
+        with fs.open_input_stream(inner) as f:
+            return f.read()
+    except OSError as e:
+        raise ImageError(f"cannot read file ({str(e).splitlines()[0]})") from e
+
+
+def _decode_one(source: str, size: int, rule: str) -> tuple[np.ndarray | None, float, str]:
+    from .imaging import load_image, resize_gray
+
+    try:
+        if is_uri(source):
+            gray, colour = load_image(fetch(source), size=size, name=source.rsplit("/", 1)[-1])
+        else:
+            gray, colour = load_image(source, size=size)
+        return resize_gray(gray, size, rule), colour, ""
+    except ImageError as e:
+        return None, 0.0, str(e)
+    except Exception as e:  # one odd file must never fail the job  # noqa: BLE001
+        return None, 0.0, f"unexpected {e.__class__.__name__}: {e}"
+
+
+def decode_batch(batch: dict, size: int, rule: str) -> dict:
+    """Ray `map_batches` task: paths in, resized uint8 images (zeros where decoding failed) and reasons out."""
+    out = [_decode_one(str(s), size, rule) for s in batch["source"]]
+    blank = np.zeros((size, size), np.uint8)
+    return {"path": batch["path"], "image": np.stack([img if img is not None else blank for img, _, _ in out]),
+            "chroma": np.array([c for _, c, _ in out], np.float64), "error": np.array([e for _, _, e in out], object)}
+
+
+class Classify:
+    """Ray actor: opens the ONNX file once, then scores batches; rows leave as JSON text (exact floats).
+
+    Configured through class attributes (`classifier`), not constructor arguments: Ray keeps those in
+    the object store, where an actor restarted after a crash may no longer find them.
+    """
+
+    model_path: str = ""
+    threads: int = 1
+    use_guard: bool = True
+
+    def __init__(self):
+        from .model import EdgeModel
+
+        self.model = EdgeModel(self.model_path, threads=self.threads)
+        self.guard = self.use_guard and self.model.guard is not None
+
+    def __call__(self, batch: dict) -> dict:
+        errors = [str(e) for e in batch["error"]]
+        ok = [i for i, e in enumerate(errors) if not e]
+        rows: dict[int, dict] = {i: {"status": "error", "error": errors[i]} for i in range(len(errors)) if errors[i]}
+        if ok:
+            decoded = [(batch["image"][i], float(batch["chroma"][i])) for i in ok]
+            try:
+                probs, scores, reasons = score_decoded(self.model, decoded, self.guard)
+            except Exception as e:  # noqa: BLE001 - the batch's rows say so, the job goes on
+                rows.update({i: {"status": "error", "error": f"inference failed: {e}"} for i in ok})
+            else:
+                for k, i in enumerate(ok):
+                    rows[i] = _scored_row(self.model, float(probs[k]),
+                                          None if scores is None else float(scores[k]), reasons[k])
+        return {"row": np.array([json.dumps({"path": str(p), **rows[i]})
+                                 for i, p in enumerate(batch["path"])], object)}
+
+
+def classifier(model: str, threads: int, guard: bool) -> type:
+    """A Classify class bound to one model file (the class travels to the workers by value)."""
+    return type("Classify", (Classify,), {"model_path": model, "threads": threads, "use_guard": guard})
+
+
+# ---------------------------------------------------------------- Parquet output
+
+def _schema():
+    import pyarrow as pa
+
+    return pa.schema([("path", pa.string()), ("probability", pa.float64()), ("label", pa.string()),
+                      ("status", pa.string()), ("error", pa.string()), ("ood_score", pa.float64()),
+                      ("threshold", pa.float64()), ("ood", pa.bool_())])
+
+
+class ParquetOutputs:
+    """A Parquet dataset folder of part files, held under a lock; the same interface as `infer.Outputs`.
+
+    New folder (refused if it holds parts, unless force empties it), or resume: parts are read back, the
+    rows of inputs to re-do are dropped (the parts that held them rewritten), and new parts appended.
+    """
+
+    def __init__(self, folder: str | Path, resume: bool = False, force: bool = False):
+        self.folder = Path(folder)
+        if self.folder.exists() and not self.folder.is_dir():
+            raise OutputError(f"--out '{folder}' exists and is not a folder (a Parquet dataset is a folder)")
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self._lock = open_locked(self.folder / ".lock", UPDATE)  # a second writer is refused here
+        parts = sorted(self.folder.glob(PARTS_GLOB))
+        if parts and not (resume or force):
+            self._lock.close()
+            raise OutputError(f"--out '{folder}' already holds {len(parts)} part file(s): pass --resume to "
+                              "continue it or --force to replace it")
+        if force and not resume:
+            for p in parts:
+                p.unlink()
+            parts = []
+        self.parts = parts
+        self.pending: list[dict] = []
+        self.n_rows = 0
+        self.n_incomplete = 0
+
+    def identities(self) -> set[str]:
+        return {str(self.folder.resolve())}
+
+    def _read(self, part: Path) -> list[dict]:
+        import pyarrow.parquet as pq
+
+        return pq.read_table(part).to_pylist()
+
+    def begin(self, displays: list[str]) -> set[str]:
+        """Inputs already done; error rows of the named inputs are dropped so they are re-tried."""
+        status: dict[str, str] = {}
+        named = set(displays)
+        for part in self.parts:
+            rows = self._read(part)
+            keep = [r for r in rows if r["status"] in DONE_STATUSES or r["path"] not in named]
+            if len(keep) != len(rows):
+                self._write_part(keep, part)
+            status.update((r["path"], r["status"]) for r in keep)
+        self.status = status
+        return {d for d in displays if status.get(d) in DONE_STATUSES}
+
+    def n_old_errors(self) -> int:
+        return sum(s == "error" for s in getattr(self, "status", {}).values())
+
+    def _write_part(self, rows: list[dict], part: Path | None = None) -> None:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        part = part or self.folder / f"part-{time.strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:8]}.parquet"
+        table = pa.Table.from_pylist([{c: r.get(c) for c in COLUMNS} for r in rows], schema=_schema())
+        with atomic_path(part) as tmp:  # a reader or a crash never sees half a part
+            pq.write_table(table, tmp)
+
+    def write(self, rows: list[dict]) -> None:
+        self.pending += rows
+        self.n_rows += len(rows)
+        if len(self.pending) >= PART_ROWS:
+            self.sync()
+
+    def sync(self) -> None:
+        if self.pending:
+            self._write_part(self.pending)
+            self.pending = []
+
+    def close(self) -> None:
+        try:
+            self.sync()
+        finally:
+            self._lock.close()
+
+    def __enter__(self) -> "ParquetOutputs":
+        return self
+
+    def __exit__(self, *_) -> None:
+        self.close()
+
+
+def open_outputs(out: str, json_path: str | None, resume: bool, force: bool):
+    """A CSV path (or '-') gets the local engine's Outputs; anything else is a Parquet dataset folder."""
+    if out == "-" or out.lower().endswith(".csv"):
+        return Outputs(out, json_path, resume, force)
+    if json_path:
+        raise OutputError("--json goes with a CSV --out; a Parquet dataset already holds every column")
+    return ParquetOutputs(out, resume, force)
+
+
+def read_rows(out: str | Path) -> list[dict]:
+    """Every row of a Parquet dataset written by this engine."""
+    import pyarrow.parquet as pq
+
+    return [r for p in sorted(Path(out).glob(PARTS_GLOB)) for r in pq.read_table(p).to_pylist()]
+
+
+# ---------------------------------------------------------------- the driver
+
+def start_ray(address: str | None):
+    try:
+        import ray
+    except ImportError:
+        raise ClusterError('--engine ray needs Ray: pip install "pneumo-edge[cluster]"') from None
+    if not ray.is_initialized():
+        kwargs = {"include_dashboard": False, "log_to_driver": False, "logging_level": logging.WARNING}
+        try:
+            ray.init(address=address, **kwargs) if address else ray.init(**kwargs)
+        except (ConnectionError, RuntimeError, ValueError) as e:
+            raise ClusterError(f"cannot connect to Ray at '{address}': {str(e).splitlines()[0]}") from None
+    ctx = ray.data.DataContext.get_current()
+    ctx.enable_progress_bars = False  # the command shows its own progress
+    logging.getLogger("ray.data").setLevel(logging.WARNING)
+    return ray
+
+
+def predict_cluster(paths: list[str], model: str, outputs, cfg: ClusterConfig = ClusterConfig(),
+                    manifest: str | None = None, echo=None, progress: bool = True) -> InferSummary:
+    """Classify every input on Ray, rows written to `outputs` (an `Outputs` or `ParquetOutputs`) as they come."""
+    from .model import EdgeModel
+    from .progress import Progress
+
+    local_model = EdgeModel(model, threads=1)  # validates the file before any worker starts
+    spec = local_model.spec
+    files, problems, dupes = gather_inputs(paths, manifest, outputs.identities())
+    displays = [display_path(p) for p in files] + [display_path(p) for p, _, _ in problems]
+    done = outputs.begin(displays)
+    todo = [f for f in files if display_path(f) not in done]
+    n_named = len(files) + len(problems)
+    problems = [pr for pr in problems if display_path(pr[0]) not in done]
+    counts: Counter = Counter()
+    t0 = time.perf_counter()
+    first_row = None  # start-up: Ray, actors opening the model, the first batch
+
+    def write(rows: list[dict]) -> None:
+        outputs.write(rows)
+        counts.update(r["label"] if r["status"] == "ok" else r["status"] for r in rows)
+        for r in rows if echo else ():
+            echo(r)
+
+    write([{"path": display_path(p), "status": st, "error": msg} for p, st, msg in problems])
+    if todo:
+        ray = start_ray(cfg.address)
+        threads = max(1, cfg.threads_per_actor)
+        cpus = ray.cluster_resources().get("CPU", 1)
+        actors = cfg.actors or max(1, int(cpus // threads))
+        # Blocks of a few hundred inputs: Ray's default (up to 200 tiny blocks) pays a task's overhead
+        # for every handful of images; a few blocks per CPU still keeps every CPU busy.
+        blocks = max(1, min(len(todo), max(int(2 * cpus), len(todo) // BLOCK_ROWS)))
+        ds = ray.data.from_items([{"path": display_path(p), "source": str(p)} for p in todo],
+                                 override_num_blocks=blocks)
+        # Decode tasks reserve no CPU: actors hold theirs for the whole run, and a reservation here could
+        # leave the decoders unschedulable; `concurrency` bounds them to one per CPU instead.
+        ds = ds.map_batches(decode_batch, batch_size=cfg.batch_size, fn_kwargs={"size": spec.size, "rule": spec.resize},
+                            num_cpus=0, concurrency=max(1, int(cpus)))
+        ds = ds.map_batches(classifier(str(Path(model).resolve()), threads, cfg.guard), batch_size=cfg.batch_size,
+                            compute=ray.data.ActorPoolStrategy(size=actors), num_cpus=threads)
+        written: set[str] = set()
+        with Progress(len(todo), "infer (ray)", enabled=progress) as bar:
+            for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
+                if first_row is None:
+                    first_row = time.perf_counter() - t0
+                rows = [json.loads(text) for text in batch["row"]]
+                fresh = [r for r in rows if r["path"] not in written]  # a retried batch cannot add a row twice
+                written.update(r["path"] for r in fresh)
+                write(fresh)
+                bar.update(len(fresh))
+        missing = [p for p in todo if display_path(p) not in written]
+        if missing:  # never expected: Ray returns every row or raises; say so rather than lose an input
+            write([{"path": display_path(p), "status": "error", "error": "no result from the cluster"}
+                   for p in missing])
+    return InferSummary(counts=counts, n_files=len(todo) + len(problems), n_failed=counts.get("error", 0),
+                        n_skipped_resume=n_named - len(todo) - len(problems),
+                        seconds=time.perf_counter() - t0, n_duplicates=dupes,
+                        n_incomplete=outputs.n_incomplete, n_old_errors=outputs.n_old_errors(),
+                        first_result_seconds=first_row)
