@@ -229,8 +229,14 @@ def rebuild_split(config: dict, data: str) -> tuple[Splits, list[Sample], list[S
     if config.get("data_fingerprint") and fp != config["data_fingerprint"]:
         warnings.warn(f"training data fingerprint {fp} differs from the checkpoint's {config['data_fingerprint']}: "
                       "validation is carved from different data", stacklevel=2)
-    train, val, info = carve_validation(splits.train_pool, tcfg["val_fraction"], tcfg["seed"])
+    train, val, info = carve_validation(splits.train_pool, tcfg["val_fraction"], split_seed(tcfg))
     return splits, train, val, info
+
+
+def split_seed(train_config: dict) -> int:
+    """The seed that carved a run's validation split: its own `split_seed`, else its training seed."""
+    s = train_config.get("split_seed")
+    return int(train_config["seed"] if s is None else s)
 
 
 def fingerprint(samples: list[Sample]) -> str:

@@ -54,6 +54,7 @@ class TrainConfig:
     val_fraction: float = 0.1
     target_sensitivity: float = 0.95
     seed: int = 42
+    split_seed: int | None = None  # carves validation (default: seed); fixed across the members of a soup
     max_train_images: int | None = None  # subsample for smoke runs
     threads: int | None = None
     deterministic: bool = False  # strict deterministic kernels cost ~20% speed on CPU
@@ -160,6 +161,7 @@ def _load_snapshot(out: Path, model, ema, opt) -> tuple[int, int, list, dict]:
 
 def fit(cfg: TrainConfig) -> dict:
     """Train, validate every epoch, write the best checkpoint; returns the results dict."""
+    from .data import split_seed
     from .edge.progress import Progress
 
     t_start = time.perf_counter()
@@ -178,7 +180,7 @@ def fit(cfg: TrainConfig) -> dict:
                           resize=cfg.resize)
 
     splits = load_splits(cfg.data)
-    train_s, val_s, info = carve_validation(splits.train_pool, cfg.val_fraction, cfg.seed)
+    train_s, val_s, info = carve_validation(splits.train_pool, cfg.val_fraction, split_seed(vars(cfg)))
     if cfg.max_train_images and len(train_s) > cfg.max_train_images:
         keep = np.random.default_rng(cfg.seed).choice(len(train_s), cfg.max_train_images, replace=False)
         train_s = [train_s[i] for i in sorted(keep)]
