@@ -37,6 +37,9 @@ class Candidate:
     why: str
     train: dict = field(default_factory=dict)  # TrainConfig fields that differ from the defaults
     checkpoint: str | None = None  # score an existing checkpoint instead of training
+    # a weight soup: {"recipe": another candidate's name, "seeds": [...]}: that recipe trained again with each
+    # seed on the study's validation split, averaged with the recipe's own run (`soup.average_checkpoints`)
+    soup: dict | None = None
 
 
 @dataclass
@@ -121,10 +124,40 @@ def pick(scores: dict[str, dict]) -> tuple[str, str]:
     return win, why
 
 
-def run_study(study_file: str | Path, only: list[str] | None = None, progress: bool = True) -> dict:
-    """Train (or resume) every candidate, score it, write the table and the pick."""
+def train_once(cfg, progress: bool) -> float | None:
+    """Train `cfg` unless its run is complete (resuming a stopped one); its wall time in minutes."""
     from .train import fit
 
+    ckpt = Path(cfg.out)
+    tr = ckpt / "train_results.json"
+    if not tr.exists():
+        cfg.resume = (ckpt / "last.json").exists()
+        cfg.force = not cfg.resume
+        cfg.progress = progress
+        fit(cfg)
+    return round(json.loads(tr.read_text())["wall_time_s"] / 60.0, 1) if tr.exists() else None
+
+
+def make_soup(cand: Candidate, study: StudyConfig, progress: bool) -> tuple[Path, float | None]:
+    """Train the soup's members (the recipe's own run, then one per extra seed), average them."""
+    from dataclasses import replace
+
+    from .soup import average_checkpoints
+
+    recipe = next((c for c in study.candidates if c.name == cand.soup.get("recipe")), None)
+    if recipe is None or recipe.soup or recipe.checkpoint:
+        raise DataError(f"soup '{cand.name}': 'recipe' must name a trained candidate of the study")
+    base = train_config(recipe, study)
+    members = [base] + [replace(base, seed=int(s), split_seed=base.seed, out=f"{base.out}-seed{s}")
+                        for s in cand.soup.get("seeds", [])]
+    minutes = [train_once(cfg, progress) for cfg in members]
+    out = Path(study.runs) / cand.name
+    average_checkpoints([cfg.out for cfg in members], out)
+    return out, (round(sum(minutes), 1) if None not in minutes else None)
+
+
+def run_study(study_file: str | Path, only: list[str] | None = None, progress: bool = True) -> dict:
+    """Train (or resume) every candidate, score it, write the table and the pick."""
     study = StudyConfig.load(study_file)
     results_dir = Path(study.results)
     scores_path = results_dir / "scores.json"
@@ -133,29 +166,24 @@ def run_study(study_file: str | Path, only: list[str] | None = None, progress: b
         if only and cand.name not in only:
             continue
         if cand.name in scores and scores[cand.name].get("config") == cand.train and \
-                scores[cand.name].get("checkpoint_source") == cand.checkpoint:
+                scores[cand.name].get("checkpoint_source") == cand.checkpoint and \
+                scores[cand.name].get("soup") == cand.soup:
             print(f"[{cand.name}] already scored")
             continue
         print(f"[{cand.name}] {cand.why}")
-        minutes = None
-        if cand.checkpoint:
+        if cand.soup:
+            ckpt, minutes = make_soup(cand, study, progress)
+        elif cand.checkpoint:
             ckpt = Path(cand.checkpoint)
             tr = ckpt / "train_results.json"
+            minutes = round(json.loads(tr.read_text())["wall_time_s"] / 60.0, 1) if tr.exists() else None
         else:
             cfg = train_config(cand, study)
-            ckpt = Path(cfg.out)
-            tr = ckpt / "train_results.json"
-            if not tr.exists():
-                cfg.resume = (ckpt / "last.json").exists()
-                cfg.force = not cfg.resume
-                cfg.progress = progress
-                fit(cfg)
-        if tr.exists():
-            minutes = round(json.loads(tr.read_text())["wall_time_s"] / 60.0, 1)
+            ckpt, minutes = Path(cfg.out), train_once(cfg, progress)
         t0 = time.perf_counter()
         s = score(ckpt, study.data, progress=progress)
         s.update(config=cand.train, checkpoint_source=cand.checkpoint, checkpoint=str(ckpt), why=cand.why,
-                 train_minutes=minutes, score_s=round(time.perf_counter() - t0, 1))
+                 train_minutes=minutes, score_s=round(time.perf_counter() - t0, 1), soup=cand.soup)
         scores[cand.name] = s
         write_json(scores_path, scores)  # after each candidate: a stopped study loses one run at most
     done = {c.name: scores[c.name] for c in study.candidates if c.name in scores}

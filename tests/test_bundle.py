@@ -20,7 +20,8 @@ def test_build_bundle_end_to_end(tiny_checkpoint, tiny_data, tiny_eval, tmp_path
               "gradcam/contact_sheet.png"):
         assert (out / f).is_file(), f
     card = (out / "README.md").read_text()
-    assert card.startswith("---\nlicense:") and "Not a medical device" in card.replace("**", "")
+    assert card.startswith("---\n") and "\nlicense: apache-2.0\n" in card
+    assert "Not a medical device" in card.replace("**", "")
     assert json.loads((out / "guard.json").read_text())["ood_overall"]["n"] > 50
 
 
