@@ -356,6 +356,11 @@ def info(model) -> None:
     width = max(len(name) for name, _ in rows)
     for name, value in rows:
         click.echo(f"{name:<{width}}  {value}")
+    about = loaded.session.get_modelmeta().description  # the graph's doc_string, as other ONNX tools show it
+    if about:
+        import textwrap
+
+        click.echo("\n" + textwrap.fill(" ".join(about.split()), width=100))
 
 
 @main.command()

@@ -58,7 +58,9 @@ def test_info_prints_the_metadata_of_a_file_or_bundle(tiny_bundle):
     meta = read_meta(tiny_bundle / "model.onnx")
     r = CliRunner().invoke(main, ["info", str(tiny_bundle)])
     assert r.exit_code == 0, r.output
-    lines = dict(line.split(None, 1) for line in r.output.splitlines() if not line.startswith(" "))
+    table, _, about = r.output.partition("\n\n")  # the metadata rows, then the file's doc_string
+    lines = dict(line.split(None, 1) for line in table.splitlines() if not line.startswith(" "))
+    assert "Research use only" in about
     assert f"{meta.threshold:.4f}" in r.output and f"{meta.temperature:.4f}" in r.output
     assert "NORMAL, PNEUMONIA" in r.output and meta.preprocess.resize in r.output and "MB" in r.output
     assert lines["quantization"] == "none (fp32)" and lines["guard"].startswith("on") and "  embedding" in r.output
