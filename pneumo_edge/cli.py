@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import functools
 import sys
+from pathlib import Path
 
 import click
 
@@ -121,6 +122,8 @@ def main() -> None:
 @click.option("--target-sensitivity", type=float, show_default=True,
               help="The decision threshold is set to reach this sensitivity on validation.")
 @click.option("--seed", type=int, show_default=True, help="Seed for the split, sampling, augmentation and init.")
+@click.option("--split-seed", type=int,
+              help="Seed that carves validation instead of --seed: members of a weight soup share one split.")
 @click.option("--max-train-images", type=int, help="Subsample training images (smoke runs).")
 @click.option("--resume", is_flag=True, help="Continue the run in --out from its last epoch.")
 @click.option("--force", is_flag=True, help="Overwrite a non-empty --out.")
@@ -596,6 +599,20 @@ def bundle(checkpoint, results, data, out, force) -> None:
     from .bundle import build_bundle
 
     click.echo(f"bundle written to {build_bundle(checkpoint=checkpoint, results=results, data=data, out=out, force=force)}")
+
+
+@main.command()
+@click.argument("members", nargs=-1, required=True)
+@click.option("--out", required=True, help="Folder for the averaged checkpoint (model.safetensors + config.json).")
+@click.option("--force", is_flag=True, help="Overwrite a checkpoint already in --out.")
+@friendly
+def soup(members, out, force) -> None:
+    """Average the weights of fine-tunes of one recipe (same architecture and validation split) into one model."""
+    from .edge.atomic import refuse_existing
+    from .soup import average_checkpoints
+
+    refuse_existing(Path(out) / "model.safetensors", force)
+    click.echo(f"soup of {len(members)} written to {average_checkpoints(list(members), out)}")
 
 
 @main.command()

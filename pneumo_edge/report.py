@@ -69,7 +69,9 @@ def parity_table(parity: dict) -> str:
 
 
 def bench_table(bench_dir: Path) -> str | None:
-    files = sorted(bench_dir.glob("*.md"))
+    """The latency table of `make bench` (one per machine), not the other benchmarks' files beside it."""
+    files = [md for md in sorted(bench_dir.glob("*.md"))
+             if md.with_suffix(".json").is_file() and "rows" in (_load(md.with_suffix(".json")) or {})]
     return files[-1].read_text().strip() if files else None
 
 

@@ -72,3 +72,13 @@ def test_soup_is_the_mean_of_its_members_and_refuses_other_splits(tiny_checkpoin
     save_checkpoint(other, model, config)
     with pytest.raises(ModelError, match="another split"):
         average_checkpoints([tiny_checkpoint, other], tmp_path / "soup2")
+
+
+def test_soup_cli_writes_once_and_refuses_to_overwrite(tiny_checkpoint, tmp_path):
+    out = tmp_path / "soup"
+    r = CliRunner().invoke(main, ["soup", str(tiny_checkpoint), str(tiny_checkpoint), "--out", str(out)])
+    assert r.exit_code == 0 and (out / "model.safetensors").is_file(), r.output
+    again = CliRunner().invoke(main, ["soup", str(tiny_checkpoint), str(tiny_checkpoint), "--out", str(out)])
+    assert again.exit_code == 2 and "--force" in again.output
+    one = CliRunner().invoke(main, ["soup", str(tiny_checkpoint), "--out", str(tmp_path / "one")])
+    assert one.exit_code != 0 and "at least two" in one.output
