@@ -23,13 +23,16 @@ def build_bundle(checkpoint: str, results: str, data: str, out: str = "export", 
     from .onnx_export import GateConfig, export
     from .ood import guard_report, render_guard_report
     from .report import model_card
+    from .edge.progress import stage
 
     out_p = Path(out)
     export(checkpoint, out_p, data, gate or GateConfig(), results=results, force=force)
     for name in EVAL_FILES:
         copy_file(Path(results) / name, out_p / name)
     copy_file(Path(checkpoint) / "train_results.json", out_p / "train_results.json")
+    stage("bundle", "Grad-CAM examples from the stored test predictions")
     gradcam_examples(out_p, results, data, out_p / "gradcam")
+    stage("bundle", "guard report")
     g = guard_report(str(out_p / "model.onnx"), data, str(out_p / "guard.json"))
     write_text(out_p / "guard.md", render_guard_report(g))
     write_text(out_p / "README.md", model_card(out_p))

@@ -18,6 +18,7 @@ from torch import nn
 
 from .edge.atomic import write_with
 from .edge.cam import overlay_names, target_index
+from .edge.progress import track
 from .edge.errors import ModelError
 
 CMAP, ALPHA = "jet", 0.45  # the overlay's colour map and opacity
@@ -177,7 +178,8 @@ def explain(images: list[str], bundle: str | Path, out: str | Path, layer: str |
     out = prepare_out_dir(out, force)
     records, panels = [], []
     with GradCAM(model, layer or features_layer(model)) as cam:
-        for src, name, true in zip(images, overlay_names(images), truth or [None] * len(images)):
+        for src, name, true in track(zip(images, overlay_names(images), truth or [None] * len(images)),
+                                     len(images), "explain"):
             try:
                 record, panel = _explain_one(cam, src, out / name, spec, meta, target_idx, edge if guard else None,
                                              true)

@@ -272,6 +272,7 @@ def export(checkpoint: str | Path, out: str | Path, data: str, gate: GateConfig 
     import onnx
 
     from .data import decode_all, rebuild_split
+    from .edge.progress import stage
 
     t0 = time.perf_counter()
     weights_path, _ = resolve(checkpoint)
@@ -291,10 +292,13 @@ def export(checkpoint: str | Path, out: str | Path, data: str, gate: GateConfig 
         if guard:
             from .ood import fit_guard, guard_images, torch_embedder
 
+            stage("export", "fitting the out-of-distribution guard (fp32)")
             guard_imgs = guard_images(spec, train_s, val_s, progress=progress)
             meta = replace(meta, ood=fit_guard(torch_embedder(model, spec), guard_imgs))
+        stage("export", "writing model.onnx")
         export_onnx(model, spec, tmp / "model.onnx", meta)
         fp32 = EdgeModel(tmp / "model.onnx")
+        stage("export", f"parity: PyTorch vs onnxruntime on {len(x_test)} test images")
         report["fp32"], f = check_parity(model, fp32, x_test, y_test, gate)
         failures += f
         files = ["model.onnx"]
@@ -302,17 +306,21 @@ def export(checkpoint: str | Path, out: str | Path, data: str, gate: GateConfig 
             rng = np.random.default_rng(0)
             pick = sorted(rng.choice(len(train_s), min(calib_images, len(train_s)), replace=False))
             x_cal, _, _ = decode_all([train_s[i] for i in pick], spec.size, progress=progress, rule=spec.resize)
+            stage("export", f"quantizing to INT8 ({len(x_cal)} calibration images)")
             quantize_int8(tmp / "model.onnx", tmp / "model.int8.onnx", x_cal, spec)
             q_meta = replace(meta, quantization=f"static QDQ int8, per-channel, {len(x_cal)} training images")
             rewrite_metadata(tmp / "model.int8.onnx", q_meta)
             if guard:  # INT8 embeddings differ from fp32 ones: the INT8 file gets a guard fitted on its own
                 from .ood import fit_guard, onnx_embedder
 
+                stage("export", "fitting the INT8 file's own guard")
                 q_ood = fit_guard(onnx_embedder(EdgeModel(tmp / "model.int8.onnx")), guard_imgs)
                 rewrite_metadata(tmp / "model.int8.onnx", replace(q_meta, ood=q_ood))
+            stage("export", "INT8 gates: label agreement and ROC-AUC")
             report["int8"], f = check_int8(fp32, EdgeModel(tmp / "model.int8.onnx"), x_test, y_test, gate)
             failures += f
             files.append("model.int8.onnx")
+        stage("export", "heat maps: ONNX CAM vs the twin's Grad-CAM")
         report["cam"], f = check_cam(model, fp32, EdgeModel(tmp / "model.int8.onnx") if int8 else None, x_test)
         failures += f
         report["sizes_mb"] = {n: round((tmp / n).stat().st_size / 1e6, 2) for n in files}
