@@ -137,11 +137,13 @@ def test_resume_skips_done_inputs_and_retries_errors(tiny_bundle, tmp_path):
     Image.fromarray(np.asarray(Image.open(d / "x0.png"))).save(d / "later.png", format="PNG")  # now readable
     (d / "more").mkdir()
     write_xrays(d / "more", n=2, seed=3)
+    (out / ".part-x.parquet.abc.tmp").write_bytes(b"PAR1 half a part")  # a writer killed before its rename
     again = run([d, "--model", model, "--engine", "ray", "--out", out, "--resume"])
     assert again.exit_code == 0 and "4 already done" in again.output, again.output
     rows = read_rows(out)
     paths = [r["path"] for r in rows]
     assert len(paths) == len(set(paths)) == 7 and all(r["status"] == "ok" or r["status"] == "rejected" for r in rows)
+    assert not list(out.glob(".part-*.tmp"))
 
 
 def test_manifest_with_uris_missing_files_and_bad_manifests(tiny_bundle, tmp_path):

@@ -211,6 +211,8 @@ class ParquetOutputs:
             for p in parts:
                 p.unlink()
             parts = []
+        for stale in self.folder.glob(".part-*.tmp"):  # a part whose writer died before its rename
+            stale.unlink()
         self.parts = parts
         self.pending: list[dict] = []
         self.n_rows = 0
