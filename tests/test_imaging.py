@@ -307,3 +307,16 @@ def test_missing_decoder_plugin_is_named(tmp_path, monkeypatch):
     with pytest.raises(ImageError, match="needs a decoder plugin that is not installed: gdcm - requires") as e:
         load_gray(pydicom_testfile(tmp_path, "JPEGLSNearLossless_16.dcm"))
     assert "python-gdcm" in str(e.value) and "\n" not in str(e.value)
+
+
+def test_deflated_dicom_bomb_is_refused_before_it_is_inflated(tmp_path):
+    from pneumo_edge.memory import write_deflated_dicom
+
+    big = 16_000  # declares 256 Mpx: 512 MB of zeros, about 0.5 MB on disk
+    bomb = write_deflated_dicom(tmp_path / "bomb.dcm", big, big, bytes(big * big * 2))
+    assert bomb.stat().st_size < 2_000_000
+    for source in (bomb, bomb.read_bytes()):
+        with pytest.raises(ImageError, match="expands past"):
+            load_image(source, name="bomb.dcm")
+    small = write_deflated_dicom(tmp_path / "small.dcm", 300, 200)  # an honest deflated film still decodes
+    assert load_gray(small).shape == (300, 200)

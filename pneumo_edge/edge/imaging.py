@@ -139,6 +139,48 @@ def _check_dicom_header(ds) -> None:
         raise _too_large(cols, rows)
 
 
+DEFLATE_CAP = MAX_PIXELS * 4 + (16 << 20)  # what a deflated DICOM may expand to: 4 bytes a pixel, plus header room
+
+
+def _check_deflated(source) -> None:
+    """Refuse a deflate-compressed DICOM that would expand past DEFLATE_CAP, without holding the expansion.
+
+    pydicom inflates the whole data set in memory before any header can be read, so a 0.5 MB file that
+    declares 256 Mpx would cost a gigabyte before the size check refused it. This streams the inflation
+    in bounded pieces and only counts bytes.
+    """
+    import zlib
+
+    from pydicom.filereader import _read_file_meta_info, read_preamble
+    from pydicom.uid import DeflatedExplicitVRLittleEndian
+
+    fp = source if hasattr(source, "read") else open(source, "rb")
+    start = fp.tell()
+    try:
+        try:
+            read_preamble(fp, False)
+            deflated = _read_file_meta_info(fp).get("TransferSyntaxUID") == DeflatedExplicitVRLittleEndian
+        except Exception:  # not a well-formed file meta: pydicom's own reader reports it  # noqa: BLE001
+            return
+        if not deflated:
+            return
+        inflate, total = zlib.decompressobj(-zlib.MAX_WBITS), 0
+        while not inflate.eof and (chunk := fp.read(1 << 20)):
+            while chunk and not inflate.eof:  # bytes after the end of the stream (padding) are not data
+                total += len(inflate.decompress(chunk, 1 << 22))
+                if total > DEFLATE_CAP:
+                    raise ImageError(f"deflated DICOM expands past {DEFLATE_CAP >> 20} MB "
+                                     f"(limit {MAX_PIXELS:,} pixels): refused before decoding")
+                chunk = inflate.unconsumed_tail
+    except zlib.error as e:
+        raise ImageError(f"corrupt deflated DICOM ({e})") from None
+    finally:
+        if fp is source:
+            fp.seek(start)
+        else:
+            fp.close()
+
+
 def _check_decoder(ds) -> None:
     """Name the missing decoder plugin for compressed pixel data, instead of pydicom's traceback text."""
     from pydicom.pixels import get_decoder
@@ -161,6 +203,7 @@ def _load_dicom(source) -> np.ndarray:
         from pydicom.pixels import apply_modality_lut, apply_voi_lut
     except ImportError as e:  # pragma: no cover - pydicom is a dependency
         raise ImageError("reading DICOM needs pydicom (pip install pydicom)") from e
+    _check_deflated(source)
     try:
         ds = pydicom.dcmread(source)
     except Exception as e:  # pydicom raises many types for a malformed file
