@@ -229,8 +229,8 @@ def export(checkpoint, out, data, results, atol, int8, min_int8_agreement, max_i
 @click.option("--manifest", help="--engine ray: a CSV or Parquet file whose 'path' column lists inputs "
                                  "(local paths or URIs such as s3://bucket/x.dcm).")
 @click.option("--actors", type=int, help="--engine ray: classifier actors (default: CPUs / --threads-per-actor).")
-@click.option("--threads-per-actor", type=int, default=1, show_default=True,
-              help="--engine ray: onnxruntime threads inside each actor.")
+@click.option("--threads-per-actor", type=int,
+              help="--engine ray: onnxruntime threads inside each actor [default: 1].")
 @quiet_option
 @friendly
 @no_traceback
@@ -251,8 +251,10 @@ def infer(paths, model_path, out_csv, json_path, resume, force, batch_size, work
     from .edge.infer import EXIT_SOME_FAILED, SCORED, STDOUT, Outputs, predict_paths, printable
     from .edge.model import EdgeModel
 
-    if engine == "local" and (manifest or address or actors):
-        raise click.UsageError("--manifest, --address and --actors go with --engine ray")
+    if engine == "local" and (manifest or address or actors or threads_per_actor):
+        raise click.UsageError("--manifest, --address, --actors and --threads-per-actor go with --engine ray")
+    if engine == "ray" and workers:
+        raise click.UsageError("--workers sets the local engine's decode threads; with --engine ray use --actors")
     if not paths and not manifest:
         raise click.UsageError("name at least one file or folder (or, with --engine ray, a --manifest)")
     out_csv = out_csv or ("predictions.parquet" if engine == "ray" else "predictions.csv")
@@ -282,7 +284,7 @@ def infer(paths, model_path, out_csv, json_path, resume, force, batch_size, work
             raise click.UsageError("--heatmaps runs with the local engine only")
         with open_outputs(out_csv, json_path, resume, force) as outputs:  # before the model loads
             model = EdgeModel(resolve_model(model_path), threads=1)
-            cfg = ClusterConfig(address=address, actors=actors, threads_per_actor=threads_per_actor,
+            cfg = ClusterConfig(address=address, actors=actors, threads_per_actor=threads_per_actor or 1,
                                 batch_size=batch_size, guard=guard)
             s = predict_cluster(list(paths), str(model.path), outputs, cfg, manifest=manifest,
                                 echo=echo if verbose else hold)

@@ -27,7 +27,7 @@ from . import __version__
 from .edge.atomic import copy_file, prepare_out_dir, write_json, write_text, write_with
 from .checkpoint import CONFIG, WEIGHTS, hub_config, load_checkpoint, resolve
 from .models import WithEmbedding
-from .edge.errors import ParityError
+from .edge.errors import ModelError, ParityError
 from .edge.imaging import PreprocessSpec, normalize
 from .metrics import METRIC_NAMES, binary_metrics
 from .edge.meta import LICENSE, META_KEY, BundleMeta, doc_string, flat_metadata, read_meta
@@ -111,7 +111,10 @@ def operating_point(checkpoint: str | Path, config: dict, results: str | Path | 
     if "threshold" not in config and onnx_file.is_file():
         meta = read_meta(onnx_file)
         return meta.threshold, meta.temperature
-    return config.get("threshold", 0.5), config.get("temperature", 1.0)
+    if "threshold" not in config:  # a weight soup, say: no validation has set its rule yet
+        raise ModelError(f"'{checkpoint}' carries no decision threshold: run `pneumo-edge evaluate` on it and "
+                         "pass its output folder as --results")
+    return config["threshold"], config.get("temperature", 1.0)
 
 
 # ---------------------------------------------------------------- parity

@@ -23,11 +23,12 @@ from .edge.errors import ModelError
 def _check_members(configs: list[dict], names: list[str]) -> None:
     first = configs[0]
     for c, name in zip(configs[1:], names[1:]):
-        for key in ("model", "preprocess"):
+        for key in ("model", "preprocess", "data_fingerprint"):
             if c.get(key) != first.get(key):
                 raise ModelError(f"soup member '{name}' differs in '{key}' from '{names[0]}'")
         a, b = first["train_config"], c["train_config"]
-        if split_seed(a) != split_seed(b) or a.get("val_fraction") != b.get("val_fraction"):
+        if (split_seed(a) != split_seed(b) or a.get("val_fraction") != b.get("val_fraction")
+                or a.get("max_train_images") != b.get("max_train_images")):
             raise ModelError(f"soup member '{name}' was validated on another split than '{names[0]}': "
                              "train members with the same split_seed")
 

@@ -147,9 +147,15 @@ def make_soup(cand: Candidate, study: StudyConfig, progress: bool) -> tuple[Path
     recipe = next((c for c in study.candidates if c.name == cand.soup.get("recipe")), None)
     if recipe is None or recipe.soup or recipe.checkpoint:
         raise DataError(f"soup '{cand.name}': 'recipe' must name a trained candidate of the study")
+    from .data import split_seed
+
     base = train_config(recipe, study)
-    members = [base] + [replace(base, seed=int(s), split_seed=base.seed, out=f"{base.out}-seed{s}")
-                        for s in cand.soup.get("seeds", [])]
+    seeds = [int(s) for s in cand.soup.get("seeds", [])]
+    if base.seed in seeds or len(set(seeds)) != len(seeds):
+        raise DataError(f"soup '{cand.name}': seeds must differ from each other and from the recipe's own "
+                        f"({base.seed}), or a member would count twice")
+    members = [base] + [replace(base, seed=s, split_seed=split_seed(vars(base)), out=f"{base.out}-seed{s}")
+                        for s in seeds]
     minutes = [train_once(cfg, progress) for cfg in members]
     out = Path(study.runs) / cand.name
     average_checkpoints([cfg.out for cfg in members], out)

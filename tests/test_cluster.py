@@ -193,3 +193,44 @@ def test_bench_engines_reports_both_engines_and_labels_the_estimate(tiny_bundle,
     assert res["estimate"]["kind"] == "estimate, not measured" and "ESTIMATE" in r.output
     hours = res["estimate"]["hours_by_cores"]["folder"]
     assert hours["16"] > hours["64"] > hours["256"]  # linear in cores, by construction of the estimate
+
+
+def test_foreign_datasets_uri_outputs_and_engine_options_are_refused(tiny_bundle, tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from conftest import write_xrays
+
+    (tmp_path / "imgs").mkdir()
+    write_xrays(tmp_path / "imgs", n=1)
+    foreign = tmp_path / "theirs"
+    foreign.mkdir()
+    pq.write_table(pa.table({"id": [1, 2]}), foreign / "part-0.parquet")
+    model = str(tiny_bundle / "model.onnx")
+    for extra in ([], ["--force"], ["--resume"]):
+        r = CliRunner().invoke(main, ["infer", str(tmp_path / "imgs"), "--model", model, "--engine", "ray",
+                                      "--out", str(foreign), *extra])
+        assert r.exit_code == 2 and "not a pneumo-edge row file" in r.output, r.output
+    assert pq.read_table(foreign / "part-0.parquet").column("id").to_pylist() == [1, 2]  # untouched
+    r = CliRunner().invoke(main, ["infer", str(tmp_path / "imgs"), "--model", model, "--engine", "ray",
+                                  "--out", "s3://bucket/rows"])
+    assert r.exit_code == 2 and "local path" in r.output and not (Path.cwd() / "s3:").exists()
+    for args in (["--workers", "2", "--engine", "ray"], ["--threads-per-actor", "2"]):
+        r = CliRunner().invoke(main, ["infer", str(tmp_path / "imgs"), "--model", model, *args,
+                                      "--out", str(tmp_path / "x.csv")])
+        assert r.exit_code == 2, args
+
+
+def test_output_inside_the_input_folder_is_marked_as_ours_not_classified(tiny_bundle, tmp_path):
+    from conftest import write_xrays
+    from pneumo_edge.edge.cluster import read_rows
+
+    write_xrays(tmp_path, n=2)
+    out = tmp_path / "rows.parquet"
+    model = str(tiny_bundle / "model.onnx")
+    run([tmp_path, "--model", model, "--engine", "ray", "--out", out])
+    run([tmp_path, "--model", model, "--engine", "ray", "--out", out, "--resume"])
+    rows = {Path(r["path"]).name: r for r in read_rows(out)}
+    assert {n for n, r in rows.items() if r["status"] in ("ok", "rejected")} == {"x0.png", "x1.png"}
+    own = {n: r for n, r in rows.items() if n == ".lock" or n.startswith("part-")}
+    assert own and all(r["status"] == "skipped" and r["error"] == "an output of this run" for r in own.values())

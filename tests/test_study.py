@@ -82,3 +82,16 @@ def test_soup_cli_writes_once_and_refuses_to_overwrite(tiny_checkpoint, tmp_path
     assert again.exit_code == 2 and "--force" in again.output
     one = CliRunner().invoke(main, ["soup", str(tiny_checkpoint), "--out", str(tmp_path / "one")])
     assert one.exit_code != 0 and "at least two" in one.output
+
+
+def test_soup_refuses_a_seed_that_would_count_twice(tmp_path):
+    import pytest
+
+    from pneumo_edge.edge.errors import DataError
+    from pneumo_edge.study import Candidate, StudyConfig, make_soup
+
+    recipe = Candidate(name="r", why="", train={"epochs": 1})
+    study = StudyConfig(candidates=[recipe], runs=str(tmp_path), seed=42)
+    for seeds in ([42, 43], [43, 43]):
+        with pytest.raises(DataError, match="count twice"):
+            make_soup(Candidate(name="s", why="", soup={"recipe": "r", "seeds": seeds}), study, progress=False)

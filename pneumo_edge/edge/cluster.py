@@ -8,7 +8,8 @@ and resize them with `edge.imaging`, then an actor pool where each actor opens t
 and scores batches with the same code as the local engine (`infer.score_decoded`, `_scored_row`).
 Rows come back to the driver as a stream and are written as they arrive: to a CSV through the
 local engine's `Outputs` (same lock, resume and crash rules), or to a Parquet dataset of part
-files, each written whole under a temporary name and renamed, so a crash never leaves half a part.
+files (one every PART_ROWS rows or PART_SECONDS seconds), each written whole under a temporary
+name and renamed, so a crash costs the rows since the last part and never leaves half a part.
 
 Faults: a file that cannot be read or decoded is its row with the reason. An actor that dies is
 restarted by Ray and its batch re-run (Ray Data's actor pools retry tasks); the driver writes each
@@ -38,7 +39,8 @@ from .infer import (COLUMNS, DONE_STATUSES, InferSummary, Outputs, _scored_row, 
 
 PARTS_GLOB = "part-*.parquet"
 BLOCK_ROWS = 256  # inputs per Ray block (one decode task each)
-PART_ROWS = 2048  # rows per Parquet part file: the most a crash can cost the dataset
+PART_ROWS = 2048  # rows per Parquet part file at most ...
+PART_SECONDS = 30.0  # ... and a part at least this often: what a crash can cost the dataset
 
 
 class ClusterError(PneumoEdgeError):
@@ -181,6 +183,15 @@ def classifier(model: str, threads: int, guard: bool) -> type:
 
 # ---------------------------------------------------------------- Parquet output
 
+def _columns(part: Path) -> list[str]:
+    import pyarrow.parquet as pq
+
+    try:
+        return list(pq.read_schema(part).names)
+    except (OSError, ValueError):
+        return []
+
+
 def _schema():
     import pyarrow as pa
 
@@ -203,6 +214,11 @@ class ParquetOutputs:
         self.folder.mkdir(parents=True, exist_ok=True)
         self._lock = open_locked(self.folder / ".lock", UPDATE)  # a second writer is refused here
         parts = sorted(self.folder.glob(PARTS_GLOB))
+        for part in parts:  # never delete or rewrite a dataset someone else wrote
+            if _columns(part) != list(COLUMNS):
+                self._lock.close()
+                raise OutputError(f"--out '{folder}' holds '{part.name}', which is not a pneumo-edge row file "
+                                  f"(columns {', '.join(_columns(part)) or 'unreadable'}): choose another folder")
         if parts and not (resume or force):
             self._lock.close()
             raise OutputError(f"--out '{folder}' already holds {len(parts)} part file(s): pass --resume to "
@@ -217,9 +233,13 @@ class ParquetOutputs:
         self.pending: list[dict] = []
         self.n_rows = 0
         self.n_incomplete = 0
+        self._synced_at = time.monotonic()
 
     def identities(self) -> set[str]:
-        return {str(self.folder.resolve())}
+        """This run's own files, which an input folder that contains --out must not classify."""
+        from .infer import identity
+
+        return {identity(str(p)) for p in (self.folder / ".lock", *self.parts)}
 
     def _read(self, part: Path) -> list[dict]:
         import pyarrow.parquet as pq
@@ -254,13 +274,14 @@ class ParquetOutputs:
     def write(self, rows: list[dict]) -> None:
         self.pending += rows
         self.n_rows += len(rows)
-        if len(self.pending) >= PART_ROWS:
+        if len(self.pending) >= PART_ROWS or time.monotonic() - self._synced_at >= PART_SECONDS:
             self.sync()
 
     def sync(self) -> None:
         if self.pending:
             self._write_part(self.pending)
             self.pending = []
+        self._synced_at = time.monotonic()
 
     def close(self) -> None:
         try:
@@ -277,6 +298,9 @@ class ParquetOutputs:
 
 def open_outputs(out: str, json_path: str | None, resume: bool, force: bool):
     """A CSV path (or '-') gets the local engine's Outputs; anything else is a Parquet dataset folder."""
+    if is_uri(out):
+        raise OutputError(f"--out '{out}': rows are written on this machine; give a local path or a mounted "
+                          "shared folder")
     if out == "-" or out.lower().endswith(".csv"):
         return Outputs(out, json_path, resume, force)
     if json_path:
@@ -317,6 +341,7 @@ def predict_cluster(paths: list[str], model: str, outputs, cfg: ClusterConfig = 
     from .progress import Progress
 
     local_model = EdgeModel(model, threads=1)  # validates the file before any worker starts
+    ray = start_ray(cfg.address)  # before any row: a cluster that cannot start leaves no half-written output
     spec = local_model.spec
     files, problems, dupes = gather_inputs(paths, manifest, outputs.identities())
     displays = [display_path(p) for p in files] + [display_path(p) for p, _, _ in problems]
@@ -336,14 +361,14 @@ def predict_cluster(paths: list[str], model: str, outputs, cfg: ClusterConfig = 
 
     write([{"path": display_path(p), "status": st, "error": msg} for p, st, msg in problems])
     if todo:
-        ray = start_ray(cfg.address)
         threads = max(1, cfg.threads_per_actor)
         cpus = ray.cluster_resources().get("CPU", 1)
         actors = cfg.actors or max(1, int(cpus // threads))
         # Blocks of a few hundred inputs: Ray's default (up to 200 tiny blocks) pays a task's overhead
         # for every handful of images; a few blocks per CPU still keeps every CPU busy.
         blocks = max(1, min(len(todo), max(int(2 * cpus), len(todo) // BLOCK_ROWS)))
-        ds = ray.data.from_items([{"path": display_path(p), "source": str(p)} for p in todo],
+        ds = ray.data.from_items([{"path": display_path(p), "source": p if is_uri(p) else os.path.abspath(p)}
+                                  for p in todo],
                                  override_num_blocks=blocks)
         # Decode tasks reserve no CPU: actors hold theirs for the whole run, and a reservation here could
         # leave the decoders unschedulable; `concurrency` bounds them to one per CPU instead.
