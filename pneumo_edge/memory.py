@@ -36,18 +36,27 @@ class MemoryConfig:
     workers: tuple[int, ...] = (1, 2)  # decode threads per run
 
 
-def write_deflated_dicom(path: Path, rows: int, cols: int, pixel_bytes: bytes | None = None) -> Path:
-    """A chest CR DICOM, deflate transfer syntax: smooth 12-bit pixels compress to almost nothing."""
+def new_dicom(path: str | Path, transfer_syntax):
+    """An empty single-image CR DICOM data set with its file meta: the header every synthetic film shares."""
     from pydicom.dataset import FileDataset, FileMetaDataset
-    from pydicom.uid import DeflatedExplicitVRLittleEndian, generate_uid
+    from pydicom.uid import generate_uid
 
     meta = FileMetaDataset()
     meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.1"
     meta.MediaStorageSOPInstanceUID = generate_uid()
-    meta.TransferSyntaxUID = DeflatedExplicitVRLittleEndian
+    meta.TransferSyntaxUID = transfer_syntax
     ds = FileDataset(str(path), {}, file_meta=meta, preamble=b"\0" * 128)
     ds.SOPClassUID, ds.SOPInstanceUID = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID
-    ds.Modality, ds.BodyPartExamined = "CR", "CHEST"
+    ds.Modality = "CR"
+    return ds
+
+
+def write_deflated_dicom(path: Path, rows: int, cols: int, pixel_bytes: bytes | None = None) -> Path:
+    """A chest CR DICOM, deflate transfer syntax: smooth 12-bit pixels compress to almost nothing."""
+    from pydicom.uid import DeflatedExplicitVRLittleEndian
+
+    ds = new_dicom(path, DeflatedExplicitVRLittleEndian)
+    ds.BodyPartExamined = "CHEST"
     ds.Rows, ds.Columns, ds.SamplesPerPixel, ds.PhotometricInterpretation = rows, cols, 1, "MONOCHROME2"
     ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
     if pixel_bytes is None:  # a vertical ramp with a bright disc: a plausible grey-level spread

@@ -12,16 +12,11 @@ from pneumo_edge.edge.imaging import PreprocessSpec, load_gray, load_image, norm
 
 def write_dicom(path, pixels: np.ndarray, photometric="MONOCHROME2", bits=16, stored=12, **attrs):
     """A minimal uncompressed DICOM; pixels (rows, cols) or (frames, rows, cols); attrs override the header."""
-    from pydicom.dataset import FileDataset, FileMetaDataset
-    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+    from pydicom.uid import ExplicitVRLittleEndian
 
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.1"
-    meta.MediaStorageSOPInstanceUID = generate_uid()
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds = FileDataset(str(path), {}, file_meta=meta, preamble=b"\0" * 128)
-    ds.SOPClassUID, ds.SOPInstanceUID = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID
-    ds.Modality = "CR"
+    from pneumo_edge.memory import new_dicom
+
+    ds = new_dicom(path, ExplicitVRLittleEndian)
     ds.Rows, ds.Columns = pixels.shape[-2:]
     if pixels.ndim == 3:
         ds.NumberOfFrames = pixels.shape[0]
