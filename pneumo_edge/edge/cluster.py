@@ -34,8 +34,8 @@ import numpy as np
 
 from .atomic import atomic_path, open_locked, UPDATE
 from .errors import ImageError, OutputError, PneumoEdgeError
-from .infer import (COLUMNS, DONE_STATUSES, InferSummary, Outputs, _scored_row, display_path, find_inputs,
-                    score_decoded)
+from .infer import (COLUMNS, DONE_STATUSES, InferSummary, Outputs, _classify, _decode, display_path,
+                    find_inputs)
 
 PARTS_GLOB = "part-*.parquet"
 BLOCK_ROWS = 256  # inputs per Ray block (one decode task each)
@@ -118,31 +118,19 @@ def fetch(uri: str) -> bytes:
         raise ImageError(f"cannot read file ({str(e).splitlines()[0]})") from e
 
 
-def _decode_one(source: str, size: int, rule: str) -> tuple[np.ndarray | None, float, str]:
-    from .imaging import load_image, resize_gray
-
-    try:
-        if is_uri(source):
-            gray, colour = load_image(fetch(source), size=size, name=source.rsplit("/", 1)[-1])
-        else:
-            gray, colour = load_image(source, size=size)
-        return resize_gray(gray, size, rule), colour, ""
-    except ImageError as e:
-        return None, 0.0, str(e)
-    except Exception as e:  # one odd file must never fail the job  # noqa: BLE001
-        return None, 0.0, f"unexpected {e.__class__.__name__}: {e}"
-
-
 def decode_batch(batch: dict, size: int, rule: str) -> dict:
-    """Ray `map_batches` task: paths in, resized uint8 images (zeros where decoding failed) and reasons out."""
-    out = [_decode_one(str(s), size, rule) for s in batch["source"]]
+    """Ray `map_batches` task: paths in, resized uint8 images (zeros where decoding failed) and reasons out,
+    through the local engine's decoder."""
+    out = [_decode(str(s), size, rule, fetch if is_uri(str(s)) else None) for s in batch["source"]]
     blank = np.zeros((size, size), np.uint8)
-    return {"path": batch["path"], "image": np.stack([img if img is not None else blank for img, _, _ in out]),
-            "chroma": np.array([c for _, c, _ in out], np.float64), "error": np.array([e for _, _, e in out], object)}
+    return {"path": batch["path"], "image": np.stack([dec[0] if dec else blank for dec, _ in out]),
+            "chroma": np.array([dec[1] if dec else 0.0 for dec, _ in out], np.float64),
+            "error": np.array([err or "" for _, err in out], object)}
 
 
 class Classify:
-    """Ray actor: opens the ONNX file once, then scores batches; rows leave as JSON text (exact floats).
+    """Ray actor: opens the ONNX file once, then scores batches with the local engine's `_classify`;
+    rows leave as JSON text (exact floats).
 
     Configured through class attributes (`classifier`), not constructor arguments: Ray keeps those in
     the object store, where an actor restarted after a crash may no longer find them.
@@ -159,21 +147,9 @@ class Classify:
         self.guard = self.use_guard and self.model.guard is not None
 
     def __call__(self, batch: dict) -> dict:
-        errors = [str(e) for e in batch["error"]]
-        ok = [i for i, e in enumerate(errors) if not e]
-        rows: dict[int, dict] = {i: {"status": "error", "error": errors[i]} for i in range(len(errors)) if errors[i]}
-        if ok:
-            decoded = [(batch["image"][i], float(batch["chroma"][i])) for i in ok]
-            try:
-                probs, scores, reasons = score_decoded(self.model, decoded, self.guard)
-            except Exception as e:  # noqa: BLE001 - the batch's rows say so, the job goes on
-                rows.update({i: {"status": "error", "error": f"inference failed: {e}"} for i in ok})
-            else:
-                for k, i in enumerate(ok):
-                    rows[i] = _scored_row(self.model, float(probs[k]),
-                                          None if scores is None else float(scores[k]), reasons[k])
-        return {"row": np.array([json.dumps({"path": str(p), **rows[i]})
-                                 for i, p in enumerate(batch["path"])], object)}
+        items = [(str(p), None if e else (img, float(c)), str(e) or None)
+                 for p, img, c, e in zip(batch["path"], batch["image"], batch["chroma"], batch["error"])]
+        return {"row": np.array([json.dumps(r) for r in _classify(items, self.model, self.guard)], object)}
 
 
 def classifier(model: str, threads: int, guard: bool) -> type:

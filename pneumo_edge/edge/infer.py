@@ -432,10 +432,14 @@ class Outputs:
 
 # ---------------------------------------------------------------- batch inference over files
 
-def _decode(path: str, size: int, rule: str):
-    """((resized uint8, chroma), None) or (None, error message)."""
+def _decode(path: str, size: int, rule: str, fetch: Callable[[str], bytes] | None = None):
+    """((resized uint8, chroma), None) or (None, error message).
+
+    fetch: reads the bytes of a path the local file system cannot open (a URI, for the Ray engine).
+    """
     try:
-        gray, colour = load_image(path, size=size)
+        source = fetch(path) if fetch else path
+        gray, colour = load_image(source, size=size, name=path.rsplit("/", 1)[-1] if fetch else None)
         return (resize_gray(gray, size, rule), colour), None
     except ImageError as e:
         return None, str(e)
