@@ -26,7 +26,6 @@ import logging
 import os
 import time
 import uuid
-from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -34,8 +33,7 @@ import numpy as np
 
 from .atomic import atomic_path, open_locked, UPDATE
 from .errors import ImageError, OutputError, PneumoEdgeError
-from .infer import (COLUMNS, DONE_STATUSES, InferSummary, Outputs, _classify, _decode, display_path,
-                    find_inputs)
+from .infer import COLUMNS, DONE_STATUSES, InferSummary, Outputs, Run, _classify, _decode, display_path, find_inputs
 
 PARTS_GLOB = "part-*.parquet"
 BLOCK_ROWS = 256  # inputs per Ray block (one decode task each)
@@ -320,22 +318,8 @@ def predict_cluster(paths: list[str], model: str, outputs, cfg: ClusterConfig = 
     ray = start_ray(cfg.address)  # before any row: a cluster that cannot start leaves no half-written output
     spec = local_model.spec
     files, problems, dupes = gather_inputs(paths, manifest, outputs.identities())
-    displays = [display_path(p) for p in files] + [display_path(p) for p, _, _ in problems]
-    done = outputs.begin(displays)
-    todo = [f for f in files if display_path(f) not in done]
-    n_named = len(files) + len(problems)
-    problems = [pr for pr in problems if display_path(pr[0]) not in done]
-    counts: Counter = Counter()
-    t0 = time.perf_counter()
-    first_row = None  # start-up: Ray, actors opening the model, the first batch
-
-    def write(rows: list[dict]) -> None:
-        outputs.write(rows)
-        counts.update(r["label"] if r["status"] == "ok" else r["status"] for r in rows)
-        for r in rows if echo else ():
-            echo(r)
-
-    write([{"path": display_path(p), "status": st, "error": msg} for p, st, msg in problems])
+    run = Run(outputs, files, problems, echo, dupes)
+    todo, first_row = run.todo, None  # first_row: start-up (Ray, actors opening the model, the first batch)
     if todo:
         threads = max(1, cfg.threads_per_actor)
         cpus = ray.cluster_resources().get("CPU", 1)
@@ -356,18 +340,14 @@ def predict_cluster(paths: list[str], model: str, outputs, cfg: ClusterConfig = 
         with Progress(len(todo), "infer (ray)", enabled=progress) as bar:
             for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
                 if first_row is None:
-                    first_row = time.perf_counter() - t0
+                    first_row = time.perf_counter() - run.t0
                 rows = [json.loads(text) for text in batch["row"]]
                 fresh = [r for r in rows if r["path"] not in written]  # a retried batch cannot add a row twice
                 written.update(r["path"] for r in fresh)
-                write(fresh)
+                run.write(fresh)
                 bar.update(len(fresh))
         missing = [p for p in todo if display_path(p) not in written]
         if missing:  # never expected: Ray returns every row or raises; say so rather than lose an input
-            write([{"path": display_path(p), "status": "error", "error": "no result from the cluster"}
-                   for p in missing])
-    return InferSummary(counts=counts, n_files=len(todo) + len(problems), n_failed=counts.get("error", 0),
-                        n_skipped_resume=n_named - len(todo) - len(problems),
-                        seconds=time.perf_counter() - t0, n_duplicates=dupes,
-                        n_incomplete=outputs.n_incomplete, n_old_errors=outputs.n_old_errors(),
-                        first_result_seconds=first_row)
+            run.write([{"path": display_path(p), "status": "error", "error": "no result from the cluster"}
+                       for p in missing])
+    return run.summary(first_result_seconds=first_row)

@@ -493,37 +493,48 @@ def heatmap_folder(folder: str | Path, model: EdgeModel) -> Path:
     return folder
 
 
+class Run:
+    """One run's bookkeeping, for either engine: what resume leaves to do, every row written (the file
+    first: it is the record, the terminal only a view) and counted, and the summary."""
+
+    def __init__(self, outputs, files: list[str], problems: list[tuple], echo=None, n_duplicates: int = 0):
+        done = outputs.begin([display_path(p) for p in (*files, *(pr[0] for pr in problems))])
+        self.outputs, self.echo, self.n_duplicates = outputs, echo, n_duplicates
+        self.todo = [f for f in files if display_path(f) not in done]
+        left = [pr for pr in problems if display_path(pr[0]) not in done]
+        self.n_files = len(self.todo) + len(left)
+        self.n_done_before = len(files) + len(problems) - self.n_files
+        self.counts: Counter = Counter()
+        self.t0 = time.perf_counter()
+        self.write([{"path": display_path(p), "status": st, "error": msg} for p, st, msg in left])
+
+    def write(self, rows: list[dict]) -> None:
+        self.outputs.write(rows)
+        for r in rows if self.echo else ():
+            self.echo(r)
+        self.counts.update(r["label"] if r["status"] == "ok" else r["status"] for r in rows)
+
+    def summary(self, **extra) -> InferSummary:
+        return InferSummary(counts=self.counts, n_files=self.n_files, n_failed=self.counts.get("error", 0),
+                            n_skipped_resume=self.n_done_before, seconds=time.perf_counter() - self.t0,
+                            n_duplicates=self.n_duplicates, n_incomplete=self.outputs.n_incomplete,
+                            n_old_errors=self.outputs.n_old_errors(), **extra)
+
+
 def _predict(paths: list[str], model: EdgeModel, outputs: Outputs, batch_size: int, workers: int | None,
              guard: bool, progress: bool | None, echo: Callable[[dict], None] | None,
              heatmaps: str | Path | None = None) -> InferSummary:
     from .progress import Progress
 
     heat_dir = heatmap_folder(heatmaps, model) if heatmaps is not None else None
-
     found = find_inputs(paths, outputs.identities())
-    done = outputs.begin([display_path(p) for p in (*found.files, *(pr[0] for pr in found.problems))])
-    todo = [f for f in found.files if display_path(f) not in done]
-    problems = [pr for pr in found.problems if display_path(pr[0]) not in done]
-    counts: Counter = Counter()
+    run = Run(outputs, found.files, found.problems, echo, found.n_duplicates)
     use_guard = guard and model.guard is not None
-    t0 = time.perf_counter()
-
-    def write(rows: list[dict]) -> None:
-        outputs.write(rows)  # the file first: it is the record, the terminal only a view
-        for r in rows if echo else ():
-            echo(r)
-        counts.update(r["label"] if r["status"] == "ok" else r["status"] for r in rows)
-
-    write([{"path": display_path(p), "status": st, "error": msg} for p, st, msg in problems])
-    bar = Progress(len(todo), "infer", enabled=True if progress is None else progress)
-    for batch in decoded_batches(todo, model, batch_size, workers):
-        write(_classify(batch, model, use_guard, heat_dir))
-        bar.update(len(batch))
-    bar.close()
-    return InferSummary(counts=counts, n_files=len(todo) + len(problems), n_failed=counts.get("error", 0),
-                        n_skipped_resume=len(found.files) + len(found.problems) - len(todo) - len(problems),
-                        seconds=time.perf_counter() - t0, n_duplicates=found.n_duplicates,
-                        n_incomplete=outputs.n_incomplete, n_old_errors=outputs.n_old_errors())
+    with Progress(len(run.todo), "infer", enabled=True if progress is None else progress) as bar:
+        for batch in decoded_batches(run.todo, model, batch_size, workers):
+            run.write(_classify(batch, model, use_guard, heat_dir))
+            bar.update(len(batch))
+    return run.summary()
 
 
 def decoded_batches(todo: list[str], model: EdgeModel, batch_size: int, workers: int | None):
