@@ -124,6 +124,11 @@ def main() -> None:
 @click.option("--seed", type=int, show_default=True, help="Seed for the split, sampling, augmentation and init.")
 @click.option("--split-seed", type=int,
               help="Seed that carves validation instead of --seed: members of a weight soup share one split.")
+@click.option("--teacher", "teachers", multiple=True, type=click.Path(exists=True),
+              help="Distil from this checkpoint folder (repeat for an ensemble); it must share the split.")
+@click.option("--distill-weight", type=float, show_default=True,
+              help="With --teacher: share of the loss that follows the teachers.")
+@click.option("--distill-temperature", type=float, show_default=True, help="With --teacher: softmax temperature.")
 @click.option("--max-train-images", type=int, help="Subsample training images (smoke runs).")
 @click.option("--resume", is_flag=True, help="Continue the run in --out from its last epoch.")
 @click.option("--force", is_flag=True, help="Overwrite a non-empty --out.")

@@ -239,6 +239,12 @@ def split_seed(train_config: dict) -> int:
     return int(train_config["seed"] if s is None else s)
 
 
+def same_validation(a: dict, b: dict) -> bool:
+    """Whether two runs' train_configs carve the same validation split (the data itself is checked apart)."""
+    return (split_seed(a) == split_seed(b) and a.get("val_fraction") == b.get("val_fraction")
+            and a.get("max_train_images") == b.get("max_train_images"))
+
+
 def fingerprint(samples: list[Sample]) -> str:
     """Short, order-independent digest of names, labels and sizes."""
     h = hashlib.sha256()

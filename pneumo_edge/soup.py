@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 
 from .checkpoint import load_checkpoint, save_checkpoint
-from .data import split_seed
+from .data import same_validation
 from .edge.errors import ModelError
 
 
@@ -26,9 +26,7 @@ def _check_members(configs: list[dict], names: list[str]) -> None:
         for key in ("model", "preprocess", "data_fingerprint"):
             if c.get(key) != first.get(key):
                 raise ModelError(f"soup member '{name}' differs in '{key}' from '{names[0]}'")
-        a, b = first["train_config"], c["train_config"]
-        if (split_seed(a) != split_seed(b) or a.get("val_fraction") != b.get("val_fraction")
-                or a.get("max_train_images") != b.get("max_train_images")):
+        if not same_validation(first["train_config"], c["train_config"]):
             raise ModelError(f"soup member '{name}' was validated on another split than '{names[0]}': "
                              "train members with the same split_seed")
 

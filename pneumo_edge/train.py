@@ -65,6 +65,9 @@ class TrainConfig:
     freeze_bn: bool = False  # keep the ImageNet BatchNorm statistics (fine-tuning moves the affine part only)
     probe_epochs: int = 0  # LP-FT: epochs that train the classifier alone before the full fine-tune
     probe_lr: float = 3e-3
+    teachers: tuple[str, ...] = ()  # checkpoints whose mean prediction on each augmented batch teaches (distill.py)
+    distill_weight: float = 0.5  # share of the loss that follows the teachers; the rest follows the labels
+    distill_temperature: float = 2.0
 
 
 # ---------------------------------------------------------------- batches
@@ -217,11 +220,20 @@ def fit(cfg: TrainConfig) -> dict:
     sample_p /= sample_p.sum()
     data_fp = fingerprint(splits.train_pool)
 
+    teacher = None
+    if cfg.teachers:
+        from .distill import Teacher
+
+        teacher = Teacher.load(cfg.teachers, {"preprocess": spec.to_dict(), "data_fingerprint": data_fp,
+                                              "train_config": asdict(cfg)})
+        print(f"distilling from {len(teacher.members)} teacher(s), weight {cfg.distill_weight}, "
+              f"temperature {cfg.distill_temperature}")
     base = {
         "pneumo_edge_version": __version__, "model": cfg.model, "labels": list(LABELS),
         "preprocess": spec.to_dict(), "data": splits.origin, "data_fingerprint": data_fp,
         "validation": asdict(info), "train_config": asdict(cfg),
         "skipped_images": [n for n, _ in bad_train + bad_val],
+        **({"distill": teacher.describe()} if teacher else {}),
     }
     for epoch in range(start_epoch, cfg.epochs):
         rng = np.random.default_rng(cfg.seed + epoch)  # per-epoch stream: resume replays exactly
@@ -246,7 +258,13 @@ def fit(cfg: TrainConfig) -> dict:
             y = torch.from_numpy(y_train[idx])
             for g in opt.param_groups:
                 g["lr"] = lr_at(step, total_steps, cfg, probe_steps)
-            loss = criterion(model(x), y)
+            logits = model(x)
+            loss = criterion(logits, y)
+            if teacher is not None:
+                from .distill import distill_loss
+
+                loss = distill_loss(logits, loss, teacher.soft_targets(x, cfg.distill_temperature),
+                                    cfg.distill_temperature, cfg.distill_weight)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
