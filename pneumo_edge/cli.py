@@ -138,6 +138,11 @@ def train(**options) -> None:
     """Fine-tune on the CPU; keep the best epoch by validation AUROC."""
     from .train import TrainConfig, fit
 
+    ctx = click.get_current_context()
+    given = [n for n in ("distill_weight", "distill_temperature")
+             if ctx.get_parameter_source(n) == click.core.ParameterSource.COMMANDLINE]
+    if given and not options["teachers"]:
+        raise click.UsageError("--distill-weight and --distill-temperature go with --teacher")
     fit(TrainConfig(**options, progress=True))
 
 

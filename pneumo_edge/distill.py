@@ -14,25 +14,48 @@ into the student's best-epoch choice and operating point.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .checkpoint import load_checkpoint
+from .checkpoint import load_checkpoint, read_config
 from .data import same_validation
 from .edge.errors import ModelError
 
 
-def check_teacher(teacher: dict, student: dict, name: str) -> None:
-    """Refuse a teacher whose input or validation split differs from the student's (configs as saved)."""
-    for key in ("preprocess", "data_fingerprint"):
-        if teacher.get(key) != student.get(key):
-            raise ModelError(f"teacher '{name}' differs from the student in '{key}'")
-    if not same_validation(teacher["train_config"], student["train_config"]):
+def _check_split(train_config, student_train_config: dict, name: str) -> None:
+    if not isinstance(train_config, dict):
+        raise ModelError(f"teacher '{name}' has no train_config: its validation split is unknown")
+    if not same_validation(train_config, student_train_config):
         raise ModelError(f"teacher '{name}' was validated on another split than the student: "
                          "train the student with the teachers' split_seed")
+
+
+def check_settings(teachers: Sequence[str | Path], weight: float, temperature: float,
+                   student_train_config: dict) -> None:
+    """Before anything is decoded or overwritten: refuse bad numbers, a missing or repeated teacher and
+    a teacher validated on another split (read from its config alone)."""
+    if not 0.0 <= weight <= 1.0:
+        raise ModelError(f"distill_weight must be within [0, 1], not {weight}")
+    if not temperature > 0:
+        raise ModelError(f"distill_temperature must be positive, not {temperature}")
+    if len({Path(t).resolve() for t in teachers}) != len(teachers):
+        raise ModelError("a teacher is named twice: it would count twice in the ensemble")
+    for t in teachers:
+        if not Path(t).exists():
+            raise ModelError(f"teacher '{t}' not found: train it first")
+        _check_split(read_config(t).get("train_config"), student_train_config, str(t))
+
+
+def check_teacher(teacher: dict, student: dict, name: str) -> None:
+    """Refuse a teacher whose labels, input or data differ from the student's (configs as saved)."""
+    for key in ("labels", "preprocess", "data_fingerprint"):
+        if teacher.get(key) != student.get(key):
+            raise ModelError(f"teacher '{name}' differs from the student in '{key}'")
+    _check_split(teacher.get("train_config"), student["train_config"], name)
 
 
 class Teacher:
@@ -42,11 +65,9 @@ class Teacher:
         self.members, self.names, self.sha256 = members, names, sha256
 
     @classmethod
-    def load(cls, paths: list[str | Path] | tuple, student: dict) -> "Teacher":
+    def load(cls, paths: Sequence[str | Path], student: dict) -> "Teacher":
         members, names, sha = [], [], []
         for p in paths:
-            if not Path(p).exists():
-                raise ModelError(f"teacher '{p}' not found: train it first")
             model, config = load_checkpoint(p)
             check_teacher(config, student, str(p))
             model.eval().requires_grad_(False)
@@ -59,6 +80,7 @@ class Teacher:
 
     @torch.no_grad()
     def soft_targets(self, x: torch.Tensor, temperature: float) -> torch.Tensor:
+        """Mean of the members' class probabilities at `temperature` for the batch `x`."""
         return torch.stack([F.softmax(m(x).float() / temperature, dim=1) for m in self.members]).mean(0)
 
     def describe(self) -> dict:

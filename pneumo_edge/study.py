@@ -138,6 +138,16 @@ def train_once(cfg, progress: bool) -> float | None:
     return round(json.loads(tr.read_text())["wall_time_s"] / 60.0, 1) if tr.exists() else None
 
 
+def with_teachers(minutes: float | None, teachers) -> float | None:
+    """A distilled student's cost includes training its teachers, as a soup's includes its members."""
+    for t in teachers:
+        tr = Path(t) / "train_results.json"
+        if minutes is None or not tr.exists():
+            return None
+        minutes += json.loads(tr.read_text())["wall_time_s"] / 60.0
+    return None if minutes is None else round(minutes, 1)
+
+
 def make_soup(cand: Candidate, study: StudyConfig, progress: bool) -> tuple[Path, float | None]:
     """Train the soup's members (the recipe's own run, then one per extra seed), average them."""
     from dataclasses import replace
@@ -186,6 +196,7 @@ def run_study(study_file: str | Path, only: list[str] | None = None, progress: b
         else:
             cfg = train_config(cand, study)
             ckpt, minutes = Path(cfg.out), train_once(cfg, progress)
+            minutes = with_teachers(minutes, cfg.teachers)
         t0 = time.perf_counter()
         s = score(ckpt, study.data, progress=progress)
         s.update(config=cand.train, checkpoint_source=cand.checkpoint, checkpoint=str(ckpt), why=cand.why,

@@ -126,7 +126,8 @@ def lr_at(step: int, total: int, cfg: TrainConfig, probe_steps: int = 0) -> floa
 
 # ---------------------------------------------------------------- resume snapshots
 
-def _save_snapshot(out: Path, model, ema, opt, epoch: int, step: int, history: list, best: dict) -> None:
+def _save_snapshot(out: Path, model, ema, opt, epoch: int, step: int, history: list, best: dict,
+                   distill: dict | None = None) -> None:
     from safetensors.torch import save_file
 
     tensors = {f"model.{k}": v.detach().contiguous() for k, v in model.state_dict().items()}
@@ -139,13 +140,16 @@ def _save_snapshot(out: Path, model, ema, opt, epoch: int, step: int, history: l
     tensors["rng.torch"] = torch.get_rng_state()
     write_with(out / "last.safetensors", lambda tmp: save_file(tensors, str(tmp)))
     write_json(out / "last.json", {"epoch": epoch, "step": step, "history": history, "best": best,
-                                   "param_groups": opt_state["param_groups"]})
+                                   "param_groups": opt_state["param_groups"], "distill": distill})
 
 
-def _load_snapshot(out: Path, model, ema, opt) -> tuple[int, int, list, dict]:
+def _load_snapshot(out: Path, model, ema, opt, distill: dict | None = None) -> tuple[int, int, list, dict]:
     from safetensors.torch import load_file
 
     meta = json.loads((out / "last.json").read_text())
+    if meta.get("distill") != distill:
+        raise ModelError(f"'{out}' was trained with other distillation settings (teachers, weight, temperature): "
+                         "resume with the same ones, or start again with --force")
     tensors = load_file(str(out / "last.safetensors"))
     model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
     if ema is not None:
@@ -169,6 +173,10 @@ def fit(cfg: TrainConfig) -> dict:
 
     t_start = time.perf_counter()
     out = Path(cfg.out)
+    if cfg.teachers:
+        from .distill import check_settings
+
+        check_settings(cfg.teachers, cfg.distill_weight, cfg.distill_temperature, asdict(cfg))
     if cfg.resume:
         if not (out / "last.json").is_file():
             raise ModelError(f"nothing to resume in '{out}' (no last.json)")
@@ -211,29 +219,32 @@ def fit(cfg: TrainConfig) -> dict:
     steps_per_epoch = max(1, len(x_train) // cfg.batch_size)
     total_steps = steps_per_epoch * cfg.epochs
     probe_steps = steps_per_epoch * min(cfg.probe_epochs, cfg.epochs)
+    data_fp = fingerprint(splits.train_pool)
+    teacher = None
+    if cfg.teachers:
+        from .distill import Teacher, distill_loss
+
+        # Loaded before a snapshot restores the RNG: building the teachers draws random initial weights.
+        teacher = Teacher.load(cfg.teachers, {"labels": list(LABELS), "preprocess": spec.to_dict(),
+                                              "data_fingerprint": data_fp, "train_config": asdict(cfg)})
+        print(f"distilling from {len(teacher.members)} teacher(s), weight {cfg.distill_weight}, "
+              f"temperature {cfg.distill_temperature}")
+    # What a resumed run must repeat: another teacher (or none) would make one run of two recipes.
+    distill = {**teacher.describe(), "weight": cfg.distill_weight,
+               "temperature": cfg.distill_temperature} if teacher else None
     start_epoch, step, history, best = 0, 0, [], {}
     if cfg.resume:
-        start_epoch, step, history, best = _load_snapshot(out, model, ema, opt)
+        start_epoch, step, history, best = _load_snapshot(out, model, ema, opt, distill)
         print(f"resuming after epoch {start_epoch}")
     gen = torch.Generator().manual_seed(cfg.seed)
     sample_p = (1.0 / counts)[y_train] if cfg.sampler else np.ones(len(y_train))
     sample_p /= sample_p.sum()
-    data_fp = fingerprint(splits.train_pool)
-
-    teacher = None
-    if cfg.teachers:
-        from .distill import Teacher
-
-        teacher = Teacher.load(cfg.teachers, {"preprocess": spec.to_dict(), "data_fingerprint": data_fp,
-                                              "train_config": asdict(cfg)})
-        print(f"distilling from {len(teacher.members)} teacher(s), weight {cfg.distill_weight}, "
-              f"temperature {cfg.distill_temperature}")
     base = {
         "pneumo_edge_version": __version__, "model": cfg.model, "labels": list(LABELS),
         "preprocess": spec.to_dict(), "data": splits.origin, "data_fingerprint": data_fp,
         "validation": asdict(info), "train_config": asdict(cfg),
         "skipped_images": [n for n, _ in bad_train + bad_val],
-        **({"distill": teacher.describe()} if teacher else {}),
+        **({"distill": distill} if distill else {}),
     }
     for epoch in range(start_epoch, cfg.epochs):
         rng = np.random.default_rng(cfg.seed + epoch)  # per-epoch stream: resume replays exactly
@@ -260,9 +271,7 @@ def fit(cfg: TrainConfig) -> dict:
                 g["lr"] = lr_at(step, total_steps, cfg, probe_steps)
             logits = model(x)
             loss = criterion(logits, y)
-            if teacher is not None:
-                from .distill import distill_loss
-
+            if teacher is not None:  # train_loss then logs the mixed loss, not comparable to val_loss
                 loss = distill_loss(logits, loss, teacher.soft_targets(x, cfg.distill_temperature),
                                     cfg.distill_temperature, cfg.distill_weight)
             opt.zero_grad(set_to_none=True)
@@ -293,7 +302,7 @@ def fit(cfg: TrainConfig) -> dict:
             best = dict(row)
             cal = calibrate(val_logits, y_val, cfg.target_sensitivity)
             save_checkpoint(out, eval_model, {**base, **cal, "epoch": epoch + 1, "val_metrics": row})
-        _save_snapshot(out, model, ema, opt, epoch + 1, step, history, best)
+        _save_snapshot(out, model, ema, opt, epoch + 1, step, history, best, distill)
 
     wall = time.perf_counter() - t_start
     result = {"wall_time_s": round(wall, 1), "decode_s": round(decode_s, 1), "best_epoch": best["epoch"],
