@@ -291,20 +291,28 @@ def read_rows(out: str | Path) -> list[dict]:
 
 # ---------------------------------------------------------------- the driver
 
+def quiet_ray_logs() -> None:
+    for name in ("ray", "ray.data"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+
+
 def start_ray(address: str | None):
     try:
         import ray
     except ImportError:
         raise ClusterError('--engine ray needs Ray: pip install "pneumo-edge[cluster]"') from None
+    # Ray's own notices (token auth on a local cluster, progress bars off) are not the user's business;
+    # its errors still print. Set before and after start-up: Ray configures its loggers as it starts.
+    quiet_ray_logs()
     if not ray.is_initialized():
-        kwargs = {"include_dashboard": False, "log_to_driver": False, "logging_level": logging.WARNING}
+        kwargs = {"include_dashboard": False, "log_to_driver": False, "logging_level": logging.ERROR}
         try:
             ray.init(address=address, **kwargs) if address else ray.init(**kwargs)
         except (ConnectionError, RuntimeError, ValueError) as e:
             raise ClusterError(f"cannot connect to Ray at '{address}': {str(e).splitlines()[0]}") from None
     ctx = ray.data.DataContext.get_current()
+    quiet_ray_logs()
     ctx.enable_progress_bars = False  # the command shows its own progress
-    logging.getLogger("ray.data").setLevel(logging.WARNING)
     return ray
 
 
@@ -331,11 +339,12 @@ def predict_cluster(paths: list[str], model: str, outputs, cfg: ClusterConfig = 
                                   for p in todo],
                                  override_num_blocks=blocks)
         # Decode tasks reserve no CPU: actors hold theirs for the whole run, and a reservation here could
-        # leave the decoders unschedulable; `concurrency` bounds them to one per CPU instead.
+        # leave the decoders unschedulable; the task pool bounds them to one per CPU instead.
         ds = ds.map_batches(decode_batch, batch_size=cfg.batch_size, fn_kwargs={"size": spec.size, "rule": spec.resize},
-                            num_cpus=0, concurrency=max(1, int(cpus)))
+                            num_cpus=0, compute=ray.data.TaskPoolStrategy(size=max(1, int(cpus))))
+        # The pool may start smaller than `actors` when there are fewer blocks than actors to feed.
         ds = ds.map_batches(classifier(str(Path(model).resolve()), threads, cfg.guard), batch_size=cfg.batch_size,
-                            compute=ray.data.ActorPoolStrategy(size=actors), num_cpus=threads)
+                            compute=ray.data.ActorPoolStrategy(min_size=1, max_size=actors), num_cpus=threads)
         written: set[str] = set()
         with Progress(len(todo), "infer (ray)", enabled=progress) as bar:
             for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
