@@ -15,13 +15,20 @@ def test_study_cli_trains_scores_and_picks_by_the_rule(tiny_data, tmp_path):
              "candidates": [{"name": "plain", "why": "reference", "train": tiny},
                             {"name": "crops", "why": "framing", "train": {**tiny, "augment": {"crop_scale": [0.5, 1.0]}}},
                             {"name": "plain-soup", "why": "weights of two seeds averaged",
-                             "soup": {"recipe": "plain", "seeds": [7]}}]}
+                             "soup": {"recipe": "plain", "seeds": [7]}},
+                            {"name": "plain-distilled", "why": "taught by plain",
+                             "train": {**tiny, "teachers": [str(tmp_path / "runs" / "plain")]}}]}
     f = tmp_path / "study.json"
     f.write_text(json.dumps(study))
     r = CliRunner().invoke(main, ["study", str(f)])
     assert r.exit_code == 0, r.output
     scores = json.loads((tmp_path / "results" / "scores.json").read_text())
-    assert set(scores) == {"plain", "crops", "plain-soup"}
+    assert set(scores) == {"plain", "crops", "plain-soup", "plain-distilled"}
+    student = json.loads((tmp_path / "runs" / "plain-distilled" / "config.json").read_text())
+    assert student["distill"]["teachers"] == [str(tmp_path / "runs" / "plain")]
+    own = json.loads((tmp_path / "runs" / "plain-distilled" / "train_results.json").read_text())["wall_time_s"]
+    teacher = json.loads((tmp_path / "runs" / "plain" / "train_results.json").read_text())["wall_time_s"]
+    assert scores["plain-distilled"]["train_minutes"] == round(round(own / 60, 1) + teacher / 60, 1)
     soup = json.loads((tmp_path / "runs" / "plain-soup" / "config.json").read_text())
     member = json.loads((tmp_path / "runs" / "plain-seed7" / "config.json").read_text())
     assert soup["soup"]["seeds"] == [42, 7] and member["train_config"]["split_seed"] == 42
@@ -33,7 +40,7 @@ def test_study_cli_trains_scores_and_picks_by_the_rule(tiny_data, tmp_path):
     assert pick["rule"] == RULE and pick["winner"] in scores
     assert f"**{pick['winner']}**" in (tmp_path / "results" / "results.md").read_text()
     again = CliRunner().invoke(main, ["study", str(f)])  # everything scored: nothing retrained
-    assert again.exit_code == 0 and again.output.count("already scored") == 3
+    assert again.exit_code == 0 and again.output.count("already scored") == 4
 
 
 def test_study_cli_refuses_a_file_without_candidates(tmp_path):
