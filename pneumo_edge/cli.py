@@ -296,7 +296,7 @@ def infer(paths, model_path, out_csv, json_path, resume, force, batch_size, work
             model = EdgeModel(resolve_model(model_path), threads=1)
             cfg = ClusterConfig(address=address, actors=actors, threads_per_actor=threads_per_actor or 1,
                                 batch_size=batch_size, guard=guard)
-            s = predict_cluster(list(paths), str(model.path), outputs, cfg, manifest=manifest,
+            s = predict_cluster(list(paths), model, outputs, cfg, manifest=manifest,
                                 echo=echo if verbose else hold)
     else:
         with Outputs(out_csv, json_path, resume, force) as outputs:  # before the model loads: refuse early

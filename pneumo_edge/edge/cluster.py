@@ -316,13 +316,17 @@ def start_ray(address: str | None):
     return ray
 
 
-def predict_cluster(paths: list[str], model: str, outputs, cfg: ClusterConfig = ClusterConfig(),
+def predict_cluster(paths: list[str], model, outputs, cfg: ClusterConfig = ClusterConfig(),
                     manifest: str | None = None, echo=None, progress: bool = True) -> InferSummary:
-    """Classify every input on Ray, rows written to `outputs` (an `Outputs` or `ParquetOutputs`) as they come."""
+    """Classify every input on Ray, rows written to `outputs` (an `Outputs` or `ParquetOutputs`) as they come.
+
+    `model` is an EdgeModel or the path of an .onnx file; each actor opens that file itself."""
     from .model import EdgeModel
     from .progress import Progress
 
-    local_model = EdgeModel(model, threads=1)  # validates the file before any worker starts
+    # Opened here first: a bad file is refused before any worker starts.
+    local_model = model if isinstance(model, EdgeModel) else EdgeModel(model, threads=1)
+    model = str(local_model.path)
     ray = start_ray(cfg.address)  # before any row: a cluster that cannot start leaves no half-written output
     spec = local_model.spec
     files, problems, dupes = gather_inputs(paths, manifest, outputs.identities())

@@ -157,14 +157,14 @@ class Guard:
 
     def scores(self, resized: np.ndarray, emb: np.ndarray, chroma: np.ndarray | None = None) -> np.ndarray:
         """Guard score per image: the maximum over checks; > 1 means out of distribution."""
-        return self.assess(resized, emb, chroma)[0]
+        return np.maximum.reduce(list(self.check_scores(resized, emb, chroma).values()))
 
     def assess(self, resized: np.ndarray, emb: np.ndarray,
                chroma: np.ndarray | None = None) -> tuple[np.ndarray, list[str]]:
         """(score per image, why per image): the reason names each check past its threshold, '' if none."""
         checks = self.check_scores(resized, emb, chroma)
         scores = np.maximum.reduce(list(checks.values()))
-        reasons = ["; ".join(f"{CHECK_WORDS[k]} ({k} {v[i]:.2f}x threshold)" for k, v in checks.items() if v[i] > 1.0)
+        reasons = ["; ".join(f"{CHECK_WORDS[k]} ({k} {v[i]:.2f}x threshold)" for k, v in checks.items() if self.rejects(v[i]))
                    for i in range(len(scores))]
         return scores, reasons
 
