@@ -620,11 +620,9 @@ def bundle(checkpoint, results, data, out, force) -> None:
 @friendly
 def soup(members, out, force) -> None:
     """Average the weights of fine-tunes of one recipe (same architecture and validation split) into one model."""
-    from .edge.atomic import refuse_existing
     from .soup import average_checkpoints
 
-    refuse_existing(Path(out) / "model.safetensors", force)
-    click.echo(f"soup of {len(members)} written to {average_checkpoints(list(members), out)}")
+    click.echo(f"soup of {len(members)} written to {average_checkpoints(list(members), out, force)}")
 
 
 @main.command()

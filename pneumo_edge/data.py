@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from .edge.hub import HUB_TIMEOUT_S, hub_offline
-from .edge.errors import DataError, HubError, ImageError
+from .edge.errors import DataError, HubError, ImageError, ModelError
 from .edge.imaging import IMAGE_SUFFIXES, load_gray, resize_gray
 
 LABELS = ("NORMAL", "PNEUMONIA")
@@ -240,9 +240,21 @@ def split_seed(train_config: dict) -> int:
 
 
 def same_validation(a: dict, b: dict) -> bool:
-    """Whether two runs' train_configs carve the same validation split (the data itself is checked apart)."""
-    return (split_seed(a) == split_seed(b) and a.get("val_fraction") == b.get("val_fraction")
-            and a.get("max_train_images") == b.get("max_train_images"))
+    """Whether two runs' train_configs carve the same validation split (the data itself is checked apart).
+    `max_train_images` does not matter: training is subsampled after validation is carved."""
+    return split_seed(a) == split_seed(b) and a.get("val_fraction") == b.get("val_fraction")
+
+
+def check_same_split(config: dict, ref: dict, keys: tuple[str, ...], who: str, than: str, fix: str) -> None:
+    """Refuse a saved run that differs from `ref` in `keys` or was validated on another split: a soup
+    member or a teacher that trained on `ref`'s validation images would leak them into its scores."""
+    for key in keys:
+        if config.get(key) != ref.get(key):
+            raise ModelError(f"{who} differs in '{key}' from {than}")
+    if not isinstance(config.get("train_config"), dict):
+        raise ModelError(f"{who} has no train_config: its validation split is unknown")
+    if not same_validation(config["train_config"], ref["train_config"]):
+        raise ModelError(f"{who} was validated on another split than {than}: {fix}")
 
 
 def fingerprint(samples: list[Sample]) -> str:

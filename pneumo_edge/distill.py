@@ -22,16 +22,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from .checkpoint import load_checkpoint, read_config
-from .data import same_validation
+from .data import check_same_split
 from .edge.errors import ModelError
 
-
-def _check_split(train_config, student_train_config: dict, name: str) -> None:
-    if not isinstance(train_config, dict):
-        raise ModelError(f"teacher '{name}' has no train_config: its validation split is unknown")
-    if not same_validation(train_config, student_train_config):
-        raise ModelError(f"teacher '{name}' was validated on another split than the student: "
-                         "train the student with the teachers' split_seed")
+SAME_SPLIT = "train the student with the teachers' split_seed"
 
 
 def check_settings(teachers: Sequence[str | Path], weight: float, temperature: float,
@@ -47,15 +41,14 @@ def check_settings(teachers: Sequence[str | Path], weight: float, temperature: f
     for t in teachers:
         if not Path(t).exists():
             raise ModelError(f"teacher '{t}' not found: train it first")
-        _check_split(read_config(t).get("train_config"), student_train_config, str(t))
+        check_same_split(read_config(t), {"train_config": student_train_config}, (), f"teacher '{t}'",
+                         "the student", SAME_SPLIT)
 
 
 def check_teacher(teacher: dict, student: dict, name: str) -> None:
-    """Refuse a teacher whose labels, input or data differ from the student's (configs as saved)."""
-    for key in ("labels", "preprocess", "data_fingerprint"):
-        if teacher.get(key) != student.get(key):
-            raise ModelError(f"teacher '{name}' differs from the student in '{key}'")
-    _check_split(teacher.get("train_config"), student["train_config"], name)
+    """Refuse a teacher whose labels, input, data or validation split differ from the student's."""
+    check_same_split(teacher, student, ("labels", "preprocess", "data_fingerprint"), f"teacher '{name}'",
+                     "the student", SAME_SPLIT)
 
 
 class Teacher:

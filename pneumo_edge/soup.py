@@ -15,24 +15,21 @@ from pathlib import Path
 
 import torch
 
-from .checkpoint import load_checkpoint, save_checkpoint
-from .data import same_validation
+from .checkpoint import WEIGHTS, load_checkpoint, save_checkpoint
+from .data import check_same_split
+from .edge.atomic import refuse_existing
 from .edge.errors import ModelError
 
 
 def _check_members(configs: list[dict], names: list[str]) -> None:
-    first = configs[0]
     for c, name in zip(configs[1:], names[1:]):
-        for key in ("model", "preprocess", "data_fingerprint"):
-            if c.get(key) != first.get(key):
-                raise ModelError(f"soup member '{name}' differs in '{key}' from '{names[0]}'")
-        if not same_validation(first["train_config"], c["train_config"]):
-            raise ModelError(f"soup member '{name}' was validated on another split than '{names[0]}': "
-                             "train members with the same split_seed")
+        check_same_split(c, configs[0], ("model", "preprocess", "data_fingerprint"), f"soup member '{name}'",
+                         f"'{names[0]}'", "train members with the same split_seed")
 
 
-def average_checkpoints(members: list[str | Path], out: str | Path) -> Path:
+def average_checkpoints(members: list[str | Path], out: str | Path, force: bool = False) -> Path:
     """Write the uniform soup of `members` (checkpoint folders) to `out`; returns its weights file."""
+    refuse_existing(Path(out) / WEIGHTS, force)
     if len(members) < 2:
         raise ModelError("a soup needs at least two members")
     loaded = [load_checkpoint(m) for m in members]

@@ -135,16 +135,23 @@ def train_once(cfg, progress: bool) -> float | None:
         cfg.force = not cfg.resume
         cfg.progress = progress
         fit(cfg)
-    return round(json.loads(tr.read_text())["wall_time_s"] / 60.0, 1) if tr.exists() else None
+    minutes = wall_minutes(ckpt)
+    return None if minutes is None else round(minutes, 1)
+
+
+def wall_minutes(run: str | Path) -> float | None:
+    """A training run's recorded wall time in minutes; None when it has none."""
+    tr = Path(run) / "train_results.json"
+    return json.loads(tr.read_text())["wall_time_s"] / 60.0 if tr.exists() else None
 
 
 def with_teachers(minutes: float | None, teachers) -> float | None:
     """A distilled student's cost includes training its teachers, as a soup's includes its members."""
     for t in teachers:
-        tr = Path(t) / "train_results.json"
-        if minutes is None or not tr.exists():
+        teacher = wall_minutes(t)
+        if minutes is None or teacher is None:
             return None
-        minutes += json.loads(tr.read_text())["wall_time_s"] / 60.0
+        minutes += teacher
     return None if minutes is None else round(minutes, 1)
 
 
@@ -168,7 +175,7 @@ def make_soup(cand: Candidate, study: StudyConfig, progress: bool) -> tuple[Path
                         for s in seeds]
     minutes = [train_once(cfg, progress) for cfg in members]
     out = Path(study.runs) / cand.name
-    average_checkpoints([cfg.out for cfg in members], out)
+    average_checkpoints([cfg.out for cfg in members], out, force=True)  # re-averaged on every run
     return out, (round(sum(minutes), 1) if None not in minutes else None)
 
 
@@ -191,8 +198,8 @@ def run_study(study_file: str | Path, only: list[str] | None = None, progress: b
             ckpt, minutes = make_soup(cand, study, progress)
         elif cand.checkpoint:
             ckpt = Path(cand.checkpoint)
-            tr = ckpt / "train_results.json"
-            minutes = round(json.loads(tr.read_text())["wall_time_s"] / 60.0, 1) if tr.exists() else None
+            minutes = wall_minutes(ckpt)
+            minutes = None if minutes is None else round(minutes, 1)
         else:
             cfg = train_config(cand, study)
             ckpt, minutes = Path(cfg.out), train_once(cfg, progress)

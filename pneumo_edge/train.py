@@ -147,7 +147,10 @@ def _load_snapshot(out: Path, model, ema, opt, distill: dict | None = None) -> t
     from safetensors.torch import load_file
 
     meta = json.loads((out / "last.json").read_text())
-    if meta.get("distill") != distill:
+    def same(d: dict | None) -> dict | None:  # the teachers by their weights, not by how a path was typed
+        return None if d is None else {k: v for k, v in d.items() if k != "teachers"}
+
+    if same(meta.get("distill")) != same(distill):
         raise ModelError(f"'{out}' was trained with other distillation settings (teachers, weight, temperature): "
                          "resume with the same ones, or start again with --force")
     tensors = load_file(str(out / "last.safetensors"))
