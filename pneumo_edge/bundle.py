@@ -13,7 +13,7 @@ import numpy as np
 
 from .edge.atomic import copy_file, write_text
 
-EVAL_FILES = ("results.json", "report.md", "confusion_matrix.png", "roc.png", "reliability.png")
+EVAL_FILES = ("report.md", "confusion_matrix.png", "roc.png", "reliability.png")  # export copies results.json
 CAM_CASES = 6  # panels on the contact sheet
 CAM_SEED = 0
 CAM_ORDER = ("true positive", "true negative", "false positive", "false negative")  # taken in turn
@@ -22,7 +22,7 @@ CAM_ORDER = ("true positive", "true negative", "false positive", "false negative
 def build_bundle(checkpoint: str, results: str, data: str, out: str = "export", gate=None, force: bool = False) -> Path:
     from .onnx_export import GateConfig, export
     from .ood import guard_report, render_guard_report
-    from .report import model_card
+    from .report import write_model_card
     from .edge.progress import stage
 
     out_p = Path(out)
@@ -35,7 +35,7 @@ def build_bundle(checkpoint: str, results: str, data: str, out: str = "export", 
     stage("bundle", "guard report")
     g = guard_report(str(out_p / "model.onnx"), data, str(out_p / "guard.json"))
     write_text(out_p / "guard.md", render_guard_report(g))
-    write_text(out_p / "README.md", model_card(out_p))
+    write_model_card(out_p)  # again, now that the guard report and the heat maps are in
     return out_p
 
 

@@ -119,7 +119,10 @@ def outcome(truth: int, predicted: int) -> str:
     return f"{'true' if truth == predicted else 'false'} {'positive' if predicted == 1 else 'negative'}"
 
 
-def expected_calibration_error(y: np.ndarray, p: np.ndarray, bins: int = 15) -> float:
+ECE_BINS = 15  # equal-width bins of top-label confidence over [0.5, 1]
+
+
+def expected_calibration_error(y: np.ndarray, p: np.ndarray, bins: int = ECE_BINS) -> float:
     """Top-label ECE: |accuracy - confidence| averaged over equal-width confidence bins."""
     y, p = np.asarray(y).astype(int), np.asarray(p, np.float64)
     pred = (p >= 0.5).astype(int)

@@ -142,6 +142,8 @@ def reliability_curves(y: np.ndarray, probs: dict[str, np.ndarray]) -> dict[str,
 
 def reliability_plot(curves: dict[str, dict], path: Path, title: str) -> Path:
     """curves: reliability_curves output. Above: the diagram; below: how many images each bin holds."""
+    from .metrics import ECE_BINS
+
     plt = _fig()
     fig, (ax, hist) = plt.subplots(2, 1, figsize=(4.6, 5.4), sharex=True, gridspec_kw={"height_ratios": [3, 1]})
     ax.plot([0, 1], [0, 1], ls=":", c="grey", label="perfect calibration")
@@ -153,7 +155,7 @@ def reliability_plot(curves: dict[str, dict], path: Path, title: str) -> Path:
         hist.stairs(c["count"], edges, color=line.get_color(), lw=1.5)
     ax.set_ylabel("observed fraction pneumonia")
     ax.set_title(title, fontsize=10)
-    ax.legend(fontsize=7, title="ECE: top-label, 15 bins", title_fontsize=7)
+    ax.legend(fontsize=7, title=f"ECE: top-label, {ECE_BINS} bins", title_fontsize=7)
     hist.set_yscale("symlog", linthresh=1)  # most images sit in the end bins; a few in the middle still show
     hist.set_ylabel("images per bin", fontsize=8)
     hist.set_xlabel("mean predicted P(pneumonia)")
