@@ -44,11 +44,13 @@ def _per_image_ms(fn, items: list, repeat: int = 3) -> float:
 
 
 def decode_costs(folder: str, dicoms: str, size: int) -> dict:
-    from .edge.imaging import load_image
+    from .edge.errors import BenchError
+    from .edge.imaging import SUFFIX_FORMATS, load_image
 
-    from .edge.imaging import IMAGE_SUFFIXES
-
-    films = sorted(p for p in Path(folder).rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES - {".dcm"})[:100]
+    films = sorted(p for p in Path(folder).rglob("*") if SUFFIX_FORMATS.get(p.suffix.lower()) not in (None, "DICOM"))
+    films = films[:100]
+    if not films:
+        raise BenchError(f"no image files (other than DICOM) under '{folder}'")
     out = {"folder": {"files": len(films), "mean_bytes": int(np.mean([p.stat().st_size for p in films])),
                       "ms_per_image": round(_per_image_ms(lambda p: load_image(p, size=size), films), 3),
                       "note": "the first 100 images of the benchmarked folder"}}

@@ -302,7 +302,6 @@ def load_image(source: str | os.PathLike | bytes, size: int | None = None,
             raise ImageError("empty file (0 bytes)")
         stream = io.BytesIO(data)
         head = data[:132]
-        is_dicom = SUFFIX_FORMATS.get(Path(name).suffix.lower()) == "DICOM" or head[128:132] == b"DICM"
     else:
         path = Path(source)
         name = path.name
@@ -322,8 +321,7 @@ def load_image(source: str | os.PathLike | bytes, size: int | None = None,
         except OSError as e:
             raise ImageError(f"cannot read file ({e.strerror or e})") from e
         stream = path
-        is_dicom = SUFFIX_FORMATS.get(path.suffix.lower()) == "DICOM" or head[128:132] == b"DICM"
-
+    is_dicom = SUFFIX_FORMATS.get(Path(name).suffix.lower()) == "DICOM" or head[128:132] == b"DICM"
     gray, colour = (_load_dicom(stream), 0.0) if is_dicom else _load_pil(stream, head, size)
     if gray.ndim != 2:
         raise ImageError(f"unexpected pixel layout {gray.shape} in {name}")
