@@ -234,3 +234,22 @@ def test_output_inside_the_input_folder_is_marked_as_ours_not_classified(tiny_bu
     assert {n for n, r in rows.items() if r["status"] in ("ok", "rejected")} == {"x0.png", "x1.png"}
     own = {n: r for n, r in rows.items() if n == ".lock" or n.startswith("part-")}
     assert own and all(r["status"] == "skipped" and r["error"] == "an output of this run" for r in own.values())
+
+
+def test_a_run_that_fails_before_its_first_row_leaves_no_dataset_folder(tmp_path):
+    from conftest import write_xrays
+
+    (tmp_path / "imgs").mkdir()
+    write_xrays(tmp_path / "imgs", n=1)
+    bad_model = tmp_path / "model.onnx"
+    bad_model.write_text("not a model")
+    out = tmp_path / "rows"
+    r = CliRunner().invoke(main, ["infer", str(tmp_path / "imgs"), "--model", str(bad_model), "--engine", "ray",
+                                  "--out", str(out)])
+    assert r.exit_code == 2 and "Traceback" not in r.output, r.output
+    assert not out.exists()
+    out.mkdir()  # a folder the user made is left as it was
+    (out / "mine.txt").write_text("keep")
+    r = CliRunner().invoke(main, ["infer", str(tmp_path / "imgs"), "--model", str(bad_model), "--engine", "ray",
+                                  "--out", str(out)])
+    assert r.exit_code == 2 and sorted(p.name for p in out.iterdir()) == ["mine.txt"]

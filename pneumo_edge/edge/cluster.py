@@ -33,7 +33,8 @@ import numpy as np
 
 from .atomic import atomic_path, open_locked, UPDATE
 from .errors import ImageError, OutputError, PneumoEdgeError
-from .infer import COLUMNS, DONE_STATUSES, InferSummary, Outputs, Run, _classify, _decode, display_path, find_inputs
+from .infer import (COLUMNS, DONE_STATUSES, InferSummary, Outputs, Run, _classify, _decode, display_path, find_inputs,
+                    identity)
 
 PARTS_GLOB = "part-*.parquet"
 BLOCK_ROWS = 256  # inputs per Ray block (one decode task each)
@@ -167,11 +168,17 @@ def _columns(part: Path) -> list[str]:
 
 
 def _schema():
+    """The row columns (infer.COLUMNS) with Parquet types: numbers and the ood flag typed, the rest text."""
     import pyarrow as pa
 
-    return pa.schema([("path", pa.string()), ("probability", pa.float64()), ("label", pa.string()),
-                      ("status", pa.string()), ("error", pa.string()), ("ood_score", pa.float64()),
-                      ("threshold", pa.float64()), ("ood", pa.bool_())])
+    typed = {"probability": pa.float64(), "ood_score": pa.float64(), "threshold": pa.float64(), "ood": pa.bool_()}
+    return pa.schema([(c, typed.get(c, pa.string())) for c in COLUMNS])
+
+
+def _read_part(part: Path) -> list[dict]:
+    import pyarrow.parquet as pq
+
+    return pq.read_table(part).to_pylist()
 
 
 class ParquetOutputs:
@@ -185,7 +192,9 @@ class ParquetOutputs:
         self.folder = Path(folder)
         if self.folder.exists() and not self.folder.is_dir():
             raise OutputError(f"--out '{folder}' exists and is not a folder (a Parquet dataset is a folder)")
+        self.created = not self.folder.exists()
         self.folder.mkdir(parents=True, exist_ok=True)
+        self.lock_created = not (self.folder / ".lock").exists()
         self._lock = open_locked(self.folder / ".lock", UPDATE)  # a second writer is refused here
         parts = sorted(self.folder.glob(PARTS_GLOB))
         for part in parts:  # never delete or rewrite a dataset someone else wrote
@@ -205,27 +214,21 @@ class ParquetOutputs:
             stale.unlink()
         self.parts = parts
         self.pending: list[dict] = []
+        self.status: dict[str, str] = {}  # input -> status of its kept row, filled by begin
         self.n_rows = 0
         self.n_incomplete = 0
         self._synced_at = time.monotonic()
 
     def identities(self) -> set[str]:
         """This run's own files, which an input folder that contains --out must not classify."""
-        from .infer import identity
-
         return {identity(str(p)) for p in (self.folder / ".lock", *self.parts)}
-
-    def _read(self, part: Path) -> list[dict]:
-        import pyarrow.parquet as pq
-
-        return pq.read_table(part).to_pylist()
 
     def begin(self, displays: list[str]) -> set[str]:
         """Inputs already done; error rows of the named inputs are dropped so they are re-tried."""
         status: dict[str, str] = {}
         named = set(displays)
         for part in self.parts:
-            rows = self._read(part)
+            rows = _read_part(part)
             keep = [r for r in rows if r["status"] in DONE_STATUSES or r["path"] not in named]
             if len(keep) != len(rows):
                 self._write_part(keep, part)
@@ -234,7 +237,7 @@ class ParquetOutputs:
         return {d for d in displays if status.get(d) in DONE_STATUSES}
 
     def n_old_errors(self) -> int:
-        return sum(s == "error" for s in getattr(self, "status", {}).values())
+        return sum(s == "error" for s in self.status.values())
 
     def _write_part(self, rows: list[dict], part: Path | None = None) -> None:
         import pyarrow as pa
@@ -266,8 +269,13 @@ class ParquetOutputs:
     def __enter__(self) -> "ParquetOutputs":
         return self
 
-    def __exit__(self, *_) -> None:
+    def __exit__(self, exc_type, *_) -> None:
         self.close()
+        if exc_type is not None and not self.n_rows:  # failed before its first row: leave nothing of ours
+            if self.lock_created:
+                (self.folder / ".lock").unlink(missing_ok=True)
+            if self.created and not any(self.folder.iterdir()):
+                self.folder.rmdir()
 
 
 def open_outputs(out: str, json_path: str | None, resume: bool, force: bool):
@@ -284,9 +292,7 @@ def open_outputs(out: str, json_path: str | None, resume: bool, force: bool):
 
 def read_rows(out: str | Path) -> list[dict]:
     """Every row of a Parquet dataset written by this engine."""
-    import pyarrow.parquet as pq
-
-    return [r for p in sorted(Path(out).glob(PARTS_GLOB)) for r in pq.read_table(p).to_pylist()]
+    return [r for p in sorted(Path(out).glob(PARTS_GLOB)) for r in _read_part(p)]
 
 
 # ---------------------------------------------------------------- the driver
