@@ -18,6 +18,7 @@ from torch import nn
 
 from .edge.atomic import write_with
 from .edge.cam import overlay_names, target_index
+from .edge.imaging import input_box
 from .edge.progress import track
 from .edge.errors import ModelError
 
@@ -109,16 +110,6 @@ class GradCAM:
         return cam.detach().numpy(), logits.detach().numpy()
 
 
-def _input_box(shape: tuple[int, int], rule: str) -> tuple[int, int, int, int]:
-    """(left, top, right, bottom) of the film region the model sees under edge.imaging.resize_gray's rule."""
-    h, w = shape
-    if rule != "center-crop-bilinear":
-        return 0, 0, w, h  # squash: the whole film, stretched to a square
-    side = min(h, w)
-    left, top = (w - side) // 2, (h - side) // 2
-    return left, top, left + side, top + side
-
-
 def _figure_png(path: Path, panels: list[tuple[np.ndarray, np.ndarray, tuple, str]], cols: int) -> Path:
     """Per panel: the full film, and beside it the film with the map laid back over the region the model saw."""
     import matplotlib
@@ -199,7 +190,7 @@ def explain(images: list[str], bundle: str | Path, out: str | Path, layer: str |
 def _explain_one(cam: GradCAM, src: str, png: Path, spec, meta, target_idx: int | None,
                  guard=None, truth: str | None = None) -> tuple[dict, tuple | None]:
     """The overlay PNG of one image: (its record, its contact-sheet panel); no PNG if `guard` refuses it."""
-    from .edge.cam import guard_reason, rejected_record
+    from .edge.cam import judge, rejected_record
     from .edge.imaging import load_image, normalize, resize_gray
     from .edge.model import prob_from_logits
     from .metrics import outcome
@@ -208,10 +199,9 @@ def _explain_one(cam: GradCAM, src: str, png: Path, spec, meta, target_idx: int 
     gray, chroma = load_image(src, size=spec.size)
     resized = resize_gray(gray, spec.size, spec.resize)
     if guard is not None:
-        o = guard.run(normalize(resized[None], spec), ["logits", "embedding"])
-        why = guard_reason(guard, resized, o["embedding"], chroma)
-        if why:
-            return rejected_record(src, float(guard.probability(o["logits"])[0]), why), None
+        p, why = judge(guard, resized, chroma, use_guard=True)
+        if why is not None:
+            return rejected_record(src, p, why), None
     x = torch.from_numpy(normalize(resized[None], spec))
     # One forward pass: the probability printed is the one the map came from, and the map
     # explains the class the bundle decides (calibrated threshold), not the argmax.
@@ -225,7 +215,7 @@ def _explain_one(cam: GradCAM, src: str, png: Path, spec, meta, target_idx: int 
     if truth is not None:  # the outcome first: a wrong case must read as one at a glance
         known = {"true_label": truth, "outcome": outcome(labels.index(truth), labels.index(label))}
         title = f"{known['outcome'].upper()}: true {truth}, predicted {label}\n{title}"
-    panel = (gray / 255.0, heat[0], _input_box(gray.shape, spec.resize), title)
+    panel = (gray / 255.0, heat[0], input_box(gray.shape, spec.resize), title)
     _figure_png(png, [panel], cols=1)
     return ({"path": str(src), "status": "ok", "probability": p, "label": label,
              "explained_class": explained, "png": str(png), **known}, panel)

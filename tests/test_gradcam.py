@@ -114,7 +114,9 @@ def test_sheet_panels_show_the_full_film_the_outcome_and_a_colour_bar(tiny_bundl
     assert mapped.images[1].get_extent() == [-0.5, 79.5, 87.5, 7.5]  # the map back over the crop it came from
     assert any(isinstance(p, Rectangle) for p in mapped.patches)
     assert plain.get_title(loc="left").startswith(records[0]["outcome"].upper() + ": true NORMAL, predicted ")
-    assert gc._input_box((96, 80), "squash-bilinear") == (0, 0, 80, 96)
+    from pneumo_edge.edge.imaging import input_box
+
+    assert input_box((96, 80), "squash-bilinear") == (0, 0, 80, 96)
 
 
 def test_bundle_sheet_is_picked_from_stored_predictions_without_a_test_read(tiny_bundle, tiny_eval, tiny_data, tmp_path,

@@ -265,11 +265,15 @@ def overlay_names(images: list[str], suffix: str = ".gradcam.png") -> list[str]:
 
 # ---------------------------------------------------------------- explain with onnxruntime
 
-def guard_reason(model, resized: np.ndarray, embedding: np.ndarray, chroma: float) -> str:
-    """Why the model's guard refuses this one image, '' if it accepts it (or the file has no guard)."""
-    if model.guard is None:
-        return ""
-    return model.guard.assess(resized[None], embedding, np.array([chroma]))[1][0]
+def judge(model, resized: np.ndarray, chroma: float, use_guard: bool,
+          keep: dict | None = None) -> tuple[float, str | None]:
+    """P(positive) of one image and, if the model's guard refuses it, why (None: accepted, or no guard).
+    The same scoring and refusal rule as `pneumo-edge infer`; `keep` receives the raw outputs."""
+    from .infer import score_decoded
+
+    probs, scores, reasons = score_decoded(model, [(resized, chroma)], use_guard and model.guard is not None, keep)
+    refused = scores is not None and bool(model.guard.rejects(scores[0]))
+    return float(probs[0]), (reasons[0] if refused else None)
 
 
 def rejected_record(src, probability: float, why: str) -> dict:
@@ -294,7 +298,7 @@ def explain(images: list[str], model, out: str | os.PathLike, target: str | None
     refuses gets status "rejected", its reason in "error" and no PNG.
     """
     from .atomic import prepare_out_dir
-    from .imaging import load_image, normalize, resize_gray
+    from .imaging import load_image, resize_gray
     from .model import EdgeModel
     from .progress import track
 
@@ -308,11 +312,10 @@ def explain(images: list[str], model, out: str | os.PathLike, target: str | None
         try:
             gray, chroma = load_image(src, size=spec.size)
             resized = resize_gray(gray, spec.size, spec.resize)
-            o = model.run(normalize(resized[None], spec))
-            p = float(model.probability(o["logits"])[0])
+            o: dict = {}
+            p, why = judge(model, resized, chroma, guard, keep=o)
             label = meta.decide(p)
-            why = guard_reason(model, resized, o["embedding"], chroma) if guard else ""
-            if why:
+            if why is not None:
                 records.append(rejected_record(src, p, why))
                 continue
             cls = target_idx if target_idx is not None else labels.index(label)

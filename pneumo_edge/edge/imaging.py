@@ -339,13 +339,18 @@ def resize_gray(gray: np.ndarray, size: int, rule: str = "center-crop-bilinear")
         raise ValueError(f"unknown resize rule '{rule}' (known: {', '.join(RESIZE_RULES)})")
     if gray.shape == (size, size):
         return gray
-    h, w = gray.shape
-    box = None
+    box = input_box(gray.shape, rule)
+    return np.asarray(Image.fromarray(gray).resize((size, size), Image.BILINEAR, box=box))
+
+
+def input_box(shape: tuple[int, int], rule: str) -> tuple[int, int, int, int]:
+    """(left, top, right, bottom) of the film region `resize_gray` turns into the model's input."""
+    h, w = shape
     if rule == "center-crop-bilinear":
         side = min(h, w)
         left, top = (w - side) // 2, (h - side) // 2
-        box = (left, top, left + side, top + side)
-    return np.asarray(Image.fromarray(gray).resize((size, size), Image.BILINEAR, box=box))
+        return left, top, left + side, top + side
+    return 0, 0, w, h  # squash: the whole film, stretched to a square
 
 
 def to_unit(resized: np.ndarray) -> np.ndarray:
