@@ -77,7 +77,9 @@ def bench_table(bench_dir: Path) -> str | None:
 
 def sections(bundle: Path, root: Path) -> dict[str, str]:
     out = {}
-    res, seeds = _load(bundle / "results.json"), _load(bundle / "seeds.json")
+    config = _parsed(bundle)  # results of other weights are not this model's results
+    res = _bundle_results(bundle, config) if config else _load(bundle / "results.json")
+    seeds = _load(bundle / "seeds.json")
     train = _load(bundle / "train_results.json")
     if res:
         out["results"] = results_table(res, seeds, train["config"]["seed"] if train else None)
@@ -196,6 +198,14 @@ def card_data(model: str, base: str | None, res: dict | None, seeds: dict | None
         eval_results=eval_results(res, seeds) if res else None)
 
 
+def _parsed(bundle: Path) -> dict:
+    """The bundle's config.json in the checkpoint's terms ({} without one)."""
+    from .checkpoint import parse_config
+
+    config = _load(bundle / "config.json")
+    return parse_config(config, str(bundle / "config.json")) if config else {}
+
+
 def _bundle_results(bundle: Path, config: dict) -> dict | None:
     """results.json when it scores these weights (a leftover from other weights is not this model's result)."""
     res = _load(bundle / "results.json")
@@ -230,16 +240,11 @@ def model_card(bundle: str | Path) -> str:
     """The bundle's README.md in Hugging Face model-card form: YAML header from huggingface_hub's card classes."""
     from huggingface_hub import ModelCard
 
-    from .checkpoint import parse_config
-
     bundle = Path(bundle)
     root = bundle.resolve().parent
-    config = _load(bundle / "config.json")
-    config = parse_config(config, str(bundle / "config.json")) if config else {}
+    config = _parsed(bundle)
     res = _bundle_results(bundle, config)
     s = sections(bundle, root)
-    if res is None:
-        s.pop("results", None)
     seeds = _load(bundle / "seeds.json") if res else None
     val = (res or {}).get("validation", {})
     tc = config.get("train_config", {})
