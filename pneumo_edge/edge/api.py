@@ -18,7 +18,8 @@ import numpy as np
 
 from .errors import ImageError, ModelError
 from .hub import download_model, is_repo_id
-from .imaging import load_image, normalize, pil_to_gray, resize_gray
+from .imaging import load_image, pil_to_gray, resize_gray
+from .infer import score_decoded
 from .model import EdgeModel, default_model_path
 
 MODEL_FILES = ("model.onnx", "model.int8.onnx")  # what a bundle folder or hub repo offers, default first
@@ -78,14 +79,11 @@ class Classifier:
         many = isinstance(x, (list, tuple))
         items = list(x) if many else [x]
         spec = self.meta.preprocess
-        decoded = [self._gray(item) for item in items]
-        resized = np.stack([resize_gray(g, spec.size, spec.resize) for g, _ in decoded])
-        outs = self.model.run(normalize(resized, spec), None if heatmap else self.model.predict_outputs)
-        probs = self.model.probability(outs["logits"])
-        scores, reasons = (self.model.guard.assess(resized, outs["embedding"], np.array([c for _, c in decoded]))
-                           if self.guard else ([None] * len(items), [""] * len(items)))
+        pairs = [(resize_gray(g, spec.size, spec.resize), c) for g, c in (self._gray(item) for item in items)]
+        outs: dict | None = {} if heatmap else None  # all outputs: the maps need 'features'
+        probs, scores, reasons = score_decoded(self.model, pairs, self.guard, keep=outs)
         rows = []
-        for p, s, why in zip(probs, scores, reasons):
+        for p, s, why in zip(probs, [None] * len(items) if scores is None else scores, reasons):
             rejected = bool(self.model.guard.rejects(s)) if s is not None else False
             rows.append({"label": "REJECTED_OOD" if rejected else self.meta.decide(float(p)),
                          "probability": float(p), "threshold": self.meta.threshold,
@@ -95,12 +93,13 @@ class Classifier:
             from .cam import overlay_png
 
             labels = list(self.meta.labels)
-            explained = [self.meta.decide(float(p)) for p in probs]
-            maps = head.maps(outs["features"], [labels.index(c) for c in explained], spec.size)
-            for row, image, heat, c in zip(rows, resized, maps, explained):
-                if not row["rejected"]:
-                    row["explained_class"] = c
-                    row["heatmap_png"] = overlay_png(image, heat)
+            accepted = [i for i, row in enumerate(rows) if not row["rejected"]]
+            explained = [self.meta.decide(float(probs[i])) for i in accepted]
+            maps = (head.maps(outs["features"][accepted], [labels.index(c) for c in explained], spec.size)
+                    if accepted else [])
+            for i, heat, c in zip(accepted, maps, explained):
+                rows[i]["explained_class"] = c
+                rows[i]["heatmap_png"] = overlay_png(pairs[i][0], heat)
         if as_frame:
             import pandas as pd
 
