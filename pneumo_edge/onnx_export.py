@@ -108,10 +108,11 @@ def operating_point(checkpoint: str | Path, config: dict, results: str | Path | 
         op = json.loads((Path(results) / "results.json").read_text())["operating_point"]
         return op["threshold"], op["temperature"]
     onnx_file = resolve(checkpoint)[0].parent / "model.onnx"
-    if "threshold" not in config and onnx_file.is_file():
-        meta = read_meta(onnx_file)
-        return meta.threshold, meta.temperature
-    if "threshold" not in config:  # a weight soup, say: no validation has set its rule yet
+    if "threshold" not in config:
+        if onnx_file.is_file():
+            meta = read_meta(onnx_file)
+            return meta.threshold, meta.temperature
+        # a weight soup, say: no validation has set its rule yet
         raise ModelError(f"'{checkpoint}' carries no decision threshold: run `pneumo-edge evaluate` on it and "
                          "pass its output folder as --results")
     return config["threshold"], config.get("temperature", 1.0)

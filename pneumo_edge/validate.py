@@ -168,8 +168,8 @@ def validate(cfg: ValidateConfig) -> dict:
              reliability_plot(reliability_curves(ya, {name: pa}), out / "reliability.png",
                               f"reliability, temperature {model.temperature:.2f} (stored)")]
     if both:  # a curve needs both classes
-        groups, unit = band_groups([q for q, a in zip(paths, accepted) if a])
-        plots.append(roc_pr_plot(ya, pa, out / "roc.png", {"stored threshold": t}, f"ROC, {name}", groups, unit,
+        band, unit = band_groups([q for q, a in zip(paths, accepted) if a])  # the accepted images' own groups
+        plots.append(roc_pr_plot(ya, pa, out / "roc.png", {"stored threshold": t}, f"ROC, {name}", band, unit,
                                  cfg.n_bootstrap))
     result["plots"] = sorted(f.name for f in plots)
     write_text(out / "predictions.csv", _predictions_csv(paths, y, p, scores, rejected, model))
