@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from .edge.imaging import to_unit
+from .edge.imaging import input_box, to_unit
 
 
 @dataclass
@@ -47,10 +47,8 @@ class AugmentConfig:
 
 
 def center_box(h: int, w: int) -> tuple[int, int, int, int]:
-    """The central square (left, top, right, bottom): the view inference uses."""
-    side = min(h, w)
-    left, top = (w - side) // 2, (h - side) // 2
-    return left, top, left + side, top + side
+    """The central square (left, top, right, bottom): the view inference uses (`imaging.input_box`)."""
+    return input_box((h, w), "center-crop-bilinear")
 
 
 def random_box(h: int, w: int, rng: np.random.Generator, scale: tuple[float, float],

@@ -21,6 +21,7 @@ import numpy as np
 
 from .edge.atomic import write_json, write_text
 from .edge.errors import BenchError
+from .edge.targets import FP32, INT8, TARGETS
 
 
 @dataclass
@@ -152,7 +153,8 @@ def run_benchmark(cfg: BenchConfig) -> dict:
     from .edge.imaging import normalize
     from .edge.meta import read_meta
     from .metrics import binary_metrics, prob_from_logits
-    from .edge.infer import predict_paths
+    from .edge.infer import InferConfig, predict_paths
+    from .edge.outputs import Outputs
     from .edge.model import EdgeModel
     from .edge.progress import stage
 
@@ -161,7 +163,7 @@ def run_benchmark(cfg: BenchConfig) -> dict:
     import torch
 
     model = model.to(memory_format=torch.channels_last).eval()
-    meta = read_meta(bundle / "model.onnx")  # the decision rule travels in the ONNX file
+    meta = read_meta(bundle / FP32.file)  # the decision rule travels in the ONNX file
     spec, threshold, temperature = meta.preprocess, meta.threshold, meta.temperature
     resized, y, source = load_images(cfg, spec.size, spec.resize)
     x_all = normalize(resized, spec)
@@ -170,8 +172,7 @@ def run_benchmark(cfg: BenchConfig) -> dict:
     cpu = cpu_info()
     macs = count_macs(model, spec.size, spec.channels)
     variants = {"pytorch-eager-fp32": ("torch", bundle / "model.safetensors"),
-                "onnxruntime-fp32": ("ort", bundle / "model.onnx"),
-                "onnxruntime-int8": ("ort", bundle / "model.int8.onnx")}
+                **{f"onnxruntime-{t.name}": ("ort", bundle / t.file) for t in TARGETS}}
     rows = []
     for name, (kind, path) in variants.items():
         if not path.is_file():
@@ -207,11 +208,11 @@ def run_benchmark(cfg: BenchConfig) -> dict:
         r["speedup_vs_eager"] = ref["p50_ms"] / r["p50_ms"] if ref else None
 
     extra: dict = {}
-    if (bundle / "model.onnx").is_file():
-        extra["features_output"] = features_output_cost(bundle / "model.onnx", x_all[:1], cfg, cpu["cores"])
+    if (bundle / FP32.file).is_file():
+        extra["features_output"] = features_output_cost(bundle / FP32.file, x_all[:1], cfg, cpu["cores"])
         print(_features_line(extra["features_output"]))
-    int8 = EdgeModel(bundle / "model.int8.onnx") if (bundle / "model.int8.onnx").is_file() else None
-    guard_model = int8 or EdgeModel(bundle / "model.onnx")
+    int8 = EdgeModel(bundle / INT8.file) if (bundle / INT8.file).is_file() else None
+    guard_model = int8 or EdgeModel(bundle / FP32.file)
     if guard_model.guard is not None:  # the OOD guard's own cost per image
         emb = guard_model.run(x_all[:16])["embedding"]
         ms = time_calls(lambda _: guard_model.guard.scores(resized[:1], emb[:1]), None, cfg.iters, cfg.warmup)
@@ -220,11 +221,11 @@ def run_benchmark(cfg: BenchConfig) -> dict:
         import tempfile
 
         folder = Path(cfg.data) / "test"
-        for name in ("model.int8.onnx", "model.onnx"):
+        for name in (t.file for t in reversed(TARGETS)):  # the fastest first
             if (bundle / name).is_file():
                 stage("bench", f"end to end: pneumo-edge infer over {folder} with {name}")
-                with tempfile.TemporaryDirectory() as tmp:
-                    s = predict_paths([str(folder)], EdgeModel(bundle / name), Path(tmp) / "p.csv", progress=False)
+                with tempfile.TemporaryDirectory() as tmp, Outputs(Path(tmp) / "p.csv") as out:
+                    s = predict_paths([str(folder)], EdgeModel(bundle / name), out, InferConfig(progress=False))
                 extra[f"end_to_end_{name}"] = {"images": s.n_files, "seconds": s.seconds,
                                                "images_per_s": s.images_per_s}
                 print(f"end to end infer with {name}: {s.n_files} files at {s.images_per_s:.1f} images/s")

@@ -12,6 +12,8 @@ from pathlib import Path
 import numpy as np
 
 from .edge.atomic import copy_file, write_text
+from .edge.decision import positive
+from .edge.targets import FP32
 
 EVAL_FILES = ("report.md", "confusion_matrix.png", "roc.png", "reliability.png")  # export copies results.json
 CAM_CASES = 6  # panels on the contact sheet
@@ -33,7 +35,7 @@ def build_bundle(checkpoint: str, results: str, data: str, out: str = "export", 
     stage("bundle", "Grad-CAM examples from the stored test predictions")
     gradcam_examples(out_p, results, data, out_p / "gradcam")
     stage("bundle", "guard report")
-    g = guard_report(str(out_p / "model.onnx"), data, str(out_p / "guard.json"))
+    g = guard_report(str(out_p / FP32.file), data, str(out_p / "guard.json"))
     write_text(out_p / "guard.md", render_guard_report(g))
     write_model_card(out_p)  # again, now that the guard report and the heat maps are in
     return out_p
@@ -50,7 +52,7 @@ def pick_cam_cases(names: list[str], labels: np.ndarray, probs: np.ndarray, thre
     from .metrics import outcome
 
     rng = np.random.default_rng(seed)
-    kinds = [outcome(int(t), int(q)) for t, q in zip(labels, np.asarray(probs) >= threshold)]
+    kinds = [outcome(int(t), int(q)) for t, q in zip(labels, positive(np.asarray(probs), threshold))]
     pools = {k: [int(i) for i in rng.permutation([i for i, x in enumerate(kinds) if x == k])] for k in CAM_ORDER}
     def patient(i: int) -> str:
         return patient_id(names[i]) or names[i]  # a file name without a patient id is its own patient
@@ -88,7 +90,7 @@ def gradcam_examples(bundle: str | Path, results: str | Path, data: str, out: st
     for png in out.glob("*.gradcam.png"):  # keep only the contact sheet: the bundle stays small
         png.unlink()
     for i, r in zip(picks, records):
-        stored = outcome(int(y[i]), int(p[i] >= op["threshold"]))
+        stored = outcome(int(y[i]), int(positive(p[i], op["threshold"])))
         if r.get("outcome", stored) != stored:  # the twin and the stored predictions disagree on this film
             warnings.warn(f"{names[i]}: stored predictions say {stored}, the bundle says {r['outcome']}", stacklevel=2)
     return records

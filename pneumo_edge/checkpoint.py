@@ -24,6 +24,7 @@ from torch import nn
 
 from .edge.atomic import write_json, write_with
 from .edge.errors import ModelError
+from .edge.targets import CONFIG, WEIGHTS  # a run's files carry the bundle's names
 
 FORMAT = "pneumo-edge-checkpoint/1"
 HUB_FORMAT = "pneumo-edge-checkpoint/2"
@@ -31,8 +32,6 @@ HUB_FORMAT = "pneumo-edge-checkpoint/2"
 TIMM_RESIZE = {"center-crop-bilinear": ("center", "bilinear"), "squash-bilinear": ("squash", "bilinear")}
 FLAT_ONLY = ("model", "labels", "preprocess")  # stated by timm's own keys in the hub layout
 NOT_IN_BUNDLE = ("threshold", "temperature", "data")  # the ONNX files own the rule; `data` is a local path
-WEIGHTS = "model.safetensors"
-CONFIG = "config.json"
 
 
 def state_sha256(state: dict[str, torch.Tensor]) -> str:

@@ -68,7 +68,8 @@ def quiet_option(fn):
 
 
 class ConfigDefaults(click.Command):
-    """A command whose option defaults are the same-named fields of a config dataclass ("module:Class").
+    """A command whose option defaults come from the library: the same-named fields of config dataclasses, or
+    parameters of library functions ("module:Name", several joined by commas, the first that names it wins).
 
     Read when the command parses its arguments or shows its help, not when the CLI is imported:
     the config's module may import torch, which `pneumo-edge infer` must never load.
@@ -78,15 +79,29 @@ class ConfigDefaults(click.Command):
         super().__init__(*args, **kwargs)
         self.config = config
 
-    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+    def library_defaults(self) -> dict:
+        import dataclasses
         import importlib
-        from dataclasses import MISSING, fields
+        import inspect
 
-        module, name = self.config.split(":")
-        cls = getattr(importlib.import_module(module, __package__), name)
-        defaults = {f.name: f.default for f in fields(cls) if f.default is not MISSING}
-        for param in self.params:
-            if param.name in defaults:
+        defaults: dict = {}
+        for source in reversed(self.config.split(",")):
+            module, name = source.split(":")
+            obj = getattr(importlib.import_module(module, __package__), name)
+            if dataclasses.is_dataclass(obj):
+                found = {f.name: f.default for f in dataclasses.fields(obj) if f.default is not dataclasses.MISSING}
+            else:
+                found = {k: p.default for k, p in inspect.signature(obj).parameters.items()
+                         if p.default is not inspect.Parameter.empty}
+            defaults.update(found)
+        return defaults
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        defaults = self.library_defaults()
+        unset = click.Option(["--unset"]).default  # what click holds for an option given no default
+        for param in self.params:  # a library None ("not given") leaves an option's own default alone
+            own = param.default is not None and param.default is not unset
+            if param.name in defaults and not (defaults[param.name] is None and own):
                 param.default = defaults[param.name]
         return super().parse_args(ctx, args)
 
@@ -97,8 +112,8 @@ def main() -> None:
     """Pneumonia-vs-normal chest X-ray classifier: train, evaluate, export, infer, explain, bench."""
 
 
-# Defaults: TrainConfig's fields (ConfigDefaults); each option is named after its field.
-@main.command(cls=ConfigDefaults, config=".train:TrainConfig")
+# Defaults: TrainConfig's fields (the recipe) and RunConfig's (this run); each option is named after its field.
+@main.command(cls=ConfigDefaults, config=".train:TrainConfig,.train:RunConfig")
 @click.option("--data", show_default=True,
               help="Local folder {train,val,test}/{NORMAL,PNEUMONIA}/ or a hub dataset id.")
 @click.option("--out", show_default=True, help="Output folder for the checkpoint.")
@@ -136,14 +151,17 @@ def main() -> None:
 @friendly
 def train(**options) -> None:
     """Fine-tune on the CPU; keep the best epoch by validation AUROC."""
-    from .train import TrainConfig, fit
+    from .train import RunConfig, TrainConfig, fit
 
     ctx = click.get_current_context()
     given = [n for n in ("distill_weight", "distill_temperature")
              if ctx.get_parameter_source(n) == click.core.ParameterSource.COMMANDLINE]
     if given and not options["teachers"]:
         raise click.UsageError("--distill-weight and --distill-temperature go with --teacher")
-    fit(TrainConfig(**options, progress=True))
+    run = RunConfig(**{k: options.pop(k) for k in ("out", "resume", "force")})
+    r = fit(TrainConfig(**options), run)
+    click.echo(f"best epoch {r['best_epoch']} (val AUROC {r['best']['val_auroc']:.4f}); wall time "
+               f"{r['wall_time_s'] / 60:.1f} min; checkpoint {Path(run.out) / 'model.safetensors'}")
 
 
 @main.command()
@@ -171,23 +189,24 @@ def evaluate(checkpoint, data, out, target_sensitivity, bootstrap, ledger, note,
     click.echo(f"wrote {out}/results.json, report.md and plots")
 
 
-@main.command()
+# Defaults: GateConfig's fields and export()'s parameters (ConfigDefaults).
+@main.command(cls=ConfigDefaults, config=".onnx_export:GateConfig,.onnx_export:export")
 @click.argument("checkpoint", type=click.Path())
 @click.option("--out", required=True, help="Bundle folder.")
 @click.option("--data", default=DEFAULT_DATA, show_default=True, help="Data whose test split the gates run on.")
 @click.option("--results", type=click.Path(file_okay=False), help="evaluate's output folder: its operating point is used.")
-@click.option("--atol", type=float, default=1e-4, show_default=True, help="Max |delta probability| PyTorch vs ONNX.")
-@click.option("--int8/--no-int8", default=True, show_default=True, help="Also write model.int8.onnx.")
-@click.option("--min-int8-agreement", type=float, default=0.99, show_default=True,
+@click.option("--atol", type=float, show_default=True, help="Max |delta probability| PyTorch vs ONNX.")
+@click.option("--int8/--no-int8", show_default=True, help="Also write model.int8.onnx.")
+@click.option("--min-int8-agreement", "int8_min_agreement", type=float, show_default=True,
               help="Min fraction of test labels INT8 must share with fp32.")
-@click.option("--max-int8-auroc-delta", type=float, default=0.005, show_default=True,
+@click.option("--max-int8-auroc-delta", "int8_max_auroc_delta", type=float, show_default=True,
               help="Max ROC-AUC the INT8 file may lose against fp32.")
-@click.option("--calib-images", type=int, default=256, show_default=True, help="Training images for INT8 calibration.")
-@click.option("--guard/--no-guard", default=True, show_default=True, help="Fit the out-of-distribution guard.")
+@click.option("--calib-images", type=int, show_default=True, help="Training images for INT8 calibration.")
+@click.option("--guard/--no-guard", show_default=True, help="Fit the out-of-distribution guard.")
 @click.option("--force", is_flag=True, help="Write into a non-empty --out.")
 @quiet_option
 @friendly
-def export(checkpoint, out, data, results, atol, int8, min_int8_agreement, max_int8_auroc_delta,
+def export(checkpoint, out, data, results, atol, int8, int8_min_agreement, int8_max_auroc_delta,
            calib_images, guard, force) -> None:
     """Export to ONNX (+ INT8) with metadata, and gate on metric parity over the test split."""
     import time
@@ -195,15 +214,17 @@ def export(checkpoint, out, data, results, atol, int8, min_int8_agreement, max_i
 
     from .onnx_export import GateConfig
     from .onnx_export import export
+    from .report import write_model_card
 
     t0 = time.perf_counter()
-    gate = GateConfig(atol=atol, int8_min_agreement=min_int8_agreement, int8_max_auroc_delta=max_int8_auroc_delta)
+    gate = GateConfig(atol=atol, int8_min_agreement=int8_min_agreement, int8_max_auroc_delta=int8_max_auroc_delta)
     try:
         r = export(checkpoint=checkpoint, out=out, data=data, gate=gate, int8=int8, calib_images=calib_images,
                    results=results, force=force, progress=True, guard=guard)
     finally:
         parity = Path(out) / "parity.json"
-        if parity.exists():
+        if parity.exists():  # the card states the gates' verdict, failed or passed
+            write_model_card(out)
             click.echo(f"parity report: {parity}")
     for name, mb in r["sizes_mb"].items():
         click.echo(f"wrote {Path(out) / name}  ({mb} MB)")
@@ -215,7 +236,8 @@ def export(checkpoint, out, data, results, atol, int8, min_int8_agreement, max_i
     click.echo(f"done in {time.perf_counter() - t0:.1f}s. Next: pneumo-edge infer ./xrays --model {Path(out) / 'model.onnx'}")
 
 
-@main.command()
+# Defaults: InferConfig's fields (ConfigDefaults; edge.infer imports no torch).
+@main.command(cls=ConfigDefaults, config=".edge.infer:InferConfig")
 @click.argument("paths", nargs=-1)
 @click.option("--model", "model_path", help=MODEL_HELP)
 @click.option("--out", "out_csv", default=None,
@@ -226,9 +248,9 @@ def export(checkpoint, out, data, results, atol, int8, min_int8_agreement, max_i
 @click.option("--resume", is_flag=True,
               help="Keep the rows already in --out (and --json), re-try error and torn rows, append the rest.")
 @click.option("--force", is_flag=True, help="Overwrite an existing --out (and --json).")
-@click.option("--batch-size", type=int, default=16, show_default=True, help="Images per onnxruntime call.")
+@click.option("--batch-size", type=int, show_default=True, help="Images per onnxruntime call.")
 @click.option("--workers", type=int, help="Decode threads (default: all cores).")
-@click.option("--guard/--no-guard", default=True, show_default=True,
+@click.option("--guard/--no-guard", show_default=True,
               help="Give out-of-distribution inputs status 'rejected' (label REJECTED_OOD) instead of a class.")
 @click.option("-v", "--verbose", is_flag=True, help=f"Print one line per input even when there are over {SHOW_ROWS}.")
 @click.option("--heatmaps", "heatmaps", type=click.Path(file_okay=False),
@@ -258,7 +280,9 @@ def infer(paths, model_path, out_csv, json_path, resume, force, batch_size, work
     (an existing or locked --out, an unusable model, ...).
     """
     from .edge.api import resolve_model
-    from .edge.infer import EXIT_SOME_FAILED, SCORED, STDOUT, Outputs, predict_paths, printable
+    from .edge.infer import EXIT_SOME_FAILED, InferConfig, predict_paths
+    from .edge.inputs import printable
+    from .edge.outputs import SCORED, STDOUT, Outputs
     from .edge.model import EdgeModel
 
     if engine == "local" and (manifest or address or actors or threads_per_actor):
@@ -275,8 +299,8 @@ def infer(paths, model_path, out_csv, json_path, resume, force, batch_size, work
     def echo(row: dict) -> None:
         path = printable(row["path"])
         if row["status"] in SCORED:
-            score = f"  ood {row['ood_score']}" if row.get("ood_score") is not None else ""
-            why = f"  ({printable(row['error'])})" if row.get("error") else ""
+            score = f"  guard {row['guard_score']:.4f}" if row.get("guard_score") is not None else ""
+            why = f"  ({printable(row['guard_reason'] or row['error'])})" if row.get("guard_reason") or row.get("error") else ""
             say(f"{row['label']:<13} p={row['probability']:.4f}{score}  {path}{why}")
         else:
             say(f"{row['status'].upper():<13} {printable(row['error'])}  {path}")
@@ -301,8 +325,8 @@ def infer(paths, model_path, out_csv, json_path, resume, force, batch_size, work
     else:
         with Outputs(out_csv, json_path, resume, force) as outputs:  # before the model loads: refuse early
             model = EdgeModel(resolve_model(model_path))
-            s = predict_paths(list(paths), model, outputs, batch_size=batch_size, workers=workers, guard=guard,
-                              echo=echo if verbose else hold, heatmaps=heatmaps)
+            cfg = InferConfig(batch_size=batch_size, workers=workers, guard=guard, heatmaps=heatmaps)
+            s = predict_paths(list(paths), model, outputs, cfg, echo=echo if verbose else hold)
     for row in held if len(held) <= SHOW_ROWS else ():
         echo(row)
     labels = ", ".join(f"{k} {v}" for k, v in sorted(s.counts.items())) or "nothing"
@@ -359,7 +383,7 @@ def validate(**options) -> None:
 def info(model) -> None:
     """What a model file carries: labels, preprocessing, decision rule, guard, quantization.
 
-    MODEL: an .onnx file, a bundle folder or a hub id 'user/repo' (default: the shipped export/model.onnx).
+    MODEL: an .onnx file, a bundle folder or a hub id 'user/repo' (default: the shipped model).
     """
     from .edge.api import resolve_model
     from .edge.meta import describe
@@ -371,7 +395,7 @@ def info(model) -> None:
     width = max(len(name) for name, _ in rows)
     for name, value in rows:
         click.echo(f"{name:<{width}}  {value}")
-    about = loaded.session.get_modelmeta().description  # the graph's doc_string, as other ONNX tools show it
+    about = loaded.runtime.description  # the graph's doc_string, as other ONNX tools show it
     if about:
         import textwrap
 
@@ -405,8 +429,8 @@ def explain(images, bundle, model_path, out, layer, target, force, guard) -> Non
     --bundle that names an .onnx file) only onnxruntime runs, no torch: the map is Grad-CAM at
     the pooled feature map, which equals CAM there.
     """
-    from .edge.infer import printable
-    from .edge.model import default_model_path
+    from .edge.inputs import printable
+    from .edge.model import EdgeModel, default_model_path
 
     if model_path is None and bundle and bundle.lower().endswith(".onnx"):
         model_path, bundle = bundle, None
@@ -415,7 +439,7 @@ def explain(images, bundle, model_path, out, layer, target, force, guard) -> Non
 
         if bundle or layer is not None:
             raise click.UsageError("--bundle and --layer are for the PyTorch twin; --model explains an .onnx file")
-        records = explain_onnx(images=list(images), model=model_path, out=out, target=target, force=force,
+        records = explain_onnx(images=list(images), model=EdgeModel(model_path), out=out, target=target, force=force,
                                guard=guard)
     else:
         from .gradcam import explain
@@ -426,7 +450,8 @@ def explain(images, bundle, model_path, out, layer, target, force, guard) -> Non
         if r["status"] == "ok":
             click.echo(f"{printable(r['png'])}: P(pneumonia) {r['probability']:.3f} -> {r['label']}")
         elif r["status"] == "rejected":
-            click.echo(f"{printable(r['path'])}: REJECTED_OOD, no heat map: {printable(r['error'])}", err=True)
+            click.echo(f"{printable(r['path'])}: REJECTED_OOD, no heat map: guard: {printable(r['guard_reason'] or '')}",
+                       err=True)
         else:
             click.echo(f"{printable(r['path'])}: error: {printable(r['error'])}", err=True)
     ok = sum(r["status"] == "ok" for r in records)
@@ -436,13 +461,14 @@ def explain(images, bundle, model_path, out, layer, target, force, guard) -> Non
         sys.exit(1)
 
 
-@main.command()
+# Defaults: BenchConfig's fields (ConfigDefaults).
+@main.command(cls=ConfigDefaults, config=".bench:BenchConfig")
 @click.option("--bundle", default=None, help="Bundle folder (default: the shipped export/).")
 @click.option("--data", default=DEFAULT_DATA, show_default=True,
               help="Local folder or hub dataset id whose test split is timed; '' times the committed X-rays.")
-@click.option("--out", default="bench/results", show_default=True, help="Folder for the results table, JSON and plot.")
-@click.option("--iters", type=int, default=200, show_default=True, help="Timed batch-1 calls per variant.")
-@click.option("--batch-iters", type=int, default=25, show_default=True, help="Timed batch-16 calls per variant.")
+@click.option("--out", show_default=True, help="Folder for the results table, JSON and plot.")
+@click.option("--iters", type=int, show_default=True, help="Timed batch-1 calls per variant.")
+@click.option("--batch-iters", type=int, show_default=True, help="Timed batch-16 calls per variant.")
 @click.option("--smoke", is_flag=True, help="A few iterations, no end-to-end run: checks the machinery only.")
 @click.option("--min-auroc", type=float, help="Fail (exit 4) if any variant's ROC-AUC is lower.")
 @click.option("--max-p50-ms", type=float, help="Fail (exit 4) if INT8 batch-1 p50 latency is higher.")
@@ -496,21 +522,43 @@ def bench_memory(model_path, out, files) -> None:
     click.echo(f"wrote {out}/decode-memory.json")
 
 
-@main.command("bench-engines")
-@click.option("--model", "model_path", default="export/model.int8.onnx", show_default=True,
-              help="ONNX model both engines run.")
-@click.option("--images", default="../shared/data/chest_xray/test", show_default=True,
-              help="Folder of X-rays both engines classify.")
-@click.option("--out", default="bench/results", show_default=True, help="Folder for engines.json and engines.md.")
-@click.option("--rounds", type=int, default=2, show_default=True, help="Alternating local/Ray rounds (best is reported).")
+# Defaults: EnginesConfig's fields (ConfigDefaults).
+@main.command("bench-engines", cls=ConfigDefaults, config=".cluster_bench:EnginesConfig")
+@click.option("--model", "model_path", help="ONNX model both engines run [default: the shipped bundle's INT8 file].")
+@click.option("--images", required=True, help="Folder of X-rays both engines classify (e.g. ../shared/data/chest_xray/test).")
+@click.option("--out", show_default=True, help="Folder for engines.json and engines.md.")
+@click.option("--rounds", type=int, show_default=True, help="Alternating local/Ray rounds (best is reported).")
 @quiet_option
 @friendly
 def bench_engines(model_path, images, out, rounds) -> None:
     """infer's local engine against --engine ray in local mode, and an estimate for a 10M-image archive."""
     from .cluster_bench import EnginesConfig, bench_engines as run, render
+    from .edge.api import resolve_model
+    from .edge.targets import INT8
 
-    click.echo(render(run(EnginesConfig(folder=images, model=model_path, out=out, rounds=rounds))))
+    model = str(resolve_model(model_path) if model_path else resolve_model(None).parent / INT8.file)
+    click.echo(render(run(EnginesConfig(folder=images, model=model, out=out, rounds=rounds))))
     click.echo(f"wrote {out}/engines.json and engines.md")
+
+
+# Defaults: PipelineConfig's fields (ConfigDefaults).
+@main.command("bench-pipeline", cls=ConfigDefaults, config=".pipeline_bench:PipelineConfig")
+@click.option("--images", required=True, help="Folder of X-rays (e.g. ../shared/data/chest_xray/test).")
+@click.option("--model", "model_path", help="ONNX file both run [default: the shipped bundle's INT8 file].")
+@click.option("--out", show_default=True, help="Folder for pipeline.json and pipeline.md.")
+@click.option("--rounds", type=int, show_default=True, help="Alternating rounds (the best of each is reported).")
+@click.option("--batch-size", type=int, show_default=True, help="Images per onnxruntime call, in both.")
+@quiet_option
+@friendly
+def bench_pipeline(images, model_path, out, rounds, batch_size) -> None:
+    """The whole `infer` process against a bare INT8 onnxruntime session over the same images."""
+    from .edge.api import resolve_model
+    from .edge.targets import INT8
+    from .pipeline_bench import PipelineConfig, bench_pipeline as run, render
+
+    model = str(resolve_model(model_path) if model_path else resolve_model(None).parent / INT8.file)
+    click.echo(render(run(PipelineConfig(images=images, model=model, out=out, rounds=rounds, batch_size=batch_size))))
+    click.echo(f"wrote {out}/pipeline.json and pipeline.md")
 
 
 @main.command("bench-serve")

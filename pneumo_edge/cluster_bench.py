@@ -1,6 +1,6 @@
 """The two inference engines side by side, and what a cluster run of an archive would take.
 
-    result = bench_engines(EnginesConfig(folder="../shared/data/chest_xray/test"))
+    result = bench_engines(EnginesConfig(folder="../shared/data/chest_xray/test", model="export/model.int8.onnx"))
 
 Measured here: `infer` with the local engine and with `--engine ray` in local mode over the same
 folder (alternating, so drift on a shared machine hits both), Ray's start-up until the first rows,
@@ -24,8 +24,8 @@ from .edge.atomic import write_json, write_text
 
 @dataclass
 class EnginesConfig:
-    folder: str = "../shared/data/chest_xray/test"
-    model: str = "export/model.int8.onnx"
+    folder: str  # the X-rays both engines classify
+    model: str  # the ONNX file both run
     dicoms: str = "../shared/data/external_cxr"  # real DICOMs for the decode cost; skipped if absent
     out: str = "bench/results"
     rounds: int = 2  # local, ray, local, ray, ...
@@ -75,9 +75,11 @@ def classify_cost(model_path: str) -> dict:
 
 
 def _run_local(folder: str, model, tmp: Path, n: int) -> dict:
-    from .edge.infer import predict_paths
+    from .edge.infer import InferConfig, predict_paths
+    from .edge.outputs import Outputs
 
-    s = predict_paths([folder], model, tmp / f"local{n}.csv", progress=False)
+    with Outputs(tmp / f"local{n}.csv") as out:
+        s = predict_paths([folder], model, out, InferConfig(progress=False))
     return {"files": s.n_files, "seconds": round(s.seconds, 2), "images_per_s": round(s.images_per_s, 1)}
 
 

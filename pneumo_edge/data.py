@@ -24,6 +24,7 @@ import numpy as np
 from .edge.hub import HUB_TIMEOUT_S, hub_offline
 from .edge.errors import DataError, HubError, ImageError, ModelError
 from .edge.imaging import IMAGE_SUFFIXES, load_gray, resize_gray
+from .edge.patients import patient_id  # noqa: F401 - also data's public name
 
 LABELS = ("NORMAL", "PNEUMONIA")
 DEFAULT_HUB_DATASET = "hf-vision/chest-xray-pneumonia"
@@ -139,22 +140,6 @@ def load_splits(data: str) -> Splits:
         raise DataError(f"'{data}' has no train and test splits (found {sorted(by_split)})")
     return Splits(train_pool=by_split["train"] + val, test=by_split["test"], origin=origin,
                   official_val=val)
-
-
-# File names carry the patient: person123_bacteria_456, IM-0001-0001, NORMAL2-IM-0587-0001-0002.
-_PATIENT_RES = (
-    re.compile(r"^(person\d+)_", re.I),
-    re.compile(r"^(NORMAL2-IM-\d+)-", re.I),
-    re.compile(r"^(IM-\d+)-", re.I),
-)
-
-
-def patient_id(name: str) -> str | None:
-    for rx in _PATIENT_RES:
-        m = rx.match(name)
-        if m:
-            return m.group(1).upper()
-    return None
 
 
 def _content_hash(s: Sample) -> str:

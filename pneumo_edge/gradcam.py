@@ -20,6 +20,7 @@ from .edge.atomic import write_with
 from .edge.cam import overlay_names, target_index
 from .edge.imaging import input_box
 from .edge.progress import track
+from .edge.targets import FP32
 from .edge.errors import ModelError
 
 CMAP, ALPHA = "jet", 0.45  # the overlay's colour map and opacity
@@ -162,7 +163,7 @@ def explain(images: list[str], bundle: str | Path, out: str | Path, layer: str |
     from .edge.model import EdgeModel
 
     model, _ = load_checkpoint(bundle)
-    edge = EdgeModel(Path(bundle) / "model.onnx", threads=1)  # threshold, temperature and guard live there
+    edge = EdgeModel(Path(bundle) / FP32.file, threads=1)  # threshold, temperature and guard live there
     meta = edge.meta
     spec, labels = meta.preprocess, list(meta.labels)
     target_idx = target_index(labels, target)
@@ -190,7 +191,8 @@ def explain(images: list[str], bundle: str | Path, out: str | Path, layer: str |
 def _explain_one(cam: GradCAM, src: str, png: Path, spec, meta, target_idx: int | None,
                  guard=None, truth: str | None = None) -> tuple[dict, tuple | None]:
     """The overlay PNG of one image: (its record, its contact-sheet panel); no PNG if `guard` refuses it."""
-    from .edge.cam import judge, rejected_record
+    from .edge.cam import rejected_record
+    from .edge.decision import decide, score_images
     from .edge.imaging import load_image, normalize, resize_gray
     from .edge.model import prob_from_logits
     from .metrics import outcome
@@ -198,17 +200,19 @@ def _explain_one(cam: GradCAM, src: str, png: Path, spec, meta, target_idx: int 
     labels = list(meta.labels)
     gray, chroma = load_image(src, size=spec.size)
     resized = resize_gray(gray, spec.size, spec.resize)
+    guard_score = None
     if guard is not None:
-        p, why = judge(guard, resized, chroma, use_guard=True)
-        if why is not None:
-            return rejected_record(src, p, why), None
+        judged = score_images(guard, [(resized, chroma)], use_guard=True)[0]
+        if not judged.heatmap_allowed:
+            return rejected_record(src, judged), None
+        guard_score = judged.guard_score
     x = torch.from_numpy(normalize(resized[None], spec))
     # One forward pass: the probability printed is the one the map came from, and the map
     # explains the class the bundle decides (calibrated threshold), not the argmax.
     heat, logits = cam(x, target_idx, decide=lambda lg: labels.index(
-        meta.decide(float(prob_from_logits(lg, meta.temperature)[0]))))
-    p = float(prob_from_logits(logits, meta.temperature)[0])
-    label = meta.decide(p)
+        decide(meta, float(prob_from_logits(lg, meta.temperature)[0])).label))
+    scored = decide(meta, float(prob_from_logits(logits, meta.temperature)[0]), guard_score)
+    p, label = scored.probability, scored.label
     explained = labels[target_idx] if target_idx is not None else label
     title = f"{Path(src).name[:40]}\nP(pneumonia) {p:.3f} (threshold {meta.threshold:.3f}) -> {label}; map for {explained}"
     known = {}
@@ -217,5 +221,5 @@ def _explain_one(cam: GradCAM, src: str, png: Path, spec, meta, target_idx: int 
         title = f"{known['outcome'].upper()}: true {truth}, predicted {label}\n{title}"
     panel = (gray / 255.0, heat[0], input_box(gray.shape, spec.resize), title)
     _figure_png(png, [panel], cols=1)
-    return ({"path": str(src), "status": "ok", "probability": p, "label": label,
-             "explained_class": explained, "png": str(png), **known}, panel)
+    return ({"path": str(src), **scored.fields(), "error": None, "explained_class": explained, "png": str(png),
+             **known}, panel)

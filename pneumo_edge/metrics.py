@@ -1,6 +1,6 @@
 """Binary classification metrics, calibration and the validation-chosen operating point.
 
-Pure numpy/scikit-learn, shared by evaluate, export parity and bench.
+Shared by evaluate, export parity and bench; the metrics themselves live in `edge.stats` (numpy alone).
 
     p = prob_from_logits(logits, temperature=1.3)
     m = binary_metrics(y, p, threshold=0.42)
@@ -10,42 +10,9 @@ from __future__ import annotations
 
 import numpy as np
 
-METRIC_NAMES = ("accuracy", "precision", "recall", "specificity", "f1", "roc_auc", "pr_auc")
-
-
-from .edge.model import prob_from_logits  # noqa: E402,F401 - one definition, shared with the edge
-
-
-def confusion(y: np.ndarray, pred: np.ndarray) -> np.ndarray:
-    """[[TN, FP], [FN, TP]] with rows = truth (0 NORMAL, 1 PNEUMONIA)."""
-    y, pred = np.asarray(y).astype(int), np.asarray(pred).astype(int)
-    return np.array([[np.sum((y == 0) & (pred == 0)), np.sum((y == 0) & (pred == 1))],
-                     [np.sum((y == 1) & (pred == 0)), np.sum((y == 1) & (pred == 1))]])
-
-
-def _ratio(a: float, b: float) -> float:
-    return float(a / b) if b else 0.0
-
-
-def binary_metrics(y: np.ndarray, p: np.ndarray, threshold: float = 0.5) -> dict:
-    from sklearn.metrics import average_precision_score, roc_auc_score
-
-    y, p = np.asarray(y).astype(int), np.asarray(p, np.float64)
-    (tn, fp), (fn, tp) = confusion(y, p >= threshold)
-    precision, recall = _ratio(tp, tp + fp), _ratio(tp, tp + fn)
-    both = len(np.unique(y)) == 2
-    return {
-        "accuracy": _ratio(tp + tn, len(y)),
-        "precision": precision,
-        "recall": recall,  # = sensitivity
-        "specificity": _ratio(tn, tn + fp),
-        "f1": _ratio(2 * precision * recall, precision + recall),
-        "roc_auc": float(roc_auc_score(y, p)) if both else float("nan"),
-        "pr_auc": float(average_precision_score(y, p)) if both else float("nan"),
-        "threshold": float(threshold),
-        "confusion_matrix": [[int(tn), int(fp)], [int(fn), int(tp)]],
-        "n": int(len(y)),
-    }
+from .edge.model import prob_from_logits  # noqa: F401 - one definition, shared with the edge
+from .edge.stats import (METRIC_NAMES, binary_metrics, bootstrap_ci, bootstrap_indices,  # noqa: F401 - re-exported
+                         confusion)
 
 
 def threshold_for_sensitivity(y: np.ndarray, p: np.ndarray, target: float = 0.95) -> float:
@@ -152,38 +119,3 @@ def reliability_bins(y: np.ndarray, p: np.ndarray, bins: int = 10) -> dict:
     return out
 
 
-def bootstrap_indices(y: np.ndarray, n: int, seed: int = 0, groups: np.ndarray | None = None):
-    """n bootstrap resamples (index arrays) of images, or of whole groups when `groups` is given.
-
-    Resamples holding one class only are skipped: no AUROC, no sensitivity/specificity pair.
-    """
-    y = np.asarray(y).astype(int)
-    rng = np.random.default_rng(seed)
-    members = None
-    if groups is not None:
-        _, inverse = np.unique(np.asarray(groups), return_inverse=True)
-        members = np.split(np.argsort(inverse, kind="stable"), np.cumsum(np.bincount(inverse))[:-1])
-    for _ in range(n):
-        if members is None:
-            i = rng.integers(0, len(y), len(y))
-        else:
-            i = np.concatenate([members[g] for g in rng.integers(0, len(members), len(members))])
-        if len(np.unique(y[i])) == 2:
-            yield i
-
-
-def bootstrap_ci(y: np.ndarray, p: np.ndarray, threshold: float, n: int = 1000, seed: int = 0,
-                 level: float = 0.95, groups: np.ndarray | None = None) -> dict[str, list[float]]:
-    """Percentile bootstrap intervals for every metric in METRIC_NAMES.
-
-    Resamples images, or whole groups when `groups` names each image's group (its patient): images of
-    one patient are not independent, and resampling them one by one makes the intervals too narrow.
-    """
-    y, p = np.asarray(y).astype(int), np.asarray(p, np.float64)
-    draws = {k: [] for k in METRIC_NAMES}
-    for i in bootstrap_indices(y, n, seed, groups):
-        m = binary_metrics(y[i], p[i], threshold)
-        for k in METRIC_NAMES:
-            draws[k].append(m[k])
-    lo, hi = (1 - level) / 2 * 100, (1 + level) / 2 * 100
-    return {k: [float(np.percentile(v, lo)), float(np.percentile(v, hi))] for k, v in draws.items()}

@@ -16,7 +16,8 @@ from __future__ import annotations
 import json
 import tempfile
 import time
-from dataclasses import dataclass, replace
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -25,13 +26,17 @@ from torch import nn
 
 from . import __version__
 from .edge.atomic import copy_file, prepare_out_dir, write_json, write_text, write_with
+from .edge.decision import positive
 from .checkpoint import CONFIG, WEIGHTS, hub_config, load_checkpoint, resolve
 from .models import WithEmbedding
 from .edge.errors import ModelError, ParityError
 from .edge.imaging import PreprocessSpec, normalize
 from .metrics import METRIC_NAMES, binary_metrics
+from .report import render_parity
 from .edge.meta import LICENSE, META_KEY, BundleMeta, doc_string, flat_metadata, read_meta
 from .edge.model import EdgeModel, prob_from_logits
+from .edge.progress import stage
+from .edge.targets import FP32, INT8, PARITY, RESULTS, Target
 
 OPSET = 18
 OUTPUT_NAMES = ("logits", "embedding", "features")  # what WithEmbedding returns, in order
@@ -105,9 +110,9 @@ def operating_point(checkpoint: str | Path, config: dict, results: str | Path | 
     """(threshold, temperature): evaluate's results if given, else the checkpoint's own: a training run's
     config, or for a bundle folder (whose config.json holds no decision rule) its model.onnx."""
     if results:
-        op = json.loads((Path(results) / "results.json").read_text())["operating_point"]
+        op = json.loads((Path(results) / RESULTS).read_text())["operating_point"]
         return op["threshold"], op["temperature"]
-    onnx_file = resolve(checkpoint)[0].parent / "model.onnx"
+    onnx_file = resolve(checkpoint)[0].parent / FP32.file
     if "threshold" not in config:
         if onnx_file.is_file():
             meta = read_meta(onnx_file)
@@ -153,7 +158,7 @@ def check_parity(model: nn.Module, edge: EdgeModel, resized: np.ndarray, y: np.n
         return {"failures": failures}, failures
     p_t = prob_from_logits(t_logits, edge.temperature)
     p_o = prob_from_logits(o_logits, edge.temperature)
-    lab_t, lab_o = p_t >= edge.threshold, p_o >= edge.threshold
+    lab_t, lab_o = positive(p_t, edge.threshold), positive(p_o, edge.threshold)
     report = {
         "n": int(len(y)),
         "max_abs_logit_diff": float(np.abs(o_logits - t_logits).max()),
@@ -175,7 +180,7 @@ def check_int8(fp32: EdgeModel, int8: EdgeModel, resized: np.ndarray, y: np.ndar
                gate: GateConfig) -> tuple[dict, list[str]]:
     p32 = fp32.probability(fp32.logits(resized))
     p8 = int8.probability(int8.logits(resized))
-    agree = float(((p32 >= fp32.threshold) == (p8 >= int8.threshold)).mean())
+    agree = float((positive(p32, fp32.threshold) == positive(p8, int8.threshold)).mean())
     metrics = _side_by_side(y, p32, p8, fp32.threshold)
     d_auc = metrics["roc_auc"]["delta"]
     report = {"n": int(len(y)), "label_agreement": agree, "max_abs_prob_diff": float(np.abs(p8 - p32).max()),
@@ -216,7 +221,7 @@ def check_cam(model: nn.Module, fp32: EdgeModel, int8: EdgeModel | None, resized
     x = normalize(resized[pick], fp32.spec)
     layer = features_layer(model)
     out = fp32.run(x)
-    classes = (fp32.probability(out["logits"]) >= fp32.threshold).astype(int)
+    classes = positive(fp32.probability(out["logits"]), fp32.threshold).astype(int)
     edge_maps = fp32.cam.maps(out["features"], classes, fp32.spec.size)
     with GradCAM(model, layer) as gradcam:
         twin_maps = np.concatenate([gradcam(torch.from_numpy(x[i:i + 1]), int(c))[0] for i, c in enumerate(classes)])
@@ -268,15 +273,79 @@ def quantize_int8(fp32_path: Path, int8_path: Path, calib: np.ndarray, spec: Pre
     pre.unlink(missing_ok=True)
 
 
+# ---------------------------------------------------------------- the export targets
+
+@dataclass
+class ExportContext:
+    """What every target's builder and gate may read: the twin, its metadata, the data, the gates."""
+    model: nn.Module
+    spec: PreprocessSpec
+    meta: BundleMeta
+    train: list  # training samples (INT8 calibration)
+    guard_images: object | None  # ood.GuardImages, or None when no guard is fitted
+    x_test: np.ndarray
+    y_test: np.ndarray
+    gate: GateConfig
+    folder: Path  # where the files are built before they move into the bundle
+    calib_images: int
+    progress: bool
+    built: dict[str, EdgeModel] = field(default_factory=dict)  # target name -> the file, opened
+
+    def path(self, t: Target) -> Path:
+        return self.folder / t.file
+
+
+def _build_fp32(ctx: ExportContext) -> None:
+    export_onnx(ctx.model, ctx.spec, ctx.path(FP32), ctx.meta)
+
+
+def _gate_fp32(ctx: ExportContext) -> tuple[dict, list[str]]:
+    stage("export", f"parity: PyTorch vs onnxruntime on {len(ctx.x_test)} test images")
+    return check_parity(ctx.model, ctx.built["fp32"], ctx.x_test, ctx.y_test, ctx.gate)
+
+
+def _build_int8(ctx: ExportContext) -> None:
+    from .data import decode_all
+
+    rng = np.random.default_rng(0)
+    pick = sorted(rng.choice(len(ctx.train), min(ctx.calib_images, len(ctx.train)), replace=False))
+    x_cal, _, _ = decode_all([ctx.train[i] for i in pick], ctx.spec.size, progress=ctx.progress, rule=ctx.spec.resize)
+    stage("export", f"quantizing to INT8 ({len(x_cal)} calibration images)")
+    path = ctx.path(INT8)
+    quantize_int8(ctx.path(FP32), path, x_cal, ctx.spec)
+    q_meta = replace(ctx.meta, quantization=f"static QDQ int8, per-channel, {len(x_cal)} training images")
+    rewrite_metadata(path, q_meta)
+    if ctx.guard_images is not None:  # INT8 embeddings differ from fp32 ones: the INT8 file gets its own guard
+        from .ood import fit_guard, onnx_embedder
+
+        stage("export", "fitting the INT8 file's own guard")
+        rewrite_metadata(path, replace(q_meta, ood=fit_guard(onnx_embedder(EdgeModel(path)), ctx.guard_images)))
+
+
+def _gate_int8(ctx: ExportContext) -> tuple[dict, list[str]]:
+    stage("export", "INT8 gates: label agreement and ROC-AUC")
+    return check_int8(ctx.built["fp32"], ctx.built["int8"], ctx.x_test, ctx.y_test, ctx.gate)
+
+
+@dataclass(frozen=True)
+class Export:
+    target: Target  # its name and file (edge.targets)
+    build: Callable[[ExportContext], None]  # writes ctx.path(target)
+    gate: Callable[[ExportContext], tuple[dict, list[str]]]  # (report, failures) once built
+
+
+# Built in this order (a later target may read an earlier one); the first is the reference.
+EXPORTS = (Export(FP32, _build_fp32, _gate_fp32), Export(INT8, _build_int8, _gate_int8))
+
+
 # ---------------------------------------------------------------- orchestration
 
 def export(checkpoint: str | Path, out: str | Path, data: str, gate: GateConfig = GateConfig(),
            int8: bool = True, calib_images: int = 256, results: str | Path | None = None,
            force: bool = False, progress: bool = True, guard: bool = True) -> dict:
-    import onnx
-
+    """Build every target of EXPORTS (INT8 unless `int8` is False), gate each, and move the files that were
+    built into `out` together; ParityError (after the report is written) when a gate fails."""
     from .data import decode_all, rebuild_split
-    from .edge.progress import stage
 
     t0 = time.perf_counter()
     weights_path, _ = resolve(checkpoint)
@@ -291,89 +360,39 @@ def export(checkpoint: str | Path, out: str | Path, data: str, gate: GateConfig 
 
     failures: list[str] = []
     report: dict = {"checkpoint": str(checkpoint), "data": splits.origin, "split": "test"}
+    targets = [e for e in EXPORTS if int8 or e.target is not INT8]
     with tempfile.TemporaryDirectory(dir=out, prefix=".export-") as tmp:
-        tmp = Path(tmp)
+        guard_imgs = None
         if guard:
             from .ood import fit_guard, guard_images, torch_embedder
 
             stage("export", "fitting the out-of-distribution guard (fp32)")
             guard_imgs = guard_images(spec, train_s, val_s, progress=progress)
             meta = replace(meta, ood=fit_guard(torch_embedder(model, spec), guard_imgs))
-        stage("export", "writing model.onnx")
-        export_onnx(model, spec, tmp / "model.onnx", meta)
-        fp32 = EdgeModel(tmp / "model.onnx")
-        stage("export", f"parity: PyTorch vs onnxruntime on {len(x_test)} test images")
-        report["fp32"], f = check_parity(model, fp32, x_test, y_test, gate)
-        failures += f
-        files = ["model.onnx"]
-        if int8:
-            rng = np.random.default_rng(0)
-            pick = sorted(rng.choice(len(train_s), min(calib_images, len(train_s)), replace=False))
-            x_cal, _, _ = decode_all([train_s[i] for i in pick], spec.size, progress=progress, rule=spec.resize)
-            stage("export", f"quantizing to INT8 ({len(x_cal)} calibration images)")
-            quantize_int8(tmp / "model.onnx", tmp / "model.int8.onnx", x_cal, spec)
-            q_meta = replace(meta, quantization=f"static QDQ int8, per-channel, {len(x_cal)} training images")
-            rewrite_metadata(tmp / "model.int8.onnx", q_meta)
-            if guard:  # INT8 embeddings differ from fp32 ones: the INT8 file gets a guard fitted on its own
-                from .ood import fit_guard, onnx_embedder
-
-                stage("export", "fitting the INT8 file's own guard")
-                q_ood = fit_guard(onnx_embedder(EdgeModel(tmp / "model.int8.onnx")), guard_imgs)
-                rewrite_metadata(tmp / "model.int8.onnx", replace(q_meta, ood=q_ood))
-            stage("export", "INT8 gates: label agreement and ROC-AUC")
-            report["int8"], f = check_int8(fp32, EdgeModel(tmp / "model.int8.onnx"), x_test, y_test, gate)
+        ctx = ExportContext(model, spec, meta, train_s, guard_imgs, x_test, y_test, gate, Path(tmp), calib_images,
+                            progress)
+        for e in targets:
+            stage("export", f"writing {e.target.file}")
+            e.build(ctx)
+            ctx.built[e.target.name] = EdgeModel(ctx.path(e.target))
+            report[e.target.name], f = e.gate(ctx)
             failures += f
-            files.append("model.int8.onnx")
         stage("export", "heat maps: ONNX CAM vs the twin's Grad-CAM")
-        report["cam"], f = check_cam(model, fp32, EdgeModel(tmp / "model.int8.onnx") if int8 else None, x_test)
+        report["cam"], f = check_cam(model, ctx.built["fp32"], ctx.built.get("int8"), x_test)
         failures += f
-        report["sizes_mb"] = {n: round((tmp / n).stat().st_size / 1e6, 2) for n in files}
+        files = [e.target.file for e in targets]
+        report["sizes_mb"] = {n: round((ctx.folder / n).stat().st_size / 1e6, 2) for n in files}
         report["failures"] = failures
         report["passed"] = not failures
         report["export_seconds"] = round(time.perf_counter() - t0, 1)
         for n in files:  # complete files only, each moved in one rename
-            (tmp / n).replace(out / n)
-    from .report import write_model_card
-
+            (ctx.folder / n).replace(out / n)
     copy_file(weights_path, out / WEIGHTS)
     write_json(out / CONFIG, hub_config(config, model))  # the twin in timm's layout; no decision rule
     if results:  # the numbers behind the operating point travel with the bundle (and its card)
-        copy_file(Path(results) / "results.json", out / "results.json")
-    write_json(out / "parity.json", report)
+        copy_file(Path(results) / RESULTS, out / RESULTS)
+    write_json(out / PARITY, report)
     write_text(out / "parity.md", render_parity(report))
-    write_model_card(out)
     if failures:
         raise ParityError(failures)
     return report
-
-
-def render_parity(r: dict) -> str:
-    lines = ["# Export parity (test split)", ""]
-    if "fp32" in r and "metrics" in r["fp32"]:
-        f = r["fp32"]
-        lines += [f"PyTorch vs onnxruntime fp32 on {f['n']} images: max |delta logit| {f['max_abs_logit_diff']:.2e}, "
-                  f"max |delta prob| {f['max_abs_prob_diff']:.2e} (atol {f['atol']:g}), "
-                  f"label agreement {f['label_agreement']:.2%}.", ""]
-    header = "| metric | PyTorch | ONNX fp32 | delta |" + (" ONNX INT8 | delta vs fp32 |" if "int8" in r else "")
-    lines += [header, "|" + "---|" * (header.count("|") - 1)]
-    for k in METRIC_NAMES:
-        m = r["fp32"]["metrics"][k]
-        row = f"| {k} | {m['a']:.4f} | {m['b']:.4f} | {m['delta']:+.2e} |"
-        if "int8" in r:
-            q = r["int8"]["metrics"][k]
-            row += f" {q['b']:.4f} | {q['delta']:+.4f} |"
-        lines.append(row)
-    if "int8" in r:
-        i = r["int8"]
-        lines += ["", f"INT8 vs fp32: label agreement {i['label_agreement']:.2%} (gate >= {i['min_agreement']:.0%}), "
-                  f"delta ROC-AUC {i['roc_auc_delta']:+.4f} (gate <= {i['max_auroc_delta']})."]
-    c = r.get("cam") or {}
-    if c.get("available"):
-        lines += ["", f"Heat maps on {c['n']} images: ONNX CAM vs PyTorch Grad-CAM at `{c['twin_layer']}` correlation "
-                  f"mean {c['onnx_vs_twin_gradcam']['mean']:.4f}, min {c['onnx_vs_twin_gradcam']['min']:.4f} "
-                  f"(gate >= {c['min_correlation']})"
-                  + (f"; INT8 vs fp32 mean {c['int8_vs_fp32']['mean']:.4f}, min {c['int8_vs_fp32']['min']:.4f}"
-                     if "int8_vs_fp32" in c else "") + "."]
-    lines += ["", f"Sizes (MB): {', '.join(f'{k} {v}' for k, v in r['sizes_mb'].items())}.",
-              f"Verdict: {'PASSED' if r['passed'] else 'FAILED: ' + '; '.join(r['failures'])}"]
-    return "\n".join(lines) + "\n"

@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from .edge.atomic import write_with
+from .edge.decision import positive
 
 
 def _fig():
@@ -47,7 +48,7 @@ def confusion_matrix_plot(cm: list[list[int]], labels: list[str], path: Path, ti
 
 def _rates(y: np.ndarray, p: np.ndarray, t: float) -> tuple[float, float, float]:
     """(sensitivity, specificity, precision) at threshold t."""
-    y, pred = np.asarray(y) == 1, np.asarray(p) >= t
+    y, pred = np.asarray(y) == 1, positive(np.asarray(p), t)
     return ((pred & y).sum() / max(1, y.sum()), (~pred & ~y).sum() / max(1, (~y).sum()),
             (pred & y).sum() / max(1, pred.sum()))
 

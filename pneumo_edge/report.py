@@ -14,6 +14,8 @@ from pathlib import Path
 
 from .edge.atomic import write_text
 from .edge.guard import MARGIN, PERCENTILE
+from .edge.stats import METRIC_NAMES
+from .edge.targets import FP32, INT8
 from .evaluate import DEFAULT_LEDGER, count_ledger
 
 # Published results on the same official 624-image test split, for comparison.
@@ -62,9 +64,40 @@ def results_table(res: dict, seeds: dict | None, seed: int | None) -> str:
     return "\n".join(lines)
 
 
-def parity_table(parity: dict) -> str:
-    from .onnx_export import render_parity
+def render_parity(r: dict) -> str:
+    """parity.md: the export gates' numbers, written beside the ONNX files."""
+    lines = ["# Export parity (test split)", ""]
+    if "fp32" in r and "metrics" in r["fp32"]:
+        f = r["fp32"]
+        lines += [f"PyTorch vs onnxruntime fp32 on {f['n']} images: max |delta logit| {f['max_abs_logit_diff']:.2e}, "
+                  f"max |delta prob| {f['max_abs_prob_diff']:.2e} (atol {f['atol']:g}), "
+                  f"label agreement {f['label_agreement']:.2%}.", ""]
+    header = "| metric | PyTorch | ONNX fp32 | delta |" + (" ONNX INT8 | delta vs fp32 |" if "int8" in r else "")
+    lines += [header, "|" + "---|" * (header.count("|") - 1)]
+    for k in METRIC_NAMES:
+        m = r["fp32"]["metrics"][k]
+        row = f"| {k} | {m['a']:.4f} | {m['b']:.4f} | {m['delta']:+.2e} |"
+        if "int8" in r:
+            q = r["int8"]["metrics"][k]
+            row += f" {q['b']:.4f} | {q['delta']:+.4f} |"
+        lines.append(row)
+    if "int8" in r:
+        i = r["int8"]
+        lines += ["", f"INT8 vs fp32: label agreement {i['label_agreement']:.2%} (gate >= {i['min_agreement']:.0%}), "
+                  f"delta ROC-AUC {i['roc_auc_delta']:+.4f} (gate <= {i['max_auroc_delta']})."]
+    c = r.get("cam") or {}
+    if c.get("available"):
+        lines += ["", f"Heat maps on {c['n']} images: ONNX CAM vs PyTorch Grad-CAM at `{c['twin_layer']}` correlation "
+                  f"mean {c['onnx_vs_twin_gradcam']['mean']:.4f}, min {c['onnx_vs_twin_gradcam']['min']:.4f} "
+                  f"(gate >= {c['min_correlation']})"
+                  + (f"; INT8 vs fp32 mean {c['int8_vs_fp32']['mean']:.4f}, min {c['int8_vs_fp32']['min']:.4f}"
+                     if "int8_vs_fp32" in c else "") + "."]
+    lines += ["", f"Sizes (MB): {', '.join(f'{k} {v}' for k, v in r['sizes_mb'].items())}.",
+              f"Verdict: {'PASSED' if r['passed'] else 'FAILED: ' + '; '.join(r['failures'])}"]
+    return "\n".join(lines) + "\n"
 
+
+def parity_table(parity: dict) -> str:
     return render_parity(parity).split("\n", 2)[2].strip()
 
 
@@ -97,6 +130,9 @@ def sections(bundle: Path, root: Path) -> dict[str, str]:
     bench = bench_table(root / "bench" / "results")
     if bench:
         out["bench"] = bench
+    pipeline = root / "bench" / "results" / "pipeline.md"
+    if pipeline.is_file():
+        out["pipeline"] = pipeline.read_text().strip()
     study = root / "bench" / "study" / "results.md"
     if study.is_file():  # drop the file's own title: README has its own heading
         out["study"] = study.read_text().split("\n", 1)[1].strip()
@@ -281,7 +317,7 @@ Classification, Mendeley Data V2, doi:10.17632/rscbjbr9sj.2, CC BY 4.0 (same ima
 {val.get('n_val', '?')} images from {val.get('n_groups_val', '?')} patients
 carved from train+val by patient (stratified); the test split is read once per evaluation and every read is logged.
 
-{how_to_use("model.int8.onnx")}
+{how_to_use(INT8.file)}
 
 ## Training recipe
 {init}, input {config.get('preprocess', {}).get('size')} px (squashing the whole film would keep its
@@ -330,7 +366,7 @@ Cell 172(5):1122-1131, 2018.
 def write_model_card(bundle: str | Path) -> Path | None:
     """Write the bundle's README.md model card when the bundle has a model; returns its path."""
     bundle = Path(bundle)
-    if not (bundle / "model.onnx").is_file():
+    if not (bundle / FP32.file).is_file():
         return None
     write_text(bundle / "README.md", model_card(bundle))
     return bundle / "README.md"

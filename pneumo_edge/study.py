@@ -73,8 +73,12 @@ def train_config(cand: Candidate, study: StudyConfig):
     over = dict(cand.train)
     aug = over.pop("augment", {})
     aug = {k: tuple(v) if isinstance(v, list) else v for k, v in aug.items()}
-    return TrainConfig(data=study.data, out=str(Path(study.runs) / cand.name), seed=over.pop("seed", study.seed),
-                       augment=AugmentConfig(**aug), **over)
+    return TrainConfig(data=study.data, seed=over.pop("seed", study.seed), augment=AugmentConfig(**aug), **over)
+
+
+def run_folder(name: str, study: StudyConfig) -> Path:
+    """Where a candidate's run lives."""
+    return Path(study.runs) / name
 
 
 def score(checkpoint: str | Path, data: str, progress: bool = True) -> dict:
@@ -124,17 +128,13 @@ def pick(scores: dict[str, dict]) -> tuple[str, str]:
     return win, why
 
 
-def train_once(cfg, progress: bool) -> float | None:
-    """Train `cfg` unless its run is complete (resuming a stopped one); its wall time in minutes."""
-    from .train import fit
+def train_once(cfg, ckpt: Path, progress: bool) -> float | None:
+    """Train `cfg` into `ckpt` unless that run is complete (resuming a stopped one); its wall time in minutes."""
+    from .train import RunConfig, fit
 
-    ckpt = Path(cfg.out)
-    tr = ckpt / "train_results.json"
-    if not tr.exists():
-        cfg.resume = (ckpt / "last.json").exists()
-        cfg.force = not cfg.resume
-        cfg.progress = progress
-        fit(cfg)
+    if not (ckpt / "train_results.json").exists():
+        resume = (ckpt / "last.json").exists()
+        fit(cfg, RunConfig(out=str(ckpt), resume=resume, force=not resume, progress=progress))
     minutes = wall_minutes(ckpt)
     return None if minutes is None else round(minutes, 1)
 
@@ -171,11 +171,12 @@ def make_soup(cand: Candidate, study: StudyConfig, progress: bool) -> tuple[Path
     if base.seed in seeds or len(set(seeds)) != len(seeds):
         raise DataError(f"soup '{cand.name}': seeds must differ from each other and from the recipe's own "
                         f"({base.seed}), or a member would count twice")
-    members = [base] + [replace(base, seed=s, split_seed=split_seed(vars(base)), out=f"{base.out}-seed{s}")
-                        for s in seeds]
-    minutes = [train_once(cfg, progress) for cfg in members]
-    out = Path(study.runs) / cand.name
-    average_checkpoints([cfg.out for cfg in members], out, force=True)  # re-averaged on every run
+    home = run_folder(recipe.name, study)
+    members = [(base, home)] + [(replace(base, seed=s, split_seed=split_seed(vars(base))), Path(f"{home}-seed{s}"))
+                                for s in seeds]
+    minutes = [train_once(cfg, folder, progress) for cfg, folder in members]
+    out = run_folder(cand.name, study)
+    average_checkpoints([str(folder) for _, folder in members], out, force=True)  # re-averaged on every run
     return out, (round(sum(minutes), 1) if None not in minutes else None)
 
 
@@ -201,8 +202,8 @@ def run_study(study_file: str | Path, only: list[str] | None = None, progress: b
             minutes = wall_minutes(ckpt)
             minutes = None if minutes is None else round(minutes, 1)
         else:
-            cfg = train_config(cand, study)
-            ckpt, minutes = Path(cfg.out), train_once(cfg, progress)
+            cfg, ckpt = train_config(cand, study), run_folder(cand.name, study)
+            minutes = train_once(cfg, ckpt, progress)
             minutes = with_teachers(minutes, cfg.teachers)
         t0 = time.perf_counter()
         s = score(ckpt, study.data, progress=progress)

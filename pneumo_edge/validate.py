@@ -20,15 +20,20 @@ from pathlib import Path
 
 import numpy as np
 
-from .data import patient_id
 from .edge.api import resolve_model
 from .edge.atomic import prepare_out_dir, write_json, write_text
+from .edge.decision import FIELDS, Scored, score_images
 from .edge.errors import DataError
-from .edge.infer import decoded_batches, display_path, find_inputs, score_decoded, spreadsheet_safe
+from .edge.infer import decoded_batches
+from .edge.inputs import display_path, find_inputs
 from .edge.model import EdgeModel
-from .metrics import binary_metrics, bootstrap_ci
+from .edge.outputs import spreadsheet_safe
+from .edge.patients import patient_id
+from .edge.progress import Progress
+from .edge.stats import binary_metrics, bootstrap_ci
 
-COLUMNS = ("path", "true_label", "label", "probability", "ood_score", "rejected")
+COLUMNS = ("path", "true_label", *FIELDS)
+PLOTS_HINT = "plots need matplotlib and scikit-learn: pip install 'pneumo-edge[plots]'"
 REPORTED = {"accuracy": "accuracy", "sensitivity": "recall", "specificity": "specificity",
             "precision": "precision", "f1": "f1", "roc_auc": "roc_auc", "pr_auc": "pr_auc"}  # ours: binary_metrics'
 
@@ -84,38 +89,53 @@ def _named(m: dict) -> dict:
 
 
 def _score(files: list[str], model: EdgeModel, use_guard: bool, cfg: ValidateConfig):
-    """{path: (probability, guard score or None)} and the files that could not be decoded."""
-    from .edge.progress import Progress
-
+    """{path: its Scored record} and the files that could not be decoded."""
     scored, unreadable = {}, []
     bar = Progress(len(files), "validate", enabled=cfg.progress)
     for batch in decoded_batches(files, model, cfg.batch_size, cfg.workers):
         ok = [(path, dec) for path, dec, err in batch if err is None]
         unreadable += [{"path": display_path(path), "error": err} for path, _, err in batch if err is not None]
         if ok:
-            probs, scores, _ = score_decoded(model, [dec for _, dec in ok], use_guard)
-            for i, (path, _) in enumerate(ok):
-                scored[path] = (float(probs[i]), None if scores is None else float(scores[i]))
+            scored.update(zip([p for p, _ in ok], score_images(model, [dec for _, dec in ok], use_guard)))
         bar.update(len(batch))
     bar.close()
     return scored, unreadable
 
 
-def _predictions_csv(paths, y, p, scores, rejected, model: EdgeModel) -> str:
+def _predictions_csv(paths: list[str], y: np.ndarray, records: list[Scored], labels: list[str]) -> str:
     buf = io.StringIO()
     w = csv.writer(buf)
     w.writerow(COLUMNS)
-    for path, yi, pi, si, ri in zip(paths, y, p, scores, rejected):
-        label = "REJECTED_OOD" if ri else model.meta.decide(pi)
-        w.writerow([spreadsheet_safe(display_path(path)), model.labels[yi], label, round(float(pi), 6),
-                    "" if np.isnan(si) else round(float(si), 4), bool(ri)])
+    for path, yi, r in zip(paths, y, records):
+        w.writerow([spreadsheet_safe(display_path(path)), labels[yi],
+                    *(spreadsheet_safe("" if v is None else str(v)) for v in r.fields().values())])
     return buf.getvalue()
+
+
+def _plots(result: dict, y, p, accepted, paths, model: EdgeModel, out: Path, n_bootstrap: int) -> list[str]:
+    """The confusion, reliability and ROC/PR figures; [] on an install without matplotlib/scikit-learn."""
+    try:
+        from .plots import confusion_matrix_plot, reliability_curves, reliability_plot, roc_pr_plot
+        import matplotlib  # noqa: F401 - optional ([plots] extra): checked before any figure is drawn
+        import sklearn  # noqa: F401
+    except ImportError:
+        return []
+    labels, t = model.labels, model.threshold
+    ya, pa = y[accepted], p[accepted]
+    name = f"{model.path.name} ({model.meta.model})"
+    plots = [confusion_matrix_plot(result["metrics"]["confusion_matrix"], labels, out / "confusion_matrix.png",
+                                   f"{name}, stored threshold {t:.3f}"),
+             reliability_plot(reliability_curves(ya, {name: pa}), out / "reliability.png",
+                              f"reliability, temperature {model.temperature:.2f} (stored)")]
+    if len(np.unique(ya)) == 2:  # a curve needs both classes
+        band, unit = band_groups([q for q, a in zip(paths, accepted) if a])  # the accepted images' own groups
+        plots.append(roc_pr_plot(ya, pa, out / "roc.png", {"stored threshold": t}, f"ROC, {name}", band, unit,
+                                 n_bootstrap))
+    return sorted(f.name for f in plots)
 
 
 def validate(cfg: ValidateConfig) -> dict:
     """Score every image under the class folders with the file's own rule; write metrics, rows and plots."""
-    from .plots import confusion_matrix_plot, reliability_curves, reliability_plot, roc_pr_plot
-
     model = EdgeModel(resolve_model(cfg.model))
     labels, t = model.labels, model.threshold
     root, folders = class_folders(cfg.folder, cfg.split, labels)
@@ -133,10 +153,10 @@ def validate(cfg: ValidateConfig) -> dict:
     scored, unreadable = _score(files, model, use_guard, cfg)
     keep = [i for i, f in enumerate(files) if f in scored]
     paths = [files[i] for i in keep]
+    records = [scored[f] for f in paths]
     y = np.array([truth[i] for i in keep], int)
-    p = np.array([scored[f][0] for f in paths])
-    scores = np.array([np.nan if scored[f][1] is None else scored[f][1] for f in paths])
-    rejected = model.guard.rejects(scores) if use_guard else np.zeros(len(y), bool)
+    p = np.array([r.probability for r in records])
+    rejected = np.array([r.rejected for r in records], bool)
     accepted = ~rejected
     ya, pa = y[accepted], p[accepted]
     groups, resampling = resampling_groups(paths)
@@ -144,7 +164,8 @@ def validate(cfg: ValidateConfig) -> dict:
 
     result = {
         "model": {"path": str(model.path), "architecture": model.meta.model,
-                  "quantization": model.meta.quantization, "weights_sha256": model.meta.weights_sha256},
+                  "quantization": model.meta.quantization, "weights_sha256": model.meta.weights_sha256,
+                  "model_sha256": model.sha256},
         "data": {"folder": str(root), "n_images": int(len(y)),
                  "class_counts": {label: int((y == k).sum()) for k, label in enumerate(labels)},
                  "unreadable": unreadable, "not_scored": skipped},
@@ -161,18 +182,10 @@ def validate(cfg: ValidateConfig) -> dict:
         result["ci95"] = {k: ci[v] for k, v in REPORTED.items()}
     if rejected.any():
         result["metrics_ignoring_guard"] = _named(binary_metrics(y, p, t))
-
-    name = f"{model.path.name} ({model.meta.model})"
-    plots = [confusion_matrix_plot(result["metrics"]["confusion_matrix"], labels, out / "confusion_matrix.png",
-                                   f"{name}, stored threshold {t:.3f}"),
-             reliability_plot(reliability_curves(ya, {name: pa}), out / "reliability.png",
-                              f"reliability, temperature {model.temperature:.2f} (stored)")]
-    if both:  # a curve needs both classes
-        band, unit = band_groups([q for q, a in zip(paths, accepted) if a])  # the accepted images' own groups
-        plots.append(roc_pr_plot(ya, pa, out / "roc.png", {"stored threshold": t}, f"ROC, {name}", band, unit,
-                                 cfg.n_bootstrap))
-    result["plots"] = sorted(f.name for f in plots)
-    write_text(out / "predictions.csv", _predictions_csv(paths, y, p, scores, rejected, model))
+    result["plots"] = _plots(result, y, p, accepted, paths, model, out, cfg.n_bootstrap)
+    if not result["plots"]:
+        result["plots_missing"] = PLOTS_HINT
+    write_text(out / "predictions.csv", _predictions_csv(paths, y, records, labels))
     write_json(out / "metrics.json", result)
     return result
 
@@ -202,6 +215,8 @@ def render_summary(r: dict) -> str:
         lines.append(f"95% intervals: {s['resamples']} bootstrap resamples of "
                      + unit.get(s["unit"], f"{s['n_groups']} groups: patients where file names carry one, "
                                            "else single images"))
+    if r.get("plots_missing"):
+        lines.append(f"no plots: {r['plots_missing']}")
     if r["data"]["unreadable"]:
         lines.append(f"{len(r['data']['unreadable'])} file(s) could not be read: listed in metrics.json")
     return "\n".join(lines)

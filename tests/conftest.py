@@ -93,22 +93,24 @@ def tiny_data(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_checkpoint(tiny_data, tmp_path_factory) -> Path:
     """One epoch of the tiny model on the tiny data, through the library API."""
-    from pneumo_edge.train import TrainConfig, fit
+    from pneumo_edge.train import RunConfig, TrainConfig, fit
 
     out = tmp_path_factory.mktemp("run") / "ckpt"
-    fit(TrainConfig(data=str(tiny_data), out=str(out), model=TINY_MODEL, pretrained="none", img_size=TINY_SIZE,
-                    epochs=2, batch_size=8, lr=3e-3, warmup_steps=2, ema_decay=0, val_fraction=0.25,
-                    progress=False))
+    fit(TrainConfig(data=str(tiny_data), model=TINY_MODEL, pretrained="none", img_size=TINY_SIZE,
+                    epochs=2, batch_size=8, lr=3e-3, warmup_steps=2, ema_decay=0, val_fraction=0.25),
+        RunConfig(out=str(out), progress=False))
     return out
 
 
 @pytest.fixture(scope="session")
 def tiny_bundle(tiny_checkpoint, tiny_data, tmp_path_factory) -> Path:
     from pneumo_edge.onnx_export import GateConfig, export
+    from pneumo_edge.report import write_model_card
 
     out = tmp_path_factory.mktemp("bundle") / "bundle"
     export(tiny_checkpoint, out, str(tiny_data), GateConfig(int8_min_agreement=0.0, int8_max_auroc_delta=1.0),
            calib_images=16, progress=False)
+    write_model_card(out)  # as `pneumo-edge export` does after the gates
     return out
 
 

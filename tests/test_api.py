@@ -7,6 +7,7 @@ from PIL import Image
 
 import pneumo_edge
 from conftest import xray_like
+from pneumo_edge.edge.decision import FIELDS, decide
 from pneumo_edge.edge.errors import HubError, ImageError, ModelError
 
 
@@ -22,23 +23,25 @@ def test_predict_accepts_path_bytes_pil_and_array_with_one_answer(tiny_bundle, x
     arr, path = xray
     m = pneumo_edge.load(tiny_bundle)
     one = m.predict(str(path))
-    assert set(one) == {"label", "probability", "threshold", "guard_score", "rejected", "reason"}
+    assert list(one) == list(FIELDS) and one["model_sha256"] == m.model.sha256
     assert one["threshold"] == m.meta.threshold and 0.0 <= one["probability"] <= 1.0
     for x in (path, path.read_bytes(), Image.open(path), arr):
         assert m.predict(x)["probability"] == pytest.approx(one["probability"], abs=1e-6), type(x)
     many = m.predict([path, arr])
     assert isinstance(many, list) and len(many) == 2
-    if not one["rejected"]:
-        assert one["label"] == m.meta.decide(one["probability"])
+    assert one["model_label"] == decide(m.meta, one["probability"]).model_label
+    if one["guard_verdict"] == "accepted":
+        assert one["label"] == one["model_label"] and one["status"] == "ok"
 
 
 def test_predict_as_frame_and_without_guard(tiny_bundle, xray):
     _, path = xray
     frame = pneumo_edge.load(tiny_bundle).predict([path, path], as_frame=True)
-    assert list(frame.columns) == ["label", "probability", "threshold", "guard_score", "rejected", "reason"]
+    assert list(frame.columns) == list(FIELDS)
     assert len(frame) == 2
     unguarded = pneumo_edge.load(tiny_bundle / "model.int8.onnx", guard=False).predict(path)
-    assert unguarded["guard_score"] is None and unguarded["label"] in ("NORMAL", "PNEUMONIA")
+    assert unguarded["guard_score"] is None and unguarded["guard_verdict"] == "off"
+    assert unguarded["label"] in ("NORMAL", "PNEUMONIA")
 
 
 def test_load_and_predict_errors_are_library_errors(tiny_bundle, tmp_path, monkeypatch):

@@ -15,6 +15,7 @@ from PIL import Image
 
 from conftest import REAL, run_cli_without_torch, write_xrays, xray_like
 from pneumo_edge.cli import main
+from pneumo_edge.edge.decision import decide
 from pneumo_edge.edge.cam import CamHead, heatmap_name, upsample_bilinear
 from pneumo_edge.edge.errors import ModelError
 from pneumo_edge.edge.imaging import load_image, normalize, resize_gray
@@ -38,7 +39,7 @@ def edge_vs_twin(edge: EdgeModel, twin, resized: np.ndarray) -> list[float]:
 
     x = normalize(resized, edge.spec)
     out = edge.run(x)
-    classes = [list(edge.labels).index(edge.meta.decide(p)) for p in edge.probability(out["logits"])]
+    classes = [list(edge.labels).index(decide(edge.meta, p).label) for p in edge.probability(out["logits"])]
     ours = edge.require_cam().maps(out["features"], classes, edge.spec.size)
     theirs = twin_gradcam(twin, features_layer(twin), x, classes)
     assert ours.shape == theirs.shape == (len(x), edge.spec.size, edge.spec.size)
@@ -181,7 +182,7 @@ def test_api_returns_the_heat_map_png(tiny_bundle, tmp_path):
     m = pneumo_edge.load(tiny_bundle)
     arr = xray_like(np.random.default_rng(0), True)
     r = m.predict(arr, heatmap=True)
-    assert r["explained_class"] == r["label"] or r["rejected"]
+    assert r["explained_class"] == r["label"] or r["guard_verdict"] == "rejected"
     with Image.open(io.BytesIO(r["heatmap_png"])) as im:
         assert im.size == (64, 64) and im.mode == "RGB"
     assert "heatmap_png" not in m.predict(arr)
@@ -195,7 +196,8 @@ def test_no_heat_map_for_an_image_the_guard_refuses(tiny_bundle, tmp_path):
 
     m = pneumo_edge.load(tiny_bundle)
     refused = m.predict(BLANK, heatmap=True)
-    assert refused["rejected"] and "heatmap_png" not in refused and "grey levels" in refused["reason"]
+    assert refused["guard_verdict"] == "rejected" and "heatmap_png" not in refused
+    assert "grey levels" in refused["guard_reason"]
     assert "heatmap_png" in pneumo_edge.load(tiny_bundle, guard=False).predict(BLANK, heatmap=True)
 
     d = tmp_path / "in"
@@ -207,7 +209,7 @@ def test_no_heat_map_for_an_image_the_guard_refuses(tiny_bundle, tmp_path):
                                   "--out", str(tmp_path / "p.csv"), "--heatmaps", str(maps)])
     rows = {Path(row["path"]).name: row for row in csv.DictReader(open(tmp_path / "p.csv"))}
     assert rows["blank.png"]["status"] == "rejected", r.output
-    assert "no heat map drawn" in rows["blank.png"]["error"] and "guard:" in rows["blank.png"]["error"]
+    assert rows["blank.png"]["guard_reason"] and not rows["blank.png"]["error"]  # refused: said why, no map
     accepted = [n for n, row in rows.items() if row["status"] == "ok"]
     assert len(list(maps.iterdir())) == len(accepted)
     assert not list(maps.glob("blank-*"))

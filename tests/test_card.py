@@ -116,7 +116,7 @@ def test_export_writes_flat_keys_hub_config_and_card(tiny_bundle, tiny_checkpoin
     run = json.loads((tiny_checkpoint / "config.json").read_text())
     assert run["data"].startswith("/")  # the training run records where its data was; the bundle must not
     assert_hub_layout(json.loads((tiny_bundle / "config.json").read_text()), 64)
-    card = ModelCard.load(tiny_bundle / "README.md")  # `export` alone leaves a card for `push`
+    card = ModelCard.load(tiny_bundle / "README.md")  # `pneumo-edge export` alone leaves a card for `push`
     assert card.data.base_model is None  # the tiny model was trained from scratch
     assert not card.data.eval_results and "not evaluated" in card.text
 

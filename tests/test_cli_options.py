@@ -34,9 +34,9 @@ def test_data_has_one_default_everywhere():
 
 
 def test_train_defaults_are_train_config_fields_and_arch_names_the_architecture():
-    from pneumo_edge.train import TrainConfig
+    from pneumo_edge.train import RunConfig, TrainConfig
 
-    fields = {f.name: f.default for f in dataclasses.fields(TrainConfig)}
+    fields = {f.name: f.default for cls in (TrainConfig, RunConfig) for f in dataclasses.fields(cls)}
     opts = options("train")
     assert opts["model"].opts == ["--arch"] and not any("--model" in p.opts for p in opts.values())
     assert "split_seed" in opts

@@ -87,7 +87,7 @@ def test_infer_resume_completes_an_interrupted_run(tiny_bundle, messy_folder, tm
 
     d, _, _ = messy_folder
     out = tmp_path / "pred.csv"
-    real = rt._classify
+    real = rt.classify_batch
     calls = {"n": 0}
 
     def dies_on_second_batch(*a, **k):
@@ -96,13 +96,13 @@ def test_infer_resume_completes_an_interrupted_run(tiny_bundle, messy_folder, tm
             raise KeyboardInterrupt
         return real(*a, **k)
 
-    monkeypatch.setattr(rt, "_classify", dies_on_second_batch)
+    monkeypatch.setattr(rt, "classify_batch", dies_on_second_batch)
     args = ["infer", str(d), "--model", str(tiny_bundle / "model.onnx"), "--out", str(out), "--batch-size", "4"]
     r = CliRunner().invoke(main, args)
     assert r.exit_code == 130
     partial = rows_of(out)
     assert 4 <= len(partial) < 26  # the first batch survived the interruption
-    monkeypatch.setattr(rt, "_classify", real)
+    monkeypatch.setattr(rt, "classify_batch", real)
 
     refused = CliRunner().invoke(main, args)
     assert refused.exit_code == 2 and "--resume" in refused.output
@@ -175,7 +175,8 @@ def xrays_and_blank(tmp_path):
     return d
 
 
-def test_infer_rows_carry_threshold_ood_flag_and_rejected_status(tiny_bundle, xrays_and_blank, tmp_path):
+def test_infer_rows_carry_the_scored_record_and_rejected_status(tiny_bundle, xrays_and_blank, tmp_path):
+    from pneumo_edge.edge.decision import decide
     from pneumo_edge.edge.meta import read_meta
 
     out, js = tmp_path / "p.csv", tmp_path / "p.jsonl"
@@ -185,15 +186,17 @@ def test_infer_rows_carry_threshold_ood_flag_and_rejected_status(tiny_bundle, xr
     meta = read_meta(tiny_bundle / "model.onnx")
     rows = {os.path.basename(row["path"]): row for row in rows_of(out)}
     blank = rows.pop("blank.png")
-    assert blank["status"] == "rejected" and blank["label"] == "REJECTED_OOD" and blank["ood"] == "True"
-    assert float(blank["ood_score"]) > 1 and 0 <= float(blank["probability"]) <= 1
+    assert blank["status"] == "rejected" and blank["label"] == "REJECTED_OOD" and blank["guard_verdict"] == "rejected"
+    assert float(blank["guard_score"]) > 1 and 0 <= float(blank["probability"]) <= 1 and blank["guard_reason"]
+    assert blank["model_label"] == decide(meta, float(blank["probability"])).model_label and not blank["error"]
     kept = [row for row in rows.values() if row["status"] == "ok"]
-    assert kept and all(row["ood"] == "False" and row["label"] == meta.decide(float(row["probability"])) for row in kept)
+    assert kept and all(row["guard_verdict"] == "accepted" and row["label"] == row["model_label"]
+                        == decide(meta, float(row["probability"])).label for row in kept)
     assert all(float(row["threshold"]) == meta.threshold for row in rows_of(out))
-    for line in js.read_text().splitlines():  # numbers as numbers, the flag as a boolean
+    for line in js.read_text().splitlines():  # numbers as numbers
         row = json.loads(line)
-        assert isinstance(row["probability"], float) and isinstance(row["ood_score"], float)
-        assert row["threshold"] == meta.threshold and isinstance(row["ood"], bool)
+        assert isinstance(row["probability"], float) and isinstance(row["guard_score"], float)
+        assert row["threshold"] == meta.threshold and row["guard_verdict"] in ("accepted", "rejected")
     printed = [line for line in r.output.splitlines() if ".png" in line]  # few inputs: one line each, no -v
     assert len(printed) == 4 and any(line.startswith("REJECTED_OOD") for line in printed)
     again = CliRunner().invoke(main, ["infer", str(xrays_and_blank), "--model", str(tiny_bundle), "--out", str(out),

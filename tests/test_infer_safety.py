@@ -253,7 +253,7 @@ def test_unusable_outputs_are_one_line_errors(infer, three, tmp_path, make):
 
 
 def test_rows_are_fsynced_at_intervals(infer, three, tmp_path, monkeypatch):
-    import pneumo_edge.edge.infer as rt
+    import pneumo_edge.edge.outputs as rt
 
     calls = []
     real = os.fsync

@@ -74,3 +74,17 @@ def test_bootstrap_ci_by_patient_is_wider_when_a_patient_has_many_films():
     by_image = bootstrap_ci(y, p, 0.5, n=300)
     by_patient = bootstrap_ci(y, p, 0.5, n=300, groups=np.repeat(np.arange(20), 10))
     assert width(by_patient) > 2 * width(by_image)
+
+
+def test_numpy_roc_auc_and_average_precision_equal_scikit_learn():
+    from sklearn.metrics import average_precision_score, roc_auc_score
+
+    from pneumo_edge.edge.stats import average_precision, roc_auc
+
+    rng = np.random.default_rng(0)
+    for n, levels in ((40, None), (200, None), (60, 5)):  # levels: heavy ties
+        y = rng.integers(0, 2, n)
+        p = rng.random(n) if levels is None else rng.integers(0, levels, n) / levels
+        p = np.where(y == 1, p + 0.2 * rng.random(n), p)
+        assert roc_auc(y, p) == pytest.approx(roc_auc_score(y, p), abs=1e-12)
+        assert average_precision(y, p) == pytest.approx(average_precision_score(y, p), abs=1e-12)

@@ -57,11 +57,11 @@ def test_infer_rejects_blank_noise_and_colour_but_keeps_xrays(tiny_bundle, tmp_p
 
     guarded = run()
     for name in ("blank.png", "noise.png", "photo.png"):
-        assert guarded[name]["label"] == "REJECTED_OOD" and float(guarded[name]["ood_score"]) > 1, guarded[name]
+        assert guarded[name]["label"] == "REJECTED_OOD" and float(guarded[name]["guard_score"]) > 1, guarded[name]
     kept = [guarded[f"xray{i}.png"]["label"] in ("NORMAL", "PNEUMONIA") for i in range(6)]
     assert sum(kept) >= 5, guarded
     plain = run("--no-guard")
-    assert all(row["label"] in ("NORMAL", "PNEUMONIA") and row["ood_score"] == "" for row in plain.values())
+    assert all(row["label"] in ("NORMAL", "PNEUMONIA") and row["guard_score"] == "" and row["guard_verdict"] == "off" for row in plain.values())
 
 
 def test_image_stats_separate_blank_from_xray():

@@ -61,7 +61,7 @@ def test_predict_multipart_and_raw_bodies_give_one_answer(client):
     assert r.status_code == 200, r.text
     a = r.json()
     assert a["label"] in ("NORMAL", "PNEUMONIA", "REJECTED_OOD") and 0 <= a["probability"] <= 1
-    assert a["threshold"] > 0 and a["guard"]["verdict"] in ("accepted", "rejected") and a["guard"]["score"] >= 0
+    assert a["threshold"] > 0 and a["guard_verdict"] in ("accepted", "rejected") and a["guard_score"] >= 0
     assert a["model"]["weights_sha256"] and a["model"]["version"] and a["latency_ms"] > 0 and "heatmap" not in a
     raw = client.post("/v1/predict", content=png, headers={"Content-Type": "image/png"}).json()
     assert raw["probability"] == pytest.approx(a["probability"], abs=1e-9)

@@ -6,11 +6,13 @@ import shutil
 
 import numpy as np
 import pytest
+
 from click.testing import CliRunner
 from PIL import Image
 
 import pneumo_edge
 from pneumo_edge.cli import main
+from pneumo_edge.edge.decision import FIELDS
 from pneumo_edge.edge.meta import read_meta
 from pneumo_edge.validate import resampling_groups
 
@@ -42,7 +44,7 @@ def test_validate_scores_the_onnx_file_with_its_stored_rule(tiny_bundle, tiny_da
     assert m["plots"] == PLOTS and all((out / p).stat().st_size > 0 for p in PLOTS)
 
     rows = rows_of(out / "predictions.csv")
-    assert list(rows[0]) == ["path", "true_label", "label", "probability", "ood_score", "rejected"] and len(rows) == 20
+    assert list(rows[0]) == ["path", "true_label", *FIELDS] and len(rows) == 20
     api = pneumo_edge.load(tiny_bundle / "model.onnx")
     for row in rows[:3]:  # the numbers the edge gives for the same file
         p = api.predict(row["path"])
@@ -73,7 +75,7 @@ def test_validate_counts_guard_rejections_apart_and_resamples_images_without_pat
     assert m["metrics_ignoring_guard"]["n"] == 21
     assert m["ci_resampling"]["unit"] == "image" and "file names carry no patient id" in r.output
     blank = {row["path"].rsplit("/", 1)[-1]: row for row in rows_of(out / "predictions.csv")}["blank.png"]
-    assert blank["rejected"] == "True" and blank["label"] == "REJECTED_OOD" and blank["true_label"] == "NORMAL"
+    assert blank["guard_verdict"] == "rejected" and blank["label"] == "REJECTED_OOD" and blank["true_label"] == "NORMAL"
 
     plain = validate(site, "--model", tiny_bundle / "model.int8.onnx", "--out", out, "--no-guard", "--bootstrap", 0,
                      "--force")

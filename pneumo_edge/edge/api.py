@@ -2,11 +2,12 @@
 
     import pneumo_edge
     m = pneumo_edge.load("export/model.int8.onnx")     # or a bundle folder, or a hub id "user/repo"
-    m.predict("xray.jpeg")                              # {"label": "PNEUMONIA", "probability": 0.97, ...}
+    m.predict("xray.jpeg")                              # {"status": "ok", "label": "PNEUMONIA", "probability": 0.97, ...}
     m.predict([img1, img2], as_frame=True)              # pandas DataFrame, one row per image
     m.predict("xray.jpeg", heatmap=True)["heatmap_png"]  # PNG bytes: heat map over the model's input
 
-Every input goes through the same decoding and preprocessing as `pneumo-edge infer`.
+Every input goes through the same decoding, preprocessing and decision as `pneumo-edge infer`, and a
+result carries the same fields under the same names as its rows (`decision.FIELDS`).
 """
 
 from __future__ import annotations
@@ -16,13 +17,16 @@ from pathlib import Path
 
 import numpy as np
 
+from PIL import Image
+
+from .cam import overlay_png
+from .decision import FIELDS, score_images
 from .errors import ImageError, ModelError
 from .hub import download_model, is_repo_id
 from .imaging import load_image, pil_to_gray, resize_gray
-from .infer import score_decoded
 from .model import EdgeModel, default_model_path
+from .targets import MODEL_FILES
 
-MODEL_FILES = ("model.onnx", "model.int8.onnx")  # what a bundle folder or hub repo offers, default first
 
 
 def resolve_model(source: str | os.PathLike | None, filename: str = MODEL_FILES[0]) -> Path:
@@ -52,8 +56,6 @@ class Classifier:
         self.guard = guard and model.guard is not None
 
     def _gray(self, x) -> tuple[np.ndarray, float]:
-        from PIL import Image
-
         if isinstance(x, (str, os.PathLike, bytes, bytearray)):
             return load_image(x, size=self.meta.preprocess.size)
         if isinstance(x, Image.Image):
@@ -69,11 +71,13 @@ class Classifier:
         raise ImageError(f"cannot classify a {type(x).__name__}: give a path, bytes, a PIL image or a numpy array")
 
     def predict(self, x, as_frame: bool = False, heatmap: bool = False):
-        """One dict for one input, a list for a list; each has label, probability, threshold, guard_score, rejected
-        and reason (why the guard refused it, else None).
+        """One dict for one input, a list for a list; each holds the scored-image fields (`decision.FIELDS`:
+        status, label, model_label, probability, threshold, guard_score, guard_verdict, guard_reason,
+        model_sha256).
 
-        heatmap: also, for every image the guard accepts, "heatmap_png" (bytes: the class-activation map of the decided class over the model's
-        input, `edge.cam`) and "explained_class"; a ModelError for a model file without heat-map data.
+        heatmap: also, for every image whose record allows a map, "heatmap_png" (bytes: the class-activation
+        map of its label over the model's input, `edge.cam`) and "explained_class"; a ModelError for a model
+        file without heat-map data.
         """
         head = self.model.require_cam() if heatmap else None
         many = isinstance(x, (list, tuple))
@@ -81,33 +85,24 @@ class Classifier:
         spec = self.meta.preprocess
         pairs = [(resize_gray(g, spec.size, spec.resize), c) for g, c in (self._gray(item) for item in items)]
         outs: dict | None = {} if heatmap else None  # all outputs: the maps need 'features'
-        probs, scores, reasons = score_decoded(self.model, pairs, self.guard, keep=outs)
-        rows = []
-        for p, s, why in zip(probs, [None] * len(items) if scores is None else scores, reasons):
-            rejected = bool(self.model.guard.rejects(s)) if s is not None else False
-            rows.append({"label": "REJECTED_OOD" if rejected else self.meta.decide(float(p)),
-                         "probability": float(p), "threshold": self.meta.threshold,
-                         "guard_score": None if s is None else float(s), "rejected": rejected,
-                         "reason": why or None})
-        if head is not None:  # no map for a refused image: it would look like evidence
-            from .cam import overlay_png
-
+        scored = score_images(self.model, pairs, self.guard, keep=outs)
+        rows = [s.fields() for s in scored]
+        if head is not None:
             labels = list(self.meta.labels)
-            accepted = [i for i, row in enumerate(rows) if not row["rejected"]]
-            explained = [self.meta.decide(float(probs[i])) for i in accepted]
-            maps = (head.maps(outs["features"][accepted], [labels.index(c) for c in explained], spec.size)
-                    if accepted else [])
-            for i, heat, c in zip(accepted, maps, explained):
-                rows[i]["explained_class"] = c
+            drawn = [i for i, s in enumerate(scored) if s.heatmap_allowed]
+            maps = head.maps(outs["features"][drawn], [labels.index(scored[i].label) for i in drawn], spec.size)
+            for i, heat in zip(drawn, maps):
+                rows[i]["explained_class"] = scored[i].label
                 rows[i]["heatmap_png"] = overlay_png(pairs[i][0], heat)
         if as_frame:
-            import pandas as pd
+            import pandas as pd  # optional: only this form of the answer needs it
 
-            return pd.DataFrame(rows)
+            return pd.DataFrame(rows, columns=[*FIELDS, *(["explained_class", "heatmap_png"] if heatmap else [])])
         return rows if many else rows[0]
 
 
-def load(source: str | os.PathLike = "export", guard: bool = True, threads: int | None = None,
+def load(source: str | os.PathLike | None = None, guard: bool = True, threads: int | None = None,
          filename: str = MODEL_FILES[0]) -> Classifier:
-    """Open a model for prediction: an .onnx file, a bundle folder (its `filename`) or a hub id."""
+    """Open a model for prediction: an .onnx file, a bundle folder (its `filename`) or a hub id; None: the
+    shipped model (`model.default_model_path`)."""
     return Classifier(EdgeModel(resolve_model(source, filename), threads=threads), guard=guard)

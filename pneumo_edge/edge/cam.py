@@ -31,7 +31,11 @@ from pathlib import Path
 
 import numpy as np
 
+from .atomic import prepare_out_dir
+from .decision import score_images
 from .errors import ImageError, ModelError
+from .imaging import load_image, resize_gray
+from .progress import track
 
 OUTPUT = "features"  # the graph output CAM reads
 METHOD = "CAM = Grad-CAM at the pooled feature map; map of the decided class's logit"
@@ -132,6 +136,8 @@ def upsample_bilinear(a: np.ndarray, h: int, w: int) -> np.ndarray:
 
 def unit_scale(a: np.ndarray) -> np.ndarray:
     """Min-max to [0, 1] per image; a constant map becomes 0."""
+    if a.size == 0:
+        return a.astype(np.float32)
     flat = a.reshape(len(a), -1)
     lo, hi = flat.min(1, keepdims=True), flat.max(1, keepdims=True)
     return ((flat - lo) / np.maximum(hi - lo, 1e-12)).reshape(a.shape).astype(np.float32)
@@ -265,20 +271,9 @@ def overlay_names(images: list[str], suffix: str = ".gradcam.png") -> list[str]:
 
 # ---------------------------------------------------------------- explain with onnxruntime
 
-def judge(model, resized: np.ndarray, chroma: float, use_guard: bool,
-          keep: dict | None = None) -> tuple[float, str | None]:
-    """P(positive) of one image and, if the model's guard refuses it, why (None: accepted, or no guard).
-    The same scoring and refusal rule as `pneumo-edge infer`; `keep` receives the raw outputs."""
-    from .infer import score_decoded
-
-    probs, scores, reasons = score_decoded(model, [(resized, chroma)], use_guard and model.guard is not None, keep)
-    refused = scores is not None and bool(model.guard.rejects(scores[0]))
-    return float(probs[0]), (reasons[0] if refused else None)
-
-
-def rejected_record(src, probability: float, why: str) -> dict:
-    return {"path": str(src), "status": "rejected", "probability": probability, "label": "REJECTED_OOD",
-            "error": f"guard: {why}"}
+def rejected_record(src, scored) -> dict:
+    """The record of an image the guard refused: no heat map, the check that refused it."""
+    return {"path": str(src), **scored.fields(), "error": None}
 
 
 def target_index(labels: list[str], target: str | None) -> int | None:
@@ -294,15 +289,9 @@ def explain(images: list[str], model, out: str | os.PathLike, target: str | None
             force: bool = False, guard: bool = True) -> list[dict]:
     """`pneumo-edge explain --model X.onnx`: one overlay PNG per image plus a contact sheet, no torch.
 
-    `model` is an EdgeModel or a path. Records match `pneumo_edge.gradcam.explain`; an image the guard
-    refuses gets status "rejected", its reason in "error" and no PNG.
+    `model` is an EdgeModel. Records match `pneumo_edge.gradcam.explain`: the scored-image fields
+    (`decision.Scored.fields`), and for an image the guard refuses status "rejected" and no PNG.
     """
-    from .atomic import prepare_out_dir
-    from .imaging import load_image, resize_gray
-    from .model import EdgeModel
-    from .progress import track
-
-    model = model if isinstance(model, EdgeModel) else EdgeModel(model)
     head = model.require_cam()
     meta, spec, labels = model.meta, model.spec, list(model.labels)
     target_idx = target_index(labels, target)
@@ -313,18 +302,17 @@ def explain(images: list[str], model, out: str | os.PathLike, target: str | None
             gray, chroma = load_image(src, size=spec.size)
             resized = resize_gray(gray, spec.size, spec.resize)
             o: dict = {}
-            p, why = judge(model, resized, chroma, guard, keep=o)
-            label = meta.decide(p)
-            if why is not None:
-                records.append(rejected_record(src, p, why))
+            scored = score_images(model, [(resized, chroma)], guard, keep=o)[0]
+            if not scored.heatmap_allowed:
+                records.append(rejected_record(src, scored))
                 continue
-            cls = target_idx if target_idx is not None else labels.index(label)
+            cls = target_idx if target_idx is not None else labels.index(scored.label)
             heat = head.maps(o[OUTPUT], [cls], spec.size)[0]
-            img = overlay_image(resized, heat, [Path(src).name[:40], *caption_for(label, p, meta.threshold,
-                                                                                     labels[cls])])
+            img = overlay_image(resized, heat, [Path(src).name[:40], *caption_for(
+                scored.label, scored.probability, meta.threshold, labels[cls])])
             png = write_png(out / name, png_bytes(img))
-            records.append({"path": str(src), "status": "ok", "probability": p, "label": label,
-                            "explained_class": labels[cls], "png": str(png)})
+            records.append({"path": str(src), **scored.fields(), "error": None, "explained_class": labels[cls],
+                            "png": str(png)})
             panels.append(img)
         except ImageError as e:
             records.append({"path": str(src), "status": "error", "error": str(e)})

@@ -5,7 +5,7 @@
 The pipeline is Ray Data's: a dataset of input paths, `map_batches` tasks that read each file's
 bytes (local paths, or any URI pyarrow understands: s3://, gs://, hdfs://, file://) and decode
 and resize them with `edge.imaging`, then an actor pool where each actor opens the ONNX file once
-and scores batches with the same code as the local engine (`infer.score_decoded`, `_scored_row`).
+and scores batches with the same code as the local engine (`infer.classify_batch`, `decision.score_images`).
 Rows come back to the driver as a stream and are written as they arrive: to a CSV through the
 local engine's `Outputs` (same lock, resume and crash rules), or to a Parquet dataset of part
 files (one every PART_ROWS rows or PART_SECONDS seconds), each written whole under a temporary
@@ -33,8 +33,9 @@ import numpy as np
 
 from .atomic import atomic_path, open_locked, UPDATE
 from .errors import ImageError, OutputError, PneumoEdgeError
-from .infer import (COLUMNS, DONE_STATUSES, InferSummary, Outputs, Run, _classify, _decode, display_path, find_inputs,
-                    identity)
+from .infer import InferSummary, Run, classify_batch, decode_file
+from .inputs import display_path, find_inputs, identity
+from .outputs import COLUMNS, DONE_STATUSES, Outputs
 
 PARTS_GLOB = "part-*.parquet"
 BLOCK_ROWS = 256  # inputs per Ray block (one decode task each)
@@ -120,7 +121,7 @@ def fetch(uri: str) -> bytes:
 def decode_batch(batch: dict, size: int, rule: str) -> dict:
     """Ray `map_batches` task: paths in, resized uint8 images (zeros where decoding failed) and reasons out,
     through the local engine's decoder."""
-    out = [_decode(str(s), size, rule, fetch if is_uri(str(s)) else None) for s in batch["source"]]
+    out = [decode_file(str(s), size, rule, fetch if is_uri(str(s)) else None) for s in batch["source"]]
     blank = np.zeros((size, size), np.uint8)
     return {"path": batch["path"], "image": np.stack([dec[0] if dec else blank for dec, _ in out]),
             "chroma": np.array([dec[1] if dec else 0.0 for dec, _ in out], np.float64),
@@ -128,7 +129,7 @@ def decode_batch(batch: dict, size: int, rule: str) -> dict:
 
 
 class Classify:
-    """Ray actor: opens the ONNX file once, then scores batches with the local engine's `_classify`;
+    """Ray actor: opens the ONNX file once, then scores batches with the local engine's `classify_batch`;
     rows leave as JSON text (exact floats).
 
     Configured through class attributes (`classifier`), not constructor arguments: Ray keeps those in
@@ -148,7 +149,7 @@ class Classify:
     def __call__(self, batch: dict) -> dict:
         items = [(str(p), None if e else (img, float(c)), str(e) or None)
                  for p, img, c, e in zip(batch["path"], batch["image"], batch["chroma"], batch["error"])]
-        return {"row": np.array([json.dumps(r) for r in _classify(items, self.model, self.guard)], object)}
+        return {"row": np.array([json.dumps(r) for r in classify_batch(items, self.model, self.guard)], object)}
 
 
 def classifier(model: str, threads: int, guard: bool) -> type:
@@ -168,10 +169,10 @@ def _columns(part: Path) -> list[str]:
 
 
 def _schema():
-    """The row columns (infer.COLUMNS) with Parquet types: numbers and the ood flag typed, the rest text."""
+    """The row columns (outputs.COLUMNS) with Parquet types: numbers typed, the rest text."""
     import pyarrow as pa
 
-    typed = {"probability": pa.float64(), "ood_score": pa.float64(), "threshold": pa.float64(), "ood": pa.bool_()}
+    typed = {"probability": pa.float64(), "guard_score": pa.float64(), "threshold": pa.float64()}
     return pa.schema([(c, typed.get(c, pa.string())) for c in COLUMNS])
 
 
@@ -223,12 +224,18 @@ class ParquetOutputs:
         """This run's own files, which an input folder that contains --out must not classify."""
         return {identity(str(p)) for p in (self.folder / ".lock", *self.parts)}
 
-    def begin(self, displays: list[str]) -> set[str]:
-        """Inputs already done; error rows of the named inputs are dropped so they are re-tried."""
+    def begin(self, displays: list[str], model_sha256: str | None = None) -> set[str]:
+        """Inputs already done; error rows of the named inputs are dropped so they are re-tried.
+        Refused, before anything is dropped, when kept rows were scored by another model."""
         status: dict[str, str] = {}
         named = set(displays)
-        for part in self.parts:
-            rows = _read_part(part)
+        read = {part: _read_part(part) for part in self.parts}
+        other = next((r["model_sha256"] for rows in read.values() for r in rows
+                      if r.get("model_sha256") and model_sha256 and r["model_sha256"] != model_sha256), None)
+        if other:
+            raise OutputError(f"--out '{self.folder}' holds rows scored by another model (sha256 {other[:12]}, this "
+                              f"one {model_sha256[:12]}); choose another folder, or use --force to start it again")
+        for part, rows in read.items():
             keep = [r for r in rows if r["status"] in DONE_STATUSES or r["path"] not in named]
             if len(keep) != len(rows):
                 self._write_part(keep, part)
@@ -336,7 +343,7 @@ def predict_cluster(paths: list[str], model, outputs, cfg: ClusterConfig = Clust
     ray = start_ray(cfg.address)  # before any row: a cluster that cannot start leaves no half-written output
     spec = local_model.spec
     files, problems, dupes = gather_inputs(paths, manifest, outputs.identities())
-    run = Run(outputs, files, problems, echo, dupes)
+    run = Run(outputs, files, problems, local_model, echo, dupes)
     todo, first_row = run.todo, None  # first_row: start-up (Ray, actors opening the model, the first batch)
     if todo:
         threads = max(1, cfg.threads_per_actor)

@@ -1,11 +1,13 @@
 """Decode any X-ray file to 8-bit grayscale and turn it into model input.
 
-This module is the single preprocessing path: training, evaluation, the ONNX
-parity gate and `pneumo-edge infer` all call `load_gray` then `to_input`, so an
+This module is the single preprocessing path: training (`data.decode_all`), evaluation, the ONNX
+parity gate, `infer`, the API, the service and `validate` all decode with `load_image` (or `load_gray`),
+turn the film into the model's square with `resize_gray`, and normalise with `normalize`, so an
 exported model sees exactly the pixels its PyTorch twin saw. It imports no torch.
 
-    gray = load_gray("xray.dcm", size=224)      # uint8 (H, W)
-    x = to_input(gray, PreprocessSpec())        # float32 (1, 224, 224)
+    gray, chroma = load_image("xray.dcm", size=224)            # uint8 (H, W), colour measure for the guard
+    resized = resize_gray(gray, 224, "center-crop-bilinear")   # uint8 (224, 224)
+    x = normalize(resized[None], PreprocessSpec())             # float32 (1, 1, 224, 224)
 
 Accepted: DICOM (pydicom) and JPEG, PNG, BMP, TIFF (Pillow, restricted to those four
 decoders, judged by content: a PNG named .jpg opens, a GIF or PostScript named .png does not).

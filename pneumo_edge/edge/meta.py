@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 
 from .errors import ModelError
 from .imaging import RESIZE_RULES, PreprocessSpec
+from .runtime import open_runtime
 
 META_KEY = "pneumo_edge"
 LABELS = ("NORMAL", "PNEUMONIA")
@@ -49,10 +50,6 @@ class BundleMeta:
     license: str | None = None
     created: str | None = None  # export time, ISO 8601 UTC
     extra: dict = field(default_factory=dict)  # keys a newer writer added; kept, not interpreted
-
-    def decide(self, probability: float) -> str:
-        """The label for a calibrated P(PNEUMONIA): the one place the threshold is applied."""
-        return self.labels[int(probability >= self.threshold)]
 
     def to_dict(self) -> dict:
         d = {"pneumo_edge_version": self.pneumo_edge_version, "model": self.model, "labels": list(self.labels),
@@ -172,9 +169,8 @@ def check_flat(props: dict[str, str], meta: BundleMeta, source: str) -> None:
                              f"({expected[key]}); re-export the file")
 
 
-def from_session(session, source: str) -> BundleMeta:
-    """The metadata of an open onnxruntime session (no `onnx` package needed)."""
-    props = session.get_modelmeta().custom_metadata_map
+def from_props(props: dict[str, str], source: str) -> BundleMeta:
+    """The metadata from a model file's key-value properties (as `Runtime.metadata` reads them)."""
     if META_KEY not in props:
         raise ModelError(f"'{source}' has no pneumo-edge metadata (key '{META_KEY}' with {', '.join(REQUIRED)}); "
                          "export it with `pneumo-edge export`")
@@ -185,9 +181,7 @@ def from_session(session, source: str) -> BundleMeta:
 
 def read_meta(path) -> BundleMeta:
     """The metadata of an ONNX file on disk."""
-    from .model import open_session
-
-    return from_session(open_session(path, threads=1), str(path))
+    return from_props(open_runtime(path, threads=1).metadata(), str(path))
 
 
 def _guard_rows(ood: dict | None) -> list[tuple[str, str]]:

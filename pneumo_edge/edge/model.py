@@ -1,4 +1,4 @@
-"""An exported model on onnxruntime: the session plus the metadata that says how to feed it.
+"""An exported model: a runtime (`edge.runtime`) plus the metadata that says how to feed it.
 
     model = EdgeModel("export/model.int8.onnx")
     out = model.run(normalize(resized, model.spec))      # {"logits": ..., "embedding": ..., "features": ...}
@@ -12,9 +12,13 @@ from pathlib import Path
 
 import numpy as np
 
+from .cam import OUTPUT as FEATURES, CamHead
 from .errors import ModelError
+from .guard import Guard
 from .imaging import normalize
-from .meta import from_session
+from .meta import from_props
+from .runtime import file_sha256, open_runtime
+from .targets import FP32, INT8
 
 
 def prob_from_logits(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
@@ -24,51 +28,38 @@ def prob_from_logits(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray
     return 1.0 / (1.0 + np.exp(-z))
 
 
+SHIPPED_INT8 = Path(__file__).resolve().parent / "shipped" / INT8.file  # package data of the wheel
+
+
 def default_model_path() -> Path:
-    """$PNEUMO_EDGE_MODEL, else the bundle shipped beside the package in a source checkout."""
+    """$PNEUMO_EDGE_MODEL; else, in a source checkout, the bundle's fp32 file export/model.onnx; else the
+    INT8 file the installed package carries (a wheel install classifies offline with no --model)."""
     env = os.environ.get("PNEUMO_EDGE_MODEL")
     if env:
         return Path(env)
-    shipped = Path(__file__).resolve().parents[2] / "export" / "model.onnx"
-    if not shipped.is_file():  # an installed wheel carries no bundle
-        raise ModelError("no model given and no shipped bundle found: pass --model (an .onnx file, a bundle "
-                         "folder or a hub id user/repo) or set PNEUMO_EDGE_MODEL")
-    return shipped
-
-
-def open_session(path: str | Path, threads: int | None = None):
-    import onnxruntime as ort
-
-    path = Path(path)
-    if not path.is_file():
-        raise ModelError(f"model '{path}' does not exist")
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = threads or os.cpu_count() or 1
-    opts.inter_op_num_threads = 1
-    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    try:
-        return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
-    except Exception as e:
-        raise ModelError(f"onnxruntime cannot load '{path}': {str(e)[:200]}") from None
+    checkout = Path(__file__).resolve().parents[2] / "export" / FP32.file
+    for shipped in (checkout, SHIPPED_INT8):
+        if shipped.is_file():
+            return shipped
+    raise ModelError("no model given and no shipped bundle found: pass --model (an .onnx file, a bundle "
+                     "folder or a hub id user/repo) or set PNEUMO_EDGE_MODEL")
 
 
 class EdgeModel:
     """An onnxruntime session plus its validated metadata; fails at load, never per file."""
 
-    def __init__(self, path: str | Path, threads: int | None = None):
-        from .guard import Guard
-
+    def __init__(self, path: str | Path, threads: int | None = None, backend: str = "onnxruntime"):
         self.path = Path(path)
-        self.session = open_session(self.path, threads)
-        self.meta = from_session(self.session, str(self.path))
-        inputs = self.session.get_inputs()
-        self.input_name = inputs[0].name
-        self.output_names = [o.name for o in self.session.get_outputs()]
+        self.runtime = open_runtime(self.path, threads, backend)
+        self.meta = from_props(self.runtime.metadata(), str(self.path))
+        self.sha256 = file_sha256(self.path)  # recorded in every row this model scores
+        self.input_name = self.runtime.input_name
+        self.output_names = self.runtime.output_names
         self.spec = self.meta.preprocess
         self.labels = list(self.meta.labels)
         self.threshold = self.meta.threshold
         self.temperature = self.meta.temperature
-        shape = inputs[0].shape
+        shape = self.runtime.input_shape
         expected = [self.spec.channels, self.spec.size, self.spec.size]
         if len(shape) != 4 or any(isinstance(s, int) and s != e for s, e in zip(shape[1:], expected)):
             raise ModelError(f"'{self.path}': input shape {shape} does not match the metadata's preprocessing "
@@ -82,15 +73,13 @@ class EdgeModel:
             self.guard = Guard.from_meta(self.meta.ood, str(self.path))
         self.cam = None  # heat maps: the classifier head from the metadata, on the 'features' output
         if self.meta.cam is not None:
-            from .cam import OUTPUT, CamHead
-
-            if OUTPUT not in self.output_names:
+            if FEATURES not in self.output_names:
                 raise ModelError(f"'{self.path}': metadata has a heat-map head ('cam') but the graph has no "
-                                 f"'{OUTPUT}' output")
+                                 f"'{FEATURES}' output")
             self.cam = CamHead.from_meta(self.meta.cam, str(self.path), len(self.labels))
-            self.cam.check_features(self.session.get_outputs()[self.output_names.index(OUTPUT)].shape, str(self.path))
+            self.cam.check_features(self.runtime.output_shape(FEATURES), str(self.path))
         # what plain classification fetches: everything but the feature map (a copy it does not need)
-        self.predict_outputs = [n for n in self.output_names if n != "features"]
+        self.predict_outputs = [n for n in self.output_names if n != FEATURES]
 
     def require_cam(self):
         """The heat-map head, or a ModelError saying why this file cannot make heat maps."""
@@ -106,7 +95,7 @@ class EdgeModel:
             raise ValueError(f"expected float32 (N, {self.spec.channels}, {self.spec.size}, {self.spec.size}), "
                              f"got {x.dtype} {x.shape}")
         names = self.output_names if outputs is None else list(outputs)
-        return dict(zip(names, self.session.run(names, {self.input_name: x})))
+        return dict(zip(names, self.runtime.run(names, x)))
 
     def logits(self, resized: np.ndarray, batch_size: int = 32) -> np.ndarray:
         """Logits for pre-resized uint8 images (N, S, S), through imaging.normalize."""

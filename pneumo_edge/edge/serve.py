@@ -27,6 +27,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from .decision import FIELDS
 from .errors import ImageError, PneumoEdgeError
 
 DEFAULT_MAX_UPLOAD_MB = 50
@@ -41,6 +42,10 @@ PAGE_FILES = {"/": ("index.html", "text/html; charset=utf-8"),
               "/static/app.css": ("app.css", "text/css; charset=utf-8")}
 CSP = ("default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' blob: data:; connect-src 'self'; "
        "base-uri 'none'; form-action 'none'; frame-ancestors 'none'")
+GUARD_WORDS = {"off": "no out-of-distribution check (turned off, or this model file has none)",
+               "rejected": "this does not look like a frontal chest X-ray like those the model was trained on, "
+                           "so no diagnosis and no heat map are given",
+               "accepted": "looks like a frontal chest X-ray like those the model was trained on"}
 CONFIG_ENV = "PNEUMO_EDGE_SERVE_CONFIG"  # how `serve --workers N` hands its settings to each worker process
 
 
@@ -239,25 +244,14 @@ class Service:
                            "concurrency": self.config.concurrency}}
 
     def answer(self, r: dict, latency_ms: float) -> dict:
+        """The HTTP answer: the scored-image fields under their names in every output, plus words for people."""
         meta = self.model.meta
-        p, thr = r["probability"], r["threshold"]
-        model_label = meta.decide(p)
-        positive = meta.labels[1]
-        if r["guard_score"] is None:
-            guard = {"score": None, "verdict": "off",
-                     "explanation": "no out-of-distribution check (turned off, or this model file has none)"}
-        elif r["rejected"]:
-            guard = {"score": r["guard_score"], "verdict": "rejected",
-                     "explanation": "this does not look like a frontal chest X-ray like those the model was "
-                                    "trained on, so no diagnosis and no heat map are given",
-                     "reason": r["reason"]}
-        else:
-            guard = {"score": r["guard_score"], "verdict": "accepted",
-                     "explanation": "looks like a frontal chest X-ray like those the model was trained on"}
-        out = {"label": r["label"], "model_label": model_label, "probability": p, "threshold": thr,
-               "decision": f"P({positive}) {p:.3f} is {'at or above' if p >= thr else 'below'} the threshold "
-                           f"{thr:.3f}: {model_label}",
-               "guard": guard,
+        record = {k: r[k] for k in FIELDS}
+        p, thr, model_label = r["probability"], r["threshold"], r["model_label"]
+        side = "at or above" if model_label == meta.labels[1] else "below"
+        out = {**record,
+               "guard_explanation": GUARD_WORDS[r["guard_verdict"]],
+               "decision": f"P({meta.labels[1]}) {p:.3f} is {side} the threshold {thr:.3f}: {model_label}",
                "model": {"weights_sha256": meta.weights_sha256, "version": meta.pneumo_edge_version,
                          "file": self.model.path.name, "quantization": meta.quantization},
                "latency_ms": round(latency_ms, 2)}

@@ -105,15 +105,14 @@ function showResult(card, file, r) {
   label.className = `label ${r.label}`;
   const pct = (100 * r.probability).toFixed(1);
   const thr = (100 * r.threshold).toFixed(1);
-  const side = r.probability >= r.threshold ? "at or above" : "below";
+  const side = r.decision.includes("at or above") ? "at or above" : "below";
   text($(".prob", card), `Probability of ${pname}: ${pct}%, ${side} the threshold of ${thr}%`
     + (r.label === "REJECTED_OOD" ? ` (the model alone would have said ${r.model_label}; ignore it)` : "."));
   $(".meter .fill", card).style.width = `${Math.max(0, Math.min(100, 100 * r.probability))}%`;
   $(".meter .tick", card).style.left = `${Math.max(0, Math.min(100, 100 * r.threshold))}%`;
-  const g = r.guard;
-  const score = typeof g.score === "number" ? ` (score ${g.score.toFixed(2)}; above 1 means rejected)` : "";
-  text($(".guard", card), `Guard: ${g.verdict === "accepted" ? "accepted" : g.verdict === "rejected" ? "rejected" : "off"}: `
-    + `${g.explanation}${score}${g.reason ? `; ${g.reason}` : ""}.`);
+  const score = typeof r.guard_score === "number" ? ` (score ${r.guard_score.toFixed(2)}; above 1 means rejected)` : "";
+  text($(".guard", card), `Guard: ${r.guard_verdict}: `
+    + `${r.guard_explanation}${score}${r.guard_reason ? `; ${r.guard_reason}` : ""}.`);
   text($(".meta", card), `${r.model.file}, weights ${(r.model.weights_sha256 || "").slice(0, 12)}, `
     + `${r.latency_ms.toFixed(0)} ms on the server`);
   if (r.heatmap) {
