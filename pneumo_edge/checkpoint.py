@@ -32,6 +32,7 @@ HUB_FORMAT = "pneumo-edge-checkpoint/2"
 TIMM_RESIZE = {"center-crop-bilinear": ("center", "bilinear"), "squash-bilinear": ("squash", "bilinear")}
 FLAT_ONLY = ("model", "labels", "preprocess")  # stated by timm's own keys in the hub layout
 NOT_IN_BUNDLE = ("threshold", "temperature", "data")  # the ONNX files own the rule; `data` is a local path
+RUN_KEYS = ("out", "resume", "force", "progress", "threads")  # train.RunConfig: how a run went, not its recipe
 
 
 def state_sha256(state: dict[str, torch.Tensor]) -> str:
@@ -91,6 +92,8 @@ def hub_config(config: dict, model: nn.Module) -> dict:
                    "crop_pct": 1.0, "crop_mode": mode, "mean": (p["mean"],) * p["channels"],
                    "std": (p["std"],) * p["channels"]}
     extra = {k: v for k, v in config.items() if k not in FLAT_ONLY + NOT_IN_BUNDLE}
+    if isinstance(extra.get("train_config"), dict):  # the published config holds the recipe only
+        extra["train_config"] = {k: v for k, v in extra["train_config"].items() if k not in RUN_KEYS}
     with tempfile.TemporaryDirectory() as tmp:  # timm writes a file; it is read back and written atomically
         save_config_for_hf(model, f"{tmp}/config.json", data_config=data_config,
                            model_config={"label_names": list(config["labels"])})

@@ -95,3 +95,17 @@ def test_threshold_and_rejection_are_decided_in_one_place():
                     and isinstance(node.ops[0], (ast.GtE, ast.Gt, ast.Lt, ast.LtE)) and path.name != "decision.py"):
                 offenders.append(f"{where} {ast.unparse(node)}")
     assert offenders == []
+
+
+def test_run_control_never_reaches_a_published_config(tiny_bundle):
+    import dataclasses
+    import json
+
+    from pneumo_edge.checkpoint import RUN_KEYS
+    from pneumo_edge.train import RunConfig, TrainConfig
+
+    assert set(RUN_KEYS) == {f.name for f in dataclasses.fields(RunConfig)}
+    assert not set(RUN_KEYS) & {f.name for f in dataclasses.fields(TrainConfig)}
+    for bundle in (tiny_bundle, PACKAGE.parent / "export"):
+        published = json.loads((bundle / "config.json").read_text())["train_config"]
+        assert not set(RUN_KEYS) & set(published), bundle
