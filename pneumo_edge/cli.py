@@ -164,27 +164,27 @@ def train(**options) -> None:
                f"{r['wall_time_s'] / 60:.1f} min; checkpoint {Path(run.out) / 'model.safetensors'}")
 
 
-@main.command()
+# Defaults: evaluate()'s parameters (ConfigDefaults).
+@main.command(cls=ConfigDefaults, config=".evaluate:evaluate")
 @click.argument("checkpoint", type=click.Path())
 @click.option("--data", default=DEFAULT_DATA, show_default=True, help="Same data the checkpoint was trained on.")
 @click.option("--out", help="Output folder (default: CHECKPOINT/eval).")
 @click.option("--target-sensitivity", type=float, help="Operating point on validation (default: the checkpoint's).")
-@click.option("--bootstrap", type=int, default=1000, show_default=True, help="Bootstrap resamples for the CIs.")
-@click.option("--ledger", default="test_ledger.jsonl", show_default=True,
-              help="Append one line per test-split read here; '' disables.")
-@click.option("--note", default="", help="Free text for the ledger line.")
+@click.option("--bootstrap", "n_bootstrap", type=int, show_default=True, help="Bootstrap resamples for the CIs.")
+@click.option("--ledger", show_default=True, help="Append one line per test-split read here; '' disables.")
+@click.option("--note", help="Free text for the ledger line.")
 @click.option("--rule-commit", help="Commit that fixed the recipe-selection rule, recorded in the ledger line.")
 @click.option("--force", is_flag=True, help="Overwrite a non-empty --out.")
 @quiet_option
 @friendly
-def evaluate(checkpoint, data, out, target_sensitivity, bootstrap, ledger, note, rule_commit, force) -> None:
+def evaluate(checkpoint, data, out, target_sensitivity, n_bootstrap, ledger, note, rule_commit, force) -> None:
     """Calibrate on validation, then score the test split once (metrics, CIs, plots, ledger)."""
     from pathlib import Path
 
     from .evaluate import evaluate
 
     out = out or str(Path(checkpoint if Path(checkpoint).is_dir() else Path(checkpoint).parent) / "eval")
-    evaluate(checkpoint=checkpoint, data=data, out=out, target_sensitivity=target_sensitivity, n_bootstrap=bootstrap,
+    evaluate(checkpoint=checkpoint, data=data, out=out, target_sensitivity=target_sensitivity, n_bootstrap=n_bootstrap,
              ledger=ledger or None, force=force, note=note, progress=True, rule_commit=rule_commit)
     click.echo(f"wrote {out}/results.json, report.md and plots")
 
@@ -507,18 +507,19 @@ def serve(model_path, host, port, workers, threads, concurrency, queue, max_uplo
     serve(config=config, host=host, port=port, workers=workers)
 
 
-@main.command("bench-memory")
-@click.option("--model", "model_path", help="ONNX model or bundle folder (default: the shipped export/model.onnx).")
-@click.option("--out", default="bench/results", show_default=True, help="Folder for decode-memory.json.")
-@click.option("--files", type=int, default=4, show_default=True,
+# Defaults: MemoryConfig's fields (ConfigDefaults).
+@main.command("bench-memory", cls=ConfigDefaults, config=".memory:MemoryConfig")
+@click.option("--model", "model_path", help="ONNX model or bundle folder (default: the shipped model).")
+@click.option("--out", show_default=True, help="Folder for decode-memory.json.")
+@click.option("--files", "at_limit", type=int, show_default=True,
               help="DICOMs at the pixel limit, and as many decompression bombs.")
 @quiet_option
 @friendly
-def bench_memory(model_path, out, files) -> None:
+def bench_memory(model_path, out, at_limit) -> None:
     """Peak memory of `infer` over DICOMs at the pixel limit and decompression bombs, 1 and 2 decode workers."""
     from .memory import MemoryConfig, measure_decode_memory, render
 
-    click.echo(render(measure_decode_memory(MemoryConfig(model=model_path, out=out, at_limit=files, bombs=files))))
+    click.echo(render(measure_decode_memory(MemoryConfig(model=model_path, out=out, at_limit=at_limit, bombs=at_limit))))
     click.echo(f"wrote {out}/decode-memory.json")
 
 

@@ -72,3 +72,18 @@ def test_info_prints_the_metadata_of_a_file_or_bundle(tiny_bundle):
     assert int8.exit_code == 0 and "int8" in int8.output.lower()
     missing = CliRunner().invoke(main, ["info", str(tiny_bundle / "nope.onnx")])
     assert missing.exit_code == 2 and len(missing.output.strip().splitlines()) == 1
+
+
+def test_commands_take_their_defaults_from_the_library():
+    from pneumo_edge.cli import ConfigDefaults
+
+    backed = {name: cmd for name, cmd in main.commands.items() if isinstance(cmd, ConfigDefaults)}
+    assert {"train", "validate", "infer", "export", "evaluate", "bench", "bench-memory", "bench-engines",
+            "bench-pipeline"} <= set(backed)
+    for name, cmd in backed.items():
+        lib = cmd.library_defaults()
+        assert CliRunner().invoke(main, [name, "--help"]).exit_code == 0
+        shared = [p for p in cmd.params if p.name in lib and lib[p.name] is not None]
+        assert shared, name
+        for p in shared:
+            assert p.default == lib[p.name], (name, p.name)
