@@ -53,3 +53,17 @@ def test_bench_memory_refuses_bombs_and_measures_films_at_the_limit(tiny_bundle,
         assert films["rows"] == films["classified"] == 1 and bombs["rows"] == bombs["refused"] == 1
         assert films["over_baseline_mb"] > 100  # 128 MB of 16-bit pixels were decoded, and it shows
         assert bombs["over_baseline_mb"] < 100  # refused before its 512 MB were inflated or decoded
+
+
+def test_bench_pipeline_times_infer_against_a_bare_session(tmp_path):
+    from pathlib import Path
+
+    xrays = Path(__file__).resolve().parents[1] / "examples" / "xrays"
+    r = CliRunner().invoke(main, ["bench-pipeline", "--images", str(xrays), "--out", str(tmp_path), "--rounds", "1"])
+    assert r.exit_code == 0, r.output
+    res = json.loads((tmp_path / "pipeline.json").read_text())
+    assert res["images"] == 16 and set(res["best_seconds"]) == {"bare_session", "bare_session_spinning", "infer"}
+    assert res["throughput_ratio"] == round(res["best_seconds"]["bare_session"] / res["best_seconds"]["infer"], 3)
+    assert "of the bare session's throughput" in (tmp_path / "pipeline.md").read_text()
+    missing = CliRunner().invoke(main, ["bench-pipeline", "--images", str(tmp_path / "nowhere")])
+    assert missing.exit_code != 0 and "not a folder" in missing.output
