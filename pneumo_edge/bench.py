@@ -21,7 +21,7 @@ import numpy as np
 
 from .edge.atomic import write_json, write_text
 from .edge.errors import BenchError
-from .edge.targets import FP32, INT8, TARGETS
+from .edge.targets import FP32, INT8, TARGETS, WEIGHTS
 
 
 @dataclass
@@ -171,7 +171,7 @@ def run_benchmark(cfg: BenchConfig) -> dict:
 
     cpu = cpu_info()
     macs = count_macs(model, spec.size, spec.channels)
-    variants = {"pytorch-eager-fp32": ("torch", bundle / "model.safetensors"),
+    variants = {"pytorch-eager-fp32": ("torch", bundle / WEIGHTS),
                 **{f"onnxruntime-{t.name}": ("ort", bundle / t.file) for t in TARGETS}}
     rows = []
     for name, (kind, path) in variants.items():

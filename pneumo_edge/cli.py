@@ -212,6 +212,7 @@ def export(checkpoint, out, data, results, atol, int8, int8_min_agreement, int8_
     import time
     from pathlib import Path
 
+    from .edge.targets import PARITY
     from .onnx_export import GateConfig
     from .onnx_export import export
     from .report import write_model_card
@@ -222,7 +223,7 @@ def export(checkpoint, out, data, results, atol, int8, int8_min_agreement, int8_
         r = export(checkpoint=checkpoint, out=out, data=data, gate=gate, int8=int8, calib_images=calib_images,
                    results=results, force=force, progress=True, guard=guard)
     finally:
-        parity = Path(out) / "parity.json"
+        parity = Path(out) / PARITY
         if parity.exists():  # the card states the gates' verdict, failed or passed
             write_model_card(out)
             click.echo(f"parity report: {parity}")

@@ -15,7 +15,7 @@ from pathlib import Path
 from .edge.atomic import write_text
 from .edge.guard import MARGIN, PERCENTILE
 from .edge.stats import METRIC_NAMES
-from .edge.targets import FP32, INT8
+from .edge.targets import CARD, CONFIG, FP32, INT8, PARITY, RESULTS
 from .evaluate import DEFAULT_LEDGER, count_ledger
 
 # Published results on the same official 624-image test split, for comparison.
@@ -111,7 +111,7 @@ def bench_table(bench_dir: Path) -> str | None:
 def sections(bundle: Path, root: Path) -> dict[str, str]:
     out = {}
     config = _parsed(bundle)  # results of other weights are not this model's results
-    res = _bundle_results(bundle, config) if config else _load(bundle / "results.json")
+    res = _bundle_results(bundle, config) if config else _load(bundle / RESULTS)
     seeds = _load(bundle / "seeds.json")
     train = _load(bundle / "train_results.json")
     if res:
@@ -124,7 +124,7 @@ def sections(bundle: Path, root: Path) -> dict[str, str]:
                            f"{train['decode_s']:.1f} s), best epoch "
                            f"{train['best_epoch']} by validation AUROC ({h['val_auroc']:.4f}, val accuracy "
                            f"{h['val_accuracy']:.4f}), {h['images_per_s']:.1f} training images/s.")
-    parity = _load(bundle / "parity.json")
+    parity = _load(bundle / PARITY)
     if parity and "fp32" in parity:
         out["parity"] = parity_table(parity)
     bench = bench_table(root / "bench" / "results")
@@ -238,13 +238,13 @@ def _parsed(bundle: Path) -> dict:
     """The bundle's config.json in the checkpoint's terms ({} without one)."""
     from .checkpoint import parse_config
 
-    config = _load(bundle / "config.json")
-    return parse_config(config, str(bundle / "config.json")) if config else {}
+    config = _load(bundle / CONFIG)
+    return parse_config(config, str(bundle / CONFIG)) if config else {}
 
 
 def _bundle_results(bundle: Path, config: dict) -> dict | None:
     """results.json when it scores these weights (a leftover from other weights is not this model's result)."""
-    res = _load(bundle / "results.json")
+    res = _load(bundle / RESULTS)
     if res and res.get("weights_sha256") not in (None, config.get("weights_sha256")):
         return None
     return res
@@ -368,5 +368,5 @@ def write_model_card(bundle: str | Path) -> Path | None:
     bundle = Path(bundle)
     if not (bundle / FP32.file).is_file():
         return None
-    write_text(bundle / "README.md", model_card(bundle))
-    return bundle / "README.md"
+    write_text(bundle / CARD, model_card(bundle))
+    return bundle / CARD

@@ -10,6 +10,7 @@ import re
 from pathlib import Path
 
 from .errors import HubError
+from .targets import FP32
 
 HUB_TIMEOUT_S = 8.0  # one short probe: no network costs seconds, not minutes of retries
 REPO_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
@@ -24,7 +25,7 @@ def is_repo_id(text: str) -> bool:
     return bool(REPO_ID.fullmatch(text)) and not Path(text).exists()
 
 
-def download_model(repo_id: str, filename: str = "model.onnx") -> Path:
+def download_model(repo_id: str, filename: str = FP32.file) -> Path:
     """The cached file if present; otherwise one short probe, then the download."""
     from huggingface_hub import HfApi, hf_hub_download
     from huggingface_hub.errors import LocalEntryNotFoundError
