@@ -24,6 +24,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from .errors import ModelError
+
 N_COMPONENTS = 32
 # Embedding threshold = MARGIN x the PERCENTILE of validation distances, pooled over clean views and
 # mild acquisition shifts (pneumo_edge.ood.SHIFT_VIEWS): films from another site look like those shifts.
@@ -65,8 +67,6 @@ def _sigmoid(z: np.ndarray) -> np.ndarray:
 def _missing(m: dict, keys: tuple[str, ...], prefix: str, source: str) -> None:
     missing = [k for k in keys if k not in m]
     if missing:
-        from .errors import ModelError
-
         raise ModelError(f"{source}: metadata field '{prefix}.{missing[0]}' is missing")
 
 
@@ -92,8 +92,6 @@ class OrientationHead:
 
     @classmethod
     def from_meta(cls, m: dict, dim: int, source: str = "model") -> "OrientationHead":
-        from .errors import ModelError
-
         if not isinstance(m, dict):
             raise ModelError(f"{source}: metadata field 'ood.orientation' must be an object")
         _missing(m, ("weights", "bias", "threshold"), "ood.orientation", source)

@@ -15,6 +15,8 @@ import sys
 import time
 from typing import Iterable, Iterator, TypeVar
 
+from tqdm.auto import tqdm
+
 T = TypeVar("T")
 HEARTBEAT_S = 10.0  # between lines when standard error is not a terminal
 _quiet = False
@@ -48,8 +50,6 @@ class Progress:
         self.mode = "off" if (_quiet or not enabled) else ("bar" if stream.isatty() else "beat")
         self.bar, self.postfix = None, ""
         if self.mode == "bar":
-            from tqdm.auto import tqdm
-
             self.bar = tqdm(total=total, desc=desc, unit=unit, leave=False, file=stream)
 
     def update(self, n: int = 1) -> None:

@@ -38,7 +38,7 @@ class OnnxRuntime:
     """An onnxruntime CPU session: all cores for one call unless `threads` says otherwise."""
 
     def __init__(self, path: str | Path, threads: int | None = None):
-        import onnxruntime as ort
+        import onnxruntime as ort  # loads when a model opens, not for `--help` or the training commands
 
         self.path = Path(path)
         if not self.path.is_file():
