@@ -496,16 +496,83 @@ def bench(bundle, data, out, iters, batch_iters, smoke, min_auroc, max_p50_ms) -
 @click.option("--queue", type=int, default=16, show_default=True, help="Requests waiting per worker before 503 Busy.")
 @click.option("--max-upload-mb", type=float, default=50, show_default=True, help="Larger uploads get 413.")
 @click.option("--guard/--no-guard", default=True, show_default=True, help="Refuse out-of-distribution images.")
+@click.option("--certfile", type=click.Path(exists=True, dir_okay=False), help="TLS certificate (PEM): serve HTTPS.")
+@click.option("--keyfile", type=click.Path(exists=True, dir_okay=False), help="TLS private key (PEM).")
+@click.option("--insecure-http", is_flag=True, help="Allow a non-loopback bind without TLS (warned at every start).")
+@click.option("--tokens", "tokens_file", type=click.Path(dir_okay=False),
+              help="API token file (see `pneumo-edge token`); always used off loopback [default: ~/.config/pneumo-edge/tokens.json].")
+@click.option("--allow-host", multiple=True, help="Another Host name clients may use (besides the bind name and loopback).")
+@click.option("--per-client", type=int, default=4, show_default=True, help="Requests in progress per client address.")
+@click.option("--header-timeout", type=float, default=10, show_default=True, help="Seconds for a request's headers.")
+@click.option("--body-timeout", type=float, default=60, show_default=True, help="Seconds for a request's body.")
 @friendly
-def serve(model_path, host, port, workers, threads, concurrency, queue, max_upload_mb, guard) -> None:
+def serve(model_path, host, port, workers, threads, concurrency, queue, max_upload_mb, guard, certfile, keyfile,
+          insecure_http, tokens_file, allow_host, per_client, header_timeout, body_timeout) -> None:
     """HTTP service and web page: POST /v1/predict, GET /v1/model, /healthz, / (page), /docs (OpenAPI)."""
+    from .edge.access import bind_names, check_bind, is_loopback
     from .edge.serve import ServeConfig, serve
+    from .edge.tokens import TokenStore, default_path
 
-    if host not in ("127.0.0.1", "localhost", "::1"):
-        click.echo(f"warning: serving on {host}: anyone who can reach this address can send images", err=True)
+    if tokens_file is None and not is_loopback(host):
+        tokens_file = str(default_path())
+    n_tokens = len(TokenStore(tokens_file).records) if tokens_file else 0
+    for line in check_bind(host, tls=bool(certfile), insecure_http=insecure_http, tokens=n_tokens):
+        click.echo(line, err=True)
     config = ServeConfig(model=model_path, max_upload_bytes=int(max_upload_mb * 1024 * 1024), queue=queue,
-                         concurrency=concurrency, threads=threads, guard=guard)
-    serve(config=config, host=host, port=port, workers=workers)
+                         concurrency=concurrency, threads=threads, guard=guard, tokens=tokens_file,
+                         allowed_hosts=(*bind_names(host), *allow_host), per_client=per_client,
+                         body_timeout=body_timeout)
+    serve(config=config, host=host, port=port, workers=workers, certfile=certfile, keyfile=keyfile,
+          insecure_http=insecure_http, header_timeout=header_timeout)
+
+
+@main.group()
+def token() -> None:
+    """API tokens for `serve` off loopback: create (shown once), list, revoke. Only hashes are stored."""
+
+
+def _token_file_option(f):
+    return click.option("--tokens", "tokens_file", type=click.Path(dir_okay=False),
+                        help="Token file [default: ~/.config/pneumo-edge/tokens.json].")(f)
+
+
+@token.command("create")
+@click.argument("name")
+@_token_file_option
+@friendly
+def token_create(name, tokens_file) -> None:
+    """Make a token named NAME and print it once (it is not stored, only its hash)."""
+    from .edge.tokens import TokenStore
+
+    store = TokenStore(tokens_file)
+    secret = store.create(name)
+    click.echo(f"created token '{name}' in {store.path}; it is shown only now:", err=True)
+    click.echo(secret)
+
+
+@token.command("list")
+@_token_file_option
+@friendly
+def token_list(tokens_file) -> None:
+    """The tokens' names and creation times."""
+    from .edge.tokens import TokenStore
+
+    store = TokenStore(tokens_file)
+    for r in store.records:
+        click.echo(f"{r.name}\tcreated {r.created}")
+    click.echo(f"{len(store.records)} token(s) in {store.path}", err=True)
+
+
+@token.command("revoke")
+@click.argument("name")
+@_token_file_option
+@friendly
+def token_revoke(name, tokens_file) -> None:
+    """Remove the token named NAME; a running server refuses it from its next request."""
+    from .edge.tokens import TokenStore
+
+    TokenStore(tokens_file).revoke(name)
+    click.echo(f"revoked token '{name}'")
 
 
 # Defaults: MemoryConfig's fields (ConfigDefaults).

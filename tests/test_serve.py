@@ -25,6 +25,8 @@ from pneumo_edge.edge import serve as serve_mod  # noqa: E402
 from pneumo_edge.edge.serve import ServeConfig, create_app  # noqa: E402
 from test_imaging import ramp, write_dicom  # noqa: E402
 
+LOCAL = "http://127.0.0.1"  # the Host the server answers to by default (access.Gate)
+
 
 def encoded(fmt: str, pneumonia: bool = True, seed: int = 0, size=(120, 100)) -> bytes:
     buf = io.BytesIO()
@@ -34,7 +36,7 @@ def encoded(fmt: str, pneumonia: bool = True, seed: int = 0, size=(120, 100)) ->
 
 @pytest.fixture(scope="module")
 def client(tiny_bundle):
-    with TestClient(create_app(ServeConfig(model=str(tiny_bundle / "model.onnx"), threads=1))) as c:
+    with TestClient(create_app(ServeConfig(model=str(tiny_bundle / "model.onnx"), threads=1)), base_url=LOCAL) as c:
         yield c
 
 
@@ -118,7 +120,7 @@ def test_bad_forms_and_queries(client):
 def test_too_large_is_413_whether_declared_or_streamed(tiny_bundle):
     app = create_app(ServeConfig(model=str(tiny_bundle / "model.onnx"), max_upload_bytes=2000, threads=1))
     big = encoded("BMP")  # uncompressed: well over 2000 bytes
-    with TestClient(app) as c:
+    with TestClient(app, base_url=LOCAL) as c:
         r = c.post("/v1/predict", content=big, headers={"Content-Type": "image/bmp"})
         assert r.status_code == 413 and "limit of" in one_line(r)
         r = c.post("/v1/predict", content=iter([big[:1500], big[1500:]]), headers={"Content-Type": "image/bmp"})
@@ -168,7 +170,7 @@ def test_an_unexpected_failure_is_one_line_500(tiny_bundle, monkeypatch):
         raise RuntimeError("secret internals")
 
     monkeypatch.setattr(app.state.service.classifier, "predict", boom)
-    with TestClient(app, raise_server_exceptions=False) as c:
+    with TestClient(app, raise_server_exceptions=False, base_url=LOCAL) as c:
         r = c.post("/v1/predict", files={"file": ("x.png", encoded("PNG"), "image/png")})
     assert r.status_code == 500 and one_line(r) == "internal error (RuntimeError)"
     assert app.state.service.pending == 0
@@ -178,7 +180,7 @@ def test_old_bundle_serves_but_refuses_heat_maps(tiny_bundle, tmp_path):
     from test_cam import strip_heatmaps
 
     old = strip_heatmaps(tiny_bundle / "model.onnx", tmp_path / "old.onnx")
-    with TestClient(create_app(ServeConfig(model=str(old), threads=1))) as c:
+    with TestClient(create_app(ServeConfig(model=str(old), threads=1)), base_url=LOCAL) as c:
         assert c.get("/v1/model").json()["heatmaps"] is False
         png = encoded("PNG")
         assert c.post("/v1/predict", files={"file": ("x.png", png, "image/png")}).status_code == 200
@@ -210,7 +212,8 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_server(model, *options: str, timeout: float = 90) -> tuple[subprocess.Popen, str]:
+def start_server(model, *options: str, timeout: float = 90, scheme: str = "http",
+                 verify=True) -> tuple[subprocess.Popen, str]:
     """`pneumo-edge serve` in its own process on a free loopback port, returned once /healthz answers."""
     import httpx
 
@@ -218,11 +221,11 @@ def start_server(model, *options: str, timeout: float = 90) -> tuple[subprocess.
     proc = subprocess.Popen([sys.executable, "-c", "from pneumo_edge.cli import main; main()", "serve",
                              "--model", str(model), "--port", str(port), *options],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    base = f"http://127.0.0.1:{port}"
+    base = f"{scheme}://127.0.0.1:{port}"
     deadline = time.time() + timeout
     while True:
         try:
-            if httpx.get(f"{base}/healthz", timeout=2).status_code == 200:
+            if httpx.get(f"{base}/healthz", timeout=2, verify=verify).status_code == 200:
                 return proc, base
         except httpx.TransportError:
             pass

@@ -7,17 +7,22 @@
 Endpoints: POST /v1/predict (one image as multipart field `file`, or as the raw body), GET /v1/model
 (the bundle metadata), GET /healthz, GET / (the web page), OpenAPI at /docs and /openapi.json.
 
-What a request can cost the box is bounded: the body is read only after the request is admitted (at most
-`concurrency + queue` requests in flight, the rest get 503 with Retry-After), only up to `max_upload_bytes`
-(413 beyond, told by Content-Length or found while reading), in memory up to SPOOL_BYTES and beyond that
-in a file inside a private temporary folder (mode 0700) that is deleted with the request. Decoding and
-inference run on a bounded executor, never on the event loop; one onnxruntime session per worker process.
-Every refusal is a JSON object with a one-line `error`: 415 wrong content type, 413 too large, 422 not a
-decodable image, 503 busy; never a stack trace.
+What a request can cost the box is bounded: its headers must arrive within a deadline (http_protocol), its
+body within `body_timeout` seconds (408 beyond) and only up to `max_upload_bytes` in all, every multipart part
+counted (413 beyond, told by Content-Length or found while reading), in memory up to SPOOL_BYTES and beyond
+that in a file inside a private temporary folder (mode 0700) that is deleted with the request. Only a request
+whose body has fully arrived takes an admission slot (at most `concurrency + queue` in flight, the rest get
+503 with Retry-After), so slow senders cannot starve the others; one address has at most `per_client`
+requests in progress (access.Gate: 429 beyond, with the Host, Origin and token checks). Decoding and inference
+run on a bounded executor, never on the event loop; one onnxruntime session per worker process. Every refusal
+is a JSON object with a one-line `error`: 401 no valid token, 403 cross-origin, 408 too slow, 413 too large,
+415 wrong content type, 421 unknown Host, 422 not a decodable image, 429/503 busy; never a stack trace. A
+client that hangs up mid-upload is one log line.
 """
 
 import asyncio
 import base64
+import logging
 import math
 import os
 import shutil
@@ -27,6 +32,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from .access import AccessPolicy, Gate
 from .decision import FIELDS
 from .errors import ImageError, PneumoEdgeError
 
@@ -47,6 +53,7 @@ GUARD_WORDS = {"off": "no out-of-distribution check (turned off, or this model f
                            "so no diagnosis and no heat map are given",
                "accepted": "looks like a frontal chest X-ray like those the model was trained on"}
 CONFIG_ENV = "PNEUMO_EDGE_SERVE_CONFIG"  # how `serve --workers N` hands its settings to each worker process
+log = logging.getLogger("pneumo_edge.serve")
 
 
 @dataclass(frozen=True)
@@ -57,6 +64,10 @@ class ServeConfig:
     concurrency: int = 1  # requests decoded and classified at once in one worker (one session)
     threads: int | None = None  # onnxruntime intra-op threads per worker (default: cores / workers)
     guard: bool = True
+    tokens: str | None = None  # token file (tokens.py): when set, /v1/ requests need a bearer token
+    allowed_hosts: tuple[str, ...] = ()  # Host names answered besides loopback (the CLI adds the bind name)
+    per_client: int = 4  # requests in progress from one client address
+    body_timeout: float = 60.0  # seconds for a whole request body to arrive
 
 
 class Refusal(Exception):
@@ -217,12 +228,13 @@ class Service:
             shutil.rmtree(self._dir, ignore_errors=True)
             self._dir = None
 
-    def admit(self) -> None:
+    def admit(self) -> bool:
         if self.pending >= self.capacity:
             wait = self.pending * self.latency_s / max(1, self.config.concurrency)
             raise Refusal(503, f"busy: {self.pending} requests in progress or queued; retry shortly",
                           {"Retry-After": str(max(1, math.ceil(wait)))})
         self.pending += 1
+        return True
 
     def release(self) -> None:
         self.pending -= 1
@@ -273,8 +285,25 @@ def _brief(obj):
     return obj
 
 
-async def _read_body(request, sink) -> None:
-    async for chunk in request.stream():
+async def read_body(request, sink, limit: int, timeout: float, shown: int | None = None) -> None:
+    """The whole body into `sink`, refusing more than `limit` bytes in all (413) or slower than `timeout` s (408).
+
+    `shown`: the limit users are told (the upload limit, without the multipart slack)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    stream = request.stream().__aiter__()
+    total = 0
+    while True:
+        try:
+            chunk = await asyncio.wait_for(stream.__anext__(), max(0.0, deadline - loop.time()))
+        except StopAsyncIteration:
+            return
+        except asyncio.TimeoutError:
+            raise Refusal(408, f"the request body did not arrive within {timeout:g} s",
+                          {"Connection": "close"}) from None
+        total += len(chunk)
+        if total > limit:
+            raise Refusal(413, f"upload larger than the limit of {_mb(shown or limit)}", {"Connection": "close"})
         if chunk:
             sink.write(chunk)
 
@@ -325,6 +354,7 @@ def create_app(config: ServeConfig = ServeConfig()):
     from fastapi.exceptions import RequestValidationError
     from fastapi.responses import JSONResponse, Response
     from starlette.exceptions import HTTPException as StarletteHTTPException
+    from starlette.requests import ClientDisconnect
 
     service = Service(config)
 
@@ -364,6 +394,13 @@ def create_app(config: ServeConfig = ServeConfig()):
         logging.getLogger("pneumo_edge.serve").exception("unexpected error")
         return refuse(500, f"internal error ({e.__class__.__name__})")
 
+    tokens = None
+    if config.tokens:
+        from .tokens import TokenStore
+
+        tokens = TokenStore(config.tokens)
+    app.add_middleware(Gate, policy=AccessPolicy(hosts=tuple(config.allowed_hosts), per_client=config.per_client,
+                                                 tokens=tokens))
     app.add_middleware(NoSniff)
 
     @app.get("/healthz", tags=["service"], summary="Liveness: the model is loaded")
@@ -401,12 +438,16 @@ def create_app(config: ServeConfig = ServeConfig()):
         declared = request.headers.get("content-length")
         if declared and declared.isdigit() and int(declared) > limit:
             raise Refusal(413, f"upload larger than the limit of {_mb(config.max_upload_bytes)}")
-        service.admit()
         upload = Upload(config.max_upload_bytes, service.private_dir)
-        work = None
+        work = admitted = None
         try:
             reader = FormReader(opts["boundary"].encode("latin-1"), upload) if form else upload
-            await _read_body(request, reader)
+            try:
+                await read_body(request, reader, limit, config.body_timeout, config.max_upload_bytes)
+            except ClientDisconnect:
+                client = request.client.host if request.client else "a client"
+                log.info("%s hung up during its upload (%s received)", client, _mb(upload.size))
+                return Response(status_code=400)  # nobody reads it: the connection is gone
             if form:
                 reader.parser.finalize()
                 if not reader.found:
@@ -416,6 +457,7 @@ def create_app(config: ServeConfig = ServeConfig()):
                                        "JPEG, PNG, BMP, TIFF or DICOM")
             if upload.size == 0:
                 raise Refusal(422, "empty upload (0 bytes)")
+            admitted = service.admit()
             work = asyncio.get_running_loop().run_in_executor(service.executor, service.classify, upload.source(),
                                                               heatmap)
             try:
@@ -430,7 +472,8 @@ def create_app(config: ServeConfig = ServeConfig()):
                 work.add_done_callback(lambda _: (upload.close(), service.release()))  # until the work ends
             else:
                 upload.close()
-                service.release()
+                if admitted:
+                    service.release()
 
     def static_route(url: str, name: str, media: str):
         async def page() -> Response:
@@ -455,15 +498,43 @@ def app_from_env():
     return create_app(ServeConfig(**json.loads(os.environ[CONFIG_ENV])))
 
 
+def _log_config() -> dict:
+    """uvicorn's logging, with this service's own lines (refusals, hang-ups) through the same handler."""
+    import copy
+
+    from uvicorn.config import LOGGING_CONFIG
+
+    cfg = copy.deepcopy(LOGGING_CONFIG)
+    cfg["loggers"]["pneumo_edge"] = {"handlers": ["default"], "level": "INFO", "propagate": False}
+    return cfg
+
+
 def serve(config: ServeConfig, host: str = "127.0.0.1", port: int = 8000, workers: int = 1,
-          log_level: str = "info") -> None:
-    """Run uvicorn; one process (and one onnxruntime session) per worker."""
+          log_level: str = "info", certfile: str | None = None, keyfile: str | None = None,
+          insecure_http: bool = False, header_timeout: float = 10.0) -> None:
+    """Run uvicorn; one process (and one onnxruntime session) per worker. An unsafe network bind is refused."""
     import json
+
+    from .access import check_bind
 
     try:
         import uvicorn
+
+        from .http_protocol import HEADER_TIMEOUT_ENV, DeadlineH11Protocol
     except ImportError:
         raise PneumoEdgeError("pneumo-edge serve needs the [serve] extra: pip install 'pneumo-edge[serve]'") from None
+    if bool(certfile) != bool(keyfile):
+        raise PneumoEdgeError("TLS needs both --certfile and --keyfile")
+    if config.tokens:
+        from .tokens import TokenStore
+
+        n_tokens = len(TokenStore(config.tokens).records)
+    else:
+        n_tokens = 0
+    check_bind(host, tls=bool(certfile), insecure_http=insecure_http, tokens=n_tokens)
+    os.environ[HEADER_TIMEOUT_ENV] = str(header_timeout)  # read by each connection, in every worker
+    net = {"host": host, "port": port, "log_level": log_level, "http": DeadlineH11Protocol,
+           "ssl_certfile": certfile, "ssl_keyfile": keyfile, "log_config": _log_config()}
     workers = max(1, workers)
     if config.threads is None:
         from dataclasses import replace
@@ -471,9 +542,8 @@ def serve(config: ServeConfig, host: str = "127.0.0.1", port: int = 8000, worker
         config = replace(config, threads=max(1, (os.cpu_count() or 1) // workers))
     if workers == 1:
         app = create_app(config)  # a bad model fails here, before the port opens
-        uvicorn.run(app, host=host, port=port, log_level=log_level)
+        uvicorn.run(app, **net)
         return
     create_app(config).state.service.close()  # check the model once in this process first
     os.environ[CONFIG_ENV] = json.dumps(asdict(config))
-    uvicorn.run("pneumo_edge.edge.serve:app_from_env", factory=True, host=host, port=port, workers=workers,
-                log_level=log_level)
+    uvicorn.run("pneumo_edge.edge.serve:app_from_env", factory=True, workers=workers, **net)

@@ -5,12 +5,39 @@ const $ = (sel, root = document) => root.querySelector(sel);
 const queue = [];
 let busy = false;
 let model = null;
+const TOKEN_KEY = "pneumo-edge-token";  // kept for this tab only (sessionStorage), sent only to this server
 
 function text(el, value) { el.textContent = value; return el; }
 
+function authHeaders() {
+  const token = sessionStorage.getItem(TOKEN_KEY);
+  return token ? { Authorization: `Bearer ${token}` } : {};
+}
+
+function askToken(message) {
+  sessionStorage.removeItem(TOKEN_KEY);
+  text($("#signin-msg"), message);
+  $("#signin").hidden = false;
+  $("#token").focus();
+}
+
+function useToken() {
+  const token = $("#token").value.trim();
+  if (!token) return;
+  sessionStorage.setItem(TOKEN_KEY, token);
+  $("#token").value = "";
+  $("#signin").hidden = true;
+  loadModel();
+}
+
 async function loadModel() {
   try {
-    const r = await fetch("/v1/model");
+    const r = await fetch("/v1/model", { headers: authHeaders() });
+    if (r.status === 401) {
+      askToken((await r.json()).error);
+      text($("#model"), "This box needs an API token before it answers.");
+      return;
+    }
     if (!r.ok) throw new Error((await r.json()).error || r.statusText);
     model = await r.json();
     const digest = model.weights_sha256 ? model.weights_sha256.slice(0, 12) : "not recorded";
@@ -55,14 +82,16 @@ async function next() {
     const heat = $("#heat").checked;
     const form = new FormData();
     form.append("file", file, file.name);
-    let r = await fetch(`/v1/predict${heat ? "?heatmap=1" : ""}`, { method: "POST", body: form });
+    const ask = () => fetch(`/v1/predict${heat ? "?heatmap=1" : ""}`, { method: "POST", body: form, headers: authHeaders() });
+    let r = await ask();
     for (let tries = 0; r.status === 503 && tries < 5; tries++) {  // busy: wait as told, then retry
       const wait = Number(r.headers.get("Retry-After") || "1");
       text($(".label", card), `Server busy, retrying in ${wait} s…`);
       await new Promise(ok => setTimeout(ok, wait * 1000));
-      r = await fetch(`/v1/predict${heat ? "?heatmap=1" : ""}`, { method: "POST", body: form });
+      r = await ask();
     }
     const body = await r.json().catch(() => ({ error: `${r.status} ${r.statusText}` }));
+    if (r.status === 401) askToken(body.error);
     if (!r.ok) showError(card, file, body.error || `${r.status} ${r.statusText}`);
     else showResult(card, file, body);
   } catch (e) {
@@ -151,6 +180,8 @@ function setup() {
     for (const card of [...list.children]) if (!card.classList.contains("pending")) card.remove();
     status();
   });
+  $("#token-use").addEventListener("click", useToken);
+  $("#token").addEventListener("keydown", e => { if (e.key === "Enter") { e.preventDefault(); useToken(); } });
   loadModel();
 }
 
