@@ -640,15 +640,17 @@ def bench_pipeline(images, model_path, out, rounds, batch_size) -> None:
 @click.option("--workers", type=int, default=1, show_default=True, help="Server worker processes.")
 @click.option("--threads", type=int, help="onnxruntime threads per server worker.")
 @click.option("--out", default="bench/results", show_default=True, help="Folder for the serve-*.json result.")
+@click.option("--slow-clients", type=int, default=0,
+              help="Instead: a normal client's latency (--requests of them) while this many slow clients are connected.")
 @friendly
-def bench_serve(model_path, images, n_requests, clients, heatmap, workers, threads, out) -> None:
+def bench_serve(model_path, images, n_requests, clients, heatmap, workers, threads, out, slow_clients) -> None:
     """Load-test `pneumo-edge serve` on loopback: throughput, p50/p95/p99, errors, memory growth."""
     from .loadtest import LoadConfig, load_test, render
 
     r = load_test(LoadConfig(model=model_path, images=images, requests=n_requests, clients=clients, heatmap=heatmap,
-                             workers=workers, threads=threads, out=out))
+                             workers=workers, threads=threads, out=out, slow_clients=slow_clients))
     click.echo(render(r))
-    if r["errors"]:
+    if r.get("errors") or r.get("status_codes", {}).keys() - {"200"}:
         raise SystemExit(1)
 
 

@@ -5,6 +5,11 @@
 Starts the server as its own process (the command users run), sends `requests` real X-rays from `clients`
 concurrent clients (each waits for its answer before sending the next), and records every status code.
 Memory: the resident set of the server (all its processes) after a warm-up, and at the end.
+
+With `slow_clients` N, the question is instead whether slow clients can starve a normal one: N connections
+that each send one byte a second (half still in their headers, half in a body that never ends; each from its own
+127.x address, reconnecting whenever the server cuts them off) stay open while one normal client sends its
+`requests` X-rays one after the other; the result records each answer's latency and how many came within 2 s.
 """
 
 from __future__ import annotations
@@ -38,6 +43,7 @@ class LoadConfig:
     queue: int = 16
     out: str = "bench/results"
     max_images: int = 64  # distinct files held in memory and cycled
+    slow_clients: int = 0  # > 0: measure a normal client's latency while this many slow clients are connected
 
 
 def _free_port() -> int:
@@ -127,6 +133,71 @@ async def _drive(base: str, images, n: int, clients: int, heatmap: bool, offset:
     return latencies, statuses
 
 
+SLOW_BYTE_EVERY_S = 1.0
+
+
+async def _slow_client(port: int, source: str, in_headers: bool, live: list, stop: asyncio.Event) -> None:
+    """One byte a second, for ever: its headers never end, or its body never does; reconnects when cut off."""
+    head = b"POST /v1/predict HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: image/png\r\n"
+    while not stop.is_set():
+        try:
+            reader, writer = await asyncio.open_connection("127.0.0.1", port, local_addr=(source, 0))
+        except OSError:
+            await asyncio.sleep(SLOW_BYTE_EVERY_S)
+            continue
+        live[0] += 1
+        try:
+            if not in_headers:
+                writer.write(head + b"Content-Length: 10000000\r\n\r\n")
+                head = b"\0" * 10_000
+            for i in range(10**9):
+                if stop.is_set() or reader.at_eof():
+                    break
+                writer.write(head[i % len(head):i % len(head) + 1])
+                await writer.drain()
+                try:
+                    if await asyncio.wait_for(reader.read(4096), SLOW_BYTE_EVERY_S) == b"":
+                        break  # the server cut it off
+                    break  # it answered (408/429): the connection is over
+                except asyncio.TimeoutError:
+                    pass
+        except OSError:
+            pass
+        finally:
+            live[0] -= 1
+            writer.close()
+
+
+async def _probe_with_slow_clients(port: int, images, n: int, slow: int) -> dict:
+    import httpx
+
+    stop, live = asyncio.Event(), [0]
+    tasks = [asyncio.create_task(_slow_client(port, f"127.0.{1 + i // 250}.{1 + i % 250}", i % 2 == 0, live, stop))
+             for i in range(slow)]
+    await asyncio.sleep(3 * SLOW_BYTE_EVERY_S)  # all connected and dribbling
+    latencies, statuses, connected = [], [], []
+    async with httpx.AsyncClient(transport=httpx.AsyncHTTPTransport(local_address="127.0.0.1")) as client:
+        for i in range(n):
+            name, data = images[i % len(images)]
+            connected.append(live[0])
+            t = time.perf_counter()
+            try:
+                r = await client.post(f"http://127.0.0.1:{port}/v1/predict", timeout=60,
+                                      files={"file": (name, data, "application/octet-stream")})
+                statuses.append(r.status_code)
+            except httpx.HTTPError:
+                statuses.append(-1)
+            latencies.append((time.perf_counter() - t) * 1000)
+    stop.set()
+    await asyncio.gather(*tasks, return_exceptions=True)
+    lat = np.array(latencies)
+    return {"slow_clients": slow, "slow_connected_min": min(connected), "slow_connected_median": float(np.median(connected)),
+            "normal_requests": n, "status_codes": {str(c): statuses.count(c) for c in sorted(set(statuses))},
+            "latency_ms": {"p50": float(np.percentile(lat, 50)), "p95": float(np.percentile(lat, 95)),
+                           "max": float(lat.max())},
+            "answered_within_2s": int(sum(1 for x, c in zip(latencies, statuses) if c == 200 and x < 2000))}
+
+
 def load_test(cfg: LoadConfig) -> dict:
     from .bench import cpu_info
 
@@ -134,6 +205,17 @@ def load_test(cfg: LoadConfig) -> dict:
     port = _free_port()
     base = f"http://127.0.0.1:{port}"
     proc = _start(cfg, port)
+    if cfg.slow_clients:
+        try:
+            asyncio.run(_wait_ready(base, proc))
+            probe = asyncio.run(_probe_with_slow_clients(port, images, cfg.requests, cfg.slow_clients))
+        finally:
+            _stop(proc)
+        cpu = cpu_info()
+        result = {"config": asdict(cfg), "images": f"{len(images)} files from {cfg.images}",
+                  "env": {"cpu": cpu["model"], "cores": cpu["cores"], "python": platform.python_version()}, **probe}
+        write_json(Path(cfg.out) / f"serve-slow{cfg.slow_clients}-{Path(cfg.model).stem.replace('.', '-')}.json", result)
+        return result
     try:
         asyncio.run(_wait_ready(base, proc))
         rss_start = rss_mb(proc.pid)
@@ -144,11 +226,7 @@ def load_test(cfg: LoadConfig) -> dict:
         seconds = time.perf_counter() - t0
         rss_end = rss_mb(proc.pid)
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        _stop(proc)
     lat_a = np.array(lat)
     codes = {str(c): statuses.count(c) for c in sorted(set(statuses))}
     cpu = cpu_info()
@@ -169,8 +247,21 @@ def load_test(cfg: LoadConfig) -> dict:
     return result
 
 
+def _stop(proc: subprocess.Popen) -> None:
+    proc.terminate()
+    try:
+        proc.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+
+
 def render(r: dict) -> str:
     lat = r["latency_ms"]
+    if "slow_clients" in r:
+        return (f"{r['normal_requests']} requests from a normal client while {r['slow_clients']} slow clients were "
+                f"connected (at least {r['slow_connected_min']} at each request): p50 {lat['p50']:.1f} ms, "
+                f"max {lat['max']:.1f} ms, {r['answered_within_2s']} answered within 2 s; "
+                f"status codes {r['status_codes']}")
     return (f"{r['requests']} requests from {r['clients']} clients in {r['seconds']:.1f} s: {r['throughput_rps']:.1f} req/s, "
             f"p50 {lat['p50']:.1f} ms, p95 {lat['p95']:.1f} ms, p99 {lat['p99']:.1f} ms; status codes {r['status_codes']}; "
             f"RSS {r['rss_mb']['after_warmup']:.0f} -> {r['rss_mb']['end']:.0f} MB "

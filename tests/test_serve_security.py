@@ -258,3 +258,21 @@ def test_a_client_hanging_up_mid_upload_is_one_log_line(tiny_bundle):
     assert "Traceback" not in out and " 500" not in out, out[-2000:]
     lines = [ln for ln in out.splitlines() if "hung up" in ln]
     assert len(lines) == 1 and "127.0.0.40" in lines[0], out[-2000:]
+
+
+def test_bench_serve_measures_a_normal_client_among_slow_ones(tiny_bundle, tiny_data, tmp_path):
+    from pneumo_edge.loadtest import LoadConfig, load_test, render
+
+    r = load_test(LoadConfig(model=str(tiny_bundle / "model.onnx"), images=str(tiny_data / "test"), requests=4,
+                             threads=1, slow_clients=6, out=str(tmp_path)))
+    assert r["status_codes"] == {"200": 4} and r["slow_connected_min"] > 0 and 0 < r["latency_ms"]["p50"]
+    assert "slow clients" in render(r) and (tmp_path / "serve-slow6-model.json").exists()
+
+
+def test_python_multipart_floor_has_part_header_limits():
+    import re
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parents[1] / "pyproject.toml").read_text()
+    floor = re.search(r'"python-multipart>=([0-9.]+)"', text).group(1)
+    assert tuple(map(int, floor.split("."))) >= (0, 0, 27)  # 0.0.27: per-part header count and size limits

@@ -174,11 +174,9 @@ class FormReader:
 
 
 def _multipart():
-    """(MultipartParser, parse_options_header) from python-multipart, under its new or its old module name."""
-    try:
-        from python_multipart.multipart import MultipartParser, parse_options_header
-    except ImportError:  # python-multipart < 0.0.13
-        from multipart.multipart import MultipartParser, parse_options_header
+    """(MultipartParser, parse_options_header) from python-multipart (>= 0.0.31: part headers are bounded)."""
+    from python_multipart.multipart import MultipartParser, parse_options_header
+
     return MultipartParser, parse_options_header
 
 
