@@ -31,6 +31,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps
 
+from .dicom_terms import BODY_PARTS, MODALITIES, UNRECOGNISED, shown
 from .errors import ImageError
 
 # Refuse decompression bombs as a per-file error instead of Pillow's warning.
@@ -119,18 +120,29 @@ def _header_int(ds, name: str, default: int) -> int:
     value = ds.get(name)
     try:
         return default if value is None or value == "" else int(value)
-    except (TypeError, ValueError) as e:
-        raise ImageError(f"invalid DICOM header {name}={value!r}") from e
+    except (TypeError, ValueError) as e:  # the value itself is not shown: a header can hold anything
+        raise ImageError(f"invalid DICOM header {name} (not an integer)") from e
+
+
+def _coded(attr: str, value: str, terms: frozenset[str]) -> str:
+    """A coded attribute's value for a message: the defined term itself, else only the attribute's name."""
+    v = shown(value, terms)
+    return v if v != UNRECOGNISED else f"({attr}: {UNRECOGNISED})"
+
+
+def _scrub(message: str) -> str:
+    """A decoder's message without what it quotes (quoted text can be header values)."""
+    return re.sub(r"'[^']*'|\"[^\"]*\"", "'…'", " ".join(message.split()))
 
 
 def _check_dicom_header(ds) -> None:
     """Refuse, before any pixel is decoded, what is not one chest radiograph of sane size."""
     modality = str(ds.get("Modality") or "").strip().upper()
     if modality not in RADIOGRAPH_MODALITIES:
-        raise ImageError(f"DICOM modality {modality} is not a chest radiograph")
+        raise ImageError(f"DICOM modality {_coded('Modality', modality, MODALITIES)} is not a chest radiograph")
     part = str(ds.get("BodyPartExamined") or "").strip().upper()
     if set(re.findall(r"[A-Z]+", part)) & _NOT_CHEST and not any(w in part for w in _CHEST_WORDS):
-        raise ImageError(f"DICOM body part {part} is not a chest radiograph")
+        raise ImageError(f"DICOM body part {_coded('BodyPartExamined', part, BODY_PARTS)} is not a chest radiograph")
     if "PixelData" not in ds:
         raise ImageError("DICOM file has no pixel data")
     frames = _header_int(ds, "NumberOfFrames", 1)
@@ -190,13 +202,27 @@ def _check_decoder(ds) -> None:
     uid = getattr(ds, "file_meta", {}).get("TransferSyntaxUID")
     if uid is None or not uid.is_encapsulated:
         return
+    known = uid.name != str(uid)  # a registered UID has a name; anything else is not repeated
     try:
         decoder = get_decoder(uid)
     except NotImplementedError as e:
-        raise ImageError(f"DICOM transfer syntax {uid.name} is not supported") from e
+        raise ImageError(f"DICOM transfer syntax {uid.name if known else '(' + UNRECOGNISED + ')'} "
+                         "is not supported") from e
     if not decoder.is_available:
         raise ImageError(f"DICOM {uid.name} needs a decoder plugin that is not installed: "
                          + "; ".join(decoder.missing_dependencies))
+
+
+def _quiet_pydicom() -> None:
+    """pydicom's validation warnings quote header values ("Invalid value for VR IS: 'J SMITH'"): keep them out
+    of the terminal and of the application's logs. Set once, for pydicom's own modules only."""
+    import logging
+
+    from pydicom import config
+
+    config.settings.reading_validation_mode = config.IGNORE  # invalid values are judged here, by attribute name
+    warnings.filterwarnings("ignore", module=r"pydicom(\.|$)")
+    logging.getLogger("pydicom").propagate = False
 
 
 def _load_dicom(source) -> np.ndarray:
@@ -205,17 +231,18 @@ def _load_dicom(source) -> np.ndarray:
         from pydicom.pixels import apply_modality_lut, apply_voi_lut
     except ImportError as e:  # pragma: no cover - pydicom is a dependency
         raise ImageError("reading DICOM needs pydicom (pip install pydicom)") from e
+    _quiet_pydicom()
     _check_deflated(source)
     try:
         ds = pydicom.dcmread(source)
-    except Exception as e:  # pydicom raises many types for a malformed file
-        raise ImageError(f"not a readable DICOM file ({e.__class__.__name__}: {e})") from e
+    except Exception as e:  # pydicom raises many types for a malformed file; its text can quote header values
+        raise ImageError(f"not a readable DICOM file ({e.__class__.__name__}: {_scrub(str(e))})") from e
     _check_dicom_header(ds)
     _check_decoder(ds)
     try:
         arr = ds.pixel_array
     except Exception as e:  # pydicom and its plugins raise many types for bad pixel data
-        why = " ".join(str(e).split())
+        why = _scrub(str(e))
         if "12-bit precision" in why:  # GDCM and Pillow lack it; the one pip decoder that has it is GPL-licensed
             raise ImageError("12-bit JPEG DICOM needs the decoder plugin pylibjpeg-libjpeg "
                              "(GPL-3.0, not installed by default: pip install pylibjpeg pylibjpeg-libjpeg)") from e

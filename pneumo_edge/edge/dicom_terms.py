@@ -1,0 +1,35 @@
+"""What of a DICOM header an error message may repeat: a coded value only if the standard defines it.
+
+A header is written by people and scanners; any attribute, coded ones included, can hold a name or a record
+number (a BodyPartExamined of "J SMITH 1234567 HAND" is real-world data). So errors name the attribute and,
+for a coded attribute, its value only when it is one of the standard's defined terms (DICOM PS3.3 C.7.3.1.1.1
+for Modality, PS3.16 Annex L for BodyPartExamined); anything else is shown as "unrecognised value". Free-text
+attributes are never shown.
+"""
+
+from __future__ import annotations
+
+UNRECOGNISED = "unrecognised value"
+
+MODALITIES = frozenset(
+    "AR ASMT AU BDUS BI BMD CR CT CTPROTOCOL DG DMS DOC DX ECG EEG EMG EOG EPS ES FID GM HC HD IO IOL IVOCT IVUS "
+    "KER KO LEN LS MG MR M3D NM OAM OCT OP OPM OPT OPTBSV OPTENF OPV OSS OT PA PLAN POS PR PT PX REG RESP RF RG "
+    "RTDOSE RTIMAGE RTINTENT RTPLAN RTRAD RTRECORD RTSEGANN RTSTRUCT RWV SEG SM SMR SR SRF STAIN TEXTUREMAP TG "
+    "US VA XA XAPROTOCOL XC".split())
+
+BODY_PARTS = frozenset(
+    "ABDOMEN ABDOMENPELVIS ACJOINT ADRENAL AMPULLA ANKLE ANUS AORTA AORTICARCH APPENDIX ARM AXILLA BACK BILEDUCT "
+    "BLADDER BRAIN BREAST BRONCHUS BUTTOCK CALCANEUS CAROTID CEREBELLUM CERVIX CHEEK CHEST CHESTABDOMEN "
+    "CHESTABDPELVIS CIRCLEOFWILLIS CLAVICLE COCCYX COLON CORNEA CORONARYARTERY CSPINE CTSPINE DUODENUM EAR ELBOW "
+    "ESOPHAGUS EXTREMITY EYE EYELID FACE FEMUR FINGER FOOT FOREARM GALLBLADDER HAND HEAD HEADNECK HEART HEEL HIP "
+    "HUMERUS IAC ILEUM ILIUM JAW JEJUNUM KIDNEY KNEE LARYNX LEG LIVER LSPINE LSSPINE LUNG MAXILLA MEDIASTINUM "
+    "MOUTH NECK NECKCHEST NECKCHESTABDOMEN NECKCHESTABDPELV NOSE ORBIT OVARY PANCREAS PAROTID PATELLA PELVIS "
+    "PENIS PHARYNX PROSTATE RECTUM RIB SACRUM SCALP SCAPULA SCLERA SCROTUM SHOULDER SKULL SPINE SPLEEN SSPINE "
+    "STERNUM STOMACH SUBMANDIBULAR TESTIS THIGH THORAX THUMB THYMUS THYROID TIBIA TOE TONGUE TRACHEA TSPINE "
+    "TLSPINE ULNA URETER URETHRA UTERUS VAGINA VULVA WHOLEBODY WRIST ZYGOMA".split())
+
+
+def shown(value: object, terms: frozenset[str]) -> str:
+    """`value` as an error may print it: a defined term, or 'unrecognised value'."""
+    v = str(value or "").strip().upper()
+    return v if v in terms else UNRECOGNISED
