@@ -53,6 +53,10 @@ def test_bench_memory_refuses_bombs_and_measures_films_at_the_limit(tiny_bundle,
         assert films["rows"] == films["classified"] == 1 and bombs["rows"] == bombs["refused"] == 1
         assert films["over_baseline_mb"] > 100  # 128 MB of 16-bit pixels were decoded, and it shows
         assert bombs["over_baseline_mb"] < 100  # refused before its 512 MB were inflated or decoded
+    sparse, lying, frame = (runs[(name, 1)] for name in ("sparse_element", "lying_length", "jpeg_frame"))
+    assert res["header_bombs"]["sparse_element"]["bytes"] > 1 << 30 > res["header_bombs"]["sparse_element"]["on_disk_bytes"]
+    assert sparse["classified"] == 1 and lying["refused"] == frame["refused"] == 1
+    assert all(r["over_baseline_mb"] < 300 for r in (sparse, lying, frame))  # the 1 GiB element was never read
 
 
 def test_bench_pipeline_times_infer_against_a_bare_session(tmp_path):

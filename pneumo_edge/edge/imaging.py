@@ -31,6 +31,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps
 
+from .dicom_bounds import DEFER_BYTES, BoundedFile, check_frame, check_native_size
 from .dicom_terms import BODY_PARTS, MODALITIES, UNRECOGNISED, shown
 from .errors import ImageError
 
@@ -149,8 +150,18 @@ def _check_dicom_header(ds) -> None:
     if frames > 1:
         raise _multi_frame(frames)
     rows, cols = _header_int(ds, "Rows", 0), _header_int(ds, "Columns", 0)
-    if rows * cols * _header_int(ds, "SamplesPerPixel", 1) > MAX_PIXELS:  # pixel_array would allocate it all
+    samples = _header_int(ds, "SamplesPerPixel", 1)
+    if rows * cols * samples > MAX_PIXELS:  # pixel_array would allocate it all
         raise _too_large(cols, rows)
+    uid = getattr(ds, "file_meta", {}).get("TransferSyntaxUID")
+    try:
+        encapsulated = uid is not None and uid.is_encapsulated
+    except ValueError:  # not a transfer syntax at all: _check_decoder says so
+        return
+    if encapsulated:
+        check_frame(ds, rows, cols, MAX_PIXELS)  # a JPEG's own header can claim far more than Rows x Columns
+    else:
+        check_native_size(ds, rows, cols, samples)
 
 
 DEFLATE_CAP = MAX_PIXELS * 4 + (16 << 20)  # what a deflated DICOM may expand to: 4 bytes a pixel, plus header room
@@ -233,16 +244,33 @@ def _load_dicom(source) -> np.ndarray:
         raise ImageError("reading DICOM needs pydicom (pip install pydicom)") from e
     _quiet_pydicom()
     _check_deflated(source)
+    with BoundedFile(source) as bounded:  # every read within the file; big non-pixel values never read
+        try:
+            ds = pydicom.dcmread(bounded, defer_size=DEFER_BYTES)
+        except ImageError:
+            raise
+        except Exception as e:  # pydicom raises many types for a malformed file; its text can quote header values
+            raise ImageError(f"not a readable DICOM file ({e.__class__.__name__}: {_scrub(str(e))})") from e
+        _check_dicom_header(ds)
+        _check_decoder(ds)
+        return _dicom_pixels(ds, apply_modality_lut, apply_voi_lut)
+
+
+def _dicom_pixels(ds, apply_modality_lut, apply_voi_lut) -> np.ndarray:
+    """The checked data set's pixels as uint8 grey, bone bright."""
     try:
-        ds = pydicom.dcmread(source)
-    except Exception as e:  # pydicom raises many types for a malformed file; its text can quote header values
-        raise ImageError(f"not a readable DICOM file ({e.__class__.__name__}: {_scrub(str(e))})") from e
-    _check_dicom_header(ds)
-    _check_decoder(ds)
-    try:
-        arr = ds.pixel_array
+        with warnings.catch_warnings():  # as on the plain-image path: Pillow's bomb warning is a refusal
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            arr = ds.pixel_array
+    except ImageError:
+        raise
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+        raise ImageError(f"image too large (decompression-bomb limit): {e}") from e
     except Exception as e:  # pydicom and its plugins raise many types for bad pixel data
         why = _scrub(str(e))
+        if "decompression bomb" in why:  # Pillow's plugin, its bomb warning made an error above
+            raise ImageError("image too large (decompression-bomb limit): the compressed frame holds more pixels "
+                             f"than {MAX_PIXELS:,}") from e
         if "12-bit precision" in why:  # GDCM and Pillow lack it; the one pip decoder that has it is GPL-licensed
             raise ImageError("12-bit JPEG DICOM needs the decoder plugin pylibjpeg-libjpeg "
                              "(GPL-3.0, not installed by default: pip install pylibjpeg pylibjpeg-libjpeg)") from e
