@@ -117,6 +117,9 @@ def test_json_and_guard_report_outputs_obey_force(infer, three, tmp_path, tiny_b
     r = infer(three, "--out", out, "--json", js)
     assert r.exit_code == 2 and "exists" in r.output and js.read_text() == "keep me\n"
     assert not out.exists()  # the run did not start half-way
+    foreign = infer(three, "--out", out, "--json", js, "--force")  # not one of our outputs: kept even so
+    assert foreign.exit_code == 2 and "not a pneumo-edge output" in foreign.output and js.read_text() == "keep me\n"
+    js.unlink()
     assert infer(three, "--out", out, "--json", js, "--force").exit_code == 0
     assert len(js.read_text().splitlines()) == 3
 

@@ -85,33 +85,52 @@ def copy_file(src: str | os.PathLike, dst: str | os.PathLike) -> None:
 CREATE, UPDATE, REPLACE = "create", "update", "replace"
 
 
-def open_locked(path: Path, how: str) -> BinaryIO:
+def open_locked(path: Path, how: str, ours: tuple[str, ...] = ()) -> BinaryIO:
     """Open `path` read-write under an exclusive lock; a second writer is refused, never waited for.
 
     CREATE: the file must not exist (O_EXCL: the existence check and the open are one step).
     UPDATE: open or create it, content kept. REPLACE: the content is emptied only once the lock
-    is held, so a refused second writer never empties the first one's file.
+    is held, so a refused second writer never empties the first one's file, and only if the file is
+    empty or begins as one of this project's outputs does (`ours`: their first lines), so that --force
+    cannot empty an input or any other file. A symbolic link is never followed (O_NOFOLLOW).
     """
     from .errors import OutputError, OutputExistsError
 
     refuse_existing(path, force=True)  # a folder
-    flags = os.O_RDWR | os.O_CREAT | (os.O_EXCL if how == CREATE else 0)
+    flags = os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | (os.O_EXCL if how == CREATE else 0)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(path, flags, 0o666)
     except FileExistsError:
         raise OutputExistsError(f"'{path}' exists; use --resume to continue it or --force to overwrite") from None
     except OSError as e:
+        if os.path.islink(path):
+            raise OutputError(f"'{path}' is a symbolic link; outputs are never written through one: "
+                              "give the real path") from None
         raise OutputError(f"cannot open '{path}': {e.strerror or e}") from e
     f = os.fdopen(fd, "r+b")
     try:
         _lock(f, path)
         if how == REPLACE:
+            _refuse_foreign(f, path, ours)
             f.truncate(0)
     except BaseException:
         f.close()
         raise
     return f
+
+
+def _refuse_foreign(f: BinaryIO, path: Path, ours: tuple[str, ...]) -> None:
+    """--force empties only an empty file or one that begins as one of this project's outputs."""
+    from .errors import OutputError
+
+    if not ours:
+        return
+    head = f.read(max(len(s) for s in ours)).decode("utf-8", "replace")
+    f.seek(0)
+    if head and not any(head.startswith(s) or (len(head) < len(s) and s.startswith(head)) for s in ours):
+        raise OutputError(f"'{path}' is not a pneumo-edge output, so --force will not overwrite it: "
+                          "choose another path, or remove that file yourself")
 
 
 def replace_locked(path: Path, content: bytes) -> BinaryIO:

@@ -195,7 +195,7 @@ class Output:
     def __init__(self, path: Path, fmt: CsvFormat | JsonlFormat, how: str):
         self.path, self.fmt = path, fmt
         self.created = how == CREATE
-        self.file = open_locked(path, how)
+        self.file = open_locked(path, how, ours=SIGNATURES[type(fmt)])
         self.records: list[Record] = []
         self.n_incomplete = 0
         try:
@@ -210,8 +210,7 @@ class Output:
     def _load(self) -> None:
         text = self.file.read().decode("utf-8", "surrogateescape")  # a torn multi-byte tail must not stop us
         if not any(text.startswith(sig) or sig.startswith(text) for sig in SIGNATURES[type(self.fmt)]):
-            raise OutputError(f"'{self.path}' is not a {self.fmt.name} file; "
-                                  "choose another path or use --force to overwrite it")
+            raise OutputError(f"'{self.path}' is not a {self.fmt.name} file; choose another path")
         self.records, self.n_incomplete, legacy = self.fmt.parse(text)
         if self.n_incomplete or legacy:
             self._rewrite(self.records)
