@@ -658,17 +658,23 @@ def bench_serve(model_path, images, n_requests, clients, heatmap, workers, threa
 @click.argument("bundle", type=click.Path())
 @click.option("--repo-id", required=True, help="Hugging Face model repository, e.g. me/pneumo-edge-lite0.")
 @click.option("--dry-run", is_flag=True, help="List what would be uploaded; upload nothing.")
-@click.option("--private", is_flag=True, help="Create the repository as private.")
+@click.option("--public", is_flag=True, help="Make a new repository public (default: private).")
+@click.option("--include-patient-images", is_flag=True,
+              help="Also upload the files that show patients' films (the bundle's contact sheet).")
 @friendly
-def push(bundle, repo_id, dry_run, private) -> None:
-    """Upload a bundle (model card included) to the Hugging Face hub."""
-    from .hub import push
+def push(bundle, repo_id, dry_run, public, include_patient_images) -> None:
+    """Upload a bundle's own files (model card included) to the Hugging Face hub, privately unless --public."""
+    from .hub import left_out, push
 
-    files = push(bundle=bundle, repo_id=repo_id, dry_run=dry_run, private=private)
+    files = push(bundle=bundle, repo_id=repo_id, dry_run=dry_run, public=public,
+                 include_patient_images=include_patient_images)
     total = sum(f.stat().st_size for f in files) / 1e6
     for f in files:
         click.echo(f"{'would upload' if dry_run else 'uploaded'} {f}  ({f.stat().st_size / 1e6:.2f} MB)")
-    click.echo(f"{len(files)} files, {total:.1f} MB {'(dry run)' if dry_run else f'-> https://huggingface.co/{repo_id}'}")
+    for f, why in left_out(bundle, include_patient_images):
+        click.echo(f"left out {f}: {why}")
+    click.echo(f"{len(files)} files, {total:.1f} MB {'(dry run)' if dry_run else f'-> https://huggingface.co/{repo_id}'}"
+               f" ({'public' if public else 'private'})")
 
 
 @main.command("guard-report")

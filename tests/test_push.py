@@ -38,7 +38,8 @@ def test_push_refuses_symlinks_and_bad_repo_ids_and_keeps_pattern_names_literal(
     b = _bundle(tiny_bundle, tmp_path)
     (b / "[ab]*.md").write_text("a name that looks like a pattern")
     r = CliRunner().invoke(main, ["push", str(b), "--repo-id", "me/x", "--dry-run"])
-    assert r.exit_code == 0 and "[ab]*.md" in r.output
+    assert r.exit_code == 0 and "left out" in r.output and "[ab]*.md" in r.output  # named literally, not uploaded
+    assert not any("[ab]*.md" in line for line in r.output.splitlines() if line.startswith("would upload"))
     r = CliRunner().invoke(main, ["push", str(b), "--repo-id", "not a repo", "--dry-run"])
     assert r.exit_code == 2 and "not a Hugging Face repo id" in r.output
     secret = tmp_path / "secret.json"
@@ -48,11 +49,12 @@ def test_push_refuses_symlinks_and_bad_repo_ids_and_keeps_pattern_names_literal(
     assert r.exit_code == 2 and "symbolic link" in r.output
 
 
-def test_push_private_into_an_existing_public_repo_is_refused(tiny_bundle, tmp_path, monkeypatch):
+def fake_hub(monkeypatch, existing_private: bool | None = None) -> list:
+    """HfApi replaced by a recorder: ('create', private) and ('commit', paths) in order. `existing_private`: the
+    repository already exists with that visibility (None: it is created as asked)."""
     import huggingface_hub
 
-    b = _bundle(tiny_bundle, tmp_path)
-    calls = []
+    calls: list = []
 
     class FakeApi:
         def __init__(self, token=None):
@@ -61,17 +63,56 @@ def test_push_private_into_an_existing_public_repo_is_refused(tiny_bundle, tmp_p
         def whoami(self):
             return {"name": "me"}
 
-        def create_repo(self, *a, **k):
-            calls.append("create")
+        def create_repo(self, repo_id, repo_type=None, private=None, exist_ok=None):
+            calls.append(("create", private))
 
         def repo_info(self, *a, **k):
-            return type("Info", (), {"private": False})()
+            return type("Info", (), {"private": calls[-1][1] if existing_private is None else existing_private})()
 
         def create_commit(self, **k):
-            calls.append("commit")
+            calls.append(("commit", sorted(op.path_in_repo for op in k["operations"])))
 
     monkeypatch.setattr(huggingface_hub, "HfApi", FakeApi)
     monkeypatch.setenv("HF_TOKEN", "x")
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
-    r = CliRunner().invoke(main, ["push", str(b), "--repo-id", "me/x", "--private"])
-    assert r.exit_code == 2 and "public" in r.output and calls == ["create"]
+    return calls
+
+
+def test_push_private_into_an_existing_public_repo_is_refused(tiny_bundle, tmp_path, monkeypatch):
+    b = _bundle(tiny_bundle, tmp_path)
+    calls = fake_hub(monkeypatch, existing_private=False)
+    r = CliRunner().invoke(main, ["push", str(b), "--repo-id", "me/x"])  # private is the default
+    assert r.exit_code == 2 and "public" in r.output and [c[0] for c in calls] == ["create"]
+
+
+def _uploads(r) -> set[str]:
+    return {line.split()[2].split("/b/", 1)[-1] for line in r.output.splitlines() if line.startswith("would upload")}
+
+
+def test_push_uploads_the_bundle_manifest_only_and_no_patient_images(tiny_bundle, tmp_path):
+    from pneumo_edge.manifest import BUNDLE_FILES
+
+    b = _bundle(tiny_bundle, tmp_path)
+    (b / "gradcam").mkdir(exist_ok=True)
+    (b / "gradcam" / "contact_sheet.png").write_bytes(b"\x89PNG films of six patients")
+    (b / "gradcam" / "person12_virus.gradcam.png").write_bytes(b"\x89PNG a stray heat map")
+    (b / "predictions.json").write_text("[]")
+    r = CliRunner().invoke(main, ["push", str(b), "--repo-id", "me/x", "--dry-run"])
+    assert r.exit_code == 0, r.output
+    up = _uploads(r)
+    assert up <= {f.name for f in BUNDLE_FILES} and "model.onnx" in up
+    assert not {"gradcam/contact_sheet.png", "gradcam/person12_virus.gradcam.png", "predictions.json"} & up
+    assert "shows patients' films" in r.output and "not one of the bundle's files" in r.output
+    r = CliRunner().invoke(main, ["push", str(b), "--repo-id", "me/x", "--dry-run", "--include-patient-images"])
+    assert "gradcam/contact_sheet.png" in _uploads(r) and "predictions.json" not in _uploads(r)
+
+
+def test_push_is_private_unless_public(tiny_bundle, tmp_path, monkeypatch):
+    b = _bundle(tiny_bundle, tmp_path)
+    calls = fake_hub(monkeypatch)
+    r = CliRunner().invoke(main, ["push", str(b), "--repo-id", "me/x"])
+    assert r.exit_code == 0, r.output
+    assert calls[0] == ("create", True) and "model.onnx" in calls[1][1] and "(private)" in r.output
+    calls.clear()
+    r = CliRunner().invoke(main, ["push", str(b), "--repo-id", "me/x", "--public"])
+    assert r.exit_code == 0 and calls[0] == ("create", False) and "(public)" in r.output
