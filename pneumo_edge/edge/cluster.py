@@ -304,9 +304,23 @@ def read_rows(out: str | Path) -> list[dict]:
 
 # ---------------------------------------------------------------- the driver
 
+RAY_AUTH_LOGGER = "ray._private.authentication"  # whether the cluster's token auth is on: always shown
+LOCAL_ONLY_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"  # "0": Ray's node address is loopback, as on a laptop
+
+
 def quiet_ray_logs() -> None:
     for name in ("ray", "ray.data"):
         logging.getLogger(name).setLevel(logging.ERROR)
+    logging.getLogger(RAY_AUTH_LOGGER).setLevel(logging.WARNING)
+
+
+def _loopback_only() -> None:
+    """A Ray started here serves this machine alone: its node address, and so every service it starts
+    (GCS, raylet, object manager, workers), is 127.0.0.1 instead of every interface."""
+    os.environ[LOCAL_ONLY_ENV] = "0"  # for the processes it starts
+    from ray._private import ray_constants
+
+    ray_constants.ENABLE_RAY_CLUSTER = False  # read when the node address is chosen, in this process
 
 
 def start_ray(address: str | None):
@@ -314,11 +328,13 @@ def start_ray(address: str | None):
         import ray
     except ImportError:
         raise ClusterError('--engine ray needs Ray: pip install "pneumo-edge[cluster]"') from None
-    # Ray's own notices (token auth on a local cluster, progress bars off) are not the user's business;
-    # its errors still print. Set before and after start-up: Ray configures its loggers as it starts.
+    # Ray's progress notices are not the user's business; its errors, and whether the cluster uses token
+    # authentication, still print. Set before and after start-up: Ray configures its loggers as it starts.
     quiet_ray_logs()
     if not ray.is_initialized():
         kwargs = {"include_dashboard": False, "log_to_driver": False, "logging_level": logging.ERROR}
+        if not address:
+            _loopback_only()
         try:
             ray.init(address=address, **kwargs) if address else ray.init(**kwargs)
         except (ConnectionError, RuntimeError, ValueError) as e:
