@@ -26,8 +26,10 @@ def test_a_large_private_element_is_never_read(tmp_path):
     """A sparse file really holds its 1 GiB element: deferred, it costs nothing, and the film is classified."""
     path = write_element_bomb(tmp_path / "sparse.dcm", sparse=True)
     assert path.stat().st_size > 1 << 30 and path.stat().st_blocks * 512 < 1 << 20
-    probe = ("import resource, sys; from pneumo_edge.edge.imaging import load_gray; "
-             "g = load_gray(sys.argv[1]); print(g.shape, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)")
+    # VmHWM: this process's own peak (ru_maxrss would carry over the forking test process's size)
+    probe = ("import re, sys; from pathlib import Path; from pneumo_edge.edge.imaging import load_gray; "
+             "g = load_gray(sys.argv[1]); "
+             "print(g.shape, re.search(r'VmHWM:\\s+(\\d+)', Path('/proc/self/status').read_text()).group(1))")
     out = subprocess.run([sys.executable, "-c", probe, str(path)], capture_output=True, text=True, check=True).stdout
     assert out.startswith("(256, 256)")
     assert int(out.split()[-1]) / 1024 < 400  # MB; reading the element alone would take over 1000
