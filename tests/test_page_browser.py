@@ -115,3 +115,42 @@ def test_page_classifies_xrays_and_refuses_a_photo(server, tmp_path):
             assert not errors, errors
         finally:
             browser.close()
+
+
+def test_page_asks_for_the_token_once(tmp_path):
+    from test_serve import start_server
+
+    from pneumo_edge.edge.tokens import TokenStore
+
+    if not MODEL.is_file():
+        pytest.skip("needs the shipped model export/model.onnx")
+    tokens = tmp_path / "tokens.json"
+    secret = TokenStore(tokens).create("browser")
+    proc, base = start_server(MODEL, "--tokens", str(tokens))
+    xray = sorted((EXAMPLES / "NORMAL").iterdir())[0]
+    try:
+        with sync_api.sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox", "--disable-gpu"])
+            try:
+                page = browser.new_page()
+                page.set_default_timeout(60_000)
+                sync_api.expect.set_options(timeout=60_000)
+                page.goto(base + "/")
+                sync_api.expect(page.locator("#signin")).to_be_visible()
+                sync_api.expect(page.locator("#model")).to_contain_text("needs an API token")
+                page.locator("#token").fill(secret)
+                page.keyboard.press("Enter")
+                sync_api.expect(page.locator("#signin")).to_be_hidden()
+                sync_api.expect(page.locator("#model")).to_contain_text(MODEL.name)
+                page.locator("#files").set_input_files(str(xray))
+                sync_api.expect(page.locator("#status")).to_contain_text("all analysed")
+                assert "Not analysed" not in page.locator(".card .label").inner_text()
+                page.reload()  # the same tab: not asked again
+                sync_api.expect(page.locator("#model")).to_contain_text(MODEL.name)
+                assert page.locator("#signin").is_hidden()
+            finally:
+                browser.close()
+    finally:
+        proc.terminate()
+        out = proc.communicate(timeout=30)[0]
+    assert secret not in out
