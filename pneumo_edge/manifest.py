@@ -11,6 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from .edge.targets import CARD, CONFIG, PARITY, RESULTS, TARGETS, WEIGHTS
+
 
 @dataclass(frozen=True)
 class BundleFile:
@@ -21,14 +23,13 @@ class BundleFile:
 
 
 BUNDLE_FILES = (
-    BundleFile("model.onnx", "export", required=True),
-    BundleFile("model.int8.onnx", "export", required=True),
-    BundleFile("model.safetensors", "export", required=True),
-    BundleFile("config.json", "export", required=True),
-    BundleFile("results.json", "export", required=True),
-    BundleFile("parity.json", "export", required=True),
+    *(BundleFile(t.file, "export", required=True) for t in TARGETS),
+    BundleFile(WEIGHTS, "export", required=True),
+    BundleFile(CONFIG, "export", required=True),
+    BundleFile(RESULTS, "export", required=True),
+    BundleFile(PARITY, "export", required=True),
     BundleFile("parity.md", "export"),
-    BundleFile("README.md", "export, bundle (the model card)", required=True),
+    BundleFile(CARD, "export, bundle (the model card)", required=True),
     BundleFile("report.md", "bundle"),
     BundleFile("confusion_matrix.png", "bundle"),
     BundleFile("roc.png", "bundle"),
