@@ -515,7 +515,7 @@ def serve(model_path, host, port, workers, threads, concurrency, queue, max_uplo
 
     if tokens_file is None and not is_loopback(host):
         tokens_file = str(default_path())
-    n_tokens = len(TokenStore(tokens_file).records) if tokens_file else 0
+    n_tokens = len(TokenStore(tokens_file).records) if tokens_file else None
     for line in check_bind(host, tls=bool(certfile), insecure_http=insecure_http, tokens=n_tokens):
         click.echo(line, err=True)
     config = ServeConfig(model=model_path, max_upload_bytes=int(max_upload_mb * 1024 * 1024), queue=queue,

@@ -139,6 +139,8 @@ def test_a_network_bind_needs_tls_or_insecure_http_and_a_token(tmp_path, token_f
     assert socket.gethostname().lower() in cfg.allowed_hosts and seen["insecure_http"] is True
     r = runner.invoke(main, ["serve", "--host", "127.0.0.1"])
     assert r.exit_code == 0 and not r.stderr and seen["config"].tokens is None  # loopback: as before
+    r = runner.invoke(main, ["serve", "--tokens", str(empty)])  # asked for tokens, holds none: all would be 401
+    assert r.exit_code == 2 and "holds no API token" in r.output
 
 
 def _self_signed(tmp_path):

@@ -39,14 +39,19 @@ def is_loopback(host: str) -> bool:
         return False
 
 
-def check_bind(host: str, tls: bool, insecure_http: bool, tokens: int) -> list[str]:
-    """Refuse an unsafe network bind (PneumoEdgeError); return the warnings to print at this start."""
+def check_bind(host: str, tls: bool, insecure_http: bool, tokens: int | None) -> list[str]:
+    """Refuse an unsafe network bind (PneumoEdgeError); return the warnings to print at this start.
+
+    `tokens`: how many the token file holds (None: no token file, only allowed on loopback)."""
     if is_loopback(host):
+        if tokens == 0:
+            raise PneumoEdgeError("the token file holds no API token, so every request would be refused: "
+                                  "create one with `pneumo-edge token create NAME`")
         return []
     if not tls and not insecure_http:
         raise PneumoEdgeError(f"refusing to serve on {host} without TLS: give --certfile and --keyfile, or "
                               "--insecure-http on a network you trust (tokens and images would cross it in clear)")
-    if tokens == 0:
+    if not tokens:
         raise PneumoEdgeError(f"refusing to serve on {host} without an API token: create one with "
                               "`pneumo-edge token create NAME` (clients send it as 'Authorization: Bearer ...')")
     warnings = [f"serving on {host}: only clients with an API token are answered"]

@@ -523,12 +523,11 @@ def serve(config: ServeConfig, host: str = "127.0.0.1", port: int = 8000, worker
         raise PneumoEdgeError("pneumo-edge serve needs the [serve] extra: pip install 'pneumo-edge[serve]'") from None
     if bool(certfile) != bool(keyfile):
         raise PneumoEdgeError("TLS needs both --certfile and --keyfile")
+    n_tokens = None
     if config.tokens:
         from .tokens import TokenStore
 
         n_tokens = len(TokenStore(config.tokens).records)
-    else:
-        n_tokens = 0
     check_bind(host, tls=bool(certfile), insecure_http=insecure_http, tokens=n_tokens)
     os.environ[HEADER_TIMEOUT_ENV] = str(header_timeout)  # read by each connection, in every worker
     net = {"host": host, "port": port, "log_level": log_level, "http": DeadlineH11Protocol,
