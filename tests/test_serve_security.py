@@ -1,6 +1,7 @@
 """`serve` on a network: tokens, TLS, Host and Origin checks, slow and vanishing clients, total body limits."""
 
 import os
+import shutil
 import socket
 import stat
 import subprocess
@@ -151,6 +152,7 @@ def _self_signed(tmp_path):
     return cert, key
 
 
+@pytest.mark.skipif(shutil.which("openssl") is None, reason="no openssl command to make a certificate (apt-get install openssl)")
 def test_tls_with_certfile_and_keyfile(tiny_bundle, tmp_path):
     import ssl
 
