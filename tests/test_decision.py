@@ -62,7 +62,7 @@ def test_csv_jsonl_api_and_http_carry_the_same_fields_and_values(tiny_bundle, fi
     by_csv = {row["path"].rsplit("/", 1)[-1]: row for row in csv.DictReader(open(out))}
     by_json = {json.loads(line)["path"].rsplit("/", 1)[-1]: json.loads(line) for line in js.read_text().splitlines()}
     api = pneumo_edge.load(model)
-    with TestClient(create_app(ServeConfig(model=str(model), threads=1))) as client:
+    with TestClient(create_app(ServeConfig(model=str(model), threads=1)), base_url="http://127.0.0.1") as client:
         for name in ("a.png", "blank.png"):
             data = (films / name).read_bytes()
             http = client.post("/v1/predict", content=data, headers={"Content-Type": "image/png"}).json()

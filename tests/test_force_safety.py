@@ -51,3 +51,24 @@ def test_force_still_replaces_its_own_outputs(tiny_bundle, tmp_path):
     empty = tmp_path / "empty.csv"
     empty.write_bytes(b"")
     assert _wrote(_infer(tiny_bundle, "--out", empty, "--force"))
+
+
+def test_force_empties_no_output_when_another_is_refused(tiny_bundle, tmp_path):
+    """--force with --out ours.csv and a --json that is not ours: refused before the CSV is emptied."""
+    import numpy as np
+    from PIL import Image
+
+    from conftest import xray_like
+
+    films = tmp_path / "in"
+    films.mkdir()
+    Image.fromarray(xray_like(np.random.default_rng(0), True)).save(films / "a.png")
+    out = tmp_path / "p.csv"
+    args = ["infer", str(films), "--model", str(tiny_bundle / "model.onnx"), "--out", str(out)]
+    assert CliRunner().invoke(main, args).exit_code == 0
+    before = out.read_bytes()
+    foreign = tmp_path / "notes.txt"
+    foreign.write_text("my own notes\n")
+    r = CliRunner().invoke(main, [*args, "--json", str(foreign), "--force"])
+    assert r.exit_code == 2 and "not a pneumo-edge output" in r.output
+    assert out.read_bytes() == before and foreign.read_text() == "my own notes\n"

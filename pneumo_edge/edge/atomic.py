@@ -85,7 +85,7 @@ def copy_file(src: str | os.PathLike, dst: str | os.PathLike) -> None:
 CREATE, UPDATE, REPLACE = "create", "update", "replace"
 
 
-def open_locked(path: Path, how: str, ours: tuple[str, ...] = ()) -> BinaryIO:
+def open_locked(path: Path, how: str, ours: tuple[str, ...] = (), empty: bool = True) -> BinaryIO:
     """Open `path` read-write under an exclusive lock; a second writer is refused, never waited for.
 
     CREATE: the file must not exist (O_EXCL: the existence check and the open are one step).
@@ -93,6 +93,8 @@ def open_locked(path: Path, how: str, ours: tuple[str, ...] = ()) -> BinaryIO:
     is held, so a refused second writer never empties the first one's file, and only if the file is
     empty or begins as one of this project's outputs does (`ours`: their first lines), so that --force
     cannot empty an input or any other file. A symbolic link is never followed (O_NOFOLLOW).
+    empty=False: REPLACE checks and locks but leaves the emptying to the caller (several outputs are all
+    checked before any is emptied).
     """
     from .errors import OutputError, OutputExistsError
 
@@ -113,7 +115,8 @@ def open_locked(path: Path, how: str, ours: tuple[str, ...] = ()) -> BinaryIO:
         _lock(f, path)
         if how == REPLACE:
             _refuse_foreign(f, path, ours)
-            f.truncate(0)
+            if empty:
+                f.truncate(0)
     except BaseException:
         f.close()
         raise

@@ -195,17 +195,24 @@ class Output:
     def __init__(self, path: Path, fmt: CsvFormat | JsonlFormat, how: str):
         self.path, self.fmt = path, fmt
         self.created = how == CREATE
-        self.file = open_locked(path, how, ours=SIGNATURES[type(fmt)])
+        # REPLACE: checked and locked here, emptied by `start_over` once every output of the run is.
+        self.file = open_locked(path, how, ours=SIGNATURES[type(fmt)], empty=False)
         self.records: list[Record] = []
         self.n_incomplete = 0
         try:
             if how == UPDATE:
                 self._load()
-            if self.file.tell() == 0:
+            if how != REPLACE and self.file.tell() == 0:
                 self.file.write(fmt.header.encode())
         except BaseException:
             self.file.close()
             raise
+
+    def start_over(self) -> None:
+        """--force: empty the file (already locked and checked to be ours) and write the header."""
+        self.file.seek(0)
+        self.file.truncate(0)
+        self.file.write(self.fmt.header.encode())
 
     def _load(self) -> None:
         text = self.file.read().decode("utf-8", "surrogateescape")  # a torn multi-byte tail must not stop us
@@ -289,6 +296,10 @@ class Outputs:
             self.outputs.append(StreamOutput(sys.stdout.buffer) if to_stdout else Output(csv_path, CsvFormat(), how))
             if json_path:
                 self.outputs.append(Output(json_path, JsonlFormat(), how))
+            if how == REPLACE:  # only once every output is open, locked and checked: one refusal empties none
+                for o in self.outputs:
+                    if not isinstance(o, StreamOutput):
+                        o.start_over()
         except BaseException:
             self.discard()
             raise
