@@ -29,6 +29,7 @@ from pathlib import Path
 
 from .decision import FIELDS
 from .errors import ImageError, PneumoEdgeError
+from .page import ASSETS as PAGE_ASSETS
 
 DEFAULT_MAX_UPLOAD_MB = 50
 SPOOL_BYTES = 8 * 1024 * 1024  # larger uploads wait in the private temporary folder, not in memory
@@ -40,8 +41,15 @@ STATIC = Path(__file__).resolve().parent / "static"
 PAGE_FILES = {"/": ("index.html", "text/html; charset=utf-8"),
               "/static/app.js": ("app.js", "text/javascript; charset=utf-8"),
               "/static/app.css": ("app.css", "text/css; charset=utf-8")}
-CSP = ("default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' blob: data:; connect-src 'self'; "
-       "base-uri 'none'; form-action 'none'; frame-ancestors 'none'")
+# The in-browser runtime (edge/page.py): its modules and onnxruntime-web's WebAssembly build.
+_MEDIA = {".js": "text/javascript; charset=utf-8", ".mjs": "text/javascript; charset=utf-8",
+          ".wasm": "application/wasm", ".md": "text/plain; charset=utf-8", "": "text/plain; charset=utf-8"}
+PAGE_FILES.update({f"/{a}": (a.removeprefix("static/"), _MEDIA[Path(a).suffix])
+                   for a in PAGE_ASSETS if a.startswith(("static/local/", "static/ort/", "static/dicom/"))})
+# Cross-origin isolation: lets onnxruntime-web use several threads (SharedArrayBuffer) in the page.
+ISOLATION = {"Cross-Origin-Opener-Policy": "same-origin", "Cross-Origin-Embedder-Policy": "require-corp"}
+CSP = ("default-src 'none'; script-src 'self' 'wasm-unsafe-eval'; style-src 'self'; img-src 'self' blob: data:; "
+       "connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'")
 GUARD_WORDS = {"off": "no out-of-distribution check (turned off, or this model file has none)",
                "rejected": "this does not look like a frontal chest X-ray like those the model was trained on, "
                            "so no diagnosis and no heat map are given",
@@ -432,6 +440,16 @@ def create_app(config: ServeConfig = ServeConfig()):
                 upload.close()
                 service.release()
 
+    @app.get("/v1/model.onnx", tags=["model"], summary="The served ONNX file, for the page's in-browser mode",
+             response_class=Response)
+    async def model_file() -> Response:
+        return Response(service.model.path.read_bytes(), media_type="application/octet-stream",
+                        headers={"Cache-Control": "no-cache"})
+
+    @app.get("/page.json", include_in_schema=False)
+    async def page_config() -> dict:  # what the page's in-browser mode opens (edge/static/local/ui.js)
+        return {"model": "v1/model.onnx", "server": True}
+
     def static_route(url: str, name: str, media: str):
         async def page() -> Response:
             try:
@@ -439,7 +457,7 @@ def create_app(config: ServeConfig = ServeConfig()):
             except OSError:
                 raise Refusal(404, f"{name} is missing from this installation") from None
             return Response(body, media_type=media, headers={"Content-Security-Policy": CSP,
-                                                             "Cache-Control": "no-cache"})
+                                                             "Cache-Control": "no-cache", **ISOLATION})
 
         app.add_api_route(url, page, methods=["GET"], include_in_schema=False)
 
