@@ -17,8 +17,7 @@ import tempfile
 from pathlib import Path
 
 from .errors import OutputExistsError
-
-STATIC = Path(__file__).resolve().parent / "static"
+from .serve import CSP, STATIC
 ORT_VERSION = "1.30.0"  # onnxruntime-web from npm, vendored in static/ort/ (see static/ort/README.md)
 DICOM_PARSER_VERSION = "1.8.21"  # dicom-parser from npm, vendored in static/dicom/ (MIT)
 # The page's own files, by their path in the folder (= their URL path under `serve`, less the leading /).
@@ -31,8 +30,6 @@ ASSETS = ("index.html", "static/app.js", "static/app.css", "static/local/ui.js",
 
 def meta_csp() -> str:
     """The policy `serve` sends as a header, for a <meta> tag (which cannot carry frame-ancestors)."""
-    from .serve import CSP
-
     return "; ".join(d for d in CSP.split("; ") if not d.startswith("frame-ancestors"))
 
 

@@ -29,7 +29,6 @@ from pathlib import Path
 
 from .decision import FIELDS
 from .errors import ImageError, PneumoEdgeError
-from .page import ASSETS as PAGE_ASSETS
 
 DEFAULT_MAX_UPLOAD_MB = 50
 SPOOL_BYTES = 8 * 1024 * 1024  # larger uploads wait in the private temporary folder, not in memory
@@ -41,11 +40,12 @@ STATIC = Path(__file__).resolve().parent / "static"
 PAGE_FILES = {"/": ("index.html", "text/html; charset=utf-8"),
               "/static/app.js": ("app.js", "text/javascript; charset=utf-8"),
               "/static/app.css": ("app.css", "text/css; charset=utf-8")}
-# The in-browser runtime (edge/page.py): its modules and onnxruntime-web's WebAssembly build.
+# The in-browser runtime (edge/page.py): its modules, onnxruntime-web's WebAssembly build, the DICOM parser.
+PAGE_DIRS = ("local", "ort", "dicom")
 _MEDIA = {".js": "text/javascript; charset=utf-8", ".mjs": "text/javascript; charset=utf-8",
           ".wasm": "application/wasm", ".md": "text/plain; charset=utf-8", "": "text/plain; charset=utf-8"}
-PAGE_FILES.update({f"/{a}": (a.removeprefix("static/"), _MEDIA[Path(a).suffix])
-                   for a in PAGE_ASSETS if a.startswith(("static/local/", "static/ort/", "static/dicom/"))})
+PAGE_FILES.update({f"/static/{d}/{p.name}": (f"{d}/{p.name}", _MEDIA[p.suffix]) for d in PAGE_DIRS
+                   for p in sorted((STATIC / d).iterdir()) if p.is_file() and p.suffix in _MEDIA})
 # Cross-origin isolation: lets onnxruntime-web use several threads (SharedArrayBuffer) in the page.
 ISOLATION = {"Cross-Origin-Opener-Policy": "same-origin", "Cross-Origin-Embedder-Policy": "require-corp"}
 CSP = ("default-src 'none'; script-src 'self' 'wasm-unsafe-eval'; style-src 'self'; img-src 'self' blob: data:; "
