@@ -16,8 +16,11 @@ import shutil
 import tempfile
 from pathlib import Path
 
+from .api import resolve_model
 from .errors import OutputExistsError
+from .model import EdgeModel, default_model_path
 from .serve import CSP, STATIC
+from .targets import INT8
 ORT_VERSION = "1.30.0"  # onnxruntime-web from npm, vendored in static/ort/ (see static/ort/README.md)
 DICOM_PARSER_VERSION = "1.8.21"  # dicom-parser from npm, vendored in static/dicom/ (MIT)
 # The page's own files, by their path in the folder (= their URL path under `serve`, less the leading /).
@@ -40,9 +43,6 @@ def asset_path(name: str) -> Path:
 
 def default_page_model() -> Path:
     """The shipped INT8 file beside the default model, else the default model itself."""
-    from .model import default_model_path
-    from .targets import INT8
-
     default = default_model_path()
     int8 = default.with_name(INT8.file)
     return int8 if int8.is_file() else default
@@ -62,10 +62,6 @@ def write_page(out: str | os.PathLike, model: str | os.PathLike | None = None, f
 
     Returns what was written: {"out", "model", "files", "bytes"}.
     """
-    from .api import resolve_model
-    from .model import EdgeModel
-    from .targets import INT8
-
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise OutputExistsError(f"output '{out}' exists and is not a folder")
