@@ -298,6 +298,30 @@ def test_bench_browser_command_writes_its_result_file(tmp_path):
     assert again.exit_code == 2 and "--force" in again.output  # a result file is not overwritten silently
 
 
+def test_serve_offers_the_in_browser_mode():
+    """What the page's in-browser mode needs from `serve`: the served ONNX file, the runtime's files with the
+    right types, cross-origin isolation, and a policy that allows WebAssembly and nothing wider."""
+    pytest.importorskip("fastapi", reason="the [serve] extra (fastapi) is not installed")
+    from fastapi.testclient import TestClient
+
+    from pneumo_edge.edge.serve import ServeConfig, create_app
+
+    with TestClient(create_app(ServeConfig(model=str(MODEL), threads=1))) as client:
+        assert client.get("/v1/model.onnx").content == MODEL.read_bytes()
+        assert client.get("/page.json").json() == {"model": "v1/model.onnx", "server": True}
+        page = client.get("/")
+        assert page.headers["cross-origin-opener-policy"] == "same-origin"
+        assert page.headers["cross-origin-embedder-policy"] == "require-corp"
+        csp = page.headers["content-security-policy"]
+        assert "script-src 'self' 'wasm-unsafe-eval';" in csp and "'unsafe-eval'" not in csp
+        wasm = client.get("/static/ort/ort-wasm-simd-threaded.wasm")
+        assert wasm.headers["content-type"] == "application/wasm" and wasm.content[:4] == b"\0asm"
+        for name in ("local/runtime.js", "ort/ort.wasm.min.mjs", "dicom/dicomParser.min.js"):
+            r = client.get(f"/static/{name}")
+            assert r.status_code == 200 and r.headers["content-type"].startswith("text/javascript"), name
+            assert r.headers["cross-origin-embedder-policy"] == "require-corp"  # module workers need it too
+
+
 def test_browser_tools_are_installed_by_ci():
     text = (ROOT / ".ci" / "run").read_text()
     assert "chromium" in text and "playwright" in text and "PNEUMO_EDGE_REQUIRE_BROWSER" in text
