@@ -33,6 +33,7 @@ bench: install
 	$(BIN)/pneumo-edge bench-memory
 	$(BIN)/pneumo-edge bench-engines --images $(DATA)/test
 	$(BIN)/pneumo-edge bench-pipeline --images $(DATA)/test
+	$(BIN)/pneumo-edge bench-browser --images $(DATA)/test --force
 
 guard-report: install
 	$(BIN)/pneumo-edge guard-report --model $(BUNDLE)/model.onnx --data $(DATA) --out $(BUNDLE)/guard.json --force

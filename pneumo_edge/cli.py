@@ -404,6 +404,24 @@ def info(model) -> None:
 
 
 @main.command()
+@click.option("--out", required=True, type=click.Path(), help="Folder to write: the page, its JavaScript, WASM, model.")
+@click.option("--model", default=None,
+              help="An .onnx file or bundle folder (default: the shipped export/model.int8.onnx).")
+@click.option("--force", is_flag=True, help="Replace an existing --out.")
+@friendly
+def page(out, model, force) -> None:
+    """The web page as static files that classify in the browser: no server, nothing uploaded.
+
+    Host the folder with any static file server (python3 -m http.server inside it); the model runs
+    in onnxruntime-web with the threshold, preprocessing and guard read from the ONNX file itself.
+    """
+    from .edge.page import write_page
+
+    r = write_page(out, model=model, force=force)
+    click.echo(f"wrote {r['out']}: {r['files']} files, {r['bytes'] / 1e6:.1f} MB (model {Path(r['model']).name})")
+
+
+@main.command()
 @click.argument("images", nargs=-1, required=True)
 @click.option("--bundle", default=None, help="Folder with model.safetensors + config.json (default: the shipped export/).")
 @click.option("--model", "model_path", type=click.Path(dir_okay=False),
@@ -628,6 +646,32 @@ def bench_pipeline(images, model_path, out, rounds, batch_size) -> None:
     model = str(resolve_model(model_path) if model_path else resolve_model(None).parent / INT8.file)
     click.echo(render(run(PipelineConfig(images=images, model=model, out=out, rounds=rounds, batch_size=batch_size))))
     click.echo(f"wrote {out}/pipeline.json and pipeline.md")
+
+
+# Defaults: BrowserBenchConfig's fields (ConfigDefaults).
+@main.command("bench-browser", cls=ConfigDefaults, config=".browser:BrowserBenchConfig")
+@click.option("--model", show_default=True, help="ONNX file both runtimes run.")
+@click.option("--images", show_default=True,
+              help="Folder with NORMAL/ and PNEUMONIA/ films (a runtime comparison: no metric is read).")
+@click.option("--per-class", type=int, show_default=True, help="Films of each class.")
+@click.option("--examples", show_default=True, help="The demo X-rays, also compared.")
+@click.option("--threads", multiple=True, type=int, default=(1, 2), show_default=True,
+              help="onnxruntime-web threads, one run each (more than 1: the page is cross-origin isolated).")
+@click.option("--fp32-model", show_default=True,
+              help="The same films through this file too ('' to skip): the page's code without INT8 rounding.")
+@click.option("--external", show_default=True, help="Other films, reported apart for decoding ('' to skip).")
+@click.option("--out", show_default=True, help="Result file.")
+@click.option("--force", is_flag=True, help="Overwrite --out.")
+@quiet_option
+@friendly
+def bench_browser(model, images, per_class, examples, threads, fp32_model, external, out, force) -> None:
+    """The page's in-browser runtime (headless Chromium) against `infer`: parity per film and ms per film."""
+    from .browser import BrowserBenchConfig, bench_browser as run, render
+
+    click.echo(render(run(BrowserBenchConfig(out=out, model=model, images=images, per_class=per_class,
+                                             examples=examples, threads=list(threads), fp32_model=fp32_model or None,
+                                             external=external or None, force=force))))
+    click.echo(f"wrote {out}")
 
 
 @main.command("bench-serve")

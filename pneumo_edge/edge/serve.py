@@ -46,8 +46,16 @@ STATIC = Path(__file__).resolve().parent / "static"
 PAGE_FILES = {"/": ("index.html", "text/html; charset=utf-8"),
               "/static/app.js": ("app.js", "text/javascript; charset=utf-8"),
               "/static/app.css": ("app.css", "text/css; charset=utf-8")}
-CSP = ("default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' blob: data:; connect-src 'self'; "
-       "base-uri 'none'; form-action 'none'; frame-ancestors 'none'")
+# The in-browser runtime (edge/page.py): its modules, onnxruntime-web's WebAssembly build, the DICOM parser.
+PAGE_DIRS = ("local", "ort", "dicom")
+_MEDIA = {".js": "text/javascript; charset=utf-8", ".mjs": "text/javascript; charset=utf-8",
+          ".wasm": "application/wasm", ".md": "text/plain; charset=utf-8", "": "text/plain; charset=utf-8"}
+PAGE_FILES.update({f"/static/{d}/{p.name}": (f"{d}/{p.name}", _MEDIA[p.suffix]) for d in PAGE_DIRS
+                   for p in sorted((STATIC / d).iterdir()) if p.is_file() and p.suffix in _MEDIA})
+# Cross-origin isolation: lets onnxruntime-web use several threads (SharedArrayBuffer) in the page.
+ISOLATION = {"Cross-Origin-Opener-Policy": "same-origin", "Cross-Origin-Embedder-Policy": "require-corp"}
+CSP = ("default-src 'none'; script-src 'self' 'wasm-unsafe-eval'; style-src 'self'; img-src 'self' blob: data:; "
+       "connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'")
 GUARD_WORDS = {"off": "no out-of-distribution check (turned off, or this model file has none)",
                "rejected": "this does not look like a frontal chest X-ray like those the model was trained on, "
                            "so no diagnosis and no heat map are given",
@@ -473,6 +481,16 @@ def create_app(config: ServeConfig = ServeConfig()):
                 if admitted:
                     service.release()
 
+    @app.get("/v1/model.onnx", tags=["model"], summary="The served ONNX file, for the page's in-browser mode",
+             response_class=Response)
+    async def model_file() -> Response:
+        return Response(service.model.path.read_bytes(), media_type="application/octet-stream",
+                        headers={"Cache-Control": "no-cache"})
+
+    @app.get("/page.json", include_in_schema=False)
+    async def page_config() -> dict:  # what the page's in-browser mode opens (edge/static/local/ui.js)
+        return {"model": "v1/model.onnx", "server": True}
+
     def static_route(url: str, name: str, media: str):
         async def page() -> Response:
             try:
@@ -480,7 +498,7 @@ def create_app(config: ServeConfig = ServeConfig()):
             except OSError:
                 raise Refusal(404, f"{name} is missing from this installation") from None
             return Response(body, media_type=media, headers={"Content-Security-Policy": CSP,
-                                                             "Cache-Control": "no-cache"})
+                                                             "Cache-Control": "no-cache", **ISOLATION})
 
         app.add_api_route(url, page, methods=["GET"], include_in_schema=False)
 

@@ -1,4 +1,4 @@
-// pneumo-edge web page: plain JavaScript, no libraries, talks only to this server.
+// pneumo-edge web page: plain JavaScript, no libraries; uploads only to this server, or classifies in the browser.
 "use strict";
 
 const $ = (sel, root = document) => root.querySelector(sel);
@@ -31,6 +31,12 @@ function useToken() {
 }
 
 async function loadModel() {
+  if (location.protocol === "file:") {
+    text($("#model"), "Open this page through a web server (for example `python3 -m http.server` in its folder): "
+      + "browsers do not run the model from a file:// page.");
+    return;
+  }
+  if (window.pneumoLocal && await window.pneumoLocal.isStatic) return;  // static files: no server to ask
   try {
     const r = await fetch("/v1/model", { headers: authHeaders() });
     if (r.status === 401) {
@@ -78,8 +84,27 @@ async function next() {
   busy = true;
   const { file, card } = queue.shift();
   text($(".label", card), "Analysing…");
+  const heat = $("#heat").checked, here = $("#local").checked;
+  card.dataset.where = here ? "browser" : "server";
+  if (here) await classifyHere(card, file, heat);
+  else await upload(card, file, heat);
+  card.classList.remove("pending");
+  busy = false;
+  status();
+  next();
+}
+
+// static/local/ui.js: the model in this browser, nothing uploaded
+async function classifyHere(card, file, heat) {
   try {
-    const heat = $("#heat").checked;
+    showResult(card, file, await window.pneumoLocal.classify(file, heat));
+  } catch (e) {
+    showError(card, file, e.message);
+  }
+}
+
+async function upload(card, file, heat) {
+  try {
     const form = new FormData();
     form.append("file", file, file.name);
     const ask = () => fetch(`/v1/predict${heat ? "?heatmap=1" : ""}`, { method: "POST", body: form, headers: authHeaders() });
@@ -97,17 +122,25 @@ async function next() {
   } catch (e) {
     showError(card, file, `cannot reach the server (${e.message})`);
   }
-  card.classList.remove("pending");
-  busy = false;
-  status();
-  next();
 }
 
 function browserCanShow(file) {
   return /^image\/(jpeg|png|bmp|gif|webp)$/.test(file.type);
 }
 
+// What scripts and tests read from each result: the file's name, the label and the probability.
+function tag(card, file, label, probability, verdict, score, ms, input) {
+  card.dataset.file = file.name;
+  card.dataset.label = label;
+  card.dataset.probability = probability === null ? "" : String(probability);
+  card.dataset.guard = verdict || "";
+  card.dataset.guardScore = typeof score === "number" ? String(score) : "";
+  card.dataset.ms = typeof ms === "number" ? String(ms) : "";
+  if (input) card.dataset.inputSha256 = input;
+}
+
 function showError(card, file, message) {
+  tag(card, file, "ERROR", null);
   const label = text($(".label", card), "Not analysed");
   label.className = "label error";
   text($(".prob", card), message).classList.add("error-text");
@@ -123,6 +156,7 @@ function setPicture(card, src, alt, caption) {
 }
 
 function showResult(card, file, r) {
+  tag(card, file, r.label, r.probability, r.guard_verdict, r.guard_score, r.latency_ms, r.input_sha256);
   const label = $(".label", card);
   const positive = r.decision.match(/^P\(([^)]+)\)/);
   const pname = positive ? positive[1].toLowerCase() : "positive";
@@ -143,9 +177,9 @@ function showResult(card, file, r) {
   text($(".guard", card), `Guard: ${r.guard_verdict}: `
     + `${r.guard_explanation}${score}${r.guard_reason ? `; ${r.guard_reason}` : ""}.`);
   text($(".meta", card), `${r.model.file}, weights ${(r.model.weights_sha256 || "").slice(0, 12)}, `
-    + `${r.latency_ms.toFixed(0)} ms on the server`);
+    + `${r.latency_ms.toFixed(0)} ms ${r.where || "on the server"}`);
   if (r.heatmap) {
-    setPicture(card, `data:image/png;base64,${r.heatmap.png_base64}`,
+    setPicture(card, r.heatmap.url || `data:image/png;base64,${r.heatmap.png_base64}`,
       `Heat map for ${r.heatmap.class} over the centre square of ${file.name}`,
       `Heat map: regions that pushed the model towards ${r.heatmap.class} (red strongest), over the square the model saw.`);
   } else if (browserCanShow(file)) {
