@@ -504,25 +504,27 @@ def bench(bundle, data, out, iters, batch_iters, smoke, min_auroc, max_p50_ms) -
     run_benchmark(cfg)
 
 
-@main.command()
+# Defaults: ServeConfig's fields and serve()'s parameters (ConfigDefaults; edge.serve imports no fastapi until it runs).
+@main.command(cls=ConfigDefaults, config=".edge.serve:ServeConfig,.edge.serve:serve")
 @click.option("--model", "model_path", help="ONNX model, bundle folder or hub id (default: the shipped export/model.onnx).")
-@click.option("--host", default="127.0.0.1", show_default=True, help="Address to bind; 0.0.0.0 exposes it to the network.")
-@click.option("--port", type=int, default=8000, show_default=True, help="TCP port to listen on.")
-@click.option("--workers", type=int, default=1, show_default=True, help="Processes, each with its own onnxruntime session.")
+@click.option("--host", show_default=True, help="Address to bind; 0.0.0.0 exposes it to the network.")
+@click.option("--port", type=int, show_default=True, help="TCP port to listen on.")
+@click.option("--workers", type=int, show_default=True, help="Processes, each with its own onnxruntime session.")
 @click.option("--threads", type=int, help="onnxruntime threads per worker (default: cores / workers).")
-@click.option("--concurrency", type=int, default=1, show_default=True, help="Images classified at once per worker.")
-@click.option("--queue", type=int, default=16, show_default=True, help="Requests waiting per worker before 503 Busy.")
-@click.option("--max-upload-mb", type=float, default=50, show_default=True, help="Larger uploads get 413.")
-@click.option("--guard/--no-guard", default=True, show_default=True, help="Refuse out-of-distribution images.")
+@click.option("--concurrency", type=int, show_default=True, help="Images classified at once per worker.")
+@click.option("--queue", type=int, show_default=True, help="Requests waiting per worker before 503 Busy.")
+@click.option("--max-upload-mb", type=float, default=50, show_default=True,  # = serve.DEFAULT_MAX_UPLOAD_MB (a test)
+              help="Larger uploads get 413.")
+@click.option("--guard/--no-guard", show_default=True, help="Refuse out-of-distribution images.")
 @click.option("--certfile", type=click.Path(exists=True, dir_okay=False), help="TLS certificate (PEM): serve HTTPS.")
 @click.option("--keyfile", type=click.Path(exists=True, dir_okay=False), help="TLS private key (PEM).")
 @click.option("--insecure-http", is_flag=True, help="Allow a non-loopback bind without TLS (warned at every start).")
 @click.option("--tokens", "tokens_file", type=click.Path(dir_okay=False),
               help="API token file (see `pneumo-edge token`); always used off loopback [default: ~/.config/pneumo-edge/tokens.json].")
 @click.option("--allow-host", multiple=True, help="Another Host name clients may use (besides the bind name and loopback).")
-@click.option("--per-client", type=int, default=4, show_default=True, help="Requests in progress per client address.")
-@click.option("--header-timeout", type=float, default=10, show_default=True, help="Seconds for a request's headers.")
-@click.option("--body-timeout", type=float, default=60, show_default=True, help="Seconds for a request's body.")
+@click.option("--per-client", type=int, show_default=True, help="Requests in progress per client address.")
+@click.option("--header-timeout", type=float, show_default=True, help="Seconds for a request's headers.")
+@click.option("--body-timeout", type=float, show_default=True, help="Seconds for a request's body.")
 @friendly
 def serve(model_path, host, port, workers, threads, concurrency, queue, max_upload_mb, guard, certfile, keyfile,
           insecure_http, tokens_file, allow_host, per_client, header_timeout, body_timeout) -> None:
@@ -674,23 +676,27 @@ def bench_browser(model, images, per_class, examples, threads, fp32_model, exter
     click.echo(f"wrote {out}")
 
 
-@main.command("bench-serve")
-@click.option("--model", "model_path", default="export/model.int8.onnx", show_default=True,
-              help="Model the server under test runs (an .onnx file or bundle folder).")
-@click.option("--images", default="../shared/data/chest_xray/test", show_default=True, help="Folder of X-rays to send.")
-@click.option("--requests", "n_requests", type=int, default=2000, show_default=True, help="Requests to send in all.")
-@click.option("--clients", type=int, default=8, show_default=True, help="Concurrent clients on loopback.")
+# Defaults: LoadConfig's fields (ConfigDefaults).
+@main.command("bench-serve", cls=ConfigDefaults, config=".loadtest:LoadConfig")
+@click.option("--model", "model_path", help="Model the server under test runs [default: the shipped bundle's INT8 file].")
+@click.option("--images", required=True, help="Folder of X-rays to send (e.g. ../shared/data/chest_xray/test).")
+@click.option("--requests", "n_requests", type=int, default=2000, show_default=True,  # = LoadConfig.requests (a test)
+              help="Requests to send in all.")
+@click.option("--clients", type=int, show_default=True, help="Concurrent clients on loopback.")
 @click.option("--heatmap", is_flag=True, help="Ask every request for a heat map.")
-@click.option("--workers", type=int, default=1, show_default=True, help="Server worker processes.")
+@click.option("--workers", type=int, show_default=True, help="Server worker processes.")
 @click.option("--threads", type=int, help="onnxruntime threads per server worker.")
-@click.option("--out", default="bench/results", show_default=True, help="Folder for the serve-*.json result.")
-@click.option("--slow-clients", type=int, default=0,
+@click.option("--out", show_default=True, help="Folder for the serve-*.json result.")
+@click.option("--slow-clients", type=int, show_default=True,
               help="Instead: a normal client's latency (--requests of them) while this many slow clients are connected.")
 @friendly
 def bench_serve(model_path, images, n_requests, clients, heatmap, workers, threads, out, slow_clients) -> None:
     """Load-test `pneumo-edge serve` on loopback: throughput, p50/p95/p99, errors, memory growth."""
+    from .edge.api import resolve_model
+    from .edge.targets import INT8
     from .loadtest import LoadConfig, load_test, render
 
+    model_path = str(resolve_model(model_path) if model_path else resolve_model(None).parent / INT8.file)
     r = load_test(LoadConfig(model=model_path, images=images, requests=n_requests, clients=clients, heatmap=heatmap,
                              workers=workers, threads=threads, out=out, slow_clients=slow_clients))
     click.echo(render(r))

@@ -32,8 +32,8 @@ from .edge.imaging import IMAGE_SUFFIXES
 
 @dataclass
 class LoadConfig:
-    model: str = "export/model.int8.onnx"
-    images: str = "../shared/data/chest_xray/test"  # a folder of X-rays, sent round-robin
+    model: str  # what the server under test runs: an .onnx file or bundle folder
+    images: str  # a folder of X-rays, sent round-robin
     requests: int = 2000
     clients: int = 8
     warmup: int = 100  # requests before the first memory reading (not timed)

@@ -306,7 +306,7 @@ def test_serve_offers_the_in_browser_mode():
 
     from pneumo_edge.edge.serve import ServeConfig, create_app
 
-    with TestClient(create_app(ServeConfig(model=str(MODEL), threads=1))) as client:
+    with TestClient(create_app(ServeConfig(model=str(MODEL), threads=1)), base_url="http://127.0.0.1") as client:
         assert client.get("/v1/model.onnx").content == MODEL.read_bytes()
         assert client.get("/page.json").json() == {"model": "v1/model.onnx", "server": True}
         page = client.get("/")

@@ -79,7 +79,13 @@ def test_commands_take_their_defaults_from_the_library():
 
     backed = {name: cmd for name, cmd in main.commands.items() if isinstance(cmd, ConfigDefaults)}
     assert {"train", "validate", "infer", "export", "evaluate", "bench", "bench-memory", "bench-engines",
-            "bench-pipeline"} <= set(backed)
+            "bench-pipeline", "serve", "bench-serve"} <= set(backed)
+    from pneumo_edge.edge.serve import DEFAULT_MAX_UPLOAD_MB
+
+    from pneumo_edge.loadtest import LoadConfig
+
+    assert options("serve")["max_upload_mb"].default == DEFAULT_MAX_UPLOAD_MB
+    assert options("bench-serve")["n_requests"].default == LoadConfig.requests
     for name, cmd in backed.items():
         lib = cmd.library_defaults()
         assert CliRunner().invoke(main, [name, "--help"]).exit_code == 0
