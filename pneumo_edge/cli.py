@@ -457,6 +457,24 @@ def monitor_reference(bundle, data, out, force) -> None:
                    f"identical, outputs bit-identical on {f['outputs_bit_identical_on']} films")
 
 
+@main.command("site-sim")
+@click.option("--bundle", default="export", show_default=True, type=click.Path(exists=True, file_okay=False),
+              help="Bundle whose model.onnx, config.json (validation split) and guard are used.")
+@click.option("--data", default=DEFAULT_DATA, show_default=True, help="The data the bundle's checkpoint was trained on.")
+@click.option("--out", default="bench/results", show_default=True, help="Folder for site-calibration.json and .md.")
+@click.option("--splits", type=int, default=200, show_default=True, help="Random splits per site and size.")
+@click.option("--size", "sizes", type=int, multiple=True, help="Films per simulated site (repeatable; default 100, 200, 400).")
+@quiet_option
+@friendly
+def site_sim(bundle, data, out, splits, sizes) -> None:
+    """Site calibration simulated on validation: each declared perturbation as a site, calibrated on half."""
+    from .sitesim import SIZES, render_sites, simulate_sites
+
+    r = simulate_sites(bundle, data, out, splits=splits, sizes=tuple(sizes) or SIZES)
+    click.echo(render_sites(r))
+    click.echo(f"wrote {out}/site-calibration.json and site-calibration.md")
+
+
 @main.command()
 @click.argument("rows", type=click.Path(exists=True))
 @click.option("--model", help=MODEL_HELP + " Its metadata holds the monitoring reference.")

@@ -1,0 +1,211 @@
+"""Site calibration and drift monitoring, simulated: evidence for README, validation only unless told.
+
+    simulate_sites("export", data="../shared/data/chest_xray", out="bench/results")       # pneumo-edge site-sim
+    test_read("export", data=..., out="bench/results", ledger="test_ledger.jsonl")      # site-sim --test-read
+
+Each declared perturbation of the recipe study (`perturb.PERTURBATIONS`) applied to the validation films is
+one simulated site. Every film is scored once per perturbation by the bundle's ONNX file, guard applied;
+the splits then only resample those scores. One split: draw patients until the site holds n films, give
+half its patients to `calibrate`'s rule (`edge.sitecal.guaranteed_threshold`) and score the other half at
+the threshold it set. How often the held-out sensitivity falls below the target is compared with
+1 - confidence; the held-out half is finite, so its own sampling noise adds to that rate, and the
+sensitivity on every film outside the calibration half (closer to the site's true sensitivity) is given
+beside it.
+
+`test_read` plays the test split as one more site, the same way, and feeds the drift monitor the test
+films, then the same films perturbed, then the non-X-ray set. It is one read of the test split, recorded
+in the ledger, and a simulation of the procedures only: nothing it computes changes what ships.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from pathlib import Path
+
+import numpy as np
+
+from .edge.atomic import write_json, write_text
+from .edge.model import EdgeModel
+from .edge.sitecal import guaranteed_threshold
+
+SIZES = (100, 200, 400)
+SPLITS = 200
+TARGET, CONFIDENCE = 0.95, 0.90
+MONITOR_SHIFTS = ("contrast-0.6", "gamma-1.6", "zoom-in-0.8")  # perturbations streamed after the test films
+SEED = 0
+
+
+def score_views(model: EdgeModel, views: np.ndarray, chroma: np.ndarray | None = None,
+                batch: int = 32) -> dict[str, np.ndarray]:
+    """Probability, guard score and refusal of resized uint8 model views, through the edge scoring path."""
+    from .edge.infer import score_decoded
+
+    chroma = np.zeros(len(views)) if chroma is None else chroma  # the dataset's films are grey JPEGs
+    p, g = [], []
+    for i in range(0, len(views), batch):
+        probs, scores, _ = score_decoded(model, list(zip(views[i:i + batch], chroma[i:i + batch])), True)
+        p.append(probs)
+        g.append(scores)
+    p, g = np.concatenate(p), np.concatenate(g)
+    return {"probability": p, "guard_score": g, "rejected": model.guard.rejects(g)}
+
+
+def site_split(groups: np.ndarray, n: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray] | None:
+    """(calibration mask, held-out mask): patients drawn until the site has n films, then halved by patient."""
+    names, inverse, counts = np.unique(groups, return_inverse=True, return_counts=True)
+    order = rng.permutation(len(names))
+    take = order[: int(np.searchsorted(np.cumsum(counts[order]), n)) + 1]
+    if counts[take].sum() < n:
+        return None
+    cal_patients = rng.permutation(take)[: len(take) // 2]
+    site, cal = np.isin(inverse, take), np.isin(inverse, cal_patients)
+    return cal, site & ~cal
+
+
+def simulate(y: np.ndarray, p: np.ndarray, groups: np.ndarray, n: int, current: float, splits: int = SPLITS,
+             target: float = TARGET, confidence: float = CONFIDENCE, seed: int = SEED) -> dict:
+    """`splits` random sites of n films from (y, p): calibrate on half the patients, score the rest."""
+    rng = np.random.default_rng(seed)
+    pos = y == 1
+    rows = {"refused": 0, "calibrated": 0, "held_sens": [], "held_spec": [], "rest_sens": [], "threshold": [],
+            "current_held_sens": [], "current_held_spec": []}
+    for _ in range(splits):
+        cut = site_split(groups, n, rng)
+        if cut is None:
+            return {"n": n, "feasible": False, "why": f"fewer than {n} films"}
+        cal, held = cut
+        t = guaranteed_threshold(p[cal & pos], target, confidence)
+        if not t.ok:
+            rows["refused"] += 1
+            continue
+        rows["calibrated"] += 1
+        rows["threshold"].append(t.threshold)
+        for name, thr in (("", t.threshold), ("current_", current)):
+            rows[f"{name}held_sens"].append(float((p[held & pos] >= thr).mean()))
+            rows[f"{name}held_spec"].append(float((p[held & ~pos] < thr).mean()))
+        rows["rest_sens"].append(float((p[~cal & pos] >= t.threshold).mean()))
+    k = rows["calibrated"]
+    alpha = 1 - confidence
+    out = {"n": n, "feasible": True, "splits": splits, "refused": rows["refused"], "calibrated": k}
+    if k:
+        held_sens, rest_sens = np.array(rows["held_sens"]), np.array(rows["rest_sens"])
+        out.update(below_target_heldout=float((held_sens < target).mean()),
+                   below_target_outside_calibration=float((rest_sens < target).mean()),
+                   sampling_error=float(np.sqrt(alpha * (1 - alpha) / k)),
+                   heldout_sensitivity_mean=float(held_sens.mean()),
+                   heldout_specificity_mean=float(np.mean(rows["held_spec"])),
+                   heldout_specificity_p10=float(np.percentile(rows["held_spec"], 10)),
+                   threshold_median=float(np.median(rows["threshold"])),
+                   current_below_target_heldout=float((np.array(rows["current_held_sens"]) < target).mean()),
+                   current_heldout_specificity_mean=float(np.mean(rows["current_held_spec"])))
+    return out
+
+
+def _accepted(y, groups, s) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    keep = ~s["rejected"]
+    return y[keep], s["probability"][keep], groups[keep]
+
+
+def _films(samples, size: int):
+    """Whole films (for the framing perturbations), labels and each film's patient group."""
+    from .data import decode_all, patient_id
+
+    films, y, bad = decode_all(samples, size, progress=True, rule=None)
+    unreadable = {name for name, _ in bad}
+    names = [s.name for s in samples if s.name not in unreadable]
+    return films, y, np.array([patient_id(n) or f"image {i}" for i, n in enumerate(names)])
+
+
+def simulate_sites(bundle: str | Path, data: str, out: str | Path = "bench/results", model_file: str = "model.onnx",
+                   splits: int = SPLITS, sizes: tuple[int, ...] = SIZES) -> dict:
+    """Each perturbation of the validation films as a site, at each site size, `splits` times; validation only."""
+    from .checkpoint import parse_config
+    from .data import rebuild_split
+    from .edge.progress import stage
+    from .perturb import PERTURBATIONS, perturbed_views
+
+    bundle = Path(bundle)
+    config = parse_config(json.loads((bundle / "config.json").read_text()), str(bundle / "config.json"))
+    _, _, val_s, _ = rebuild_split(config, data)
+    model = EdgeModel(bundle / model_file)
+    films, y, groups = _films(val_s, model.spec.size)
+    result = {"model": model_file, "weights_sha256": model.meta.weights_sha256, "data": "validation carved from train",
+              "n_films": int(len(y)), "n_patients": int(len(set(groups.tolist()))), "target_sensitivity": TARGET,
+              "confidence": CONFIDENCE, "splits": splits, "sizes": list(sizes), "current_threshold": model.threshold,
+              "sites": {}}
+    for name in PERTURBATIONS:
+        stage("site-sim", f"scoring the validation films under {name}")
+        s = score_views(model, perturbed_views(films, model.spec.size, names=[name])[name])
+        ya, pa, ga = _accepted(y, groups, s)
+        result["sites"][name] = {"rejected_by_guard": int(s["rejected"].sum()),
+                                 "runs": [simulate(ya, pa, ga, n, model.threshold, splits) for n in sizes]}
+    result["pooled"] = pooled(result["sites"], sizes)
+    out = Path(out)
+    write_json(out / "site-calibration.json", result)
+    write_text(out / "site-calibration.md", render_sites(result))
+    return result
+
+
+def pooled(sites: dict, sizes: tuple[int, ...] = SIZES) -> list[dict]:
+    """Per site size, the rates over every perturbation's calibrated splits together."""
+    rows = []
+    for i, n in enumerate(sizes):
+        runs = [s["runs"][i] for s in sites.values() if s["runs"][i]["feasible"]]
+        k = sum(r["calibrated"] for r in runs)
+        row = {"n": n, "sites": len(runs), "splits": sum(r["splits"] for r in runs),
+               "refused": sum(r["refused"] for r in runs), "calibrated": k, "infeasible_sites": len(sites) - len(runs)}
+        if k:
+            def avg(key):
+                return sum(r[key] * r["calibrated"] for r in runs if r["calibrated"]) / k
+
+            row.update({key: avg(key) for key in ("below_target_heldout", "below_target_outside_calibration",
+                                                  "heldout_specificity_mean", "current_below_target_heldout",
+                                                  "current_heldout_specificity_mean")},
+                       sampling_error=float(np.sqrt(0.1 * 0.9 / k)))
+        rows.append(row)
+    return rows
+
+
+def _pc(v) -> str:
+    return "-" if v is None else f"{v:.1%}"
+
+
+def render_sites(r: dict) -> str:
+    alpha = 1 - r["confidence"]
+    lines = [f"Simulated sites from validation only ({r['n_films']} films, {r['n_patients']} patients carved from "
+             f"train, `{r['model']}` with its guard): each of the {len(r['sites'])} declared perturbations of the "
+             f"study is one site. Per site size n, {r['splits']} random splits: draw patients until the site has n "
+             f"films, calibrate on half its patients (sensitivity >= {r['target_sensitivity']} at "
+             f"{r['confidence']:.0%} confidence), score the other half. Shipped threshold: "
+             f"{r['current_threshold']:.4f}.", "",
+             f"| n films | splits | refused (too few positives) | held-out sensitivity < target | outside calibration "
+             f"< target | held-out specificity | shipped threshold: held-out sensitivity < target | shipped "
+             f"threshold: held-out specificity |", "|---|---|---|---|---|---|---|---|"]
+    for p in r["pooled"]:
+        if not p["calibrated"]:
+            refused = _pc(p["refused"] / p["splits"]) if p["splits"] else "- (the sites are smaller)"
+            lines.append(f"| {p['n']} | {p['splits']} | {refused} | - | - | - | - | - |")
+            continue
+        lines.append(f"| {p['n']} | {p['splits']} | {_pc(p['refused'] / p['splits'])} | "
+                     f"{_pc(p['below_target_heldout'])} | {_pc(p['below_target_outside_calibration'])} | "
+                     f"{p['heldout_specificity_mean']:.3f} | {_pc(p['current_below_target_heldout'])} | "
+                     f"{p['current_heldout_specificity_mean']:.3f} |")
+    lines += ["", f"Goal: below target at most {alpha:.0%} plus sampling error (over the pooled calibrated splits: "
+              + ", ".join(f"n={p['n']}: +-{p['sampling_error']:.1%}" for p in r["pooled"] if p["calibrated"]) + ").",
+              "", "Per site (held-out sensitivity < target / held-out specificity; `refused` when the calibration "
+              "half had too few positives):", "",
+              "| site | guard refused | " + " | ".join(f"n={n}" for n in r["sizes"]) + " |",
+              "|---|---|" + "---|" * len(r["sizes"])]
+    for name, s in r["sites"].items():
+        cells = []
+        for run in s["runs"]:
+            if not run["feasible"]:
+                cells.append("-")
+            elif not run["calibrated"]:
+                cells.append("refused")
+            else:
+                cells.append(f"{_pc(run['below_target_heldout'])} / {run['heldout_specificity_mean']:.3f}"
+                             + (f" ({run['refused']} refused)" if run["refused"] else ""))
+        lines.append(f"| {name} | {s['rejected_by_guard']} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
