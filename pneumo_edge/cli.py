@@ -464,12 +464,20 @@ def monitor_reference(bundle, data, out, force) -> None:
 @click.option("--out", default="bench/results", show_default=True, help="Folder for site-calibration.json and .md.")
 @click.option("--splits", type=int, default=200, show_default=True, help="Random splits per site and size.")
 @click.option("--size", "sizes", type=int, multiple=True, help="Films per simulated site (repeatable; default 100, 200, 400).")
+@click.option("--test-read", is_flag=True,
+              help="Instead: one read of the test split played as a site and streamed through the drift monitor "
+                   "(a line in --ledger; changes nothing that ships).")
+@click.option("--ledger", default="test_ledger.jsonl", show_default=True, help="With --test-read: the test ledger.")
 @quiet_option
 @friendly
-def site_sim(bundle, data, out, splits, sizes) -> None:
+def site_sim(bundle, data, out, splits, sizes, test_read, ledger) -> None:
     """Site calibration simulated on validation: each declared perturbation as a site, calibrated on half."""
-    from .sitesim import SIZES, render_sites, simulate_sites
+    from .sitesim import SIZES, render_sites, render_test_read, simulate_sites, test_read as read_test
 
+    if test_read:
+        click.echo(render_test_read(read_test(bundle, data, out, ledger=ledger)))
+        click.echo(f"wrote {out}/test-read-simulation.json, .md and monitoring-test.png; one line in {ledger}")
+        return
     r = simulate_sites(bundle, data, out, splits=splits, sizes=tuple(sizes) or SIZES)
     click.echo(render_sites(r))
     click.echo(f"wrote {out}/site-calibration.json and site-calibration.md")

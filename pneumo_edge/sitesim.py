@@ -209,3 +209,133 @@ def render_sites(r: dict) -> str:
                              + (f" ({run['refused']} refused)" if run["refused"] else ""))
         lines.append(f"| {name} | {s['rejected_by_guard']} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
+
+
+# ---------------------------------------------------------------- the one read of the test split
+
+NOTE = ("simulation of site calibration and drift monitoring on the test split, played as a site; it changes "
+        "nothing that ships")
+
+
+def _rows(model: EdgeModel, s: dict, idx: np.ndarray) -> list[tuple]:
+    """What the monitor is fed for each image: probability, guard score, the label given, refusal."""
+    return [(float(s["probability"][i]), float(s["guard_score"][i]),
+             "REJECTED_OOD" if s["rejected"][i] else model.meta.decide(float(s["probability"][i])),
+             bool(s["rejected"][i])) for i in idx]
+
+
+def _stream(model: EdgeModel, before: list[tuple], after: list[tuple]) -> dict:
+    """A fresh monitor fed `before` (the unperturbed films) then `after`: alarms in each part."""
+    from .edge.monitor import Monitor, replay
+
+    mon = Monitor.for_model(model)
+    trace = replay(mon, before + after)
+    head, tail = trace[:len(before)], trace[len(before):]
+    checked = [t for t in head if t["statistic"] is not None]
+    trips_head = sum(1 for a, b in zip([{"alarm": False}] + head, head) if b["alarm"] and not a["alarm"])
+    first = next((i + 1 for i, t in enumerate(tail) if t["alarm"]), None)
+    return {"unperturbed_images": len(before), "unperturbed_trips": trips_head,
+            "unperturbed_windows_in_alarm": (sum(t["alarm"] for t in checked) / len(checked)) if checked else None,
+            "alarm_on_when_shift_starts": bool(head[-1]["alarm"]) if head else False,
+            "shifted_images": len(after), "images_before_alarm": None if first is None else first - 1,
+            "trace": trace, "monitor": mon}
+
+
+def test_read(bundle: str | Path, data: str, out: str | Path = "bench/results", ledger: str | Path | None = None,
+              seed: int = SEED) -> dict:
+    """One read of the test split: played as a site (as `simulate_sites`), then streamed through the monitor."""
+    from .data import load_splits
+    from .edge.imaging import resize_gray
+    from .edge.progress import stage
+    from .evaluate import DEFAULT_LEDGER, append_ledger
+    from .monitoring import plot_trace
+    from .ood import ood_images
+    from .perturb import perturbed_views
+
+    bundle, out = Path(bundle), Path(out)
+    model = EdgeModel(bundle / "model.onnx")
+    size = model.spec.size
+    stage("site-sim", "the test split: one read, recorded in the ledger")
+    films, y, groups = _films(load_splits(data).test, size)
+    views = perturbed_views(films, size, names=["clean", *MONITOR_SHIFTS])
+    scores = {name: score_views(model, v) for name, v in views.items()}
+    ya, pa, ga = _accepted(y, groups, scores["clean"])
+    result = {"note": NOTE, "model": "model.onnx", "weights_sha256": model.meta.weights_sha256,
+              "n_films": int(len(y)), "n_patients": int(len(set(groups.tolist()))), "target_sensitivity": TARGET,
+              "confidence": CONFIDENCE, "splits": SPLITS, "current_threshold": model.threshold,
+              "site": {"rejected_by_guard": int(scores["clean"]["rejected"].sum()),
+                       "runs": [simulate(ya, pa, ga, n, model.threshold, SPLITS, seed=seed) for n in SIZES]}}
+
+    items = [item for category in ood_images().values() for item in category]  # the guard report's OOD set
+    ood = score_views(model, np.stack([resize_gray(g, size, model.spec.resize) for _, g, _ in items]),
+                      np.array([c for _, _, c in items]))
+    order = np.random.default_rng(seed).permutation(len(y))  # the folders list one class, then the other
+    clean = _rows(model, scores["clean"], order)
+    shifted = {name: _rows(model, scores[name], order) for name in MONITOR_SHIFTS}
+    shifted["non-X-ray images"] = _rows(model, ood, np.arange(len(items)))
+    runs = {name: _stream(model, clean, rows) for name, rows in shifted.items()}
+    mon = runs[MONITOR_SHIFTS[0]]["monitor"]
+    result["monitoring"] = {
+        "window": mon.window, "alarm_threshold": mon.reference.alarm_threshold,
+        "false_alarm_rate": mon.reference.false_alarm_rate, "stream_images": mon.reference.stream_images,
+        "reference_positive_rate": mon.reference.positive_rate, "reference_refusal_rate": mon.reference.refusal_rate,
+        "test_positive_rate": float(np.mean([r[2] == model.labels[1] for r in clean])),
+        "test_refusal_rate": float(np.mean([r[3] for r in clean])),
+        "streams": {k: {kk: vv for kk, vv in v.items() if kk not in ("trace", "monitor")} for k, v in runs.items()}}
+    # one picture of the whole sequence: test films, then each shift in turn, then the non-X-ray set
+    from .edge.monitor import Monitor, replay
+
+    whole, marks, at = clean[:], {"test films": 1}, len(clean)
+    for name, rows in shifted.items():
+        marks[name] = at + 1
+        whole += rows
+        at += len(rows)
+    seq = Monitor.for_model(model)
+    plot_trace(replay(seq, whole), seq, out / "monitoring-test.png", "test split, then shifted copies", marks)
+    write_json(out / "test-read-simulation.json", result)
+    write_text(out / "test-read-simulation.md", render_test_read(result))
+    if ledger is None:
+        ledger = DEFAULT_LEDGER
+    pos, neg = ya == 1, ya == 0
+    append_ledger(ledger, {
+        "time": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), "model": model.meta.model,
+        "input_size": size, "weights_sha256": (model.meta.weights_sha256 or "")[:16], "note": NOTE,
+        "kind": "site-calibration and monitoring simulation",
+        "sensitivity": round(float((pa[pos] >= model.threshold).mean()), 4),
+        "specificity": round(float((pa[neg] < model.threshold).mean()), 4),
+        "site_runs": [{k: (round(v, 4) if isinstance(v, float) else v) for k, v in r.items()}
+                      for r in result["site"]["runs"]],
+        "monitoring": {k: {kk: vv for kk, vv in v.items()} for k, v in result["monitoring"]["streams"].items()}})
+    return result
+
+
+def render_test_read(r: dict) -> str:
+    m = r["monitoring"]
+    lines = [f"The test split ({r['n_films']} films, {r['n_patients']} patients) played as one site, once, recorded "
+             f"in `test_ledger.jsonl`: a {NOTE}. Same procedure as above ({r['splits']} splits per size, "
+             f"sensitivity >= {r['target_sensitivity']} at {r['confidence']:.0%} confidence).", "",
+             "| n films | refused | held-out sensitivity < target | outside calibration < target | held-out "
+             "specificity | site threshold (median) | shipped threshold: held-out sensitivity < target | shipped "
+             "threshold: held-out specificity |", "|---|---|---|---|---|---|---|---|"]
+    for run in r["site"]["runs"]:
+        if not run.get("calibrated"):
+            lines.append(f"| {run['n']} | {_pc(run['refused'] / run['splits']) if run['feasible'] else '-'} "
+                         "| - | - | - | - | - | - |")
+            continue
+        lines.append(f"| {run['n']} | {_pc(run['refused'] / run['splits'])} | {_pc(run['below_target_heldout'])} | "
+                     f"{_pc(run['below_target_outside_calibration'])} | {run['heldout_specificity_mean']:.3f} | "
+                     f"{run['threshold_median']:.4f} | {_pc(run['current_below_target_heldout'])} | "
+                     f"{run['current_heldout_specificity_mean']:.3f} |")
+    lines += ["", f"Drift monitor (window {m['window']}, alarm band {m['alarm_threshold']:.4f}: "
+              f"{m['false_alarm_rate']:.0%} false alarms per {m['stream_images']} validation-like images). Each "
+              f"stream: a fresh monitor fed the {r['n_films']} test films in a fixed random order, then the shifted "
+              f"films. Test positive rate {m['test_positive_rate']:.3f} (validation {m['reference_positive_rate']:.3f}), "
+              f"refusal rate {m['test_refusal_rate']:.3f} (validation {m['reference_refusal_rate']:.3f}).", "",
+              "| then | alarm trips on the test films | share of their windows in alarm | alarm already on | "
+              "shifted images before the alarm |", "|---|---|---|---|---|"]
+    for name, s in m["streams"].items():
+        before = "never" if s["images_before_alarm"] is None else str(s["images_before_alarm"])
+        lines.append(f"| {name} ({s['shifted_images']}) | {s['unperturbed_trips']} | "
+                     f"{_pc(s['unperturbed_windows_in_alarm'])} | {'yes' if s['alarm_on_when_shift_starts'] else 'no'}"
+                     f" | {before} |")
+    return "\n".join(lines) + "\n"

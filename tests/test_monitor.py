@@ -4,7 +4,6 @@ bundle, and `pneumo-edge monitor` over infer rows."""
 import csv
 import json
 import logging
-import shutil
 
 import numpy as np
 import pytest
@@ -85,19 +84,6 @@ def test_reference_round_trips_and_follows_a_new_temperature(reference):
     moved = reference.retempered(1.0, 2.0)
     assert np.array_equal(np.searchsorted(reference.prob_edges, p), np.searchsorted(moved.prob_edges,
                                                                                      1 / (1 + np.exp(-z / 2))))
-
-
-@pytest.fixture(scope="module")
-def stamped_bundle(tiny_bundle, tiny_data, tmp_path_factory):
-    """A copy of the tiny bundle with monitoring references, through the CLI."""
-    out = tmp_path_factory.mktemp("monitored") / "bundle"
-    shutil.copytree(tiny_bundle, out)
-    refused = CliRunner().invoke(main, ["monitor-reference", str(out), "--data", str(tiny_data)])
-    assert refused.exit_code == 2 and "--force" in refused.output
-    r = CliRunner().invoke(main, ["monitor-reference", str(out), "--data", str(tiny_data), "--force", "-q"])
-    assert r.exit_code == 0, r.output
-    assert "graph bytes identical" in r.output and "model.int8.onnx" in r.output
-    return out
 
 
 def test_monitor_reference_restamps_metadata_only(stamped_bundle, tiny_bundle):

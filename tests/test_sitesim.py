@@ -50,3 +50,20 @@ def test_site_sim_command_scores_every_perturbation(tiny_bundle, tiny_data, tmp_
         assert small["refused"] == 3 and not big["feasible"]
     md = (tmp_path / "site-calibration.md").read_text()
     assert "| 6 | 36 | 100.0% |" in md and "zoom-in-0.8" in md
+
+
+def test_the_test_read_is_one_ledger_line_and_streams_every_shift(stamped_bundle, tiny_data, tmp_path):
+    from pneumo_edge.evaluate import count_ledger
+
+    ledger = tmp_path / "ledger.jsonl"
+    r = CliRunner().invoke(main, ["site-sim", "--test-read", "--bundle", str(stamped_bundle), "--data", str(tiny_data),
+                                  "--out", str(tmp_path), "--ledger", str(ledger), "-q"])
+    assert r.exit_code == 0, r.output
+    assert count_ledger(ledger) == 1
+    line = json.loads(ledger.read_text())
+    assert "changes nothing that ships" in line["note"] and len(line["site_runs"]) == 3
+    res = json.loads((tmp_path / "test-read-simulation.json").read_text())
+    streams = res["monitoring"]["streams"]
+    assert list(streams) == ["contrast-0.6", "gamma-1.6", "zoom-in-0.8", "non-X-ray images"]
+    assert streams["contrast-0.6"]["unperturbed_images"] == 20 and streams["non-X-ray images"]["shifted_images"] > 50
+    assert (tmp_path / "monitoring-test.png").stat().st_size > 0 and "| 100 |" in (tmp_path / "test-read-simulation.md").read_text()
