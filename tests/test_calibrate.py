@@ -155,3 +155,14 @@ def test_calibrate_on_real_validation_films(tmp_path):
     assert v.exit_code == 0, v.output
     m = json.loads((tmp_path / "v" / "metrics.json").read_text())
     assert m["decision_rule"]["threshold"] == op["threshold"] and m["metrics"]["sensitivity"] >= 0.9
+
+
+def test_calibrate_runs_on_the_edge_install(tiny_bundle, tiny_data, tmp_path):
+    """No torch, scikit-learn, scipy or onnx: a site box can recalibrate with what it runs."""
+    from conftest import run_cli_without_torch
+
+    r = run_cli_without_torch(["calibrate", tiny_data, "--split", "train", "--model", tiny_bundle / "model.int8.onnx",
+                               "--out", tmp_path / "s", "--target-sensitivity", 0.8, "--confidence", 0.8, "-q"],
+                              cwd=tmp_path, also_block=("sklearn", "scipy", "onnx"))
+    assert r.returncode == 0, r.stderr
+    assert graph_bytes(tmp_path / "s" / "model.int8.onnx") == graph_bytes(tiny_bundle / "model.int8.onnx")
