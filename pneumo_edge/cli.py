@@ -468,9 +468,11 @@ def monitor_reference(bundle, data, out, force) -> None:
               help="Instead: one read of the test split played as a site and streamed through the drift monitor "
                    "(a line in --ledger; changes nothing that ships).")
 @click.option("--ledger", default="test_ledger.jsonl", show_default=True, help="With --test-read: the test ledger.")
+@click.option("--cache", default="runs/site-sim", show_default=True,
+              help="Folder keeping the validation scores (by weights digest): a re-run only resamples them.")
 @quiet_option
 @friendly
-def site_sim(bundle, data, out, splits, sizes, test_read, ledger) -> None:
+def site_sim(bundle, data, out, splits, sizes, test_read, ledger, cache) -> None:
     """Site calibration simulated on validation: each declared perturbation as a site, calibrated on half."""
     from .sitesim import SIZES, render_sites, render_test_read, simulate_sites, test_read as read_test
 
@@ -478,7 +480,7 @@ def site_sim(bundle, data, out, splits, sizes, test_read, ledger) -> None:
         click.echo(render_test_read(read_test(bundle, data, out, ledger=ledger)))
         click.echo(f"wrote {out}/test-read-simulation.json, .md and monitoring-test.png; one line in {ledger}")
         return
-    r = simulate_sites(bundle, data, out, splits=splits, sizes=tuple(sizes) or SIZES)
+    r = simulate_sites(bundle, data, out, splits=splits, sizes=tuple(sizes) or SIZES, cache=cache or None)
     click.echo(render_sites(r))
     click.echo(f"wrote {out}/site-calibration.json and site-calibration.md")
 

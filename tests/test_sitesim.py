@@ -41,15 +41,23 @@ def test_simulated_sites_refuse_when_small_and_hold_the_guarantee_when_large():
 
 def test_site_sim_command_scores_every_perturbation(tiny_bundle, tiny_data, tmp_path):
     r = CliRunner().invoke(main, ["site-sim", "--bundle", str(tiny_bundle), "--data", str(tiny_data), "--out",
-                                  str(tmp_path), "--size", "6", "--size", "1000", "--splits", "3", "-q"])
+                                  str(tmp_path), "--size", "6", "--size", "1000", "--splits", "3", "--cache",
+                                  str(tmp_path / "cache"), "-q"])
     assert r.exit_code == 0, r.output
+    assert len(list((tmp_path / "cache").glob("model.onnx-*.npz"))) == 1
+    again = CliRunner().invoke(main, ["site-sim", "--bundle", str(tiny_bundle), "--data", str(tiny_data), "--out",
+                                      str(tmp_path / "again"), "--size", "6", "--size", "1000", "--splits", "3",
+                                      "--cache", str(tmp_path / "cache")])
+    assert again.exit_code == 0 and "scoring" not in again.output  # resampled from the cached scores
+    assert json.loads((tmp_path / "again" / "site-calibration.json").read_text())["sites"] == \
+        json.loads((tmp_path / "site-calibration.json").read_text())["sites"]
     res = json.loads((tmp_path / "site-calibration.json").read_text())
     assert list(res["sites"]) == list(PERTURBATIONS) and res["sizes"] == [6, 1000]
     for s in res["sites"].values():
         small, big = s["runs"]
         assert small["refused"] == 3 and not big["feasible"]
     md = (tmp_path / "site-calibration.md").read_text()
-    assert "| 6 | 36 | 100.0% |" in md and "zoom-in-0.8" in md
+    assert "| 6 | 36 | 100.0% |" in md and "zoom-in-0.8" in md and "population sensitivity" in md
 
 
 def test_the_test_read_is_one_ledger_line_and_streams_every_shift(stamped_bundle, tiny_data, tmp_path):
