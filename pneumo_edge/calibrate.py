@@ -22,7 +22,7 @@ from .edge.api import MODEL_FILES, resolve_model
 from .edge.atomic import prepare_out_dir, write_json
 from .edge.errors import DataError, ModelError
 from .edge.model import EdgeModel, prob_from_logits
-from .edge.decision import PROB_DIGITS
+from .edge.decision import PROB_DIGITS, positive
 from .edge.sitecal import fit_temperature, grouped_interval, guaranteed_threshold, nll, split_groups
 from .edge.stamp import file_sha256, stamp_file
 from .validate import labelled_files, resampling_groups, score_files
@@ -80,8 +80,8 @@ def operating_point(y: np.ndarray, p: np.ndarray, groups: np.ndarray, current: f
     for name, thr in (("site", t.threshold), ("current", current)):
         if thr is None:
             continue
-        hits = p[neg] < thr
-        out[name] = {"threshold": thr, "sensitivity": float((p[pos] >= thr).mean()) if pos.any() else None,
+        hits = ~positive(p[neg], thr)
+        out[name] = {"threshold": thr, "sensitivity": float(positive(p[pos], thr).mean()) if pos.any() else None,
                      "specificity": float(hits.mean()) if neg.any() else None,
                      "specificity_ci95": grouped_interval(hits, groups[neg])}
     return out

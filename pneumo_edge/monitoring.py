@@ -56,12 +56,10 @@ def score_paths(model: EdgeModel, paths: list[str], progress: bool = True) -> di
 
     use_guard = model.guard is not None
     scored, _ = score_files(paths, model, use_guard, _Cfg(progress=progress))
-    kept = [f for f in paths if f in scored]
-    p = np.array([scored[f][0] for f in kept])
-    g = np.array([scored[f][1] for f in kept]) if use_guard else None
-    rejected = model.guard.rejects(g) if use_guard else np.zeros(len(p), bool)
-    labels = np.array(["REJECTED_OOD" if r else model.meta.decide(float(q)) for q, r in zip(p, rejected)])
-    return {"paths": kept, "probability": p, "guard_score": g, "label": labels, "rejected": rejected}
+    records = [scored[f] for f in paths if f in scored]
+    return {"paths": [f for f in paths if f in scored], "probability": np.array([r.probability for r in records]),
+            "guard_score": np.array([r.guard_score for r in records]) if use_guard else None,
+            "label": np.array([r.label for r in records]), "rejected": np.array([r.rejected for r in records], bool)}
 
 
 def _same_outputs(a: Path, b: Path, paths: list[str]) -> bool:
@@ -136,11 +134,14 @@ def read_infer_rows(path: str | Path) -> list[dict]:
 
 
 def _scored(rows: list[dict]) -> list[tuple[float, float | None, str, bool]]:
+    from .edge.outputs import SCORED, upgrade
+
     out = []
     for r in rows:
-        if r.get("status") not in ("ok", "rejected"):
+        r = upgrade(r) if "ood_score" in r else r  # a file written before the scored-image columns
+        if r.get("status") not in SCORED:
             continue  # errors and skipped inputs carry no score
-        g = r.get("ood_score")
+        g = r.get("guard_score")
         out.append((float(r["probability"]), None if g in (None, "") else float(g), str(r["label"]),
                     r["status"] == "rejected"))
     return out
@@ -186,7 +187,7 @@ def plot_trace(trace: list[dict], mon: Monitor, out: Path, title: str, marks: di
         rates.axhline(ref.refusal_rate, ls=":", c="C1", label="refusal rate, validation")
         stat = np.array([np.nan if t["statistic"] is None else t["statistic"] for t in trace])
         drift.plot(x, stat, c="k", label="drift statistic (max PSI)")
-        band = mon.threshold() or ref.alarm_threshold
+        band = mon.band() or ref.alarm_threshold
         drift.axhspan(band, max(band * 1.05, np.nanmax(stat) if np.isfinite(stat).any() else band) * 1.05,
                       color="red", alpha=0.12, label=f"alarm band (> {band:.3f}; {ref.false_alarm_rate:.0%} false "
                                                      f"alarms per {ref.stream_images} images)")

@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from .edge.atomic import write_json, write_text, write_with
+from .edge.decision import positive
 from .edge.model import EdgeModel
 from .edge.sitecal import guaranteed_threshold
 
@@ -39,16 +40,14 @@ SEED = 0
 def score_views(model: EdgeModel, views: np.ndarray, chroma: np.ndarray | None = None,
                 batch: int = 32) -> dict[str, np.ndarray]:
     """Probability, guard score and refusal of resized uint8 model views, through the edge scoring path."""
-    from .edge.infer import score_decoded
+    from .edge.decision import score_images
 
     chroma = np.zeros(len(views)) if chroma is None else chroma  # the dataset's films are grey JPEGs
-    p, g = [], []
-    for i in range(0, len(views), batch):
-        probs, scores, _ = score_decoded(model, list(zip(views[i:i + batch], chroma[i:i + batch])), True)
-        p.append(probs)
-        g.append(scores)
-    p, g = np.concatenate(p), np.concatenate(g)
-    return {"probability": p, "guard_score": g, "rejected": model.guard.rejects(g)}
+    records = [r for i in range(0, len(views), batch)
+               for r in score_images(model, list(zip(views[i:i + batch], chroma[i:i + batch])), True)]
+    return {"probability": np.array([r.probability for r in records]),
+            "guard_score": np.array([r.guard_score for r in records]),
+            "rejected": np.array([r.rejected for r in records], bool), "label": [r.label for r in records]}
 
 
 def site_split(groups: np.ndarray, n: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray] | None:
@@ -83,10 +82,10 @@ def simulate(y: np.ndarray, p: np.ndarray, groups: np.ndarray, n: int, current: 
         rows["calibrated"] += 1
         rows["threshold"].append(t.threshold)
         for name, thr in (("", t.threshold), ("current_", current)):
-            rows[f"{name}held_sens"].append(float((p[held & pos] >= thr).mean()))
-            rows[f"{name}held_spec"].append(float((p[held & ~pos] < thr).mean()))
-        rows["rest_sens"].append(float((p[~cal & pos] >= t.threshold).mean()))
-        rows["population_sens"].append(float((p[pos] >= t.threshold).mean()))
+            rows[f"{name}held_sens"].append(float(positive(p[held & pos], thr).mean()))
+            rows[f"{name}held_spec"].append(float((~positive(p[held & ~pos], thr)).mean()))
+        rows["rest_sens"].append(float(positive(p[~cal & pos], t.threshold).mean()))
+        rows["population_sens"].append(float(positive(p[pos], t.threshold).mean()))
     k = rows["calibrated"]
     alpha = 1 - confidence
     out = {"n": n, "feasible": True, "splits": splits, "refused": rows["refused"], "calibrated": k}
@@ -252,11 +251,10 @@ NOTE = ("simulation of site calibration and drift monitoring on the test split, 
         "nothing that ships")
 
 
-def _rows(model: EdgeModel, s: dict, idx: np.ndarray) -> list[tuple]:
+def _rows(s: dict, idx: np.ndarray) -> list[tuple]:
     """What the monitor is fed for each image: probability, guard score, the label given, refusal."""
-    return [(float(s["probability"][i]), float(s["guard_score"][i]),
-             "REJECTED_OOD" if s["rejected"][i] else model.meta.decide(float(s["probability"][i])),
-             bool(s["rejected"][i])) for i in idx]
+    return [(float(s["probability"][i]), float(s["guard_score"][i]), s["label"][i], bool(s["rejected"][i]))
+            for i in idx]
 
 
 def _stream(model: EdgeModel, before: list[tuple], after: list[tuple]) -> dict:
@@ -305,9 +303,9 @@ def test_read(bundle: str | Path, data: str, out: str | Path = "bench/results", 
     ood = score_views(model, np.stack([resize_gray(g, size, model.spec.resize) for _, g, _ in items]),
                       np.array([c for _, _, c in items]))
     order = np.random.default_rng(seed).permutation(len(y))  # the folders list one class, then the other
-    clean = _rows(model, scores["clean"], order)
-    shifted = {name: _rows(model, scores[name], order) for name in MONITOR_SHIFTS}
-    shifted["non-X-ray images"] = _rows(model, ood, np.arange(len(items)))
+    clean = _rows(scores["clean"], order)
+    shifted = {name: _rows(scores[name], order) for name in MONITOR_SHIFTS}
+    shifted["non-X-ray images"] = _rows(ood, np.arange(len(items)))
     runs = {name: _stream(model, clean, rows) for name, rows in shifted.items()}
     mon = runs[MONITOR_SHIFTS[0]]["monitor"]
     result["monitoring"] = {
@@ -336,8 +334,8 @@ def test_read(bundle: str | Path, data: str, out: str | Path = "bench/results", 
         "time": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), "model": model.meta.model,
         "input_size": size, "weights_sha256": (model.meta.weights_sha256 or "")[:16], "note": NOTE,
         "kind": "site-calibration and monitoring simulation",
-        "sensitivity": round(float((pa[pos] >= model.threshold).mean()), 4),
-        "specificity": round(float((pa[neg] < model.threshold).mean()), 4),
+        "sensitivity": round(float(positive(pa[pos], model.threshold).mean()), 4),
+        "specificity": round(float((~positive(pa[neg], model.threshold)).mean()), 4),
         "site_runs": [{k: (round(v, 4) if isinstance(v, float) else v) for k, v in r.items()}
                       for r in result["site"]["runs"]],
         "monitoring": {k: {kk: vv for kk, vv in v.items()} for k, v in result["monitoring"]["streams"].items()}})

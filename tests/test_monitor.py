@@ -67,7 +67,7 @@ def test_guard_off_uses_the_probability_band_and_no_reference_still_reports_rate
     p, _ = draw(np.random.default_rng(3), 250)
     for pi in p:
         mon.observe(pi, None, "PNEUMONIA" if pi >= 0.5 else "NORMAL", False)
-    assert mon.threshold() == reference.alarm_threshold_probability_only and mon.statistic is not None
+    assert mon.band() == reference.alarm_threshold_probability_only and mon.statistic is not None
     bare = Monitor(None)
     bare.observe(0.9, 0.3, "PNEUMONIA", False)
     bare.observe(0.2, 2.0, "REJECTED_OOD", True)
@@ -132,14 +132,18 @@ def test_metrics_counters_move_as_requests_arrive(which, tiny_bundle, stamped_bu
 
 
 def write_rows(path, p, g, threshold=0.5):
-    with open(path, "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(["path", "probability", "label", "status", "error", "ood_score", "threshold", "ood"])
-        for i, (pi, gi) in enumerate(zip(p, g)):
-            rejected = gi > 1
-            w.writerow([f"x{i}.png", pi, "REJECTED_OOD" if rejected else "PNEUMONIA" if pi >= threshold else "NORMAL",
-                        "rejected" if rejected else "ok", "", gi, threshold, rejected])
-        w.writerow(["broken.png", "", "", "error", "not an image", "", "", ""])
+    """infer's CSV: scored rows through the same encoder, then one error row."""
+    from pneumo_edge.edge.outputs import CsvFormat
+
+    rows = []
+    for i, (pi, gi) in enumerate(zip(p, g)):
+        rejected, model_label = gi > 1, "PNEUMONIA" if pi >= threshold else "NORMAL"
+        rows.append({"path": f"x{i}.png", "status": "rejected" if rejected else "ok",
+                     "label": "REJECTED_OOD" if rejected else model_label, "model_label": model_label,
+                     "probability": round(pi, 6), "threshold": threshold, "guard_score": round(gi, 4),
+                     "guard_verdict": "rejected" if rejected else "accepted"})
+    rows.append({"path": "broken.png", "status": "error", "error": "not an image"})
+    path.write_text(CsvFormat.header + CsvFormat.encode(rows))
 
 
 def test_monitor_command_replays_csv_and_parquet_rows(stamped_bundle, tmp_path):

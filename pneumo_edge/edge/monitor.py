@@ -209,7 +209,7 @@ class Monitor:
             out["guard_score"] = float(psi(self._guard_counts, r.guard_freq))
         return out
 
-    def threshold(self) -> float | None:
+    def band(self) -> float | None:
         """The alarm band for the components in the window (the guard's drops out when the guard is off)."""
         r = self.reference
         if r is None:
@@ -221,13 +221,13 @@ class Monitor:
             self.statistic = None
             return
         self.statistic = max(self._components().values())
-        tripped = self.statistic > self.threshold()
+        tripped = self.statistic > self.band()
         if tripped and not self.alarm:
             self.trips += 1
             s = self.rates()
             self.log.warning(
                 "drift alarm: statistic %.4f above its band %.4f over the last %d images (positive rate %.3f, "
-                "reference %.3f; guard refusals %.3f, reference %.3f)", self.statistic, self.threshold(),
+                "reference %.3f; guard refusals %.3f, reference %.3f)", self.statistic, self.band(),
                 len(self._items), s["positive_rate"], self.reference.positive_rate, s["refusal_rate"],
                 self.reference.refusal_rate)
         self.alarm = tripped
@@ -249,7 +249,7 @@ class Monitor:
                 return out
             out.update(reference_positive_rate=r.positive_rate, reference_refusal_rate=r.refusal_rate,
                        false_alarm_rate=r.false_alarm_rate, stream_images=r.stream_images,
-                       alarm_threshold=self.threshold(), statistic=self.statistic,
+                       alarm_threshold=self.band(), statistic=self.statistic,
                        components=self._components() if self._items else {},
                        bins={"probability": {"window": self._prob_counts.tolist(), "reference": r.prob_freq.tolist()},
                              **({"guard_score": {"window": self._guard_counts.tolist(),

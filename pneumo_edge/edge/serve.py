@@ -253,7 +253,7 @@ class Service:
         """Decode, classify and (optionally) explain one image: runs on the executor."""
         t0 = time.perf_counter()
         r = self.classifier.predict(source, heatmap=heatmap)
-        self.monitor.observe(r["probability"], r["guard_score"], r["label"], r["rejected"])
+        self.monitor.observe(r["probability"], r["guard_score"], r["label"], r["guard_verdict"] == "rejected")
         self.latency_s = 0.8 * self.latency_s + 0.2 * (time.perf_counter() - t0)
         return r
 
