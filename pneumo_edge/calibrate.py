@@ -24,7 +24,8 @@ from .edge.errors import DataError, ModelError
 from .edge.model import EdgeModel, prob_from_logits
 from .edge.decision import PROB_DIGITS, positive
 from .edge.sitecal import fit_temperature, grouped_interval, guaranteed_threshold, nll, split_groups
-from .edge.stamp import file_sha256, stamp_file
+from .edge.runtime import file_sha256
+from .edge.stamp import stamp_file
 from .validate import labelled_files, resampling_groups, score_files
 
 RULE = ("largest threshold whose exact one-sided Clopper-Pearson lower bound on sensitivity, over the site's "
@@ -71,17 +72,18 @@ def refit_temperature(z: np.ndarray, y: np.ndarray, groups: np.ndarray, current:
 
 
 def operating_point(y: np.ndarray, p: np.ndarray, groups: np.ndarray, current: float, target: float,
-                    confidence: float) -> dict:
-    """The guaranteed threshold and what it gives on these films, beside the current threshold's numbers."""
+                    confidence: float, p_current: np.ndarray | None = None) -> dict:
+    """The guaranteed threshold and what it gives on these films, beside the current threshold's numbers
+    (on `p_current`, the file's probabilities under its current temperature, when `p` has a refitted one)."""
     pos, neg = y == 1, y == 0
     t = guaranteed_threshold(p[pos], target, confidence)
     out = {"n_positive": t.n_positive, "n_negative": int(neg.sum()), "positives_needed": t.needed,
            "threshold": t.threshold, "detected": t.detected, "sensitivity_lower_bound": t.lower_bound}
-    for name, thr in (("site", t.threshold), ("current", current)):
+    for name, thr, q in (("site", t.threshold, p), ("current", current, p if p_current is None else p_current)):
         if thr is None:
             continue
-        hits = ~positive(p[neg], thr)
-        out[name] = {"threshold": thr, "sensitivity": float(positive(p[pos], thr).mean()) if pos.any() else None,
+        hits = ~positive(q[neg], thr)
+        out[name] = {"threshold": thr, "sensitivity": float(positive(q[pos], thr).mean()) if pos.any() else None,
                      "specificity": float(hits.mean()) if neg.any() else None,
                      "specificity_ci95": grouped_interval(hits, groups[neg])}
     return out
@@ -106,11 +108,12 @@ def calibrate_file(path: Path, files: list[str], truth: list[int], cfg: Calibrat
     y, p, groups = y[keep], p[keep], groups[keep]
     meta = model.meta
     temperature = {"applied": False, "temperature": meta.temperature, "why": "not asked (--refit-temperature)"}
+    p_current = p
     if cfg.refit_temperature:
         z = np.array([margin[f] for f in paths])[keep]
         temperature = refit_temperature(z, y, groups, meta.temperature)
         p = np.round(prob_from_logits(np.stack([np.zeros_like(z), z], 1), temperature["temperature"]), PROB_DIGITS)
-    op = operating_point(y, p, groups, meta.threshold, cfg.target_sensitivity, cfg.confidence)
+    op = operating_point(y, p, groups, meta.threshold, cfg.target_sensitivity, cfg.confidence, p_current)
     if op["threshold"] is None:
         raise DataError(f"{path.name}: the site has {op['n_positive']} PNEUMONIA films the guard accepts; a "
                         f"sensitivity of {cfg.target_sensitivity:g} at {cfg.confidence:g} confidence needs at "

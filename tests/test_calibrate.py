@@ -13,7 +13,8 @@ from pneumo_edge.cli import main
 from pneumo_edge.edge.meta import read_meta
 from pneumo_edge.edge.sitecal import (fit_temperature, grouped_interval, guaranteed_threshold, lower_bound, nll,
                                       positives_needed)
-from pneumo_edge.edge.stamp import file_sha256, graph_bytes, stamp_file
+from pneumo_edge.edge.runtime import file_sha256
+from pneumo_edge.edge.stamp import graph_bytes, stamp_file
 
 
 def cli(*args):

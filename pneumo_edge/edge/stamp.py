@@ -11,7 +11,6 @@ exactly what its parent computed, and the edge box can do it with what it has in
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 
 from .atomic import write_with
@@ -112,10 +111,3 @@ def graph_bytes(path: str | Path) -> bytes:
     _, parsed = _parse(path)
     return b"".join(raw for number, raw, _ in parsed if number not in (DOC_STRING, METADATA_PROPS))
 
-
-def file_sha256(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
