@@ -19,9 +19,11 @@ from __future__ import annotations
 import logging
 import threading
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
+
+from .errors import ModelError
 
 WINDOW = 200  # images in the rolling window
 BINS = 10  # reference deciles
@@ -87,8 +89,6 @@ class Reference:
 
     @classmethod
     def from_meta(cls, m: dict, source: str = "model") -> "Reference":
-        from .errors import ModelError
-
         try:
             def arr(k):
                 return None if m.get(k) is None else np.asarray(m[k], np.float64)
@@ -109,8 +109,6 @@ class Reference:
     def retempered(self, old: float, new: float) -> "Reference":
         """The same reference for probabilities recomputed with temperature `new` instead of `old`: the map is
         monotone, so each film stays in its bin and only the edges move."""
-        from dataclasses import replace
-
         e = np.clip(self.prob_edges, 1e-15, 1 - 1e-15)
         z = old * (np.log(e) - np.log1p(-e))
         return replace(self, prob_edges=1.0 / (1.0 + np.exp(-z / new)))
@@ -272,6 +270,7 @@ def replay(monitor: Monitor, rows) -> list[dict]:
 
 def prometheus_collector(monitor: Monitor):
     """A prometheus-client collector that reads the monitor at scrape time."""
+    # lazy: prometheus-client comes with the [serve] extra, and the monitor works without it
     from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
     class Collector:
