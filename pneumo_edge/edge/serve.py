@@ -36,6 +36,7 @@ from pathlib import Path
 from .access import AccessPolicy, Gate
 from .decision import FIELDS
 from .errors import ImageError, PneumoEdgeError
+from .monitor import Monitor, prometheus_collector
 
 DEFAULT_MAX_UPLOAD_MB = 50
 SPOOL_BYTES = 8 * 1024 * 1024  # larger uploads wait in the private temporary folder, not in memory
@@ -218,8 +219,6 @@ class Service:
         path = resolve_model(config.model) if config.model else default_model_path()
         self.model = EdgeModel(path, threads=config.threads)
         self.classifier = Classifier(self.model, guard=config.guard)
-        from .monitor import Monitor
-
         self.monitor = Monitor.for_model(self.model)  # this worker's rolling window, shown at /metrics
         self.executor = ThreadPoolExecutor(max(1, config.concurrency), thread_name_prefix="pneumo-infer")
         self.capacity = max(1, config.concurrency) + max(0, config.queue)
@@ -419,8 +418,6 @@ def create_app(config: ServeConfig = ServeConfig()):
         return {"status": "ok", "model": service.model.path.name, "in_flight": service.pending}
 
     from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
-
-    from .monitor import prometheus_collector
 
     registry = CollectorRegistry()  # this app's own: two apps in one process do not share counters
     registry.register(prometheus_collector(service.monitor))
