@@ -109,10 +109,10 @@ def test_metrics_counters_move_as_requests_arrive(which, tiny_bundle, stamped_bu
     from fastapi.testclient import TestClient
 
     from pneumo_edge.edge.serve import ServeConfig, create_app
-    from test_serve import encoded
+    from test_serve import LOCAL, encoded
 
     bundle = tiny_bundle if which == "plain" else stamped_bundle
-    with TestClient(create_app(ServeConfig(model=str(bundle / "model.onnx"), threads=1))) as c:
+    with TestClient(create_app(ServeConfig(model=str(bundle / "model.onnx"), threads=1)), base_url=LOCAL) as c:
         before = c.get("/metrics")
         assert before.status_code == 200 and before.headers["content-type"].startswith("text/plain")
         assert metric(before.text, "pneumo_edge_window_images") == 0
