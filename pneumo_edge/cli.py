@@ -67,6 +67,17 @@ def quiet_option(fn):
                              "still print.")(wrapper)
 
 
+def folder_run_options(fn):
+    """The options and wrappers of a command that scores a labelled folder into --out (validate, calibrate)."""
+    stack = (click.option("--batch-size", type=int, show_default=True, help="Images per onnxruntime call."),
+             click.option("--workers", type=int, help="Decode threads (default: all cores)."),
+             click.option("--force", is_flag=True, help="Write into a non-empty --out."),
+             quiet_option, friendly, no_traceback)
+    for deco in reversed(stack):  # as if written one above the other, top first
+        fn = deco(fn)
+    return fn
+
+
 class ConfigDefaults(click.Command):
     """A command whose option defaults come from the library: the same-named fields of config dataclasses, or
     parameters of library functions ("module:Name", several joined by commas, the first that names it wins).
@@ -358,12 +369,7 @@ def infer(paths, model_path, out_csv, json_path, resume, force, batch_size, work
               help="Apply the file's out-of-distribution guard; rejected images are counted apart from the metrics.")
 @click.option("--bootstrap", "n_bootstrap", type=int, show_default=True,
               help="Bootstrap resamples for the 95% intervals; 0 skips them.")
-@click.option("--batch-size", type=int, show_default=True, help="Images per onnxruntime call.")
-@click.option("--workers", type=int, help="Decode threads (default: all cores).")
-@click.option("--force", is_flag=True, help="Write into a non-empty --out.")
-@quiet_option
-@friendly
-@no_traceback
+@folder_run_options
 def validate(**options) -> None:
     """Score an exported ONNX model (fp32 or INT8) on labelled X-rays, with its own threshold and guard.
 
@@ -401,6 +407,102 @@ def info(model) -> None:
         import textwrap
 
         click.echo("\n" + textwrap.fill(" ".join(about.split()), width=100))
+
+
+# Defaults: CalibrateConfig's fields (ConfigDefaults); each option is named after its field.
+@main.command(cls=ConfigDefaults, config=".calibrate:CalibrateConfig")
+@click.argument("folder")
+@click.option("--model", help="Bundle folder (each of its ONNX files is calibrated) or one .onnx file "
+                              "(default: the shipped export/model.onnx).")
+@click.option("--out", required=True, help="Folder for the new bundle: the restamped ONNX file(s) and calibration.json.")
+@click.option("--target-sensitivity", type=float, show_default=True, help="Sensitivity the threshold must guarantee.")
+@click.option("--confidence", type=float, show_default=True, help="Confidence of the guarantee (one-sided).")
+@click.option("--site", help="Label recorded for this site (default: the folder's name).")
+@click.option("--refit-temperature", is_flag=True,
+              help="Refit the temperature on the site's films; kept only if it lowers held-out NLL.")
+@click.option("--split", help="Use this split of a dataset root laid out {train,val,test}/{NORMAL,PNEUMONIA}/.")
+@folder_run_options
+def calibrate(**options) -> None:
+    """Set the operating point on a site's labelled films (NORMAL/ + PNEUMONIA/) with a sensitivity guarantee.
+
+    The threshold is the largest whose exact one-sided lower confidence bound on sensitivity reaches the
+    target; the new bundle holds the same graphs and guard with the new operating point and its provenance.
+    """
+    from .calibrate import CalibrateConfig, calibrate as run, render_summary
+
+    r = run(CalibrateConfig(**options, progress=True))
+    click.echo(render_summary(r))
+    click.echo(f"wrote {options['out']}: {', '.join(f['file'] for f in r['files'])}, calibration.json")
+
+
+@main.command("monitor-reference")
+@click.argument("bundle", type=click.Path(exists=True, file_okay=False))
+@click.option("--data", default=DEFAULT_DATA, show_default=True, help="The data the bundle's checkpoint was trained on.")
+@click.option("--out", type=click.Path(file_okay=False), help="Write the restamped files here instead of in place.")
+@click.option("--force", is_flag=True, help="Restamp the files in BUNDLE in place (or overwrite those in --out).")
+@quiet_option
+@friendly
+@no_traceback
+def monitor_reference(bundle, data, out, force) -> None:
+    """Fit the drift monitor's reference on validation and stamp it into each ONNX file's metadata.
+
+    Graph bytes are copied unchanged and outputs are checked bit-identical before a file is replaced.
+    """
+    from .monitoring import stamp_references
+
+    r = stamp_references(bundle, data, out=out, force=force)
+    for name, f in r["files"].items():
+        click.echo(f"{name}: reference on {f['n_reference']} validation films, alarm band {f['alarm_threshold']:.4f} "
+                   f"({f['false_alarm_rate']:.0%} false alarms per {f['stream_images']} images), graph bytes "
+                   f"identical, outputs bit-identical on {f['outputs_bit_identical_on']} films")
+
+
+@main.command("site-sim")
+@click.option("--bundle", default="export", show_default=True, type=click.Path(exists=True, file_okay=False),
+              help="Bundle whose model.onnx, config.json (validation split) and guard are used.")
+@click.option("--data", default=DEFAULT_DATA, show_default=True, help="The data the bundle's checkpoint was trained on.")
+@click.option("--out", default="bench/results", show_default=True, help="Folder for site-calibration.json and .md.")
+@click.option("--splits", type=int, default=200, show_default=True, help="Random splits per site and size.")
+@click.option("--size", "sizes", type=int, multiple=True, help="Films per simulated site (repeatable; default 100, 200, 400).")
+@click.option("--test-read", is_flag=True,
+              help="Instead: one read of the test split played as a site and streamed through the drift monitor "
+                   "(a line in --ledger; changes nothing that ships).")
+@click.option("--ledger", default="test_ledger.jsonl", show_default=True, help="With --test-read: the test ledger.")
+@click.option("--cache", default="runs/site-sim", show_default=True,
+              help="Folder keeping the validation scores (by weights digest): a re-run only resamples them.")
+@quiet_option
+@friendly
+def site_sim(bundle, data, out, splits, sizes, test_read, ledger, cache) -> None:
+    """Site calibration simulated on validation: each declared perturbation as a site, calibrated on half."""
+    from .sitesim import SIZES, render_sites, render_test_read, simulate_sites, test_read as read_test
+
+    if test_read:
+        click.echo(render_test_read(read_test(bundle, data, out, ledger=ledger)))
+        click.echo(f"wrote {out}/test-read-simulation.json, .md and monitoring-test.png; one line in {ledger}")
+        return
+    r = simulate_sites(bundle, data, out, splits=splits, sizes=tuple(sizes) or SIZES, cache=cache or None)
+    click.echo(render_sites(r))
+    click.echo(f"wrote {out}/site-calibration.json and site-calibration.md")
+
+
+@main.command()
+@click.argument("rows", type=click.Path(exists=True))
+@click.option("--model", help=MODEL_HELP + " Its metadata holds the monitoring reference.")
+@click.option("--out", default="monitor.png", show_default=True, help="The PNG; a JSON summary is written beside it.")
+@click.option("--force", is_flag=True, help="Overwrite an existing --out.")
+@friendly
+@no_traceback
+def monitor(rows, model, out, force) -> None:
+    """Replay the drift monitor over infer's rows (ROWS.csv or ROWS.parquet), in order, and draw it over time."""
+    from .monitoring import monitor_rows
+
+    r = monitor_rows(rows, model, out, force)
+    drift = (f"statistic {r['statistic']:.4f} (band {r['alarm_threshold']:.4f})" if r.get("statistic") is not None
+             else r.get("drift", "unavailable"))
+    first = f", first alarm at image {r['first_alarm_at']}" if r["first_alarm_at"] else ", no alarm"
+    click.echo(f"{r['images']} scored rows: last window positive rate {r['positive_rate']:.3f}, refusal rate "
+               f"{r['refusal_rate']:.3f}, {drift}, {r['alarm_trips']} alarm trip(s){first}")
+    click.echo(f"wrote {out} and {Path(out).with_suffix('.json')}")
 
 
 @main.command()

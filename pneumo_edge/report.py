@@ -136,6 +136,9 @@ def sections(bundle: Path, root: Path) -> dict[str, str]:
     study = root / "bench" / "study" / "results.md"
     if study.is_file():  # drop the file's own title: README has its own heading
         out["study"] = study.read_text().split("\n", 1)[1].strip()
+    for name, file in (("sitecal", "site-calibration.md"), ("sitecal-test", "test-read-simulation.md")):
+        if (root / "bench" / "results" / file).is_file():  # pneumo-edge site-sim [--test-read]
+            out[name] = (root / "bench" / "results" / file).read_text().strip()
     if (bundle / "guard.md").is_file():
         out["guard"] = (bundle / "guard.md").read_text().strip()
     out["ledger"] = (f"The test split has been read **{count_ledger(root / DEFAULT_LEDGER)} times** while this "

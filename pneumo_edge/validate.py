@@ -88,15 +88,37 @@ def _named(m: dict) -> dict:
     return {**out, "threshold": m["threshold"], "n": m["n"], "confusion_matrix": m["confusion_matrix"]}
 
 
-def _score(files: list[str], model: EdgeModel, use_guard: bool, cfg: ValidateConfig):
-    """{path: its Scored record} and the files that could not be decoded."""
+def labelled_files(folder: str | Path, split: str | None, labels: list[str]
+                   ) -> tuple[Path, list[str], list[int], list[dict]]:
+    """(class root, image files, their class index, entries not scored) of a folder laid out by class."""
+    root, folders = class_folders(folder, split, labels)
+    files, truth, skipped = [], [], []
+    for k, sub in enumerate(folders):
+        found = find_inputs([str(sub)])
+        if not found.files:
+            raise DataError(f"class folder '{sub}' holds no image files")
+        files += found.files
+        truth += [k] * len(found.files)
+        skipped += [{"path": display_path(p), "status": st, "reason": why} for p, st, why in found.problems]
+    return root, files, truth, skipped
+
+
+def score_files(files: list[str], model: EdgeModel, use_guard: bool, cfg, margins: dict | None = None):
+    """{path: its Scored record} and the files that could not be decoded.
+
+    cfg: anything with progress, batch_size and workers (ValidateConfig, CalibrateConfig).
+    margins: a dict that receives each path's logit margin (logit 1 - logit 0), unrounded, for refitting."""
     scored, unreadable = {}, []
     bar = Progress(len(files), "validate", enabled=cfg.progress)
     for batch in decoded_batches(files, model, cfg.batch_size, cfg.workers):
         ok = [(path, dec) for path, dec, err in batch if err is None]
         unreadable += [{"path": display_path(path), "error": err} for path, _, err in batch if err is not None]
         if ok:
-            scored.update(zip([p for p, _ in ok], score_images(model, [dec for _, dec in ok], use_guard)))
+            outs: dict | None = {} if margins is not None else None
+            scored.update(zip([p for p, _ in ok], score_images(model, [dec for _, dec in ok], use_guard, outs)))
+            if outs is not None:
+                z = outs["logits"][:, 1].astype(np.float64) - outs["logits"][:, 0]
+                margins.update(zip([p for p, _ in ok], z.tolist()))
         bar.update(len(batch))
     bar.close()
     return scored, unreadable
@@ -138,19 +160,11 @@ def validate(cfg: ValidateConfig) -> dict:
     """Score every image under the class folders with the file's own rule; write metrics, rows and plots."""
     model = EdgeModel(resolve_model(cfg.model))
     labels, t = model.labels, model.threshold
-    root, folders = class_folders(cfg.folder, cfg.split, labels)
-    files, truth, skipped = [], [], []
-    for k, folder in enumerate(folders):
-        found = find_inputs([str(folder)])
-        if not found.files:
-            raise DataError(f"class folder '{folder}' holds no image files")
-        files += found.files
-        truth += [k] * len(found.files)
-        skipped += [{"path": display_path(p), "status": st, "reason": why} for p, st, why in found.problems]
+    root, files, truth, skipped = labelled_files(cfg.folder, cfg.split, labels)
     out = prepare_out_dir(cfg.out, cfg.force)  # refused before the long part
     use_guard = cfg.guard and model.guard is not None
 
-    scored, unreadable = _score(files, model, use_guard, cfg)
+    scored, unreadable = score_files(files, model, use_guard, cfg)
     keep = [i for i, f in enumerate(files) if f in scored]
     paths = [files[i] for i in keep]
     records = [scored[f] for f in paths]

@@ -128,5 +128,23 @@ def tiny_eval(tiny_checkpoint, tiny_data, tmp_path_factory) -> Path:
     return out
 
 
+@pytest.fixture(scope="session")
+def stamped_bundle(tiny_bundle, tiny_data, tmp_path_factory):
+    """A copy of the tiny bundle with drift-monitor references (`monitor-reference`), through the CLI."""
+    import shutil
+
+    from click.testing import CliRunner
+
+    from pneumo_edge.cli import main
+
+    out = tmp_path_factory.mktemp("monitored") / "bundle"
+    shutil.copytree(tiny_bundle, out)
+    refused = CliRunner().invoke(main, ["monitor-reference", str(out), "--data", str(tiny_data)])
+    assert refused.exit_code == 2 and "--force" in refused.output
+    r = CliRunner().invoke(main, ["monitor-reference", str(out), "--data", str(tiny_data), "--force", "-q"])
+    assert r.exit_code == 0, r.output
+    assert "graph bytes identical" in r.output and "model.int8.onnx" in r.output
+    return out
+
 needs_real = pytest.mark.skipif(not REAL.is_dir(), reason="../shared/data/chest_xray not present")
 needs_external = pytest.mark.skipif(not EXTERNAL.is_dir(), reason="../shared/data/external_cxr not present")

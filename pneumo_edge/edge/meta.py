@@ -49,6 +49,9 @@ class BundleMeta:
     cam: dict | None = None  # classifier weights for heat maps from the 'features' output (edge.cam.CamHead.to_meta)
     license: str | None = None
     created: str | None = None  # export time, ISO 8601 UTC
+    # operating points set at sites after export, oldest first (edge.sitecal via `pneumo-edge calibrate`)
+    site_calibration: list | None = None
+    monitor: dict | None = None  # drift-monitor reference fitted on validation (edge.monitor.Reference)
     extra: dict = field(default_factory=dict)  # keys a newer writer added; kept, not interpreted
 
     def to_dict(self) -> dict:
@@ -58,7 +61,7 @@ class BundleMeta:
              "threshold": self.threshold, "temperature": self.temperature, "probability": PROBABILITY,
              "target_sensitivity": self.target_sensitivity, "data_fingerprint": self.data_fingerprint,
              "weights_sha256": self.weights_sha256}
-        for k in ("ood", "quantization", "cam", "license", "created"):  # written only when set
+        for k in ("ood", "quantization", "cam", "license", "created", "site_calibration", "monitor"):  # when set
             if getattr(self, k) is not None:
                 d[k] = getattr(self, k)
         return {**self.extra, **d}
@@ -107,14 +110,22 @@ class BundleMeta:
         for k in ("license", "created"):
             if d.get(k) is not None and not isinstance(d[k], str):
                 raise bad(k, f"must be a string, got {d[k]!r}")
+        site = d.get("site_calibration")
+        if site is not None and not (isinstance(site, list) and all(isinstance(s, dict) for s in site)):
+            raise bad("site_calibration", "must be a list of objects")
+        monitor = d.get("monitor")
+        if monitor is not None and not isinstance(monitor, dict):
+            raise bad("monitor", "must be an object")
         known = set(REQUIRED) | {"target_sensitivity", "data_fingerprint", "weights_sha256", "ood", "quantization",
-                                 "cam", "license", "created", "input", "outputs", "probability"}
+                                 "cam", "license", "created", "input", "outputs", "probability", "site_calibration",
+                                 "monitor"}
         return cls(model=str(d["model"]), labels=tuple(labels), preprocess=PreprocessSpec.from_dict(p),
                    threshold=float(d["threshold"]), temperature=float(d["temperature"]),
                    pneumo_edge_version=str(d["pneumo_edge_version"]),
                    target_sensitivity=d.get("target_sensitivity"), data_fingerprint=d.get("data_fingerprint"),
                    weights_sha256=d.get("weights_sha256"), ood=ood, quantization=d.get("quantization"), cam=cam,
-                   license=d.get("license"), created=d.get("created"), extra={k: v for k, v in d.items() if k not in known})
+                   license=d.get("license"), created=d.get("created"), site_calibration=site, monitor=monitor,
+                   extra={k: v for k, v in d.items() if k not in known})
 
     @classmethod
     def from_json(cls, text: str, source: str = "model") -> "BundleMeta":
@@ -202,6 +213,26 @@ def _guard_rows(ood: dict | None) -> list[tuple[str, str]]:
     return rows
 
 
+def _site_rows(chain: list | None) -> list[tuple[str, str]]:
+    """The provenance chain of site operating points, oldest first; each names its parent file's digest."""
+    if not chain:
+        return [("operating point from", "validation at export (no site calibration)")]
+    rows = []
+    for i, c in enumerate(chain, 1):
+        rows.append((f"site calibration {i}", f"{c.get('site')}, {c.get('date')}: threshold {c.get('threshold'):.4f}"
+                     f" (was {c.get('parent_threshold'):.4f}), temperature {c.get('temperature'):.4f}, "
+                     f"{c.get('n_images')} films ({c.get('n_positive')} positive)"))
+        rows.append(("  rule", f"{c.get('rule')} (target {c.get('target_sensitivity')}, confidence "
+                               f"{c.get('confidence')})"))
+        rows.append(("  parent", f"sha256 {c.get('parent_sha256')}"))
+    return rows
+
+
+def _monitor_words(m: dict) -> str:
+    return (f"window {m.get('window')} images, alarm above {m.get('alarm_threshold', float('nan')):.4g} "
+            f"(false-alarm rate {m.get('false_alarm_rate')} per {m.get('stream_images')} images)")
+
+
 def describe(meta: BundleMeta) -> list[tuple[str, str]]:
     """(name, value) pairs for people (`pneumo-edge info`): what the file does to an image, and why."""
     p, positive = meta.preprocess, meta.labels[1]
@@ -216,6 +247,9 @@ def describe(meta: BundleMeta) -> list[tuple[str, str]]:
             ("temperature", f"{meta.temperature:.4f}"),
             ("target sensitivity", target),
             *_guard_rows(meta.ood),
+            *_site_rows(meta.site_calibration),
+            ("drift monitor", "reference fitted on validation: " + _monitor_words(meta.monitor)
+             if meta.monitor else "no reference in this file (rates only, no drift statistic)"),
             ("quantization", meta.quantization or "none (fp32)"),
             ("weights sha256", meta.weights_sha256 or "not recorded"),
             ("data fingerprint", meta.data_fingerprint or "not recorded"),

@@ -5,7 +5,8 @@
     curl --data-binary @xray.dcm -H 'Content-Type: application/dicom' http://127.0.0.1:8000/v1/predict
 
 Endpoints: POST /v1/predict (one image as multipart field `file`, or as the raw body), GET /v1/model
-(the bundle metadata), GET /healthz, GET / (the web page), OpenAPI at /docs and /openapi.json.
+(the bundle metadata), GET /healthz, GET /metrics (Prometheus text: rates and drift, `edge.monitor`; per
+worker process), GET / (the web page), OpenAPI at /docs and /openapi.json.
 
 What a request can cost the box is bounded: its headers must arrive within a deadline (http_protocol), its
 body within `body_timeout` seconds (408 beyond) and only up to `max_upload_bytes` in all, every multipart part
@@ -35,6 +36,7 @@ from pathlib import Path
 from .access import AccessPolicy, Gate
 from .decision import FIELDS
 from .errors import ImageError, PneumoEdgeError
+from .monitor import Monitor, prometheus_collector
 
 DEFAULT_MAX_UPLOAD_MB = 50
 SPOOL_BYTES = 8 * 1024 * 1024  # larger uploads wait in the private temporary folder, not in memory
@@ -217,6 +219,7 @@ class Service:
         path = resolve_model(config.model) if config.model else default_model_path()
         self.model = EdgeModel(path, threads=config.threads)
         self.classifier = Classifier(self.model, guard=config.guard)
+        self.monitor = Monitor.for_model(self.model)  # this worker's rolling window, shown at /metrics
         self.executor = ThreadPoolExecutor(max(1, config.concurrency), thread_name_prefix="pneumo-infer")
         self.capacity = max(1, config.concurrency) + max(0, config.queue)
         self.pending = 0
@@ -249,6 +252,7 @@ class Service:
         """Decode, classify and (optionally) explain one image: runs on the executor."""
         t0 = time.perf_counter()
         r = self.classifier.predict(source, heatmap=heatmap)
+        self.monitor.observe(r["probability"], r["guard_score"], r["label"], r["guard_verdict"] == "rejected")
         self.latency_s = 0.8 * self.latency_s + 0.2 * (time.perf_counter() - t0)
         return r
 
@@ -412,6 +416,15 @@ def create_app(config: ServeConfig = ServeConfig()):
     @app.get("/healthz", tags=["service"], summary="Liveness: the model is loaded")
     async def healthz() -> dict:
         return {"status": "ok", "model": service.model.path.name, "in_flight": service.pending}
+
+    from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+
+    registry = CollectorRegistry()  # this app's own: two apps in one process do not share counters
+    registry.register(prometheus_collector(service.monitor))
+
+    @app.get("/metrics", tags=["service"], summary="Prometheus text: rates, score distributions, drift alarm")
+    async def metrics() -> Response:
+        return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
 
     @app.get("/v1/model", tags=["model"], summary="The bundle metadata of the served model")
     async def model_info() -> dict:
