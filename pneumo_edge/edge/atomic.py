@@ -17,6 +17,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import BinaryIO
 
+from .errors import OutputError, OutputExistsError
+
 
 @contextmanager
 def atomic_path(path: str | os.PathLike):
@@ -53,8 +55,6 @@ def write_with(path: str | os.PathLike, writer: Callable[[Path], None]) -> None:
 
 def prepare_out_dir(out: str | os.PathLike, force: bool) -> Path:
     """Refuse a non-empty output folder unless `force`: never clobber silently."""
-    from .errors import OutputExistsError
-
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise OutputExistsError(f"output '{out}' exists and is not a folder")
@@ -66,8 +66,6 @@ def prepare_out_dir(out: str | os.PathLike, force: bool) -> Path:
 
 def refuse_existing(path: str | os.PathLike, force: bool) -> None:
     """An output file that exists is overwritten only with --force."""
-    from .errors import OutputExistsError
-
     path = Path(path)
     if path.is_dir():
         raise OutputExistsError(f"output '{path}' is a folder, not a file")
@@ -96,8 +94,6 @@ def open_locked(path: Path, how: str, ours: tuple[str, ...] = (), empty: bool = 
     empty=False: REPLACE checks and locks but leaves the emptying to the caller (several outputs are all
     checked before any is emptied).
     """
-    from .errors import OutputError, OutputExistsError
-
     refuse_existing(path, force=True)  # a folder
     flags = os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | (os.O_EXCL if how == CREATE else 0)
     try:
@@ -125,8 +121,6 @@ def open_locked(path: Path, how: str, ours: tuple[str, ...] = (), empty: bool = 
 
 def _refuse_foreign(f: BinaryIO, path: Path, ours: tuple[str, ...]) -> None:
     """--force empties only an empty file or one that begins as one of this project's outputs."""
-    from .errors import OutputError
-
     if not ours:
         return
     head = f.read(max(len(s) for s in ours)).decode("utf-8", "replace")
@@ -158,8 +152,6 @@ def replace_locked(path: Path, content: bytes) -> BinaryIO:
 
 
 def _lock(f: BinaryIO, path: Path) -> None:
-    from .errors import OutputError
-
     busy = OutputError(f"'{path}' is being written by another run (it is locked); "
                            "wait for that run or choose another output")
     try:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import io
 import os
 import struct
+from itertools import islice
 
 from .errors import ImageError
 
@@ -127,9 +128,7 @@ def frame_size(frame: bytes) -> tuple[int, int] | None:
 
 def check_frame(ds, rows: int, cols: int, max_pixels: int) -> None:
     """The first encapsulated frame's declared size must be the header's, and within the limit."""
-    from itertools import islice
-
-    from pydicom.encaps import generate_fragments
+    from pydicom.encaps import generate_fragments  # pydicom loads for DICOM inputs only, as in imaging
 
     try:  # items: the basic offset table, then the first frame's first fragment (where its header is)
         items = list(islice(generate_fragments(ds.PixelData), 2))
