@@ -6,7 +6,7 @@ DATA    ?= ../shared/data/chest_xray
 BUNDLE  ?= export
 RUN     ?= runs/default
 
-.PHONY: install demo test bench reproduce guard-report readme seeds study clean
+.PHONY: install demo test bench reproduce guard-report readme seeds study heatmap-study heatmap-sheet clean
 
 $(BIN)/pneumo-edge: pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -34,6 +34,7 @@ bench: install
 	$(BIN)/pneumo-edge bench-engines --images $(DATA)/test
 	$(BIN)/pneumo-edge bench-pipeline --images $(DATA)/test
 	$(BIN)/pneumo-edge bench-browser --images $(DATA)/test --force
+	$(BIN)/pneumo-edge bench-heatmaps --bundle $(BUNDLE) --images examples/xrays
 
 guard-report: install
 	$(BIN)/pneumo-edge guard-report --model $(BUNDLE)/model.onnx --data $(DATA) --out $(BUNDLE)/guard.json --force
@@ -64,3 +65,12 @@ seeds: install
 # The recipe study: train every declared candidate, score it on perturbed validation, pick by the committed rule.
 study: install
 	$(BIN)/pneumo-edge study bench/study/recipes.json
+
+# The heat-map study: every candidate method scored on validation films by bench/heatmaps/protocol.json.
+heatmap-study: install
+	$(BIN)/pneumo-edge heatmap-study --bundle $(BUNDLE) --data $(DATA) --out bench/heatmaps --force
+
+# The model card's contact sheet: the shipped heat map on six committed demo films (never test films).
+heatmap-sheet: install
+	$(BIN)/pneumo-edge explain $(wordlist 1,3,$(sort $(wildcard examples/xrays/NORMAL/*.jpeg))) \
+	  $(wordlist 1,3,$(sort $(wildcard examples/xrays/PNEUMONIA/*.jpeg))) --model $(BUNDLE)/model.int8.onnx --out $(BUNDLE)/heatmaps --force

@@ -12,7 +12,9 @@ Library entry points (the CLI is a thin layer over these):
     pneumo_edge.evaluate.evaluate        test metrics, calibration, plots, ledger
     pneumo_edge.onnx_export.export       ONNX + INT8 bundle with a parity gate
     pneumo_edge.validate.validate        an exported .onnx file on a labelled folder, with its stored rule
-    pneumo_edge.gradcam.explain          Grad-CAM on the PyTorch twin
+    pneumo_edge.edge.heatmap.explain     heat maps (evidence for PNEUMONIA) from an .onnx file, no torch
+    pneumo_edge.gradcam.explain          the same heat maps (or Grad-CAM at a layer) on the PyTorch twin
+    pneumo_edge.heatmap_study.run_study  heat-map methods scored on validation, picked by a committed rule
     pneumo_edge.bench.run_benchmark      latency, throughput and accuracy side by side
 """
 

@@ -212,13 +212,15 @@ def evaluate(checkpoint, data, out, target_sensitivity, n_bootstrap, ledger, not
               help="Min fraction of test labels INT8 must share with fp32.")
 @click.option("--max-int8-auroc-delta", "int8_max_auroc_delta", type=float, show_default=True,
               help="Max ROC-AUC the INT8 file may lose against fp32.")
+@click.option("--min-int8-heatmap-corr", "heatmap_int8_min_corr", type=float, show_default=True,
+              help="Min median correlation of the INT8 file's heat maps with the fp32 file's.")
 @click.option("--calib-images", type=int, show_default=True, help="Training images for INT8 calibration.")
 @click.option("--guard/--no-guard", show_default=True, help="Fit the out-of-distribution guard.")
 @click.option("--force", is_flag=True, help="Write into a non-empty --out.")
 @quiet_option
 @friendly
 def export(checkpoint, out, data, results, atol, int8, int8_min_agreement, int8_max_auroc_delta,
-           calib_images, guard, force) -> None:
+           heatmap_int8_min_corr, calib_images, guard, force) -> None:
     """Export to ONNX (+ INT8) with metadata, and gate on metric parity over the test split."""
     import time
     from pathlib import Path
@@ -229,7 +231,8 @@ def export(checkpoint, out, data, results, atol, int8, int8_min_agreement, int8_
     from .report import write_model_card
 
     t0 = time.perf_counter()
-    gate = GateConfig(atol=atol, int8_min_agreement=int8_min_agreement, int8_max_auroc_delta=int8_max_auroc_delta)
+    gate = GateConfig(atol=atol, int8_min_agreement=int8_min_agreement, int8_max_auroc_delta=int8_max_auroc_delta,
+                      heatmap_int8_min_corr=heatmap_int8_min_corr)
     try:
         r = export(checkpoint=checkpoint, out=out, data=data, gate=gate, int8=int8, calib_images=calib_images,
                    results=results, force=force, progress=True, guard=guard)
@@ -266,7 +269,8 @@ def export(checkpoint, out, data, results, atol, int8, int8_min_agreement, int8_
               help="Give out-of-distribution inputs status 'rejected' (label REJECTED_OOD) instead of a class.")
 @click.option("-v", "--verbose", is_flag=True, help=f"Print one line per input even when there are over {SHOW_ROWS}.")
 @click.option("--heatmaps", "heatmaps", type=click.Path(file_okay=False),
-              help="Also write one heat-map overlay PNG per classified input into this folder.")
+              help="Also write one heat-map overlay PNG (evidence for PNEUMONIA, edge.heatmap.FOLDER) per classified "
+                   "input into this folder.")
 @click.option("--engine", type=click.Choice(["local", "ray"]), default="local", show_default=True,
               help="local: threads on this machine. ray: Ray Data (pip install 'pneumo-edge[cluster]'), same rows.")
 @click.option("--address", help="--engine ray: a running cluster ('auto' or ray://host:10001); default: local Ray.")
@@ -527,11 +531,11 @@ def page(out, model, force) -> None:
 @click.argument("images", nargs=-1, required=True)
 @click.option("--bundle", default=None, help="Folder with model.safetensors + config.json (default: the shipped export/).")
 @click.option("--model", "model_path", type=click.Path(dir_okay=False),
-              help="Explain an .onnx file with onnxruntime alone (CAM from its 'features' output; no torch).")
+              help="Explain an .onnx file with onnxruntime alone (forward passes only; no torch).")
 @click.option("--out", required=True, help="Folder for the overlay PNGs and the contact sheet.")
 @click.option("--layer", default=None,
-              help="Target layer for Grad-CAM (PyTorch twin only; default: the pooled feature map, where it equals "
-                   "the CAM an .onnx file computes).")
+              help="Grad-CAM of the decided class at this layer instead (PyTorch twin only; default: the shipped "
+                   "map, the same as --model draws).")
 @click.option("--target", type=click.Choice(["NORMAL", "PNEUMONIA"], case_sensitive=False),
               help="Explain this class instead of the predicted one.")
 @click.option("--force", is_flag=True, help="Write into a non-empty --out.")
@@ -541,14 +545,14 @@ def page(out, model, force) -> None:
 @friendly
 @no_traceback
 def explain(images, bundle, model_path, out, layer, target, force, guard) -> None:
-    """Grad-CAM heat maps on the PyTorch twin of the bundle, or CAM from an .onnx file (--model).
+    """Heat maps of the evidence for PNEUMONIA (occlusion sensitivity), on an .onnx file (--model) or the twin.
 
     One overlay per input (inputs sharing a file name get a short hash suffix); a file that
     cannot be explained is one error line and the others go on (exit 1). An image the bundle's guard
     refuses gets a line saying why and no heat map: a map of an image the model should not judge
-    would look like evidence. With --model (or a
-    --bundle that names an .onnx file) only onnxruntime runs, no torch: the map is Grad-CAM at
-    the pooled feature map, which equals CAM there.
+    would look like evidence. With --model (or a --bundle that names an .onnx file) only onnxruntime
+    runs, no torch; on the twin the same method runs on its forward passes. The method is the one
+    `pneumo-edge heatmap-study` picked (bench/heatmaps/results.md).
     """
     from .edge.inputs import printable
     from .edge.model import EdgeModel, default_model_path
@@ -556,7 +560,7 @@ def explain(images, bundle, model_path, out, layer, target, force, guard) -> Non
     if model_path is None and bundle and bundle.lower().endswith(".onnx"):
         model_path, bundle = bundle, None
     if model_path is not None:
-        from .edge.cam import explain as explain_onnx
+        from .edge.heatmap import explain as explain_onnx
 
         if bundle or layer is not None:
             raise click.UsageError("--bundle and --layer are for the PyTorch twin; --model explains an .onnx file")
@@ -711,6 +715,21 @@ def bench_memory(model_path, out, at_limit) -> None:
 
     click.echo(render(measure_decode_memory(MemoryConfig(model=model_path, out=out, at_limit=at_limit, bombs=at_limit))))
     click.echo(f"wrote {out}/decode-memory.json")
+
+
+@main.command("bench-heatmaps")
+@click.option("--bundle", default="export", show_default=True, help="Bundle whose model.int8.onnx and model.onnx are timed.")
+@click.option("--images", default="examples/xrays", show_default=True, help="Folder of films (validation or demo films).")
+@click.option("--out", default="bench/results/heatmaps.json", show_default=True, help="Result JSON.")
+@click.option("--films", "n_films", type=int, default=16, show_default=True, help="Films timed per method and file.")
+@quiet_option
+@friendly
+def bench_heatmaps(bundle, images, out, n_films) -> None:
+    """Cost per film of every edge heat-map method, INT8 and fp32, one film at a time."""
+    from .heatmap_bench import bench_heatmaps as run, render
+
+    click.echo(render(run(bundle=bundle, images=images, out=out, n_films=n_films)))
+    click.echo(f"wrote {out}")
 
 
 # Defaults: EnginesConfig's fields (ConfigDefaults).
@@ -872,6 +891,25 @@ def study(study_file, only) -> None:
     from .study import run_study
 
     run_study(study_file, only=list(only) or None, progress=True)
+
+
+@main.command("heatmap-study")
+@click.option("--bundle", default="export", show_default=True, help="Bundle whose validation films and models are studied.")
+@click.option("--data", default=DEFAULT_DATA, show_default=True, help="Dataset the bundle was trained on.")
+@click.option("--out", default="bench/heatmaps", show_default=True, help="Folder for results.json, results.md, deletion.png.")
+@click.option("--films", "n_films", type=int, help="Validation films to score (default: the protocol's).")
+@click.option("--random-films", "n_random", type=int, help="Films for the randomization check (default: the protocol's).")
+@click.option("--force", is_flag=True, help="Replace an existing results.json.")
+@quiet_option
+@friendly
+def heatmap_study(bundle, data, out, n_films, n_random, force) -> None:
+    """Score every heat-map method by the committed protocol on validation films; pick one by its rule."""
+    from .heatmap_study import StudyConfig, run_study
+
+    r = run_study(StudyConfig(bundle=bundle, data=data, out=out, n_films=n_films, n_random=n_random, force=force))
+    p = r["pick"]
+    click.echo(f"pick: {p['method']} ({'every target met' if p['all_targets_met'] else 'missed: ' + ', '.join(p['missed'])}); "
+               f"wrote {out}/results.json")
 
 
 @main.command()

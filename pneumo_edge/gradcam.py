@@ -111,7 +111,51 @@ class GradCAM:
         return cam.detach().numpy(), logits.detach().numpy()
 
 
-def _figure_png(path: Path, panels: list[tuple[np.ndarray, np.ndarray, tuple, str]], cols: int) -> Path:
+class TwinHeatmap:
+    """The shipped edge map (`edge.heatmap.SHIPPED`, forward passes only) drawn on the twin: the same code as the
+    ONNX files run, fed by the twin's logits; the twin side of the ONNX-vs-twin heat-map parity.
+    Called like GradCAM: (normalised x, target, decide) -> (maps, logits); the map is the evidence for
+    `target`, by default PNEUMONIA, whatever the decision."""
+
+    def __init__(self, model: nn.Module, spec, temperature: float, method: str | None = None, batch: int = 64):
+        from .edge.heatmap import SHIPPED, METHODS
+
+        self.model, self.spec, self.temperature, self.batch = model.eval(), spec, temperature, batch
+        self.method = METHODS[method or SHIPPED]
+        if self.method.draw is None:
+            raise ModelError(f"heat-map method '{self.method.name}' needs the ONNX 'features' output, not the twin")
+
+    def __enter__(self) -> "TwinHeatmap":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        return None
+
+    def score(self, target: int):
+        from .edge.imaging import normalize
+
+        def margin(films: np.ndarray) -> np.ndarray:
+            with torch.no_grad():
+                lg = torch.cat([self.model(torch.from_numpy(normalize(films[i:i + self.batch], self.spec)))
+                                for i in range(0, len(films), self.batch)]).double().numpy()
+            return (lg[:, target] - lg[:, 1 - target]) / self.temperature
+        return margin
+
+    def films(self, x: torch.Tensor) -> np.ndarray:
+        """Normalised input back to the uint8 films it came from (normalisation is affine in the grey level)."""
+        unit = x[:, 0].numpy() * self.spec.std + self.spec.mean
+        return np.clip(np.round(unit * 255), 0, 255).astype(np.uint8)
+
+    def __call__(self, x: torch.Tensor, target: int | None = None, decide=None) -> tuple[np.ndarray, np.ndarray]:
+        with torch.no_grad():
+            logits = self.model(x).numpy()
+        cls = 1 if target is None else target
+        heat = np.stack([self.method.draw(self.score(cls), f) for f in self.films(x)])
+        return heat, logits
+
+
+def _figure_png(path: Path, panels: list[tuple[np.ndarray, np.ndarray, tuple, str]], cols: int,
+                what: str = "Grad-CAM of the decided class") -> Path:
     """Per panel: the full film, and beside it the film with the map laid back over the region the model saw."""
     import matplotlib
 
@@ -139,10 +183,10 @@ def _figure_png(path: Path, panels: list[tuple[np.ndarray, np.ndarray, tuple, st
         mapped.set(xlim=(-.5, film01.shape[1] - .5), ylim=(film01.shape[0] - .5, -.5))
         plain.set_title(title, fontsize=7, loc="left")  # may run over the map beside it, which has no title
     fig.tight_layout(rect=(0, 0.3 / height, 0.93, 1))
-    fig.text(0.01, 0.08 / height, "Each pair: the full film, then Grad-CAM of the decided class laid back over it; "
+    fig.text(0.01, 0.08 / height, f"Each pair: the full film, then the {what} laid back over it; "
              "dashed box: the part of the film the model sees.", fontsize=7)
     bar = fig.colorbar(ScalarMappable(Normalize(0, 1), CMAP), cax=fig.add_axes([0.945, 0.15, 0.012, 0.7]))
-    bar.set_label("Grad-CAM, scaled per image (0 lowest, 1 highest)", fontsize=7)
+    bar.set_label(what.split(";")[0].split(" (")[0][:40] + " (0 none, 1 highest)", fontsize=7)
     write_with(path, lambda tmp: fig.savefig(tmp, format="png", dpi=100))
     plt.close(fig)
     return path
@@ -169,12 +213,18 @@ def explain(images: list[str], bundle: str | Path, out: str | Path, layer: str |
     target_idx = target_index(labels, target)
     out = prepare_out_dir(out, force)
     records, panels = [], []
-    with GradCAM(model, layer or features_layer(model)) as cam:
+    from .edge.heatmap import caption
+
+    # the shipped edge method by default (the same map as `explain --model`); --layer: Grad-CAM there
+    cam = GradCAM(model, layer) if layer else TwinHeatmap(model, spec, meta.temperature)
+    what = (f"Grad-CAM at {layer} of the decided class" if layer else
+            caption(cam.method, labels[1 if target_idx is None else target_idx]))
+    with cam:
         for src, name, true in track(zip(images, overlay_names(images), truth or [None] * len(images)),
                                      len(images), "explain"):
             try:
                 record, panel = _explain_one(cam, src, out / name, spec, meta, target_idx, edge if guard else None,
-                                             true)
+                                             true, what)
             except ImageError as e:
                 record, panel = {"path": str(src), "status": "error", "error": str(e)}, None
             except Exception as e:  # one odd file must never end the run  # noqa: BLE001
@@ -184,12 +234,13 @@ def explain(images: list[str], bundle: str | Path, out: str | Path, layer: str |
             if panel:
                 panels.append(panel)
     if len(panels) > 1:
-        _figure_png(out / "contact_sheet.png", panels, cols=min(3, len(panels)))
+        _figure_png(out / "contact_sheet.png", panels, cols=min(3, len(panels)), what=what)
     return records
 
 
-def _explain_one(cam: GradCAM, src: str, png: Path, spec, meta, target_idx: int | None,
-                 guard=None, truth: str | None = None) -> tuple[dict, tuple | None]:
+def _explain_one(cam: GradCAM | TwinHeatmap, src: str, png: Path, spec, meta, target_idx: int | None,
+                 guard=None, truth: str | None = None, what: str = "Grad-CAM of the decided class"
+                 ) -> tuple[dict, tuple | None]:
     """The overlay PNG of one image: (its record, its contact-sheet panel); no PNG if `guard` refuses it."""
     from .edge.cam import rejected_record
     from .edge.decision import decide, score_images
@@ -213,13 +264,14 @@ def _explain_one(cam: GradCAM, src: str, png: Path, spec, meta, target_idx: int 
         decide(meta, float(prob_from_logits(lg, meta.temperature)[0])).label))
     scored = decide(meta, float(prob_from_logits(logits, meta.temperature)[0]), guard_score)
     p, label = scored.probability, scored.label
-    explained = labels[target_idx] if target_idx is not None else label
+    explained = labels[target_idx] if target_idx is not None else (
+        labels[1] if isinstance(cam, TwinHeatmap) else label)
     title = f"{Path(src).name[:40]}\nP(pneumonia) {p:.3f} (threshold {meta.threshold:.3f}) -> {label}; map for {explained}"
     known = {}
     if truth is not None:  # the outcome first: a wrong case must read as one at a glance
         known = {"true_label": truth, "outcome": outcome(labels.index(truth), labels.index(label))}
         title = f"{known['outcome'].upper()}: true {truth}, predicted {label}\n{title}"
     panel = (gray / 255.0, heat[0], input_box(gray.shape, spec.resize), title)
-    _figure_png(png, [panel], cols=1)
+    _figure_png(png, [panel], cols=1, what=what)
     return ({"path": str(src), **scored.fields(), "error": None, "explained_class": explained, "png": str(png),
              **known}, panel)

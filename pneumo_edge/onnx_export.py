@@ -130,6 +130,7 @@ class GateConfig:
     atol: float = 1e-4  # max |delta probability| PyTorch vs onnxruntime fp32
     int8_min_agreement: float = 0.99
     int8_max_auroc_delta: float = 0.005
+    heatmap_int8_min_corr: float = 0.90  # shipped heat map, INT8 vs fp32: median correlation (check_heatmap)
 
 
 def _side_by_side(y, p_a, p_b, threshold) -> dict:
@@ -237,6 +238,38 @@ def check_cam(model: nn.Module, fp32: EdgeModel, int8: EdgeModel | None, resized
         corr8 = [map_correlation(a, b) for a, b in zip(int8.cam.maps(q["features"], classes, fp32.spec.size),
                                                        edge_maps)]
         report["int8_vs_fp32"] = _summary(corr8)
+    return report, failures
+
+
+HEATMAP_IMAGES = 10  # images on which the shipped map's parity is measured (each costs ~50 passes per model)
+HEATMAP_MIN_TWIN = 0.99  # ONNX fp32 vs twin, the same method and code on both: per image, min
+
+
+def check_heatmap(model: nn.Module, fp32: EdgeModel, int8: EdgeModel | None, resized: np.ndarray,
+                  n: int = HEATMAP_IMAGES, min_int8: float = GateConfig.heatmap_int8_min_corr
+                  ) -> tuple[dict, list[str]]:
+    """Parity of the shipped heat map (`edge.heatmap.SHIPPED`): fp32 ONNX vs the twin (per image, gate on the min),
+    INT8 vs fp32 (gate on the median: quantization moves small drops more than the map's peaks)."""
+    from .edge.heatmap import METHODS, SHIPPED
+    from .gradcam import TwinHeatmap
+
+    pick = np.unique(np.linspace(0, len(resized) - 1, min(n, len(resized))).astype(int))
+    films = resized[pick]
+    ours = np.stack([METHODS[SHIPPED].film_map(fp32, f) for f in films])
+    twin = TwinHeatmap(model, fp32.spec, fp32.temperature)(torch.from_numpy(normalize(films, fp32.spec)))[0]
+    report = {"method": SHIPPED, "n": int(len(pick)),
+              "onnx_vs_twin": _summary([map_correlation(a, b) for a, b in zip(ours, twin)]),
+              "min_onnx_vs_twin": HEATMAP_MIN_TWIN, "min_int8_vs_fp32_median": min_int8}
+    failures = []
+    if report["onnx_vs_twin"]["min"] < HEATMAP_MIN_TWIN:
+        failures.append(f"heat maps ({SHIPPED}): ONNX vs twin correlation {report['onnx_vs_twin']['min']:.4f} "
+                        f"< {HEATMAP_MIN_TWIN}")
+    if int8 is not None:
+        q = [map_correlation(METHODS[SHIPPED].film_map(int8, f), b) for f, b in zip(films, ours)]
+        report["int8_vs_fp32"] = _summary(q)
+        if float(np.median(q)) < min_int8:
+            failures.append(f"heat maps ({SHIPPED}): INT8 vs fp32 median correlation {np.median(q):.4f} "
+                            f"< {min_int8}")
     return report, failures
 
 
@@ -379,6 +412,10 @@ def export(checkpoint: str | Path, out: str | Path, data: str, gate: GateConfig 
             failures += f
         stage("export", "heat maps: ONNX CAM vs the twin's Grad-CAM")
         report["cam"], f = check_cam(model, ctx.built["fp32"], ctx.built.get("int8"), x_test)
+        failures += f
+        stage("export", "heat maps: the shipped map, ONNX vs twin and INT8 vs fp32")
+        report["heatmap"], f = check_heatmap(model, ctx.built["fp32"], ctx.built.get("int8"), x_test,
+                                             min_int8=gate.heatmap_int8_min_corr)
         failures += f
         files = [e.target.file for e in targets]
         report["sizes_mb"] = {n: round((ctx.folder / n).stat().st_size / 1e6, 2) for n in files}

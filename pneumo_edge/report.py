@@ -92,6 +92,12 @@ def render_parity(r: dict) -> str:
                   f"(gate >= {c['min_correlation']})"
                   + (f"; INT8 vs fp32 mean {c['int8_vs_fp32']['mean']:.4f}, min {c['int8_vs_fp32']['min']:.4f}"
                      if "int8_vs_fp32" in c else "") + "."]
+    h = r.get("heatmap")
+    if h:
+        lines += ["", f"Shipped heat map (`{h['method']}`) on {h['n']} images: ONNX vs twin correlation min "
+                  f"{h['onnx_vs_twin']['min']:.4f} (gate >= {h['min_onnx_vs_twin']})"
+                  + (f"; INT8 vs fp32 mean {h['int8_vs_fp32']['mean']:.4f}, min {h['int8_vs_fp32']['min']:.4f} "
+                     f"(gate: median >= {h['min_int8_vs_fp32_median']})" if "int8_vs_fp32" in h else "") + "."]
     lines += ["", f"Sizes (MB): {', '.join(f'{k} {v}' for k, v in r['sizes_mb'].items())}.",
               f"Verdict: {'PASSED' if r['passed'] else 'FAILED: ' + '; '.join(r['failures'])}"]
     return "\n".join(lines) + "\n"
@@ -136,6 +142,9 @@ def sections(bundle: Path, root: Path) -> dict[str, str]:
     study = root / "bench" / "study" / "results.md"
     if study.is_file():  # drop the file's own title: README has its own heading
         out["study"] = study.read_text().split("\n", 1)[1].strip()
+    heatmaps = heatmap_section(root)
+    if heatmaps:
+        out["heatmaps"] = heatmaps
     for name, file in (("sitecal", "site-calibration.md"), ("sitecal-test", "test-read-simulation.md")):
         if (root / "bench" / "results" / file).is_file():  # pneumo-edge site-sim [--test-read]
             out[name] = (root / "bench" / "results" / file).read_text().strip()
@@ -144,6 +153,20 @@ def sections(bundle: Path, root: Path) -> dict[str, str]:
     out["ledger"] = (f"The test split has been read **{count_ledger(root / DEFAULT_LEDGER)} times** while this "
                      f"recipe was developed (one line each in `{DEFAULT_LEDGER}`).")
     return out
+
+
+def heatmap_section(root: Path) -> str | None:
+    """The heat-map study's table and pick (bench/heatmaps/results.md) and the cost per film (`make bench`)."""
+    study = root / "bench" / "heatmaps" / "results.md"
+    if not study.is_file():
+        return None
+    text = study.read_text().split("\n", 1)[1].strip()
+    cost = _load(root / "bench" / "results" / "heatmaps.json")
+    if cost and cost.get("rows"):
+        from .heatmap_bench import render
+
+        text += "\n\n" + render(cost)
+    return text
 
 
 def update_readme(readme: str | Path, bundle: str | Path) -> list[str]:
@@ -349,9 +372,8 @@ file's guard is fitted on its own embeddings (fp32 and INT8 differ), on training
 
 {s.get('guard', 'Run `make guard-report` to measure.')}
 
-## Grad-CAM
-{'![Grad-CAM examples](gradcam/contact_sheet.png)' if (bundle / 'gradcam/contact_sheet.png').is_file()
- else 'Run `pneumo-edge bundle` to draw examples.'}
+## Heat maps
+{heatmap_card(bundle, s)}
 
 ## Files
 `model.onnx` (fp32), `model.int8.onnx` (static QDQ INT8), `model.safetensors` + `config.json` (PyTorch twin in
@@ -364,6 +386,16 @@ Cell 172(5):1122-1131, 2018.
 """
     header = card_data(config.get("model", "model"), base, res, seeds).to_yaml()
     return str(ModelCard(f"---\n{header}\n---\n{body}"))
+
+
+def heatmap_card(bundle: Path, s: dict) -> str:
+    """The study's table, and the contact sheet drawn with the shipped method on the committed demo films."""
+    from .edge.heatmap import SHIPPED, caption
+
+    sheet = (f"![{SHIPPED} heat maps on the demo films](heatmaps/contact_sheet.png)\n\nDemo films "
+             f"(`examples/xrays`, `make heatmap-sheet`), drawn with `{SHIPPED}`; {caption(SHIPPED)}."
+             if (bundle / "heatmaps" / "contact_sheet.png").is_file() else "Run `make heatmap-sheet` to draw examples.")
+    return f"{s.get('heatmaps', 'Run `pneumo-edge heatmap-study` to score the methods.')}\n\n{sheet}"
 
 
 def write_model_card(bundle: str | Path) -> Path | None:

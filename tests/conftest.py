@@ -108,7 +108,8 @@ def tiny_bundle(tiny_checkpoint, tiny_data, tmp_path_factory) -> Path:
     from pneumo_edge.report import write_model_card
 
     out = tmp_path_factory.mktemp("bundle") / "bundle"
-    export(tiny_checkpoint, out, str(tiny_data), GateConfig(int8_min_agreement=0.0, int8_max_auroc_delta=1.0),
+    export(tiny_checkpoint, out, str(tiny_data), GateConfig(int8_min_agreement=0.0, int8_max_auroc_delta=1.0,
+                                                                heatmap_int8_min_corr=0.0),
            calib_images=16, progress=False)
     write_model_card(out)  # as `pneumo-edge export` does after the gates
     return out

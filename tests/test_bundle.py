@@ -14,7 +14,8 @@ def test_build_bundle_end_to_end(tiny_checkpoint, tiny_data, tiny_eval, tmp_path
     out = tmp_path / "bundle"
     # The tiny model's INT8 twin is not held to the real model's INT8 gate; fp32 parity still is.
     build_bundle(str(tiny_checkpoint), str(ev), str(tiny_data), str(out),
-                 gate=ox.GateConfig(int8_min_agreement=0.0, int8_max_auroc_delta=1.0))
+                 gate=ox.GateConfig(int8_min_agreement=0.0, int8_max_auroc_delta=1.0,
+                 heatmap_int8_min_corr=0.0))
     for f in ("model.onnx", "model.int8.onnx", "model.safetensors", "config.json", "results.json", "roc.png",
               "parity.json", "guard.json", "guard.md", "README.md", "train_results.json",
               "gradcam/contact_sheet.png"):

@@ -19,7 +19,8 @@ SHIPPED = Path(__file__).resolve().parents[1] / "export"
 def test_export_cli_writes_bundle_and_passes_gate(tiny_checkpoint, tiny_data, tmp_path):
     out = tmp_path / "b"
     r = CliRunner().invoke(main, ["export", str(tiny_checkpoint), "--out", str(out), "--data", str(tiny_data),
-                                  "--calib-images", "16", "--min-int8-agreement", "0", "--max-int8-auroc-delta", "1"])
+                                  "--calib-images", "16", "--min-int8-agreement", "0", "--max-int8-auroc-delta", "1",
+                                  "--min-int8-heatmap-corr", "0"])
     assert r.exit_code == 0, r.output
     assert "parity PASSED" in r.output and "Next: pneumo-edge infer" in r.output and "MB)" in r.output
     for f in ("model.onnx", "model.int8.onnx", "model.safetensors", "config.json", "parity.json", "parity.md"):

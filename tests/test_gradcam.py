@@ -108,7 +108,7 @@ def test_sheet_panels_show_the_full_film_the_outcome_and_a_colour_bar(tiny_bundl
         assert r["true_label"] == truth and r["outcome"].startswith("true" if right else "false")
     sheet = closed[-1]
     film_axes = [ax for ax in sheet.axes if ax.images]
-    assert len(film_axes) == 4 and sheet.axes[-1].get_ylabel().startswith("Grad-CAM")  # the colour bar
+    assert len(film_axes) == 4 and sheet.axes[-1].get_ylabel().startswith("map: evidence for PNEUMONIA")  # colour bar
     plain, mapped = film_axes[:2]
     assert plain.images[0].get_array().shape == (96, 80)  # the whole film, not the crop
     assert mapped.images[1].get_extent() == [-0.5, 79.5, 87.5, 7.5]  # the map back over the crop it came from

@@ -4,7 +4,7 @@
     m = pneumo_edge.load("export/model.int8.onnx")     # or a bundle folder, or a hub id "user/repo"
     m.predict("xray.jpeg")                              # {"status": "ok", "label": "PNEUMONIA", "probability": 0.97, ...}
     m.predict([img1, img2], as_frame=True)              # pandas DataFrame, one row per image
-    m.predict("xray.jpeg", heatmap=True)["heatmap_png"]  # PNG bytes: heat map over the model's input
+    m.predict("xray.jpeg", heatmap=True)["heatmap"]      # float32 (224, 224) in [0, 1]; "heatmap_png": its overlay
 
 Every input goes through the same decoding, preprocessing and decision as `pneumo-edge infer`, and a
 result carries the same fields under the same names as its rows (`decision.FIELDS`).
@@ -23,10 +23,12 @@ from .cam import overlay_png
 from .decision import FIELDS, score_images
 from .errors import ImageError, ModelError
 from .hub import download_model, is_repo_id
+from .heatmap import method_for
 from .imaging import load_image, pil_to_gray, resize_gray
 from .model import EdgeModel, default_model_path
 from .targets import MODEL_FILES
 
+HEATMAP_FIELDS = ["explained_class", "heatmap", "heatmap_method", "heatmap_meaning", "heatmap_png"]
 
 
 def resolve_model(source: str | os.PathLike | None, filename: str = MODEL_FILES[0]) -> Path:
@@ -75,29 +77,29 @@ class Classifier:
         status, label, model_label, probability, threshold, guard_score, guard_verdict, guard_reason,
         model_sha256).
 
-        heatmap: also, for every image whose record allows a map, "heatmap_png" (bytes: the class-activation
-        map of its label over the model's input, `edge.cam`) and "explained_class"; a ModelError for a model
-        file without heat-map data.
+        heatmap: also, for every image whose record allows a map, "heatmap" (float32 (S, S) in [0, 1]: the
+        evidence for PNEUMONIA over the model's input, `edge.heatmap`), "heatmap_png" (that map over the input,
+        PNG bytes), "heatmap_method", "heatmap_meaning" and "explained_class".
         """
-        head = self.model.require_cam() if heatmap else None
+        method = method_for(self.model) if heatmap else None
         many = isinstance(x, (list, tuple))
         items = list(x) if many else [x]
         spec = self.meta.preprocess
         pairs = [(resize_gray(g, spec.size, spec.resize), c) for g, c in (self._gray(item) for item in items)]
-        outs: dict | None = {} if heatmap else None  # all outputs: the maps need 'features'
-        scored = score_images(self.model, pairs, self.guard, keep=outs)
+        scored = score_images(self.model, pairs, self.guard)
         rows = [s.fields() for s in scored]
-        if head is not None:
-            labels = list(self.meta.labels)
-            drawn = [i for i, s in enumerate(scored) if s.heatmap_allowed]
-            maps = head.maps(outs["features"][drawn], [labels.index(scored[i].label) for i in drawn], spec.size)
-            for i, heat in zip(drawn, maps):
-                rows[i]["explained_class"] = scored[i].label
-                rows[i]["heatmap_png"] = overlay_png(pairs[i][0], heat)
+        if method is not None:  # no map where the record forbids one: it would look like evidence
+            from .heatmap import caption
+
+            for i, s in enumerate(scored):
+                if s.heatmap_allowed:
+                    heat = method.film_map(self.model, pairs[i][0])
+                    rows[i].update(explained_class=self.meta.labels[1], heatmap=heat, heatmap_method=method.name,
+                                   heatmap_meaning=caption(method), heatmap_png=overlay_png(pairs[i][0], heat))
         if as_frame:
             import pandas as pd  # optional: only this form of the answer needs it
 
-            return pd.DataFrame(rows, columns=[*FIELDS, *(["explained_class", "heatmap_png"] if heatmap else [])])
+            return pd.DataFrame(rows, columns=[*FIELDS, *(HEATMAP_FIELDS if heatmap else [])])
         return rows if many else rows[0]
 
 

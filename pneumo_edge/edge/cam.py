@@ -17,6 +17,9 @@ Explained class: the same target as the twin's Grad-CAM (`pneumo_edge.gradcam`):
 bundle decides (calibrated threshold), or an explicit target. Not the logit difference W[c] - W[other] that
 drives the softmax: with two classes that map is the other class's map negated, and it would no longer
 match the twin's Grad-CAM.
+
+This module holds the CAM maths and the pictures (overlays, captions, contact sheets, file names); which map
+the outputs ship, and `explain` with onnxruntime, live in `edge.heatmap`.
 """
 
 from __future__ import annotations
@@ -31,11 +34,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .atomic import prepare_out_dir
-from .decision import score_images
-from .errors import ImageError, ModelError
-from .imaging import load_image, resize_gray
-from .progress import track
+from .errors import ModelError
 
 OUTPUT = "features"  # the graph output CAM reads
 METHOD = "CAM = Grad-CAM at the pooled feature map; map of the decided class's logit"
@@ -180,13 +179,27 @@ def overlay_image(gray: np.ndarray, heat: np.ndarray, caption: list[str] | tuple
         img = img.resize((img.width * scale, img.height * scale), Image.BILINEAR)
     if not caption:
         return img
-    line = 13
+    line, font = 13, _font(11)
+    caption = [part for text in caption for part in _wrap(text, font, img.width - 8)]
     sheet = Image.new("RGB", (img.width, img.height + line * len(caption) + 6), (20, 20, 20))
     sheet.paste(img, (0, 0))
-    draw, font = ImageDraw.Draw(sheet), _font(11)
+    draw = ImageDraw.Draw(sheet)
     for i, text in enumerate(caption):
         draw.text((4, img.height + 3 + i * line), text, fill=(235, 235, 235), font=font)
     return sheet
+
+
+def _wrap(text: str, font, width: int) -> list[str]:
+    """Greedy word wrap to `width` pixels: a caption must be read whole, not cut at the picture's edge."""
+    lines, cur = [], ""
+    for word in text.split(" "):
+        trial = f"{cur} {word}".strip()
+        if cur and font.getlength(trial) > width:
+            lines.append(cur)
+            cur = word
+        else:
+            cur = trial
+    return lines + [cur]
 
 
 def png_bytes(img) -> bytes:
@@ -209,8 +222,9 @@ def write_png(path: str | os.PathLike, data: bytes) -> Path:
     return Path(path)
 
 
-def caption_for(label: str, probability: float, threshold: float, explained: str) -> list[str]:
-    return [f"P(pneumonia) {probability:.3f} (threshold {threshold:.3f}) -> {label}", f"heat map: {explained}"]
+def caption_for(label: str, probability: float, threshold: float, meaning: str) -> list[str]:
+    """The decision, then what the map means (`edge.heatmap.caption`)."""
+    return [f"P(pneumonia) {probability:.3f} (threshold {threshold:.3f}) -> {label}", meaning]
 
 
 def contact_sheet(images: list, cols: int = 3, pad: int = 6):
@@ -269,7 +283,7 @@ def overlay_names(images: list[str], suffix: str = ".gradcam.png") -> list[str]:
     return names
 
 
-# ---------------------------------------------------------------- explain with onnxruntime
+# ---------------------------------------------------------------- helpers for explain (edge.heatmap, gradcam)
 
 def rejected_record(src, scored) -> dict:
     """The record of an image the guard refused: no heat map, the check that refused it."""
@@ -283,41 +297,3 @@ def target_index(labels: list[str], target: str | None) -> int | None:
     if target.upper() not in labels:
         raise ModelError(f"--target must be one of {', '.join(labels)}")
     return labels.index(target.upper())
-
-
-def explain(images: list[str], model, out: str | os.PathLike, target: str | None = None,
-            force: bool = False, guard: bool = True) -> list[dict]:
-    """`pneumo-edge explain --model X.onnx`: one overlay PNG per image plus a contact sheet, no torch.
-
-    `model` is an EdgeModel. Records match `pneumo_edge.gradcam.explain`: the scored-image fields
-    (`decision.Scored.fields`), and for an image the guard refuses status "rejected" and no PNG.
-    """
-    head = model.require_cam()
-    meta, spec, labels = model.meta, model.spec, list(model.labels)
-    target_idx = target_index(labels, target)
-    out = prepare_out_dir(out, force)
-    records, panels = [], []
-    for src, name in track(zip(images, overlay_names(images, ".cam.png")), len(images), "explain"):
-        try:
-            gray, chroma = load_image(src, size=spec.size)
-            resized = resize_gray(gray, spec.size, spec.resize)
-            o: dict = {}
-            scored = score_images(model, [(resized, chroma)], guard, keep=o)[0]
-            if not scored.heatmap_allowed:
-                records.append(rejected_record(src, scored))
-                continue
-            cls = target_idx if target_idx is not None else labels.index(scored.label)
-            heat = head.maps(o[OUTPUT], [cls], spec.size)[0]
-            img = overlay_image(resized, heat, [Path(src).name[:40], *caption_for(
-                scored.label, scored.probability, meta.threshold, labels[cls])])
-            png = write_png(out / name, png_bytes(img))
-            records.append({"path": str(src), **scored.fields(), "error": None, "explained_class": labels[cls],
-                            "png": str(png)})
-            panels.append(img)
-        except ImageError as e:
-            records.append({"path": str(src), "status": "error", "error": str(e)})
-        except Exception as e:  # one odd file must never end the run  # noqa: BLE001
-            records.append({"path": str(src), "status": "error", "error": f"unexpected {e.__class__.__name__}: {e}"})
-    if len(panels) > 1:
-        write_png(out / "contact_sheet.png", png_bytes(contact_sheet(panels)))
-    return records

@@ -21,8 +21,6 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
-
 from .cam import caption_for, heatmap_path, overlay_png, write_png
 from .decision import Scored, score_images
 from .errors import ImageError, OutputError
@@ -96,7 +94,9 @@ def predict_paths(paths: list[str], model: EdgeModel, outputs: Outputs, cfg: Inf
 
 def heatmap_folder(folder: str | Path, model: EdgeModel) -> Path:
     """The --heatmaps folder, created; refused before any row when the model cannot make heat maps."""
-    model.require_cam()
+    from .heatmap import FOLDER, method_for
+
+    method_for(model, FOLDER)
     folder = Path(folder)
     if folder.exists() and not folder.is_dir():
         raise OutputError(f"--heatmaps '{folder}' exists and is not a folder")
@@ -164,17 +164,17 @@ def decoded_batches(todo: list[str], model: EdgeModel, batch_size: int, workers:
             yield batch
 
 
-def _write_heatmaps(folder: Path, model: EdgeModel, ok, features: np.ndarray, scored: list[Scored],
-                    result: dict) -> None:
-    """One overlay PNG per input the record allows a map for, of the class it was given; a failed write is
-    an error row."""
-    labels = list(model.labels)
-    drawn = [i for i, s in enumerate(scored) if s.heatmap_allowed]
-    maps = model.cam.maps(features[drawn], [labels.index(scored[i].label) for i in drawn], model.spec.size)
-    for i, heat in zip(drawn, maps):
-        (p, dec), s = ok[i], scored[i]
+def _write_heatmaps(folder: Path, model: EdgeModel, ok, scored: list[Scored], result: dict) -> None:
+    """One overlay PNG (`edge.heatmap.FOLDER`: the evidence for PNEUMONIA) per input the record allows a map
+    for; a failed write is an error row."""
+    from .heatmap import FOLDER, caption, explain_film
+
+    for (p, dec), s in zip(ok, scored):
+        if not s.heatmap_allowed:
+            continue
         try:
-            png = overlay_png(dec[0], heat, caption_for(s.label, s.probability, s.threshold, s.label))
+            heat = explain_film(model, dec[0], method=FOLDER)
+            png = overlay_png(dec[0], heat, caption_for(s.label, s.probability, s.threshold, caption(FOLDER)))
             write_png(heatmap_path(folder, p), png)
         except OSError as e:
             result[p] = {"status": "error",
@@ -186,9 +186,8 @@ def classify_batch(batch, model: EdgeModel, use_guard: bool, heatmaps: Path | No
     ok = [(p, dec) for p, dec, err in batch if err is None]
     result: dict[str, dict] = {}
     if ok:
-        outs: dict | None = {} if heatmaps is not None else None
         try:
-            scored = score_images(model, [dec for _, dec in ok], use_guard, outs)
+            scored = score_images(model, [dec for _, dec in ok], use_guard)
         except Exception as e:  # noqa: BLE001 - report the whole batch, keep going
             for p, _ in ok:
                 result[p] = {"status": "error", "error": f"inference failed: {e}"}
@@ -196,5 +195,5 @@ def classify_batch(batch, model: EdgeModel, use_guard: bool, heatmaps: Path | No
             for (p, _), s in zip(ok, scored):
                 result[p] = s.fields()
             if heatmaps is not None:
-                _write_heatmaps(heatmaps, model, ok, outs["features"], scored, result)
+                _write_heatmaps(heatmaps, model, ok, scored, result)
     return [{"path": display_path(p), **(result.get(p) or {"status": "error", "error": err})} for p, _, err in batch]

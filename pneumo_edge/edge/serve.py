@@ -36,6 +36,7 @@ from pathlib import Path
 from .access import AccessPolicy, Gate
 from .decision import FIELDS
 from .errors import ImageError, PneumoEdgeError
+from .heatmap import can_draw
 from .monitor import Monitor, prometheus_collector
 
 DEFAULT_MAX_UPLOAD_MB = 50
@@ -260,7 +261,7 @@ class Service:
         meta = self.model.meta
         return {"file": self.model.path.name, "weights_sha256": meta.weights_sha256,
                 "version": meta.pneumo_edge_version, "model": meta.model, "quantization": meta.quantization,
-                "heatmaps": self.model.cam is not None, "guard": self.classifier.guard,
+                "heatmaps": can_draw(self.model), "guard": self.classifier.guard,
                 "metadata": _brief(meta.to_dict()),
                 "limits": {"max_upload_bytes": self.config.max_upload_bytes, "queue": self.config.queue,
                            "concurrency": self.config.concurrency}}
@@ -279,7 +280,7 @@ class Service:
                "latency_ms": round(latency_ms, 2)}
         if "heatmap_png" in r:
             out["heatmap"] = {"class": r["explained_class"], "media_type": "image/png",
-                              "method": "CAM (Grad-CAM at the pooled feature map) of the model's label",
+                              "method": r["heatmap_method"], "meaning": r["heatmap_meaning"],
                               "png_base64": base64.b64encode(r["heatmap_png"]).decode("ascii")}
         return out
 
@@ -448,7 +449,7 @@ def create_app(config: ServeConfig = ServeConfig()):
             raise Refusal(415, f"unsupported content type '{ctype or 'none'}': send multipart/form-data with a "
                                "'file' field, or the image as the body with Content-Type image/jpeg, image/png, "
                                "image/bmp, image/tiff or application/dicom")
-        if heatmap and service.model.cam is None:
+        if heatmap and not can_draw(service.model):
             raise Refusal(400, f"this model file ({service.model.path.name}) cannot make heat maps: it was exported "
                                "by an older pneumo-edge; re-export it, or ask without heatmap=1")
         if form and not opts.get("boundary"):

@@ -180,8 +180,9 @@ function showResult(card, file, r) {
     + `${r.latency_ms.toFixed(0)} ms ${r.where || "on the server"}`);
   if (r.heatmap) {
     setPicture(card, r.heatmap.url || `data:image/png;base64,${r.heatmap.png_base64}`,
-      `Heat map for ${r.heatmap.class} over the centre square of ${file.name}`,
-      `Heat map: regions that pushed the model towards ${r.heatmap.class} (red strongest), over the square the model saw.`);
+      `Heat map of the evidence for ${r.heatmap.class} over the centre square of ${file.name}`,
+      `Heat ${r.heatmap.meaning || `map: regions that pushed the model towards ${r.heatmap.class}`} (red strongest), `
+        + "over the square the model saw.");
   } else if (browserCanShow(file)) {
     setPicture(card, URL.createObjectURL(file), `The X-ray ${file.name}`, "");
   }
