@@ -1,0 +1,187 @@
+"""The outbox: results leave the spool for their destinations, with retries, backoff and a dead-letter folder.
+
+One Sender thread per destination. A destination that cannot be reached (no association, no HTTP answer)
+is backed off as a whole and every result waits, however long the outage: the objects are not at fault.
+A result the destination answers with a failure, or whose transfer breaks off, counts an attempt; after
+`max_attempts` it moves to dead/<destination>/ with <UID>.reason.txt beside it. A result leaves the outbox
+only after the destination confirmed it, so a crash in between sends it again (same UIDs: replaced, not doubled).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from .audit import Audit, now
+from .spool import Spool, durable_move, durable_remove, durable_write
+
+BACKOFF_CAP_S = 30.0  # longest wait between two tries of one destination or one result
+SR_CONTEXTS = ("1.2.840.10008.5.1.4.1.1.88.33",  # Comprehensive SR
+               "1.2.840.10008.5.1.4.1.1.7")  # Secondary Capture (heat-map overlays)
+
+
+class Unreachable(Exception):
+    """The destination did not answer: back off, count no attempt."""
+
+
+@dataclass(frozen=True)
+class Destination:
+    """`AET@HOST:PORT` (DIMSE C-STORE) or an `https://` / `http://` DICOMweb base URL (STOW-RS)."""
+
+    text: str
+    ae_title: str = ""
+    host: str = ""
+    port: int = 0
+
+    @classmethod
+    def parse(cls, text: str) -> "Destination":
+        m = re.fullmatch(r"([^@\s\\]{1,16})@([^:\s]+):(\d{1,5})", text)
+        if not m or not 0 < int(m.group(3)) < 65536:
+            raise ValueError(f"--send-to '{text}': expected AET@HOST:PORT (AE title of at most 16 characters)")
+        return cls(text, m.group(1), m.group(2), int(m.group(3)))
+
+
+class DimseLink:
+    """One association at a time to a C-STORE destination, opened on demand and kept while work flows."""
+
+    def __init__(self, dest: Destination, calling_ae: str):
+        from pynetdicom import AE
+
+        self.dest = dest
+        self.ae = AE(ae_title=calling_ae)
+        for uid in SR_CONTEXTS:
+            self.ae.add_requested_context(uid)
+        self.ae.acse_timeout = self.ae.dimse_timeout = self.ae.network_timeout = 30
+        self.assoc = None
+
+    def send(self, path: Path) -> None:
+        """Raises Unreachable, or RuntimeError with the destination's answer when it refused the object."""
+        import pydicom
+
+        if self.assoc is None or not self.assoc.is_established:
+            assoc = self.ae.associate(self.dest.host, self.dest.port, ae_title=self.dest.ae_title)
+            if not assoc.is_established:
+                raise Unreachable(f"no association with {self.dest.text}")
+            self.assoc = assoc
+        status = self.assoc.send_c_store(pydicom.dcmread(path))
+        if not status or "Status" not in status:
+            self.close()
+            raise RuntimeError("transfer broke off (no C-STORE response)")
+        code = int(status.Status)
+        if code not in (0x0000, 0xB000, 0xB006, 0xB007):  # success, or success with a warning
+            raise RuntimeError(f"C-STORE refused with status 0x{code:04X}")
+
+    def close(self) -> None:
+        if self.assoc is not None and self.assoc.is_established:
+            self.assoc.release()
+        self.assoc = None
+
+
+class Sender(threading.Thread):
+    """Sends what the worker queues for one destination until stopped; `flush` is one last pass."""
+
+    def __init__(self, dest: Destination, spool: Spool, audit: Audit, calling_ae: str, max_attempts: int = 5,
+                 retry_after_s: float = 1.0, counters=None):
+        super().__init__(name=f"send {dest.text}", daemon=True)
+        self.dest, self.spool, self.audit = dest, spool, audit
+        self.folder, self.dead = spool.outbox_dir(dest.text), spool.dead_dir(dest.text)
+        self.link = DimseLink(dest, calling_ae)
+        self.max_attempts, self.retry_after_s = max_attempts, retry_after_s
+        self.counters = counters
+        self.wake, self.stopping = threading.Event(), threading.Event()
+        self._dest_wait_s, self._dest_next = 0.0, 0.0
+        self._states: dict[str, dict] = {}
+
+    def _state(self, path: Path) -> dict:
+        key = path.name
+        if key not in self._states:
+            try:
+                self._states[key] = json.loads(path.with_suffix(".json").read_text())
+            except (OSError, ValueError):
+                self._states[key] = {}
+        return self._states[key]
+
+    def due(self) -> list[Path]:
+        t = time.time()
+        files = sorted(self.folder.glob("*.dcm"), key=lambda p: p.stat().st_mtime)
+        return [p for p in files if self._state(p).get("next_at", 0) <= t]
+
+    def run(self) -> None:
+        while not self.stopping.is_set():
+            if time.time() < self._dest_next or not self.pass_once():
+                self.wake.wait(0.2)
+                self.wake.clear()
+
+    def pass_once(self) -> bool:
+        """Try every result that is due; False when there was none (or the destination is down)."""
+        due = self.due()
+        for path in due:
+            if self.stopping.is_set() and not self._flushing:
+                break
+            if not self._send_one(path):
+                return False  # unreachable: the rest waits with it
+        if not due:
+            self.link.close()  # idle: do not hold an association open
+        return bool(due)
+
+    _flushing = False
+
+    def flush(self) -> None:
+        """At shutdown: one pass over everything due; what fails stays queued on disk for the next start."""
+        self.stopping.set()
+        self.join()
+        self._flushing = True
+        self._dest_next = 0.0
+        self.pass_once()
+        self.link.close()
+
+    def _send_one(self, path: Path) -> bool:
+        state = self._state(path)
+        t0 = time.perf_counter()
+        try:
+            self.link.send(path)
+        except Unreachable as e:
+            self._dest_wait_s = min(BACKOFF_CAP_S, max(self.retry_after_s, self._dest_wait_s * 2))
+            self._dest_next = time.time() + self._dest_wait_s
+            state["last_error"] = str(e)
+            return False
+        except Exception as e:  # noqa: BLE001 - the destination refused it, or the transfer broke off
+            self.link.close()
+            self._failed(path, state, f"{e.__class__.__name__}: {e}" if not isinstance(e, RuntimeError) else str(e))
+            return True
+        self._dest_wait_s = 0.0
+        self._sent(path, state, time.perf_counter() - t0)
+        return True
+
+    def _record(self, state: dict, status: str, **more) -> None:
+        fields = {k: v for k, v in state.items() if k not in ("next_at", "last_error", "attempts")}
+        self.audit.write("result", **{**fields, "destination": self.dest.text, "status": status,
+                                      "attempts": state.get("attempts", 0) + (status == "sent"), **more})
+
+    def _sent(self, path: Path, state: dict, seconds: float) -> None:
+        self._record(state, "sent", sent_at=now(), io_ms=round(seconds * 1000 + state.get("io_ms", 0.0), 2))
+        durable_remove(path)
+        path.with_suffix(".json").unlink(missing_ok=True)
+        self._states.pop(path.name, None)
+        if self.counters is not None:
+            self.counters.add("sent")
+
+    def _failed(self, path: Path, state: dict, why: str) -> None:
+        state["attempts"] = attempts = state.get("attempts", 0) + 1
+        state["last_error"] = why
+        if attempts >= self.max_attempts:
+            reason = f"{attempts} attempts to {self.dest.text} failed; last: {why}"
+            durable_write(self.dead / f"{path.stem}.reason.txt", (reason + "\n").encode())
+            durable_move(path, self.dead / path.name)
+            path.with_suffix(".json").unlink(missing_ok=True)
+            self._states.pop(path.name, None)
+            self._record(state, "dead-letter", reason=reason)
+            if self.counters is not None:
+                self.counters.add("failed")
+            return
+        state["next_at"] = time.time() + min(BACKOFF_CAP_S, self.retry_after_s * 2 ** (attempts - 1))
+        durable_write(path.with_suffix(".json"), json.dumps(state).encode())

@@ -1,0 +1,315 @@
+"""`pneumo-edge listen` against real components on loopback: Orthanc as the PACS, dcmtk's storescu as the
+modality, dciodvfy (dicom3tools) judging every SR. The node runs as its own process (the CLI), so SIGTERM
+and SIGKILL are real."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytest.importorskip("pynetdicom", reason="the node extra is not installed (pip install '.[node]')")
+pytest.importorskip("highdicom", reason="the node extra is not installed (pip install '.[node]')")
+
+import pydicom  # noqa: E402
+from click.testing import CliRunner  # noqa: E402
+
+from pneumo_edge.cli import main  # noqa: E402
+from pneumo_edge.dicomfilm import film_dataset, write_film  # noqa: E402
+from pneumo_edge.edge.node import audit  # noqa: E402
+from pneumo_edge.edge.node.sr import read_sr  # noqa: E402
+from pneumo_edge.orthanc import Orthanc, free_port, orthanc_binary  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+TRAIN = ROOT.parent / "shared" / "data" / "chest_xray" / "train"
+MISSING = [name for name, found in (("Orthanc (apt-get install orthanc)", orthanc_binary()),
+                                    ("storescu (apt-get install dcmtk)", shutil.which("storescu")),
+                                    ("dciodvfy (apt-get install dicom3tools)", shutil.which("dciodvfy"))) if not found]
+pytestmark = pytest.mark.skipif(bool(MISSING), reason="not installed: " + ", ".join(MISSING))
+
+STORESCU_FLAG = {"explicit": "-xe", "implicit": "-xi", "deflate": "-xd", "jpeg-baseline": "-xy", "rle": "-xr",
+                 "jpeg-ls": "-xt", "jpeg-lossless": "-xs"}
+SR_CLASS = "1.2.840.10008.5.1.4.1.1.88.33"
+
+
+def films(n: int) -> list[Path]:
+    """n films from the training split, alternating classes (never the test split)."""
+    if not TRAIN.is_dir():
+        pytest.skip(f"dataset not found at {TRAIN}")
+    normal, pneumonia = (sorted((TRAIN / c).glob("*.jpeg")) for c in ("NORMAL", "PNEUMONIA"))
+    return [(normal, pneumonia)[i % 2][i // 2] for i in range(n)]
+
+
+class NodeProcess:
+    """`pneumo-edge listen` in a subprocess of its own."""
+
+    def __init__(self, tmp: Path, pacs: Orthanc, *extra: str, port: int | None = None):
+        self.port = port or free_port()
+        self.spool = tmp / "spool"
+        self.log = tmp / "node.log"
+        self.args = [sys.executable, "-m", "pneumo_edge", "listen", "--port", str(self.port), "--ae-title", "PNEUMO",
+                     "--send-to", f"{pacs.aet}@127.0.0.1:{pacs.dicom_port}", "--spool", str(self.spool),
+                     "--retry-after", "0.2", *extra]
+        self.proc: subprocess.Popen | None = None
+
+    def start(self) -> "NodeProcess":
+        env = {**os.environ, "PYTHONPATH": str(ROOT)}
+        self.proc = subprocess.Popen(self.args, env=env, stdout=subprocess.DEVNULL,
+                                     stderr=open(self.log, "ab"), cwd=ROOT)
+        from pynetdicom import AE
+
+        ae = AE(ae_title="MOD")
+        ae.add_requested_context("1.2.840.10008.1.1")
+        for _ in range(300):  # C-ECHO until the node answers (model load: a few seconds on a busy box)
+            assert self.proc.poll() is None, self.log.read_text()
+            assoc = ae.associate("127.0.0.1", self.port, ae_title="PNEUMO")
+            if assoc.is_established:
+                assoc.release()
+                return self
+            time.sleep(0.1)
+        raise AssertionError("node did not answer C-ECHO")
+
+    def terminate(self) -> int:
+        self.proc.send_signal(signal.SIGTERM)
+        return self.proc.wait(60)
+
+    def kill(self) -> None:
+        self.proc.kill()
+        self.proc.wait(10)
+
+    def audit(self) -> list[dict]:
+        return audit.read(self.spool / "audit.jsonl")
+
+
+def storescu(port: int, files: list[Path], syntax: str = "explicit", calling: str = "MOD",
+             timeout: float = 120) -> subprocess.CompletedProcess:
+    return subprocess.run(["storescu", "-v", "-R", STORESCU_FLAG[syntax], "-aec", "PNEUMO", "-aet", calling,
+                           "127.0.0.1", str(port), *map(str, files)], capture_output=True, text=True, timeout=timeout)
+
+
+def stored_ok(result: subprocess.CompletedProcess) -> list[str]:
+    """The files storescu got a C-STORE success for, from its verbose log."""
+    ok, current = [], None
+    for line in result.stdout.splitlines() + result.stderr.splitlines():
+        if m := re.match(r"I: Sending file: (.*)", line):
+            current = m.group(1).strip()
+        elif "Received Store Response (Success)" in line and current:
+            ok.append(current)
+    return ok
+
+
+def reports(pacs: Orthanc) -> list[tuple[pydicom.Dataset, dict]]:
+    out = []
+    for inst in pacs.instances():
+        if inst.get("SOPClassUID") == SR_CLASS:
+            ds = pydicom.dcmread(io.BytesIO(pacs.file(inst["ID"])))
+            out.append((ds, read_sr(ds)))
+    return out
+
+
+def wait_reports(pacs: Orthanc, n: int, timeout: float = 60.0) -> list[tuple[pydicom.Dataset, dict]]:
+    def enough():
+        found = reports(pacs)
+        return found if len(found) >= n else None
+
+    return wait_for(enough, timeout, f"{n} SRs in Orthanc")
+
+
+def wait_for(predicate, timeout: float = 60.0, what: str = "condition"):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.2)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def dciodvfy_errors(data: bytes, tmp: Path) -> list[str]:
+    path = tmp / "check.dcm"
+    path.write_bytes(data)
+    r = subprocess.run(["dciodvfy", str(path)], capture_output=True, text=True)
+    return [line for line in (r.stdout + r.stderr).splitlines() if line.startswith("Error")]
+
+
+@pytest.fixture
+def pacs(tmp_path):
+    with Orthanc(tmp_path / "orthanc") as p:
+        yield p
+
+
+def test_end_to_end_every_transfer_syntax(tmp_path, pacs):
+    """Seven films, one per transfer syntax: Orthanc holds exactly one SR per film, in its study, that references
+    it, with infer's label and probability; dciodvfy finds no error; SIGTERM exits 0; nothing identifying logged."""
+    syntaxes = list(STORESCU_FLAG)
+    src = films(len(syntaxes))
+    made = {}
+    for i, (film, syntax) in enumerate(zip(src, syntaxes)):
+        path = write_film(film, tmp_path / "films" / f"{i}-{syntax}.dcm", syntax,
+                          PatientName="Secret^Name", PatientID=f"PID-SECRET-{i}")
+        made[pydicom.dcmread(path, stop_before_pixels=True).SOPInstanceUID] = path
+    node = NodeProcess(tmp_path, pacs).start()
+    for path, syntax in zip(made.values(), syntaxes):
+        r = storescu(node.port, [path], syntax)
+        assert r.returncode == 0 and stored_ok(r) == [str(path)], r.stderr
+    found = wait_reports(pacs, len(made))
+    assert node.terminate() == 0
+
+    expected = CliRunner().invoke(main, ["infer", *map(str, made.values()), "--out", str(tmp_path / "p.csv"),
+                                         "--json", str(tmp_path / "p.jsonl")])
+    assert expected.exit_code == 0, expected.output
+    rows = {r["path"]: r for r in map(json.loads, (tmp_path / "p.jsonl").read_text().splitlines())}
+    assert len(found) == len(made)
+    by_source = {}
+    for ds, got in found:
+        by_source.setdefault(got["source_uid"], []).append(ds)
+        film = pydicom.dcmread(made[got["source_uid"]], stop_before_pixels=True)
+        assert ds.StudyInstanceUID == film.StudyInstanceUID and ds.SeriesInstanceUID != film.SeriesInstanceUID
+        assert ds.PatientID == film.PatientID  # the patient module is copied from the source
+        row = rows[str(made[got["source_uid"]])]
+        assert row["status"] == "ok"
+        assert got["finding"] == ("present" if row["label"] == "PNEUMONIA" else "absent")
+        assert got["probability"] == pytest.approx(row["probability"], abs=2e-6)
+        assert got["threshold"] == pytest.approx(row["threshold"]) and got["guard_verdict"] == "accepted"
+        evidence = ds.CurrentRequestedProcedureEvidenceSequence[0].ReferencedSeriesSequence[0]
+        assert evidence.ReferencedSOPSequence[0].ReferencedSOPInstanceUID == film.SOPInstanceUID
+        assert dciodvfy_errors(_encode(ds), tmp_path) == []
+    assert sorted(by_source) == sorted(made) and all(len(v) == 1 for v in by_source.values())
+    assert {r["label"] for r in rows.values()} == {"NORMAL", "PNEUMONIA"}  # both findings were exercised
+
+    lines = node.audit()
+    assert sorted(r["sop_instance_uid"] for r in lines if r["status"] == "sent") == sorted(made)
+    for text in ((node.spool / "audit.jsonl").read_text(), node.log.read_text()):
+        assert "SECRET" not in text and "Secret" not in text
+
+
+def _encode(ds: pydicom.Dataset) -> bytes:
+    buf = io.BytesIO()
+    ds.save_as(buf, enforce_file_format=True)
+    return buf.getvalue()
+
+
+def test_documented_outcomes(tmp_path, pacs):
+    """A CT is refused at association; a hand, a multi-frame image and corrupt pixels each get a 'not assessed'
+    SR with the reason; an unknown calling AE is refused and audited."""
+    node = NodeProcess(tmp_path, pacs, "--calling-ae", "MOD").start()
+    film = films(1)[0]
+    from PIL import Image
+
+    pixels = np.asarray(Image.open(film).convert("L"))
+    folder = tmp_path / "odd"
+    folder.mkdir()
+    cases = {"hand": film_dataset(pixels, BodyPartExamined="HAND"),
+             "frames": film_dataset(np.concatenate([pixels, pixels]), NumberOfFrames=2,
+                                    SOPClassUID="1.2.840.10008.5.1.4.1.1.1.1", Modality="DX",
+                                    Rows=pixels.shape[0]),
+             "corrupt": film_dataset(pixels)}
+    ct = film_dataset(pixels, SOPClassUID="1.2.840.10008.5.1.4.1.1.2", Modality="CT")
+    paths = {}
+    for name, ds in {**cases, "ct": ct}.items():
+        ds.file_meta.MediaStorageSOPClassUID = ds.SOPClassUID
+        paths[name] = folder / f"{name}.dcm"
+        ds.save_as(paths[name], enforce_file_format=True)
+    # corrupt: a JPEG baseline instance whose single fragment is not a JPEG stream
+    corrupt = pydicom.dcmread(paths["corrupt"])
+    from pydicom.encaps import encapsulate
+
+    corrupt.PixelData = encapsulate([b"\xff\xd8\xff\xe0" + os.urandom(2000)])
+    corrupt["PixelData"].VR = "OB"
+    corrupt.file_meta.TransferSyntaxUID = "1.2.840.10008.1.2.4.50"
+    corrupt.save_as(paths["corrupt"], enforce_file_format=True)
+
+    for name in ("hand", "frames"):
+        assert storescu(node.port, [paths[name]]).returncode == 0
+    assert storescu(node.port, [paths["corrupt"]], "jpeg-baseline").returncode == 0
+    ct_run = storescu(node.port, [paths["ct"]])
+    assert ct_run.returncode != 0 and not stored_ok(ct_run)
+    assert "no acceptable presentation contexts" in (ct_run.stdout + ct_run.stderr).lower()
+    stranger = storescu(node.port, [paths["hand"]], calling="STRANGER")
+    assert stranger.returncode != 0 and "rejected" in (stranger.stdout + stranger.stderr).lower()
+
+    uids = {name: str(cases[name].SOPInstanceUID) for name in cases}
+    found = wait_reports(pacs, 3)
+    assert node.terminate() == 0
+    got = {info["source_uid"]: (ds, info) for ds, info in found}
+    assert sorted(got) == sorted(uids.values())
+    assert str(ct.SOPInstanceUID) not in got
+    for name, why in (("hand", "body part HAND"), ("frames", "multi-frame"), ("corrupt", "cannot decode")):
+        ds, info = got[uids[name]]
+        assert info["finding"] == "not assessed" and why in info["comment"], (name, info)
+        assert dciodvfy_errors(_encode(ds), tmp_path) == []
+    lines = node.audit()
+    assert any(r["event"] == "association-refused" and r["calling_ae"] == "STRANGER" for r in lines)
+    assert {r["result"] for r in lines if r["event"] == "result"} == {"NOT_ASSESSED"}
+
+
+def test_sigkill_during_burst_then_restart(tmp_path, pacs):
+    """SIGKILL the node in the middle of a burst; after a restart, every instance that got C-STORE success has
+    exactly one SR in Orthanc: none missing, none doubled."""
+    n = 100
+    srcs = films(4)
+    paths = [write_film(srcs[i % 4], tmp_path / "burst" / f"{i:03d}.dcm", "jpeg-baseline") for i in range(n)]
+    uid_of = {str(p): str(pydicom.dcmread(p, stop_before_pixels=True).SOPInstanceUID) for p in paths}
+    node = NodeProcess(tmp_path, pacs).start()
+    proc = subprocess.Popen(["storescu", "-v", "-R", "-xy", "-aec", "PNEUMO", "-aet", "MOD", "127.0.0.1",
+                             str(node.port), *map(str, paths)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True)
+    incoming = node.spool / "incoming"
+    wait_for(lambda: len(node.audit()) >= 10 or len(list(incoming.glob("*.dcm"))) >= 10, what="a burst under way")
+    node.kill()
+    out, _ = proc.communicate(timeout=60)
+    ok = stored_ok(subprocess.CompletedProcess([], 0, out, ""))
+    assert 10 <= len(ok) < n, f"{len(ok)} instances got success before the kill"
+    NodeProcess(tmp_path, pacs, port=node.port).start()  # the same spool: picks up what was left
+    want = {uid_of[p] for p in ok}
+    def complete():
+        counts = _sources(pacs)
+        return counts if want <= set(counts) and _settled(counts, pacs) else None
+
+    counts = wait_for(complete, timeout=90, what="an SR for every acknowledged instance")
+    assert all(counts[u] == 1 for u in want), {u: counts[u] for u in want if counts[u] != 1}
+    assert all(v == 1 for v in counts.values())  # instances spooled without an answer: at most one SR too
+
+
+def _sources(pacs: Orthanc) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for _, info in reports(pacs):
+        counts[info["source_uid"]] = counts.get(info["source_uid"], 0) + 1
+    return counts
+
+
+def _settled(counts: dict, pacs: Orthanc) -> bool:
+    time.sleep(1.0)
+    return _sources(pacs) == counts
+
+
+def test_pacs_outage_results_queue_then_arrive(tmp_path, pacs):
+    node = NodeProcess(tmp_path, pacs).start()
+    pacs.stop()
+    paths = [write_film(f, tmp_path / "films" / f"{i}.dcm") for i, f in enumerate(films(3))]
+    assert storescu(node.port, paths).returncode == 0  # receiving goes on while the PACS is down
+    outbox = node.spool / "outbox"
+    wait_for(lambda: len(list(outbox.glob("*/*.dcm"))) == 3, what="three results queued")
+    time.sleep(1.5)  # a few retries fail meanwhile
+    assert len(list(outbox.glob("*/*.dcm"))) == 3 and not list((node.spool / "dead").glob("*/*"))
+    pacs.start()
+    wait_reports(pacs, 3, timeout=45)
+    assert node.terminate() == 0
+    assert not list(outbox.glob("*/*.dcm"))
+    assert sum(r["status"] == "sent" for r in node.audit()) == 3
+
+
+def test_listen_cli_refuses_bad_destination(tmp_path):
+    r = CliRunner().invoke(main, ["listen", "--port", "11112", "--ae-title", "PNEUMO", "--send-to", "nohost",
+                                  "--spool", str(tmp_path / "s"), "-q"])
+    assert r.exit_code == 2 and "expected AET@HOST:PORT" in r.output
