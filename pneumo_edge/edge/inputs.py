@@ -16,6 +16,7 @@ import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .dicomdir import dicomdir_row, is_dicom_file, is_dicomdir
 from .imaging import IMAGE_SUFFIXES
 
 
@@ -97,6 +98,12 @@ class _Finder:
     def file(self, path: str, walked: bool) -> None:
         if not self._first_time(path):
             return
+        if is_dicomdir(path):  # a file set's index: its own row; named, its records' images (a walk finds them)
+            row, images = dicomdir_row(path)
+            self.found.problems.append((path, *row))
+            for image in () if walked else images:
+                self.file(image, walked=False)
+            return
         reason = self._skip_reason(path, walked)
         if reason:
             self.found.problems.append((path, *reason))
@@ -115,7 +122,7 @@ class _Finder:
         name = os.path.basename(path)
         if walked and name.startswith("."):
             return "skipped", "hidden file"
-        if walked and Path(name).suffix.lower() not in IMAGE_SUFFIXES:
+        if walked and Path(name).suffix.lower() not in IMAGE_SUFFIXES and not is_dicom_file(path):
             return "skipped", "not an image file extension"
         return None
 
