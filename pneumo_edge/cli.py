@@ -765,6 +765,23 @@ def bench_heatmaps(bundle, images, out, n_films) -> None:
     click.echo(f"wrote {out}")
 
 
+# Defaults: NodeBenchConfig's fields (ConfigDefaults).
+@main.command("bench-node", cls=ConfigDefaults, config=".node_bench:NodeBenchConfig")
+@click.option("--data", show_default=True,
+              help="Dataset folder; films come from its train split.")
+@click.option("--films", "n", type=int, show_default=True, help="Films storescu sends.")
+@click.option("--model", "model_path", help=MODEL_HELP)
+@click.option("--out", show_default=True, help="Folder for node.json.")
+@quiet_option
+@friendly
+def bench_node(data, n, model_path, out) -> None:
+    """Films by storescu through `listen` to a local Orthanc: instances/s, C-STORE-to-SR latency, peak memory."""
+    from .node_bench import NodeBenchConfig, bench_node as run, render
+
+    click.echo(render(run(NodeBenchConfig(data=data, n=n, model=model_path, out=out))))
+    click.echo(f"wrote {out}/node.json")
+
+
 # Defaults: EnginesConfig's fields (ConfigDefaults).
 @main.command("bench-engines", cls=ConfigDefaults, config=".cluster_bench:EnginesConfig")
 @click.option("--model", "model_path", help="ONNX model both engines run [default: the shipped bundle's INT8 file].")

@@ -7,11 +7,8 @@ from __future__ import annotations
 import io
 import json
 import os
-import re
 import shutil
-import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -26,9 +23,9 @@ from click.testing import CliRunner  # noqa: E402
 
 from pneumo_edge.cli import main  # noqa: E402
 from pneumo_edge.dicomfilm import film_dataset, write_film  # noqa: E402
-from pneumo_edge.edge.node import audit  # noqa: E402
 from pneumo_edge.edge.node.sr import read_sr  # noqa: E402
-from pneumo_edge.orthanc import Orthanc, free_port, orthanc_binary  # noqa: E402
+from pneumo_edge.node_bench import STORESCU_FLAG, NodeProcess, storescu, storescu_args, stored_ok, train_films  # noqa: E402
+from pneumo_edge.orthanc import Orthanc, orthanc_binary  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 TRAIN = ROOT.parent / "shared" / "data" / "chest_xray" / "train"
@@ -37,75 +34,18 @@ MISSING = [name for name, found in (("Orthanc (apt-get install orthanc)", orthan
                                     ("dciodvfy (apt-get install dicom3tools)", shutil.which("dciodvfy"))) if not found]
 pytestmark = pytest.mark.skipif(bool(MISSING), reason="not installed: " + ", ".join(MISSING))
 
-STORESCU_FLAG = {"explicit": "-xe", "implicit": "-xi", "deflate": "-xd", "jpeg-baseline": "-xy", "rle": "-xr",
-                 "jpeg-ls": "-xt", "jpeg-lossless": "-xs"}
 SR_CLASS = "1.2.840.10008.5.1.4.1.1.88.33"
 
 
 def films(n: int) -> list[Path]:
-    """n films from the training split, alternating classes (never the test split)."""
     if not TRAIN.is_dir():
         pytest.skip(f"dataset not found at {TRAIN}")
-    normal, pneumonia = (sorted((TRAIN / c).glob("*.jpeg")) for c in ("NORMAL", "PNEUMONIA"))
-    return [(normal, pneumonia)[i % 2][i // 2] for i in range(n)]
+    return train_films(TRAIN.parent, n)
 
 
-class NodeProcess:
-    """`pneumo-edge listen` in a subprocess of its own."""
-
-    def __init__(self, tmp: Path, pacs: Orthanc, *extra: str, port: int | None = None):
-        self.port = port or free_port()
-        self.spool = tmp / "spool"
-        self.log = tmp / "node.log"
-        self.args = [sys.executable, "-m", "pneumo_edge", "listen", "--port", str(self.port), "--ae-title", "PNEUMO",
-                     "--send-to", f"{pacs.aet}@127.0.0.1:{pacs.dicom_port}", "--spool", str(self.spool),
-                     "--retry-after", "0.2", *extra]
-        self.proc: subprocess.Popen | None = None
-
-    def start(self) -> "NodeProcess":
-        env = {**os.environ, "PYTHONPATH": str(ROOT)}
-        self.proc = subprocess.Popen(self.args, env=env, stdout=subprocess.DEVNULL,
-                                     stderr=open(self.log, "ab"), cwd=ROOT)
-        from pynetdicom import AE
-
-        ae = AE(ae_title="MOD")
-        ae.add_requested_context("1.2.840.10008.1.1")
-        for _ in range(300):  # C-ECHO until the node answers (model load: a few seconds on a busy box)
-            assert self.proc.poll() is None, self.log.read_text()
-            assoc = ae.associate("127.0.0.1", self.port, ae_title="PNEUMO")
-            if assoc.is_established:
-                assoc.release()
-                return self
-            time.sleep(0.1)
-        raise AssertionError("node did not answer C-ECHO")
-
-    def terminate(self) -> int:
-        self.proc.send_signal(signal.SIGTERM)
-        return self.proc.wait(60)
-
-    def kill(self) -> None:
-        self.proc.kill()
-        self.proc.wait(10)
-
-    def audit(self) -> list[dict]:
-        return audit.read(self.spool / "audit.jsonl")
-
-
-def storescu(port: int, files: list[Path], syntax: str = "explicit", calling: str = "MOD",
-             timeout: float = 120) -> subprocess.CompletedProcess:
-    return subprocess.run(["storescu", "-v", "-R", STORESCU_FLAG[syntax], "-aec", "PNEUMO", "-aet", calling,
-                           "127.0.0.1", str(port), *map(str, files)], capture_output=True, text=True, timeout=timeout)
-
-
-def stored_ok(result: subprocess.CompletedProcess) -> list[str]:
-    """The files storescu got a C-STORE success for, from its verbose log."""
-    ok, current = [], None
-    for line in result.stdout.splitlines() + result.stderr.splitlines():
-        if m := re.match(r"I: Sending file: (.*)", line):
-            current = m.group(1).strip()
-        elif "Received Store Response (Success)" in line and current:
-            ok.append(current)
-    return ok
+def start_node(tmp: Path, pacs: Orthanc, *extra: str, port: int | None = None) -> NodeProcess:
+    return NodeProcess(tmp, f"{pacs.aet}@127.0.0.1:{pacs.dicom_port}", "--retry-after", "0.2", *extra,
+                       port=port).start()
 
 
 def reports(pacs: Orthanc) -> list[tuple[pydicom.Dataset, dict]]:
@@ -158,10 +98,10 @@ def test_end_to_end_every_transfer_syntax(tmp_path, pacs):
         path = write_film(film, tmp_path / "films" / f"{i}-{syntax}.dcm", syntax,
                           PatientName="Secret^Name", PatientID=f"PID-SECRET-{i}")
         made[pydicom.dcmread(path, stop_before_pixels=True).SOPInstanceUID] = path
-    node = NodeProcess(tmp_path, pacs).start()
+    node = start_node(tmp_path, pacs)
     for path, syntax in zip(made.values(), syntaxes):
         r = storescu(node.port, [path], syntax)
-        assert r.returncode == 0 and stored_ok(r) == [str(path)], r.stderr
+        assert r.returncode == 0 and stored_ok(r.stderr) == [str(path)], r.stderr
     found = wait_reports(pacs, len(made))
     assert node.terminate() == 0
 
@@ -202,7 +142,7 @@ def _encode(ds: pydicom.Dataset) -> bytes:
 def test_documented_outcomes(tmp_path, pacs):
     """A CT is refused at association; a hand, a multi-frame image and corrupt pixels each get a 'not assessed'
     SR with the reason; an unknown calling AE is refused and audited."""
-    node = NodeProcess(tmp_path, pacs, "--calling-ae", "MOD").start()
+    node = start_node(tmp_path, pacs, "--calling-ae", "MOD")
     film = films(1)[0]
     from PIL import Image
 
@@ -233,7 +173,7 @@ def test_documented_outcomes(tmp_path, pacs):
         assert storescu(node.port, [paths[name]]).returncode == 0
     assert storescu(node.port, [paths["corrupt"]], "jpeg-baseline").returncode == 0
     ct_run = storescu(node.port, [paths["ct"]])
-    assert ct_run.returncode != 0 and not stored_ok(ct_run)
+    assert ct_run.returncode != 0 and not stored_ok(ct_run.stderr)
     assert "no acceptable presentation contexts" in (ct_run.stdout + ct_run.stderr).lower()
     stranger = storescu(node.port, [paths["hand"]], calling="STRANGER")
     assert stranger.returncode != 0 and "rejected" in (stranger.stdout + stranger.stderr).lower()
@@ -260,17 +200,16 @@ def test_sigkill_during_burst_then_restart(tmp_path, pacs):
     srcs = films(4)
     paths = [write_film(srcs[i % 4], tmp_path / "burst" / f"{i:03d}.dcm", "jpeg-baseline") for i in range(n)]
     uid_of = {str(p): str(pydicom.dcmread(p, stop_before_pixels=True).SOPInstanceUID) for p in paths}
-    node = NodeProcess(tmp_path, pacs).start()
-    proc = subprocess.Popen(["storescu", "-v", "-R", "-xy", "-aec", "PNEUMO", "-aet", "MOD", "127.0.0.1",
-                             str(node.port), *map(str, paths)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            text=True)
+    node = start_node(tmp_path, pacs)
+    proc = subprocess.Popen(storescu_args(node.port, paths, "jpeg-baseline"), stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
     incoming = node.spool / "incoming"
     wait_for(lambda: len(node.audit()) >= 10 or len(list(incoming.glob("*.dcm"))) >= 10, what="a burst under way")
     node.kill()
     out, _ = proc.communicate(timeout=60)
-    ok = stored_ok(subprocess.CompletedProcess([], 0, out, ""))
+    ok = stored_ok(out)
     assert 10 <= len(ok) < n, f"{len(ok)} instances got success before the kill"
-    NodeProcess(tmp_path, pacs, port=node.port).start()  # the same spool: picks up what was left
+    start_node(tmp_path, pacs, port=node.port)  # the same spool: picks up what was left
     want = {uid_of[p] for p in ok}
     def complete():
         counts = _sources(pacs)
@@ -294,7 +233,7 @@ def _settled(counts: dict, pacs: Orthanc) -> bool:
 
 
 def test_pacs_outage_results_queue_then_arrive(tmp_path, pacs):
-    node = NodeProcess(tmp_path, pacs).start()
+    node = start_node(tmp_path, pacs)
     pacs.stop()
     paths = [write_film(f, tmp_path / "films" / f"{i}.dcm") for i, f in enumerate(films(3))]
     assert storescu(node.port, paths).returncode == 0  # receiving goes on while the PACS is down

@@ -163,7 +163,7 @@ class Sender(threading.Thread):
                                       "attempts": state.get("attempts", 0) + (status == "sent"), **more})
 
     def _sent(self, path: Path, state: dict, seconds: float) -> None:
-        self._record(state, "sent", sent_at=now(), io_ms=round(seconds * 1000 + state.get("io_ms", 0.0), 2))
+        self._record(state, "sent", sent_at=now(), send_ms=round(seconds * 1000, 2))
         durable_remove(path)
         path.with_suffix(".json").unlink(missing_ok=True)
         self._states.pop(path.name, None)

@@ -174,9 +174,8 @@ class Node:
                      "guard_verdict": finding.guard_verdict, "reason": finding.reason,
                      "model_sha256": self.model_sha256, "result_uid": str(sr.SOPInstanceUID),
                      "received_at": round(path.stat().st_mtime, 6), "classified_at": classified_at,
-                     "classify_ms": per_image_ms}
+                     "classify_ms": per_image_ms, "sr_ms": round((time.perf_counter() - t0) * 1000, 2)}
             for sender in self.senders:
-                state["io_ms"] = round((time.perf_counter() - t0) * 1000, 2)
                 self.spool.put_result(sender.dest.text, str(sr.SOPInstanceUID), buf.getvalue(), state)
                 sender.wake.set()
             durable_remove(path)

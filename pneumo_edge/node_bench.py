@@ -1,0 +1,194 @@
+"""`pneumo-edge bench-node`: films through the DICOM node to a PACS, timed end to end.
+
+    result = bench_node(NodeBenchConfig(n=200))     # writes bench/results/node.json
+
+A real chain on loopback: dcmtk's storescu sends `n` JPEG-baseline CR films (this dataset's own JPEGs,
+wrapped unchanged) in one association to `pneumo-edge listen`, running as a process of its own, which
+sends an SR per film to a throw-away Orthanc. From the node's audit log:
+  - throughput: films / (last SR stored in Orthanc - first film received);
+  - latency per film: from the end of its C-STORE (the spooled file's time, just before "success" goes
+    back) to Orthanc's success for its SR, p50 and p95;
+  - the split of that time: decode + model + guard, building and encoding the SR, the C-STORE to Orthanc,
+    and the rest (waiting in the queues behind other films, spool fsyncs);
+and the node's peak resident memory (the kernel's high-water mark, VmHWM).
+NodeProcess and storescu are also what tests/test_node.py drives.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .edge.atomic import write_json
+from .edge.errors import PneumoEdgeError
+
+ROOT = Path(__file__).resolve().parents[1]
+STORESCU_FLAG = {"explicit": "-xe", "implicit": "-xi", "deflate": "-xd", "jpeg-baseline": "-xy", "rle": "-xr",
+                 "jpeg-ls": "-xt", "jpeg-lossless": "-xs"}  # propose the file's own transfer syntax
+TARGETS = {"instances_per_s": 30.0, "p50_ms": 250.0, "peak_rss_mb": 1024.0}
+
+
+class NodeProcess:
+    """`pneumo-edge listen` in a process of its own, sending to `send_to`, its spool under `folder`."""
+
+    def __init__(self, folder: Path, send_to: str, *extra: str, port: int | None = None, ae_title: str = "PNEUMO"):
+        from .orthanc import free_port
+
+        self.port, self.ae_title = port or free_port(), ae_title
+        self.spool, self.log = folder / "spool", folder / "node.log"
+        self.args = [sys.executable, "-m", "pneumo_edge", "listen", "--port", str(self.port), "--ae-title", ae_title,
+                     "--send-to", send_to, "--spool", str(self.spool), *extra]
+        self.proc: subprocess.Popen | None = None
+
+    def start(self, timeout_s: float = 60.0, calling: str = "MOD") -> "NodeProcess":
+        from pynetdicom import AE
+
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
+        self.proc = subprocess.Popen(self.args, env=env, stdout=subprocess.DEVNULL, stderr=open(self.log, "ab"),
+                                     stdin=subprocess.DEVNULL)
+        ae = AE(ae_title=calling)
+        ae.add_requested_context("1.2.840.10008.1.1")
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:  # C-ECHO until it answers (the model loads first)
+            if self.proc.poll() is not None:
+                raise PneumoEdgeError(f"the node exited at start: {self.log.read_text()[-500:]}")
+            assoc = ae.associate("127.0.0.1", self.port, ae_title=self.ae_title)
+            if assoc.is_established:
+                assoc.release()
+                return self
+            time.sleep(0.1)
+        raise PneumoEdgeError(f"the node did not answer C-ECHO within {timeout_s:.0f} s")
+
+    def peak_rss_mb(self) -> float:
+        text = Path(f"/proc/{self.proc.pid}/status").read_text()
+        return int(re.search(r"VmHWM:\s+(\d+) kB", text).group(1)) / 1024
+
+    def terminate(self, timeout_s: float = 60.0) -> int:
+        self.proc.send_signal(signal.SIGTERM)
+        return self.proc.wait(timeout_s)
+
+    def kill(self) -> None:
+        self.proc.kill()
+        self.proc.wait(10)
+
+    def audit(self) -> list[dict]:
+        from .edge.node import audit
+
+        return audit.read(self.spool / "audit.jsonl")
+
+
+def storescu_args(port: int, files: list[Path], syntax: str = "explicit", calling: str = "MOD",
+                  called: str = "PNEUMO") -> list[str]:
+    if shutil.which("storescu") is None:
+        raise PneumoEdgeError("storescu is not installed (Debian: apt-get install dcmtk)")
+    return ["storescu", "-v", "-R", STORESCU_FLAG[syntax], "-aec", called, "-aet", calling, "127.0.0.1", str(port),
+            *map(str, files)]
+
+
+def storescu(port: int, files: list[Path], syntax: str = "explicit", calling: str = "MOD",
+             timeout: float = 300) -> subprocess.CompletedProcess:
+    return subprocess.run(storescu_args(port, files, syntax, calling), capture_output=True, text=True, timeout=timeout)
+
+
+def stored_ok(log: str) -> list[str]:
+    """The files storescu got a C-STORE success for, from its verbose log."""
+    ok, current = [], None
+    for line in log.splitlines():
+        if m := re.match(r"I: Sending file: (.*)", line):
+            current = m.group(1).strip()
+        elif "Received Store Response (Success)" in line and current:
+            ok.append(current)
+    return ok
+
+
+def train_films(data: str | Path, n: int) -> list[Path]:
+    """n films from the training split, alternating classes: never the test split."""
+    train = Path(data) / "train"
+    normal, pneumonia = (sorted((train / c).glob("*.jpeg")) for c in ("NORMAL", "PNEUMONIA"))
+    if len(normal) < (n + 1) // 2 or len(pneumonia) < n // 2:
+        raise PneumoEdgeError(f"need {n} films under {train}/{{NORMAL,PNEUMONIA}}")
+    return [(normal, pneumonia)[i % 2][i // 2] for i in range(n)]
+
+
+@dataclass
+class NodeBenchConfig:
+    data: str = "../shared/data/chest_xray"  # films come from its train split
+    n: int = 200
+    model: str | None = None  # .onnx file or bundle folder; None: the shipped one
+    out: str = "bench/results"
+    timeout_s: float = 300.0
+
+
+def _pct(values: list[float], q: float) -> float:
+    return round(float(np.percentile(values, q)), 1)
+
+
+def bench_node(cfg: NodeBenchConfig) -> dict:
+    from .dicomfilm import write_film
+    from .edge.progress import stage
+    from .orthanc import Orthanc
+
+    films = train_films(cfg.data, cfg.n)
+    with tempfile.TemporaryDirectory(prefix="bench-node-") as tmp:
+        tmp = Path(tmp)
+        stage("bench-node", f"writing {cfg.n} JPEG-baseline CR films")
+        paths = [write_film(f, tmp / "films" / f"{i:04d}.dcm", "jpeg-baseline") for i, f in enumerate(films)]
+        mean_kb = sum(p.stat().st_size for p in paths) / len(paths) / 1024
+        with Orthanc(tmp / "orthanc") as pacs:
+            extra = ["-q", *(["--model", cfg.model] if cfg.model else [])]
+            node = NodeProcess(tmp, f"{pacs.aet}@127.0.0.1:{pacs.dicom_port}", *extra).start()
+            try:
+                stage("bench-node", f"storescu: {cfg.n} films -> node -> Orthanc")
+                load = os.getloadavg()
+                t0 = time.time()
+                sent = storescu(node.port, paths, "jpeg-baseline", timeout=cfg.timeout_s)
+                storescu_s = time.time() - t0
+                if len(stored_ok(sent.stdout + sent.stderr)) != cfg.n:
+                    raise PneumoEdgeError(f"storescu did not store every film: {sent.stderr[-400:]}")
+                deadline = time.monotonic() + cfg.timeout_s
+                while sum(r.get("status") == "sent" for r in node.audit()) < cfg.n:
+                    if time.monotonic() > deadline:
+                        raise PneumoEdgeError("not every SR reached Orthanc in time")
+                    time.sleep(0.2)
+                peak_mb = node.peak_rss_mb()
+                in_pacs = len(pacs.get("/instances"))
+            finally:
+                node.terminate()
+        rows = [r for r in node.audit() if r.get("status") == "sent"]
+    latency = [(r["sent_at"] - r["received_at"]) * 1000 for r in rows]
+    span = max(r["sent_at"] for r in rows) - min(r["received_at"] for r in rows)
+    split = {k: round(float(np.mean([r[k] for r in rows])), 2) for k in ("classify_ms", "sr_ms", "send_ms")}
+    split["queues_and_spool_ms"] = round(float(np.mean(latency)) - sum(split.values()), 2)
+    result = {
+        "films": cfg.n, "transfer_syntax": "JPEG baseline (the dataset's JPEGs, wrapped unchanged)",
+        "film_kb_mean": round(mean_kb, 1), "sr_in_orthanc": in_pacs,
+        "instances_per_s": round(cfg.n / span, 1), "storescu_seconds": round(storescu_s, 2),
+        "latency_ms": {"p50": _pct(latency, 50), "p95": _pct(latency, 95), "max": round(max(latency), 1),
+                       "mean": round(float(np.mean(latency)), 1)},
+        "split_mean_ms": split, "peak_rss_mb": round(peak_mb, 1), "targets": TARGETS,
+        "met": {"instances_per_s": cfg.n / span >= TARGETS["instances_per_s"],
+                "p50_ms": _pct(latency, 50) <= TARGETS["p50_ms"], "peak_rss_mb": peak_mb < TARGETS["peak_rss_mb"]},
+        "machine": {"cpus": os.cpu_count(), "load_average_at_start": [round(x, 2) for x in load]},
+        "config": asdict(cfg),
+    }
+    write_json(Path(cfg.out) / "node.json", result)
+    return result
+
+
+def render(r: dict) -> str:
+    lat, s = r["latency_ms"], r["split_mean_ms"]
+    return (f"{r['films']} films ({r['film_kb_mean']} KB each, JPEG baseline) through the node to Orthanc: "
+            f"{r['instances_per_s']} instances/s; C-STORE end -> SR stored p50 {lat['p50']} ms, p95 {lat['p95']} ms "
+            f"(mean {lat['mean']}: classify {s['classify_ms']}, SR {s['sr_ms']}, send {s['send_ms']}, queues and "
+            f"spool {s['queues_and_spool_ms']}); peak node RSS {r['peak_rss_mb']} MB; "
+            f"{r['machine']['cpus']} CPUs, load {r['machine']['load_average_at_start'][0]} at start")
