@@ -69,6 +69,9 @@ class NodeProcess:
             time.sleep(0.1)
         raise PneumoEdgeError(f"the node did not answer C-ECHO within {timeout_s:.0f} s")
 
+    def cpu_seconds(self) -> float:
+        return cpu_seconds(self.proc.pid)
+
     def peak_rss_mb(self) -> float:
         text = Path(f"/proc/{self.proc.pid}/status").read_text()
         return int(re.search(r"VmHWM:\s+(\d+) kB", text).group(1)) / 1024
@@ -85,6 +88,12 @@ class NodeProcess:
         from .edge.node import audit
 
         return audit.read(self.spool / "audit.jsonl")
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a running process so far (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def storescu_args(port: int, files: list[Path], syntax: str = "explicit", calling: str = "MOD",
@@ -150,6 +159,7 @@ def bench_node(cfg: NodeBenchConfig) -> dict:
             try:
                 stage("bench-node", f"storescu: {cfg.n} films -> node -> Orthanc")
                 load = os.getloadavg()
+                cpu0 = node.cpu_seconds(), cpu_seconds(pacs.proc.pid)
                 t0 = time.time()
                 sent = storescu(node.port, paths, "jpeg-baseline", timeout=cfg.timeout_s)
                 storescu_s = time.time() - t0
@@ -161,6 +171,7 @@ def bench_node(cfg: NodeBenchConfig) -> dict:
                         raise PneumoEdgeError("not every SR reached Orthanc in time")
                     time.sleep(0.2)
                 peak_mb = node.peak_rss_mb()
+                cpu = node.cpu_seconds() - cpu0[0], cpu_seconds(pacs.proc.pid) - cpu0[1]
                 in_pacs = len(pacs.get("/instances"))
             finally:
                 node.terminate()
@@ -175,7 +186,9 @@ def bench_node(cfg: NodeBenchConfig) -> dict:
         "instances_per_s": round(cfg.n / span, 1), "storescu_seconds": round(storescu_s, 2),
         "latency_ms": {"p50": _pct(latency, 50), "p95": _pct(latency, 95), "max": round(max(latency), 1),
                        "mean": round(float(np.mean(latency)), 1)},
-        "split_mean_ms": split, "peak_rss_mb": round(peak_mb, 1), "targets": TARGETS,
+        "split_mean_ms": split,
+        "cpu_ms_per_instance": {"node": round(cpu[0] * 1000 / cfg.n, 1), "orthanc": round(cpu[1] * 1000 / cfg.n, 1)},
+        "peak_rss_mb": round(peak_mb, 1), "targets": TARGETS,
         "met": {"instances_per_s": cfg.n / span >= TARGETS["instances_per_s"],
                 "p50_ms": _pct(latency, 50) <= TARGETS["p50_ms"], "peak_rss_mb": peak_mb < TARGETS["peak_rss_mb"]},
         "machine": {"cpus": os.cpu_count(), "load_average_at_start": [round(x, 2) for x in load]},
@@ -190,5 +203,6 @@ def render(r: dict) -> str:
     return (f"{r['films']} films ({r['film_kb_mean']} KB each, JPEG baseline) through the node to Orthanc: "
             f"{r['instances_per_s']} instances/s; C-STORE end -> SR stored p50 {lat['p50']} ms, p95 {lat['p95']} ms "
             f"(mean {lat['mean']}: classify {s['classify_ms']}, SR {s['sr_ms']}, send {s['send_ms']}, queues and "
-            f"spool {s['queues_and_spool_ms']}); peak node RSS {r['peak_rss_mb']} MB; "
+            f"spool {s['queues_and_spool_ms']}); CPU per instance: node {r['cpu_ms_per_instance']['node']} ms, "
+            f"Orthanc {r['cpu_ms_per_instance']['orthanc']} ms; peak node RSS {r['peak_rss_mb']} MB; "
             f"{r['machine']['cpus']} CPUs, load {r['machine']['load_average_at_start'][0]} at start")

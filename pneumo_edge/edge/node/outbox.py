@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .audit import Audit, now
-from .spool import Spool, durable_move, durable_remove, durable_write
+from .spool import Spool, durable_move, durable_write
 
 BACKOFF_CAP_S = 30.0  # longest wait between two tries of one destination or one result
 SR_CONTEXTS = ("1.2.840.10008.5.1.4.1.1.88.33",  # Comprehensive SR
@@ -60,14 +60,15 @@ class DimseLink:
 
     def send(self, path: Path) -> None:
         """Raises Unreachable, or RuntimeError with the destination's answer when it refused the object."""
-        import pydicom
+        from pynetdicom import _config
 
+        _config.STORE_SEND_CHUNKED_DATASET = True  # send the file's bytes as they are: no decode, no re-encode
         if self.assoc is None or not self.assoc.is_established:
             assoc = self.ae.associate(self.dest.host, self.dest.port, ae_title=self.dest.ae_title)
             if not assoc.is_established:
                 raise Unreachable(f"no association with {self.dest.text}")
             self.assoc = assoc
-        status = self.assoc.send_c_store(pydicom.dcmread(path))
+        status = self.assoc.send_c_store(path)
         if not status or "Status" not in status:
             self.close()
             raise RuntimeError("transfer broke off (no C-STORE response)")
@@ -164,7 +165,7 @@ class Sender(threading.Thread):
 
     def _sent(self, path: Path, state: dict, seconds: float) -> None:
         self._record(state, "sent", sent_at=now(), send_ms=round(seconds * 1000, 2))
-        durable_remove(path)
+        path.unlink(missing_ok=True)  # not fsynced: a removal a crash undoes only sends the same UIDs again
         path.with_suffix(".json").unlink(missing_ok=True)
         self._states.pop(path.name, None)
         if self.counters is not None:
@@ -184,4 +185,4 @@ class Sender(threading.Thread):
                 self.counters.add("failed")
             return
         state["next_at"] = time.time() + min(BACKOFF_CAP_S, self.retry_after_s * 2 ** (attempts - 1))
-        durable_write(path.with_suffix(".json"), json.dumps(state).encode())
+        durable_write(path.with_suffix(".json"), json.dumps(state).encode(), sync=False)

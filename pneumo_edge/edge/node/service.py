@@ -26,7 +26,7 @@ from .audit import Audit, now
 from .classify import classify
 from .outbox import Destination, Sender
 from .receiver import make_ae, store_handler
-from .spool import Spool, durable_remove
+from .spool import Spool, sync_dir
 from .sr import Algorithm, build_sr
 
 BATCH = 8  # instances classified per model call when they queue up
@@ -177,8 +177,12 @@ class Node:
                      "classify_ms": per_image_ms, "sr_ms": round((time.perf_counter() - t0) * 1000, 2)}
             for sender in self.senders:
                 self.spool.put_result(sender.dest.text, str(sr.SOPInstanceUID), buf.getvalue(), state)
-                sender.wake.set()
-            durable_remove(path)
+        for sender in self.senders:  # the batch's results are on disk: only then may its instances go
+            sync_dir(sender.folder)
+            sender.wake.set()
+        for path, _, _ in items:
+            # not fsynced: should a crash undo the removal, the instance is classified again, same UIDs
+            path.unlink(missing_ok=True)
             self.counters.add("classified")
 
     # ---- the whole node

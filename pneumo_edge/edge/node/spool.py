@@ -35,20 +35,31 @@ def _fsync_dir(folder: Path) -> None:
         os.close(fd)
 
 
-def durable_write(path: Path, data: bytes) -> None:
-    """Write `data` to `path` so that after a crash `path` holds all of it or does not exist."""
+def durable_write(path: Path, data: bytes, sync: bool = True, sync_dir: bool = True) -> None:
+    """Write `data` to `path` so that after a crash `path` holds all of it or does not exist.
+
+    sync=False: atomic (whole or absent) but not forced to disk, for what a crash may cost (retry state).
+    sync_dir=False: the caller fsyncs the folder once for several files (`sync_dir`).
+    """
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
+            if sync:
+                f.flush()
+                os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
-    _fsync_dir(path.parent)
+    if sync and sync_dir:
+        _fsync_dir(path.parent)
+
+
+def sync_dir(folder: Path) -> None:
+    """Make the renames done in `folder` durable."""
+    _fsync_dir(folder)
 
 
 def durable_move(src: Path, dst: Path) -> None:
@@ -57,11 +68,6 @@ def durable_move(src: Path, dst: Path) -> None:
     _fsync_dir(dst.parent)
     if src.parent != dst.parent:
         _fsync_dir(src.parent)
-
-
-def durable_remove(path: Path) -> None:
-    path.unlink(missing_ok=True)
-    _fsync_dir(path.parent)
 
 
 def destination_folder(name: str) -> str:
@@ -114,11 +120,16 @@ class Spool:
         return folder
 
     def put_result(self, destination: str, uid: str, data: bytes, state: dict) -> Path:
-        """Queue one result object for one destination: its state first, then the object (what the sender lists)."""
+        """Queue one result object for one destination: its state, then the object (what the sender lists).
+
+        The object is fsynced, its folder is not: the caller calls `sync_dir` once per batch, before it removes
+        the incoming files. The state (audit fields, retry count) is not forced to disk: a crash can cost
+        it, never the result (the sender reads a missing state as a first attempt).
+        """
         folder = self.outbox_dir(destination)
-        durable_write(folder / f"{uid}.json", json.dumps(state).encode())
+        durable_write(folder / f"{uid}.json", json.dumps(state).encode(), sync=False)
         path = folder / f"{uid}.dcm"
-        durable_write(path, data)
+        durable_write(path, data, sync_dir=False)
         return path
 
     def n_queued(self) -> int:

@@ -105,14 +105,14 @@ def build_sr(source, finding: Finding, algo: Algorithm):
     value = (c["present"] if finding.label == "PNEUMONIA" else c["absent"]) if assessed else c["not_assessed"]
     evaluations = [QualitativeEvaluation(c["pneumonia"], value),
                    QualitativeEvaluation(c["guard_verdict"], _verdict_code(finding.guard_verdict))]
-    measurements = [Measurement(name=c["threshold"], value=float(algo.threshold), unit=c["no_units"],
-                                algorithm_id=algorithm)]
+    # the group's algorithm identification covers its measurements: not repeated under each one
+    measurements = [Measurement(name=c["threshold"], value=float(algo.threshold), unit=c["no_units"])]
     if finding.probability is not None:
         measurements.insert(0, Measurement(name=c["probability"], value=float(finding.probability),
-                                           unit=c["no_units"], algorithm_id=algorithm))
+                                           unit=c["no_units"]))
     if finding.guard_score is not None:
         measurements.append(Measurement(name=c["guard_score"], value=float(finding.guard_score),
-                                        unit=c["no_units"], algorithm_id=algorithm))
+                                        unit=c["no_units"]))
     group = MeasurementsAndQualitativeEvaluations(
         tracking_identifier=TrackingIdentifier(uid=uid("tracking"), identifier="pneumonia finding"),
         finding_type=c["pneumonia"], algorithm_id=algorithm, measurements=measurements,
