@@ -252,3 +252,36 @@ def test_listen_cli_refuses_bad_destination(tmp_path):
     r = CliRunner().invoke(main, ["listen", "--port", "11112", "--ae-title", "PNEUMO", "--send-to", "nohost",
                                   "--spool", str(tmp_path / "s"), "-q"])
     assert r.exit_code == 2 and "expected AET@HOST:PORT" in r.output
+
+
+def test_refused_results_go_to_the_dead_letter_folder_with_the_reason(tmp_path):
+    """A destination that answers every C-STORE with 'out of resources': after --max-attempts the SR moves to
+    dead/<destination>/ with the reason beside it, and the audit says so."""
+    from pynetdicom import AE, evt
+
+    from pneumo_edge.orthanc import free_port
+
+    refusals = []
+    pacs = AE(ae_title="FULL")
+    pacs.add_supported_context(SR_CLASS)
+
+    def refuse(event):
+        refusals.append(event.request.AffectedSOPInstanceUID)
+        return 0xA700
+
+    port = free_port()
+    server = pacs.start_server(("127.0.0.1", port), block=False, evt_handlers=[(evt.EVT_C_STORE, refuse)])
+    try:
+        node = NodeProcess(tmp_path, f"FULL@127.0.0.1:{port}", "--max-attempts", "2", "--retry-after", "0.1").start()
+        film = write_film(films(1)[0], tmp_path / "film.dcm")
+        assert storescu(node.port, [film]).returncode == 0
+        dead = node.spool / "dead" / f"FULL@127.0.0.1_{port}"
+        wait_for(lambda: list(dead.glob("*.reason.txt")), what="a dead-letter file")
+        assert node.terminate() == 0
+    finally:
+        server.shutdown()
+    (reason,) = dead.glob("*.reason.txt")
+    assert "2 attempts" in reason.read_text() and "0xA700" in reason.read_text()
+    assert reason.with_name(reason.name.replace(".reason.txt", ".dcm")).is_file()
+    assert len(refusals) == 2 and not list((node.spool / "outbox").glob("*/*.dcm"))
+    assert [r["status"] for r in node.audit() if r["event"] == "result"] == ["dead-letter"]

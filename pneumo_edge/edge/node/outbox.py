@@ -53,8 +53,9 @@ class DimseLink:
 
         self.dest = dest
         self.ae = AE(ae_title=calling_ae)
-        for uid in SR_CONTEXTS:
-            self.ae.add_requested_context(uid)
+        for uid in SR_CONTEXTS:  # one context per syntax: the files are explicit VR, a PACS may take implicit only
+            self.ae.add_requested_context(uid, "1.2.840.10008.1.2.1")
+            self.ae.add_requested_context(uid, "1.2.840.10008.1.2")
         self.ae.acse_timeout = self.ae.dimse_timeout = self.ae.network_timeout = 30
         self.assoc = None
 
@@ -68,7 +69,12 @@ class DimseLink:
             if not assoc.is_established:
                 raise Unreachable(f"no association with {self.dest.text}")
             self.assoc = assoc
-        status = self.assoc.send_c_store(path)
+        try:
+            status = self.assoc.send_c_store(path)
+        except ValueError:  # only implicit VR accepted: pynetdicom converts a decoded copy
+            import pydicom
+
+            status = self.assoc.send_c_store(pydicom.dcmread(path))
         if not status or "Status" not in status:
             self.close()
             raise RuntimeError("transfer broke off (no C-STORE response)")
