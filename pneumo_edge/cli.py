@@ -706,7 +706,8 @@ def token_revoke(name, tokens_file) -> None:
 @click.option("--port", type=int, required=True, help="DICOM port to listen on.")
 @click.option("--ae-title", required=True, help="This node's AE title (what senders call).")
 @click.option("--send-to", "send_to", multiple=True, required=True,
-              help="Where each result goes: AET@HOST:PORT (C-STORE). Repeat for several destinations.")
+              help="Where each result goes: AET@HOST:PORT (C-STORE) or a DICOMweb base URL https://host/path "
+                   "(STOW-RS). Repeat for several destinations.")
 @click.option("--spool", required=True, type=click.Path(file_okay=False),
               help="Folder for received instances, queued results, the dead-letter folder and audit.jsonl.")
 @click.option("--model", "model_path", help=MODEL_HELP)

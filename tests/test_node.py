@@ -285,3 +285,20 @@ def test_refused_results_go_to_the_dead_letter_folder_with_the_reason(tmp_path):
     assert reason.with_name(reason.name.replace(".reason.txt", ".dcm")).is_file()
     assert len(refusals) == 2 and not list((node.spool / "outbox").glob("*/*.dcm"))
     assert [r["status"] for r in node.audit() if r["event"] == "result"] == ["dead-letter"]
+
+
+def test_stow_rs_destination(tmp_path):
+    """--send-to a DICOMweb base URL: each SR is stored by STOW-RS (Orthanc's DICOMweb plugin)."""
+    from pneumo_edge.orthanc import dicomweb_plugin
+
+    if dicomweb_plugin() is None:
+        pytest.skip("Orthanc's DICOMweb plugin is not installed (apt-get install orthanc-dicomweb)")
+    with Orthanc(tmp_path / "orthanc", dicomweb=True) as pacs:
+        node = NodeProcess(tmp_path, f"{pacs.url}/dicom-web", "--retry-after", "0.2").start()
+        paths = [write_film(f, tmp_path / "films" / f"{i}.dcm") for i, f in enumerate(films(2))]
+        assert storescu(node.port, paths).returncode == 0
+        found = wait_reports(pacs, 2)
+        assert node.terminate() == 0
+    sources = {pydicom.dcmread(p, stop_before_pixels=True).SOPInstanceUID for p in paths}
+    assert {info["source_uid"] for _, info in found} == sources
+    assert [r["destination"] for r in node.audit() if r["status"] == "sent"] == [f"{pacs.url}/dicom-web"] * 2

@@ -37,11 +37,18 @@ class Destination:
     host: str = ""
     port: int = 0
 
+    @property
+    def is_web(self) -> bool:
+        return self.text.startswith(("https://", "http://"))
+
     @classmethod
     def parse(cls, text: str) -> "Destination":
+        if re.fullmatch(r"https?://[^\s/]+(/\S*)?", text):
+            return cls(text.rstrip("/"))
         m = re.fullmatch(r"([^@\s\\]{1,16})@([^:\s]+):(\d{1,5})", text)
         if not m or not 0 < int(m.group(3)) < 65536:
-            raise ValueError(f"--send-to '{text}': expected AET@HOST:PORT (AE title of at most 16 characters)")
+            raise ValueError(f"--send-to '{text}': expected AET@HOST:PORT (AE title of at most 16 characters) "
+                             "or a DICOMweb base URL https://host/path")
         return cls(text, m.group(1), m.group(2), int(m.group(3)))
 
 
@@ -88,6 +95,33 @@ class DimseLink:
         self.assoc = None
 
 
+class StowLink:
+    """A DICOMweb destination: each result is one STOW-RS request (dicomweb-client) to `<base URL>/studies`."""
+
+    def __init__(self, dest: Destination):
+        from dicomweb_client.api import DICOMwebClient
+
+        self.dest = dest
+        self.client = DICOMwebClient(url=dest.text)
+
+    def send(self, path: Path) -> None:
+        import pydicom
+        import requests
+
+        try:
+            answer = self.client.store_instances([pydicom.dcmread(path)])
+        except requests.exceptions.HTTPError as e:
+            raise RuntimeError(f"STOW-RS refused with HTTP {e.response.status_code}") from None
+        except requests.exceptions.RequestException as e:  # no answer at all: connection refused, timeout
+            raise Unreachable(f"no answer from {self.dest.text} ({e.__class__.__name__})") from None
+        if answer.get("FailedSOPSequence"):
+            reason = answer.FailedSOPSequence[0].get("FailureReason")
+            raise RuntimeError(f"STOW-RS refused the instance (failure reason {reason})")
+
+    def close(self) -> None:
+        pass
+
+
 class Sender(threading.Thread):
     """Sends what the worker queues for one destination until stopped; `flush` is one last pass."""
 
@@ -96,7 +130,7 @@ class Sender(threading.Thread):
         super().__init__(name=f"send {dest.text}", daemon=True)
         self.dest, self.spool, self.audit = dest, spool, audit
         self.folder, self.dead = spool.outbox_dir(dest.text), spool.dead_dir(dest.text)
-        self.link = DimseLink(dest, calling_ae)
+        self.link = StowLink(dest) if dest.is_web else DimseLink(dest, calling_ae)
         self.max_attempts, self.retry_after_s = max_attempts, retry_after_s
         self.counters = counters
         self.wake, self.stopping = threading.Event(), threading.Event()
