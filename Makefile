@@ -35,7 +35,7 @@ bench: install
 	$(BIN)/pneumo-edge bench-pipeline --images $(DATA)/test
 	$(BIN)/pneumo-edge bench-browser --images $(DATA)/test --force
 	$(BIN)/pneumo-edge bench-heatmaps --bundle $(BUNDLE) --images examples/xrays
-	$(BIN)/pneumo-edge bench-node --data $(DATA)
+	$(BIN)/pneumo-edge bench-node --images $(DATA)/train
 
 guard-report: install
 	$(BIN)/pneumo-edge guard-report --model $(BUNDLE)/model.onnx --data $(DATA) --out $(BUNDLE)/guard.json --force

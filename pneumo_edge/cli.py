@@ -719,9 +719,13 @@ def token_revoke(name, tokens_file) -> None:
 @click.option("--retry-after", "retry_after_s", type=float, show_default=True,
               help="Seconds before the first retry; doubles per failure, capped at 30 s.")
 @click.option("--guard/--no-guard", show_default=True, help="Refuse out-of-distribution images.")
+@click.option("--heatmaps", is_flag=True,
+              help="Also send a Secondary Capture of the heat-map overlay ('NOT FOR DIAGNOSIS' burned in) for each "
+                   "image the guard accepts.")
 @quiet_option
 @friendly
-def listen(port, ae_title, send_to, spool, model_path, host, calling_aes, max_attempts, retry_after_s, guard) -> None:
+def listen(port, ae_title, send_to, spool, model_path, host, calling_aes, max_attempts, retry_after_s, guard,
+           heatmaps) -> None:
     """Receive X-rays by DICOM C-STORE, classify each, and send a DICOM SR per image to --send-to.
 
     An instance is on disk before C-STORE success is answered; results go out through a durable outbox.
@@ -732,7 +736,8 @@ def listen(port, ae_title, send_to, spool, model_path, host, calling_aes, max_at
     except ImportError as e:
         raise PneumoEdgeError(f"`listen` needs the node extra ({e.name} is missing): pip install \".[node]\"") from None
     run(NodeConfig(port=port, ae_title=ae_title, destinations=list(send_to), spool=spool, model=model_path, host=host,
-                   calling_aes=tuple(calling_aes), guard=guard, max_attempts=max_attempts, retry_after_s=retry_after_s))
+                   calling_aes=tuple(calling_aes), guard=guard, max_attempts=max_attempts, retry_after_s=retry_after_s,
+                   heatmaps=heatmaps))
 
 
 # Defaults: MemoryConfig's fields (ConfigDefaults).
@@ -768,18 +773,18 @@ def bench_heatmaps(bundle, images, out, n_films) -> None:
 
 # Defaults: NodeBenchConfig's fields (ConfigDefaults).
 @main.command("bench-node", cls=ConfigDefaults, config=".node_bench:NodeBenchConfig")
-@click.option("--data", show_default=True,
-              help="Dataset folder; films come from its train split.")
+@click.option("--images", required=True,
+              help="Folder with NORMAL/ and PNEUMONIA/ JPEG films (e.g. ../shared/data/chest_xray/train).")
 @click.option("--films", "n", type=int, show_default=True, help="Films storescu sends.")
 @click.option("--model", "model_path", help=MODEL_HELP)
 @click.option("--out", show_default=True, help="Folder for node.json.")
 @quiet_option
 @friendly
-def bench_node(data, n, model_path, out) -> None:
+def bench_node(images, n, model_path, out) -> None:
     """Films by storescu through `listen` to a local Orthanc: instances/s, C-STORE-to-SR latency, peak memory."""
     from .node_bench import NodeBenchConfig, bench_node as run, render
 
-    click.echo(render(run(NodeBenchConfig(data=data, n=n, model=model_path, out=out))))
+    click.echo(render(run(NodeBenchConfig(images=images, n=n, model=model_path, out=out))))
     click.echo(f"wrote {out}/node.json")
 
 

@@ -120,18 +120,18 @@ def stored_ok(log: str) -> list[str]:
     return ok
 
 
-def train_films(data: str | Path, n: int) -> list[Path]:
-    """n films from the training split, alternating classes: never the test split."""
-    train = Path(data) / "train"
-    normal, pneumonia = (sorted((train / c).glob("*.jpeg")) for c in ("NORMAL", "PNEUMONIA"))
+def class_films(folder: str | Path, n: int) -> list[Path]:
+    """n JPEG films from folder/NORMAL and folder/PNEUMONIA, alternating classes, in name order."""
+    folder = Path(folder)
+    normal, pneumonia = (sorted((folder / c).glob("*.jpeg")) for c in ("NORMAL", "PNEUMONIA"))
     if len(normal) < (n + 1) // 2 or len(pneumonia) < n // 2:
-        raise PneumoEdgeError(f"need {n} films under {train}/{{NORMAL,PNEUMONIA}}")
+        raise PneumoEdgeError(f"need {n} JPEG films under {folder}/{{NORMAL,PNEUMONIA}}")
     return [(normal, pneumonia)[i % 2][i // 2] for i in range(n)]
 
 
 @dataclass
 class NodeBenchConfig:
-    data: str = "../shared/data/chest_xray"  # films come from its train split
+    images: str  # a folder with NORMAL/ and PNEUMONIA/ JPEGs (make bench: the train split, never the test split)
     n: int = 200
     model: str | None = None  # .onnx file or bundle folder; None: the shipped one
     out: str = "bench/results"
@@ -147,7 +147,7 @@ def bench_node(cfg: NodeBenchConfig) -> dict:
     from .edge.progress import stage
     from .orthanc import Orthanc
 
-    films = train_films(cfg.data, cfg.n)
+    films = class_films(cfg.images, cfg.n)
     with tempfile.TemporaryDirectory(prefix="bench-node-") as tmp:
         tmp = Path(tmp)
         stage("bench-node", f"writing {cfg.n} JPEG-baseline CR films")

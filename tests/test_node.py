@@ -24,7 +24,7 @@ from click.testing import CliRunner  # noqa: E402
 from pneumo_edge.cli import main  # noqa: E402
 from pneumo_edge.dicomfilm import film_dataset, write_film  # noqa: E402
 from pneumo_edge.edge.node.sr import read_sr  # noqa: E402
-from pneumo_edge.node_bench import STORESCU_FLAG, NodeProcess, storescu, storescu_args, stored_ok, train_films  # noqa: E402
+from pneumo_edge.node_bench import STORESCU_FLAG, NodeProcess, storescu, storescu_args, stored_ok, class_films  # noqa: E402
 from pneumo_edge.orthanc import Orthanc, orthanc_binary  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -40,7 +40,7 @@ SR_CLASS = "1.2.840.10008.5.1.4.1.1.88.33"
 def films(n: int) -> list[Path]:
     if not TRAIN.is_dir():
         pytest.skip(f"dataset not found at {TRAIN}")
-    return train_films(TRAIN.parent, n)
+    return class_films(TRAIN, n)
 
 
 def start_node(tmp: Path, pacs: Orthanc, *extra: str, port: int | None = None) -> NodeProcess:
@@ -302,3 +302,28 @@ def test_stow_rs_destination(tmp_path):
     sources = {pydicom.dcmread(p, stop_before_pixels=True).SOPInstanceUID for p in paths}
     assert {info["source_uid"] for _, info in found} == sources
     assert [r["destination"] for r in node.audit() if r["status"] == "sent"] == [f"{pacs.url}/dicom-web"] * 2
+
+
+def test_heatmaps_secondary_capture(tmp_path, pacs):
+    """--heatmaps: each assessed film also gets a derived Secondary Capture in its study, 'NOT FOR DIAGNOSIS'
+    burned in; an image that is not assessed gets its SR and no map. dciodvfy finds no error in either."""
+    node = start_node(tmp_path, pacs, "--heatmaps")
+    paths = [write_film(f, tmp_path / "films" / f"{i}.dcm") for i, f in enumerate(films(2))]
+    from PIL import Image
+
+    hand = film_dataset(np.asarray(Image.open(films(1)[0]).convert("L")), BodyPartExamined="HAND")
+    hand.save_as(tmp_path / "hand.dcm", enforce_file_format=True)
+    assert storescu(node.port, [*paths, tmp_path / "hand.dcm"]).returncode == 0
+    wait_for(lambda: len(pacs.get("/instances")) >= 5, what="three SRs and two heat maps")
+    assert node.terminate() == 0
+    caps = [pydicom.dcmread(io.BytesIO(pacs.file(i["ID"]))) for i in pacs.instances()
+            if i.get("SOPClassUID") == "1.2.840.10008.5.1.4.1.1.7"]
+    films_by_uid = {str(pydicom.dcmread(p, stop_before_pixels=True).SOPInstanceUID): p for p in paths}
+    assert len(caps) == 2 and len(reports(pacs)) == 3
+    for sc in caps:
+        src = sc.SourceImageSequence[0].ReferencedSOPInstanceUID
+        film = pydicom.dcmread(films_by_uid[src], stop_before_pixels=True)
+        assert sc.StudyInstanceUID == film.StudyInstanceUID and sc.SeriesInstanceUID != film.SeriesInstanceUID
+        assert list(sc.ImageType)[0] == "DERIVED" and sc.BurnedInAnnotation == "YES"
+        assert "NOT FOR DIAGNOSIS" in sc.SeriesDescription and sc.pixel_array.ndim == 3
+        assert dciodvfy_errors(_encode(sc), tmp_path) == []

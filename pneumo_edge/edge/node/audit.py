@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 # The only keys an audit line may have: a closed list, so that nothing identifying can slip in.
-FIELDS = ("event", "sop_instance_uid", "sop_class_uid", "modality", "calling_ae", "result", "probability",
+FIELDS = ("event", "object", "sop_instance_uid", "sop_class_uid", "modality", "calling_ae", "result", "probability",
           "threshold", "guard_verdict", "reason", "model_sha256", "result_uid", "destination", "status",
           "attempts", "received_at", "classified_at", "sent_at", "classify_ms", "sr_ms", "send_ms")
 

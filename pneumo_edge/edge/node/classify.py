@@ -1,16 +1,17 @@
 """Spooled instances -> Findings, through the same decoding and scoring as `pneumo-edge infer`.
 
-The decision is the edge's (meta.decide for the label, Guard.rejects for the refusal); this module only
-carries it into a Finding, and turns a decoding error into "not assessed" with the decoder's reason.
+The decision is the edge's scored-image record (edge.decision: the label, the guard's verdict and reason);
+this module only carries it into a Finding, and turns a decoding error into "not assessed" with the
+decoder's reason.
 """
 
 from __future__ import annotations
 
 import time
 
+from ..decision import Scored, score_images
 from ..errors import ImageError
 from ..imaging import load_image, resize_gray
-from ..infer import score_decoded
 from ..model import EdgeModel
 from .sr import Finding
 
@@ -27,22 +28,43 @@ def decode(model: EdgeModel, data: bytes):
         return None, f"not decodable: unexpected {e.__class__.__name__}: {e}"
 
 
-def classify(model: EdgeModel, blobs: list[bytes], use_guard: bool = True) -> tuple[list[Finding], float]:
-    """One Finding per encoded instance, and the seconds spent decoding and scoring."""
+def finding_of(scored: Scored) -> Finding:
+    """The SR's view of a record: a refused image is 'not assessed', with the guard's reason."""
+    if scored.rejected:
+        return Finding(None, scored.probability, scored.guard_verdict, scored.guard_score,
+                       f"refused by the guard: {scored.guard_reason}")
+    return Finding(scored.label, scored.probability, scored.guard_verdict, scored.guard_score)
+
+
+def classify(model: EdgeModel, blobs: list[bytes], use_guard: bool = True, heatmaps: bool = False
+             ) -> tuple[list[Finding], list, float]:
+    """One Finding per encoded instance, its heat-map overlay (uint8 RGB, or None: not asked for, not assessed,
+    or refused by the guard: `Scored.heatmap_allowed`), and the seconds spent decoding and scoring."""
     t0 = time.perf_counter()
     decoded = [decode(model, b) for b in blobs]
+    findings = [Finding(label=None, probability=None, guard_verdict="not run", reason=why)
+                for _, why in decoded]
+    overlays: list = [None] * len(blobs)
     ok = [i for i, (dec, _) in enumerate(decoded) if dec is not None]
-    findings: list[Finding | None] = [None] * len(blobs)
-    for i, (_, why) in enumerate(decoded):
-        if why is not None:
-            findings[i] = Finding(label=None, probability=None, guard_verdict="not run", reason=why)
     if ok:
-        probs, scores, reasons = score_decoded(model, [decoded[i][0] for i in ok], use_guard)
-        for j, i in enumerate(ok):
-            p = float(probs[j])
-            score = None if scores is None else float(scores[j])
-            rejected = score is not None and bool(model.guard.rejects(score))
-            verdict = "off" if score is None else "rejected" if rejected else "accepted"
-            findings[i] = (Finding(None, p, verdict, score, f"refused by the guard: {reasons[j]}") if rejected
-                           else Finding(model.meta.decide(p), p, verdict, score))
-    return findings, time.perf_counter() - t0
+        outs: dict | None = {} if heatmaps else None
+        scored = score_images(model, [decoded[i][0] for i in ok], use_guard, keep=outs)
+        for i, s in zip(ok, scored):
+            findings[i] = finding_of(s)
+        if heatmaps:
+            _draw(model, [decoded[i][0][0] for i in ok], scored, outs["features"], [overlays, ok])
+    return findings, overlays, time.perf_counter() - t0
+
+
+def _draw(model: EdgeModel, resized: list, scored: list[Scored], features, into) -> None:
+    from .sc import overlay_pixels
+
+    overlays, index = into
+    labels = list(model.labels)
+    drawn = [j for j, s in enumerate(scored) if s.heatmap_allowed]
+    if not drawn:
+        return
+    maps = model.cam.maps(features[drawn], [labels.index(scored[j].label) for j in drawn], model.spec.size)
+    for j, heat in zip(drawn, maps):
+        s = scored[j]
+        overlays[index[j]] = overlay_pixels(resized[j], heat, [f"P(pneumonia) {s.probability:.3f} -> {s.label}"])

@@ -13,7 +13,6 @@ On start, whatever a previous run left in incoming/ and outbox/ is picked up fir
 
 from __future__ import annotations
 
-import hashlib
 import io
 import queue
 import threading
@@ -27,6 +26,7 @@ from .classify import classify
 from .outbox import Destination, Sender
 from .receiver import make_ae, store_handler
 from .spool import Spool, sync_dir
+from .sc import build_sc
 from .sr import Algorithm, build_sr
 
 BATCH = 8  # instances classified per model call when they queue up
@@ -46,6 +46,7 @@ class NodeConfig:
     retry_after_s: float = 1.0  # first wait after a failure; doubles per failure, capped
     grace_s: float = 30.0  # at shutdown: how long open associations may take to finish
     threads: int | None = None  # onnxruntime threads (default: all cores)
+    heatmaps: bool = False  # also a Secondary Capture of the heat-map overlay per assessed image
     parsed: list[Destination] = field(default_factory=list, init=False)
 
     def __post_init__(self) -> None:
@@ -59,6 +60,12 @@ class NodeConfig:
             raise PneumoEdgeError(str(e)) from None
         if not 0 < len(self.ae_title.strip()) <= 16:
             raise PneumoEdgeError(f"--ae-title '{self.ae_title}': 1 to 16 characters")
+
+
+def _encode(ds) -> bytes:
+    buf = io.BytesIO()
+    ds.save_as(buf, enforce_file_format=True)
+    return buf.getvalue()
 
 
 class Counters:
@@ -75,21 +82,15 @@ class Counters:
             self.values[name] += n
 
 
-def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 class Node:
     def __init__(self, cfg: NodeConfig, model: EdgeModel | None = None):
         from ..api import resolve_model
 
         self.cfg = cfg
         self.model = model or EdgeModel(resolve_model(cfg.model), threads=cfg.threads)
-        self.model_sha256 = file_sha256(self.model.path)
+        self.model_sha256 = self.model.sha256  # of the ONNX file: the result UIDs derive from it
+        if cfg.heatmaps:
+            self.model.require_cam()  # refused at start, not per image
         meta = self.model.meta
         self.algo = Algorithm(name=f"pneumo-edge {meta.model}", version=meta.pneumo_edge_version,
                               model_sha256=self.model_sha256, threshold=float(self.model.threshold))
@@ -160,23 +161,27 @@ class Node:
             items.append((path, data, header))
         if not items:
             return
-        findings, seconds = classify(self.model, [d for _, d, _ in items], self.cfg.guard)
+        findings, overlays, seconds = classify(self.model, [d for _, d, _ in items], self.cfg.guard,
+                                               self.cfg.heatmaps)
         classified_at = now()
         per_image_ms = round(seconds * 1000 / len(items), 2)
-        for (path, _, header), finding in zip(items, findings):
+        for (path, _, header), finding, overlay in zip(items, findings, overlays):
             t0 = time.perf_counter()
-            sr = build_sr(header, finding, self.algo)
-            buf = io.BytesIO()
-            sr.save_as(buf, enforce_file_format=True)
+            results = [("SR", build_sr(header, finding, self.algo))]
+            if overlay is not None:
+                results.append(("SC", build_sc(header, overlay, self.algo)))
+            encoded = [(kind, ds, _encode(ds)) for kind, ds in results]
             state = {"sop_instance_uid": str(header.SOPInstanceUID), "sop_class_uid": str(header.SOPClassUID),
                      "modality": str(header.get("Modality", "")), "result": finding.label or "NOT_ASSESSED",
                      "probability": finding.probability, "threshold": self.algo.threshold,
                      "guard_verdict": finding.guard_verdict, "reason": finding.reason,
-                     "model_sha256": self.model_sha256, "result_uid": str(sr.SOPInstanceUID),
-                     "received_at": round(path.stat().st_mtime, 6), "classified_at": classified_at,
-                     "classify_ms": per_image_ms, "sr_ms": round((time.perf_counter() - t0) * 1000, 2)}
+                     "model_sha256": self.model_sha256, "received_at": round(path.stat().st_mtime, 6),
+                     "classified_at": classified_at, "classify_ms": per_image_ms,
+                     "sr_ms": round((time.perf_counter() - t0) * 1000, 2)}
             for sender in self.senders:
-                self.spool.put_result(sender.dest.text, str(sr.SOPInstanceUID), buf.getvalue(), state)
+                for kind, ds, data in encoded:
+                    uid = str(ds.SOPInstanceUID)
+                    self.spool.put_result(sender.dest.text, uid, data, {**state, "object": kind, "result_uid": uid})
         for sender in self.senders:  # the batch's results are on disk: only then may its instances go
             sync_dir(sender.folder)
             sender.wake.set()

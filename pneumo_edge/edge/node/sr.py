@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from ..meta import LABELS  # (negative, positive): PNEUMONIA is "pneumonia present"
 from .uids import derived_uid
 
 SERIES_NUMBER = 7701  # of the results series, in every study; SeriesDescription says what it is
@@ -36,7 +37,7 @@ class Algorithm:
 class Finding:
     """One image's outcome; label is None when the image was not assessed (then `reason` says why)."""
 
-    label: str | None  # the model's decision ("PNEUMONIA" / "NORMAL"), never computed here
+    label: str | None  # the record's label (edge.decision.Scored), never computed here
     probability: float | None
     guard_verdict: str  # "accepted" | "rejected" | "off" | "not run"
     guard_score: float | None = None
@@ -102,7 +103,7 @@ def build_sr(source, finding: Finding, algo: Algorithm):
             uid=derived_uid("device", "", algo.model_sha256), name=algo.name, manufacturer_name=MANUFACTURER,
             model_name=algo.name))
     assessed = finding.label is not None
-    value = (c["present"] if finding.label == "PNEUMONIA" else c["absent"]) if assessed else c["not_assessed"]
+    value = (c["present"] if finding.label == LABELS[-1] else c["absent"]) if assessed else c["not_assessed"]
     evaluations = [QualitativeEvaluation(c["pneumonia"], value),
                    QualitativeEvaluation(c["guard_verdict"], _verdict_code(finding.guard_verdict))]
     # the group's algorithm identification covers its measurements: not repeated under each one
