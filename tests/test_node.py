@@ -43,9 +43,23 @@ def films(n: int) -> list[Path]:
     return class_films(TRAIN, n)
 
 
+STARTED: list[NodeProcess] = []
+
+
 def start_node(tmp: Path, pacs: Orthanc, *extra: str, port: int | None = None) -> NodeProcess:
-    return NodeProcess(tmp, f"{pacs.aet}@127.0.0.1:{pacs.dicom_port}", "--retry-after", "0.2", *extra,
-                       port=port).start()
+    node = NodeProcess(tmp, f"{pacs.aet}@127.0.0.1:{pacs.dicom_port}", "--retry-after", "0.2", *extra, port=port)
+    STARTED.append(node)
+    return node.start()
+
+
+@pytest.fixture(autouse=True)
+def _no_node_left():
+    """A failed test must not leave its node process running."""
+    yield
+    while STARTED:
+        node = STARTED.pop()
+        if node.proc is not None and node.proc.poll() is None:
+            node.kill()
 
 
 def reports(pacs: Orthanc) -> list[tuple[pydicom.Dataset, dict]]:
@@ -209,7 +223,7 @@ def test_sigkill_during_burst_then_restart(tmp_path, pacs):
     out, _ = proc.communicate(timeout=60)
     ok = stored_ok(out)
     assert 10 <= len(ok) < n, f"{len(ok)} instances got success before the kill"
-    start_node(tmp_path, pacs, port=node.port)  # the same spool: picks up what was left
+    again = start_node(tmp_path, pacs, port=node.port)  # the same spool: picks up what was left
     want = {uid_of[p] for p in ok}
     def complete():
         counts = _sources(pacs)
@@ -218,6 +232,7 @@ def test_sigkill_during_burst_then_restart(tmp_path, pacs):
     counts = wait_for(complete, timeout=90, what="an SR for every acknowledged instance")
     assert all(counts[u] == 1 for u in want), {u: counts[u] for u in want if counts[u] != 1}
     assert all(v == 1 for v in counts.values())  # instances spooled without an answer: at most one SR too
+    assert again.terminate() == 0
 
 
 def _sources(pacs: Orthanc) -> dict[str, int]:
@@ -272,7 +287,9 @@ def test_refused_results_go_to_the_dead_letter_folder_with_the_reason(tmp_path):
     port = free_port()
     server = pacs.start_server(("127.0.0.1", port), block=False, evt_handlers=[(evt.EVT_C_STORE, refuse)])
     try:
-        node = NodeProcess(tmp_path, f"FULL@127.0.0.1:{port}", "--max-attempts", "2", "--retry-after", "0.1").start()
+        node = NodeProcess(tmp_path, f"FULL@127.0.0.1:{port}", "--max-attempts", "2", "--retry-after", "0.1")
+        STARTED.append(node)
+        node.start()
         film = write_film(films(1)[0], tmp_path / "film.dcm")
         assert storescu(node.port, [film]).returncode == 0
         dead = node.spool / "dead" / f"FULL@127.0.0.1_{port}"
@@ -294,7 +311,9 @@ def test_stow_rs_destination(tmp_path):
     if dicomweb_plugin() is None:
         pytest.skip("Orthanc's DICOMweb plugin is not installed (apt-get install orthanc-dicomweb)")
     with Orthanc(tmp_path / "orthanc", dicomweb=True) as pacs:
-        node = NodeProcess(tmp_path, f"{pacs.url}/dicom-web", "--retry-after", "0.2").start()
+        node = NodeProcess(tmp_path, f"{pacs.url}/dicom-web", "--retry-after", "0.2")
+        STARTED.append(node)
+        node.start()
         paths = [write_film(f, tmp_path / "films" / f"{i}.dcm") for i, f in enumerate(films(2))]
         assert storescu(node.port, paths).returncode == 0
         found = wait_reports(pacs, 2)
