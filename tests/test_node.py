@@ -346,3 +346,19 @@ def test_heatmaps_secondary_capture(tmp_path, pacs):
         assert list(sc.ImageType)[0] == "DERIVED" and sc.BurnedInAnnotation == "YES"
         assert "NOT FOR DIAGNOSIS" in sc.SeriesDescription and sc.pixel_array.ndim == 3
         assert dciodvfy_errors(_encode(sc), tmp_path) == []
+
+
+def test_audit_and_log_hold_no_patient_text(tmp_path, pacs):
+    """Header text (names, record numbers, birth date, in free-text and refused coded attributes) reaches the
+    SRs, which must carry the patient module, and nothing else the node writes or prints."""
+    from test_no_patient_text import assert_no_patient_text, patient_dicoms
+
+    files = patient_dicoms(tmp_path / "patients")
+    node = start_node(tmp_path, pacs)
+    for path in files.values():
+        storescu(node.port, [path])  # some are refused, by design: only what the node writes matters here
+    wait_for(lambda: sum(r["event"] == "result" for r in node.audit()) >= 1, what="a result")
+    time.sleep(2)
+    assert node.terminate() == 0
+    assert_no_patient_text({"audit.jsonl": (node.spool / "audit.jsonl").read_bytes(),
+                            "node.log": node.log.read_bytes()})
