@@ -47,24 +47,17 @@ def classify(model: EdgeModel, blobs: list[bytes], use_guard: bool = True, heatm
     overlays: list = [None] * len(blobs)
     ok = [i for i, (dec, _) in enumerate(decoded) if dec is not None]
     if ok:
-        outs: dict | None = {} if heatmaps else None
-        scored = score_images(model, [decoded[i][0] for i in ok], use_guard, keep=outs)
-        for i, s in zip(ok, scored):
+        for i, s in zip(ok, score_images(model, [decoded[i][0] for i in ok], use_guard)):
             findings[i] = finding_of(s)
-        if heatmaps:
-            _draw(model, [decoded[i][0][0] for i in ok], scored, outs["features"], [overlays, ok])
+            if heatmaps and s.heatmap_allowed:
+                overlays[i] = _overlay(model, decoded[i][0][0], s)
     return findings, overlays, time.perf_counter() - t0
 
 
-def _draw(model: EdgeModel, resized: list, scored: list[Scored], features, into) -> None:
+def _overlay(model: EdgeModel, resized, s: Scored):
+    """The map `infer --heatmaps` draws (edge.heatmap.FOLDER), over the model's input, captioned."""
+    from ..heatmap import FOLDER, caption, explain_film
     from .sc import overlay_pixels
 
-    overlays, index = into
-    labels = list(model.labels)
-    drawn = [j for j, s in enumerate(scored) if s.heatmap_allowed]
-    if not drawn:
-        return
-    maps = model.cam.maps(features[drawn], [labels.index(scored[j].label) for j in drawn], model.spec.size)
-    for j, heat in zip(drawn, maps):
-        s = scored[j]
-        overlays[index[j]] = overlay_pixels(resized[j], heat, [f"P(pneumonia) {s.probability:.3f} -> {s.label}"])
+    heat = explain_film(model, resized, method=FOLDER)
+    return overlay_pixels(resized, heat, [f"P(pneumonia) {s.probability:.3f} -> {s.label}", caption(FOLDER)])

@@ -2,8 +2,8 @@
 
     ds = build_sc(source_header, overlay_rgb, algo)
 
-The pixels are the model's input (the centre crop, resized) with the class-activation map of the decided
-class laid over it and a caption band beneath that says what it is; the band is part of the pixels, so
+The pixels are the model's input (the centre crop, resized) with the map `infer --heatmaps` draws
+(edge.heatmap) laid over it and a caption band beneath that says what it is; the band is part of the pixels, so
 no viewer can hide it. Filed like the SR: the source's study, a series of its own, UIDs from uids.
 """
 
@@ -43,8 +43,8 @@ def build_sc(source, pixels: np.ndarray, algo: Algorithm):
     sc.BurnedInAnnotation = "YES"
     sc.Laterality = ""  # type 2C (General Series): a chest is unpaired, so known and empty
     sc.SeriesDescription = SERIES_DESCRIPTION
-    sc.DerivationDescription = (f"class-activation heat map of {algo.name} {algo.version} over the centre crop the "
-                                "model sees; not for diagnosis")[:1024]
+    sc.DerivationDescription = (f"heat map of {algo.name} {algo.version} over the centre crop the model sees; "
+                                "not for diagnosis")[:1024]
     item = Dataset()
     item.ReferencedSOPClassUID, item.ReferencedSOPInstanceUID = source.SOPClassUID, src_uid
     sc.SourceImageSequence = [item]

@@ -89,8 +89,10 @@ class Node:
         self.cfg = cfg
         self.model = model or EdgeModel(resolve_model(cfg.model), threads=cfg.threads)
         self.model_sha256 = self.model.sha256  # of the ONNX file: the result UIDs derive from it
-        if cfg.heatmaps:
-            self.model.require_cam()  # refused at start, not per image
+        if cfg.heatmaps:  # a model that cannot draw the shipped map is refused at start, not per image
+            from ..heatmap import FOLDER, method_for
+
+            method_for(self.model, FOLDER)
         meta = self.model.meta
         self.algo = Algorithm(name=f"pneumo-edge {meta.model}", version=meta.pneumo_edge_version,
                               model_sha256=self.model_sha256, threshold=float(self.model.threshold))
