@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..model import EdgeModel
+from ..monitor import Monitor, prometheus_collector
 from .audit import Audit, now
 from .classify import classify
 from .outbox import Destination, Sender
@@ -30,6 +31,9 @@ from .sc import build_sc
 from .sr import Algorithm, build_sr
 
 BATCH = 8  # instances classified per model call when they queue up
+
+
+METRICS_FILE = "metrics.prom"  # in the spool: rates and drift for a Prometheus textfile collector
 
 
 @dataclass
@@ -99,6 +103,9 @@ class Node:
         self.spool = Spool(cfg.spool)
         self.audit = Audit(self.spool.root / "audit.jsonl")
         self.counters = Counters()
+        # Rates and drift over a rolling window (edge.monitor), against the reference in the model file;
+        # written as Prometheus text to the spool's metrics.prom (a node_exporter textfile) after each batch.
+        self.monitor = Monitor.for_model(self.model)
         self.todo: queue.Queue[Path] = queue.Queue()
         for path in self.spool.incoming():  # left by a previous run: classified first
             self.todo.put(path)
@@ -167,6 +174,11 @@ class Node:
                                                self.cfg.heatmaps)
         classified_at = now()
         per_image_ms = round(seconds * 1000 / len(items), 2)
+        for finding in findings:
+            if finding.label is not None:
+                self.monitor.observe(finding.probability, finding.guard_score, finding.label,
+                                     finding.guard_verdict == "rejected")
+        write_metrics(self.monitor, self.spool.root / METRICS_FILE)
         for (path, _, header), finding, overlay in zip(items, findings, overlays):
             t0 = time.perf_counter()
             results = [("SR", build_sr(header, finding, self.algo))]
@@ -225,12 +237,25 @@ class Node:
                 on_tick(self.status())
 
     def status(self) -> dict:
-        return {**self.counters.values, "queued": self.spool.n_queued(), "waiting": self.todo.qsize()}
+        return {**self.counters.values, "queued": self.spool.n_queued(), "waiting": self.todo.qsize(),
+                "drift_alarm": self.monitor.alarm}
+
+
+def write_metrics(monitor: Monitor, path: Path) -> bool:
+    """The monitor as Prometheus text in `path` (written whole, then renamed); False without prometheus-client."""
+    try:
+        from prometheus_client import CollectorRegistry, write_to_textfile  # optional: the node runs without it
+    except ImportError:
+        return False
+    registry = CollectorRegistry()
+    registry.register(prometheus_collector(monitor))
+    write_to_textfile(str(path), registry)
+    return True
 
 
 def status_text(st: dict) -> str:
     return (f"received {st['received']}, classified {st['classified']}, sent {st['sent']}, "
-            f"queued {st['queued']}, failed {st['failed']}")
+            f"queued {st['queued']}, failed {st['failed']}" + ("; DRIFT ALARM" if st.get("drift_alarm") else ""))
 
 
 def listen(cfg: NodeConfig, progress: bool = True) -> dict:
