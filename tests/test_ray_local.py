@@ -1,5 +1,6 @@
 """`infer --engine ray` on one machine: Ray's services listen on loopback only, and its auth notice shows."""
 
+import os
 import subprocess
 import sys
 
@@ -47,7 +48,10 @@ LOOPBACK = {"0100007F", "0000000000000000FFFF00000100007F", "0000000000000000000
 
 
 def test_a_local_ray_listens_on_loopback_only_and_says_whether_it_uses_tokens():
-    done = subprocess.run([sys.executable, "-c", PROBE], capture_output=True, text=True, timeout=300)
+    # As a fresh `infer --engine ray` starts: without the RAY_* settings a Ray driver earlier in this test
+    # process (tests/test_cluster.py) leaves in the environment.
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
+    done = subprocess.run([sys.executable, "-c", PROBE], capture_output=True, text=True, timeout=300, env=env)
     assert done.returncode == 0, done.stderr[-2000:]
     listening = [line.split()[1] for line in done.stdout.splitlines() if line.startswith("LISTEN")]
     assert len(listening) >= 3, done.stdout  # the GCS, the raylet and a worker at least
