@@ -142,7 +142,10 @@ export class LocalModel {
     if (heatmap && this.cam && record.guard_verdict !== "rejected") {  // Scored.heatmap_allowed
       const t0 = performance.now();
       answer.heat = this.heatmap(s, m.labels.indexOf(record.model_label));
-      answer.heatmap = { class: record.model_label, url: await overlayURL(s.resized, answer.heat, m.preprocess.size) };
+      // The page draws CAM here: the occlusion map Python ships costs ~50 model runs, seconds in WebAssembly.
+      answer.heatmap = { class: record.model_label, url: await overlayURL(s.resized, answer.heat, m.preprocess.size),
+                         method: "CAM", meaning: `map (CAM, drawn in the browser): regions that pushed the model `
+                           + `towards ${record.model_label}; the server mode draws the occlusion map` };
       answer.heatmap_ms = performance.now() - t0;
     }
     s.features.dispose?.();
