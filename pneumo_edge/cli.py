@@ -52,6 +52,14 @@ def no_traceback(fn):
     return wrapper
 
 
+def model_or_shipped_int8(model: str | None) -> str:
+    """--model as given (file, bundle folder or hub id), else the shipped bundle's INT8 file: what the benches time."""
+    from .edge.api import resolve_model
+    from .edge.targets import INT8
+
+    return str(resolve_model(model) if model else resolve_model(None).parent / INT8.file)
+
+
 def quiet_option(fn):
     """`-q/--quiet` for a long command: no bar, heartbeat or step line; results and errors still print."""
 
@@ -799,10 +807,8 @@ def bench_node(images, n, model_path, out) -> None:
 def bench_engines(model_path, images, out, rounds) -> None:
     """infer's local engine against --engine ray in local mode, and an estimate for a 10M-image archive."""
     from .cluster_bench import EnginesConfig, bench_engines as run, render
-    from .edge.api import resolve_model
-    from .edge.targets import INT8
 
-    model = str(resolve_model(model_path) if model_path else resolve_model(None).parent / INT8.file)
+    model = model_or_shipped_int8(model_path)
     click.echo(render(run(EnginesConfig(folder=images, model=model, out=out, rounds=rounds))))
     click.echo(f"wrote {out}/engines.json and engines.md")
 
@@ -818,11 +824,9 @@ def bench_engines(model_path, images, out, rounds) -> None:
 @friendly
 def bench_pipeline(images, model_path, out, rounds, batch_size) -> None:
     """The whole `infer` process against a bare INT8 onnxruntime session over the same images."""
-    from .edge.api import resolve_model
-    from .edge.targets import INT8
     from .pipeline_bench import PipelineConfig, bench_pipeline as run, render
 
-    model = str(resolve_model(model_path) if model_path else resolve_model(None).parent / INT8.file)
+    model = model_or_shipped_int8(model_path)
     click.echo(render(run(PipelineConfig(images=images, model=model, out=out, rounds=rounds, batch_size=batch_size))))
     click.echo(f"wrote {out}/pipeline.json and pipeline.md")
 
@@ -869,11 +873,9 @@ def bench_browser(model, images, per_class, examples, threads, fp32_model, exter
 @friendly
 def bench_serve(model_path, images, n_requests, clients, heatmap, workers, threads, out, slow_clients) -> None:
     """Load-test `pneumo-edge serve` on loopback: throughput, p50/p95/p99, errors, memory growth."""
-    from .edge.api import resolve_model
-    from .edge.targets import INT8
     from .loadtest import LoadConfig, load_test, render
 
-    model_path = str(resolve_model(model_path) if model_path else resolve_model(None).parent / INT8.file)
+    model_path = model_or_shipped_int8(model_path)
     r = load_test(LoadConfig(model=model_path, images=images, requests=n_requests, clients=clients, heatmap=heatmap,
                              workers=workers, threads=threads, out=out, slow_clients=slow_clients))
     click.echo(render(r))

@@ -13,6 +13,7 @@ threads sleep); onnxruntime's defaults (idle threads spin) are timed too, for th
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import tempfile
@@ -64,6 +65,7 @@ def bench_pipeline(cfg: PipelineConfig) -> dict:
     if n == 0:
         raise BenchError(f"no image files under '{cfg.images}'")
     bare = [sys.executable, "-c", BARE, cfg.model, str(n), str(cfg.batch_size)]
+    load = os.getloadavg()  # the box is shared: what else ran is part of the result
     runs: dict[str, list[float]] = {"bare_session": [], "bare_session_spinning": [], "infer": []}
     with tempfile.TemporaryDirectory() as tmp:
         commands = {"bare_session": [*bare, "0"], "bare_session_spinning": [*bare, "1"],
@@ -78,7 +80,8 @@ def bench_pipeline(cfg: PipelineConfig) -> dict:
     result = {"config": asdict(cfg), "images": n, "seconds": {k: [round(x, 3) for x in v] for k, v in runs.items()},
               "best_seconds": {k: round(v, 3) for k, v in best.items()},
               "images_per_s": {k: round(n / v, 1) for k, v in best.items()},
-              "throughput_ratio": round(ratio, 3), "goal": GOAL, "met": ratio >= GOAL}
+              "throughput_ratio": round(ratio, 3), "goal": GOAL, "met": ratio >= GOAL,
+              "machine": {"cpus": os.cpu_count(), "load_average_at_start": [round(x, 2) for x in load]}}
     out = Path(cfg.out)
     write_json(out / "pipeline.json", result)
     write_text(out / "pipeline.md", render(result) + "\n")
@@ -93,4 +96,5 @@ def render(r: dict) -> str:
             f"({ips['bare_session']} images/s, idle threads sleeping as in infer; "
             f"{b['bare_session_spinning']:.2f} s with onnxruntime's default spinning): infer reaches "
             f"{r['throughput_ratio']:.2f} of the bare session's throughput (goal >= {r['goal']}: "
-            f"{'met' if r['met'] else 'missed'}).")
+            f"{'met' if r['met'] else 'missed'}; {r['machine']['cpus']} CPUs, load average "
+            f"{r['machine']['load_average_at_start'][0]} at the start).")
