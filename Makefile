@@ -11,7 +11,7 @@ RUN     ?= runs/default
 $(BIN)/pneumo-edge: pyproject.toml
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e ".[train,test,eval,serve,cluster,node]"
+	$(BIN)/pip install --quiet -e ".[train,test,eval,serve,cluster,node,browser]"
 	@touch $@
 
 install: $(BIN)/pneumo-edge

@@ -126,7 +126,11 @@ def read_infer_rows(path: str | Path) -> list[dict]:
     if path.suffix.lower() == ".csv":
         with open(path, newline="", encoding="utf-8") as f:
             return list(csv.DictReader(f))
-    if path.suffix.lower() == ".parquet" or path.is_dir():
+    if path.is_dir():  # the Ray engine's dataset: its own reader of part files
+        from .edge.cluster import read_rows
+
+        return read_rows(path)
+    if path.suffix.lower() == ".parquet":
         import pyarrow.parquet as pq
 
         return pq.read_table(path).to_pylist()

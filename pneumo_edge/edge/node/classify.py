@@ -10,22 +10,16 @@ from __future__ import annotations
 import time
 
 from ..decision import Scored, score_images
-from ..errors import ImageError
-from ..imaging import load_image, resize_gray
+from ..infer import decode_file
 from ..model import EdgeModel
 from .sr import Finding
 
 
 def decode(model: EdgeModel, data: bytes):
-    """(resized uint8, chroma) or the one-line reason the image cannot be assessed."""
-    spec = model.spec
-    try:
-        gray, colour = load_image(data, size=spec.size, name="instance.dcm")
-        return (resize_gray(gray, spec.size, spec.resize), colour), None
-    except ImageError as e:
-        return None, f"not decodable: {e}"
-    except Exception as e:  # noqa: BLE001 - one odd file must never stop the node
-        return None, f"not decodable: unexpected {e.__class__.__name__}: {e}"
+    """((resized uint8, chroma), None), or (None, the one-line reason the image cannot be assessed): infer's
+    own decoding, on the instance's bytes."""
+    decoded, err = decode_file("instance.dcm", model.spec.size, model.spec.resize, fetch=lambda _: data)
+    return decoded, None if err is None else f"not decodable: {err}"
 
 
 def finding_of(scored: Scored) -> Finding:
