@@ -67,8 +67,11 @@ def quiet_option(fn):
     def wrapper(*args, quiet: bool = False, **kwargs):
         from .edge.progress import set_quiet
 
-        set_quiet(quiet)
-        return fn(*args, **kwargs)
+        before = set_quiet(quiet)
+        try:
+            return fn(*args, **kwargs)
+        finally:  # one quiet command leaves the next one (in the same process: the API, tests) as it was
+            set_quiet(before)
 
     return click.option("-q", "--quiet", is_flag=True,
                         help="No progress bar (on a terminal) or heartbeat lines (elsewhere); results and errors "

@@ -22,10 +22,12 @@ HEARTBEAT_S = 10.0  # between lines when standard error is not a terminal
 _quiet = False
 
 
-def set_quiet(quiet: bool) -> None:
-    """`--quiet`: no bars, no heartbeats, no stage lines (errors and results still print)."""
+def set_quiet(quiet: bool) -> bool:
+    """`--quiet`: no bars, no heartbeats, no stage lines (errors and results still print). Returns the
+    previous setting, so a caller can put it back."""
     global _quiet
-    _quiet = quiet
+    before, _quiet = _quiet, quiet
+    return before
 
 
 def _stream():
