@@ -472,6 +472,30 @@ def monitor_reference(bundle, data, out, force) -> None:
                    f"identical, outputs bit-identical on {f['outputs_bit_identical_on']} films")
 
 
+@main.command("guard-polarity")
+@click.argument("bundle", type=click.Path(exists=True, file_okay=False))
+@click.option("--data", default=DEFAULT_DATA, show_default=True, help="The data the bundle's checkpoint was trained on.")
+@click.option("--force", is_flag=True, help="Required: the ONNX files in BUNDLE are restamped in place.")
+@quiet_option
+@friendly
+@no_traceback
+def guard_polarity(bundle, data, force) -> None:
+    """Add the inverted-grey-level check to the guard of a bundle exported before it existed.
+
+    Fitted on the bundle's training films, thresholded on its validation films; graph bytes are copied
+    unchanged and outputs are checked bit-identical before a file is replaced. Run `monitor-reference`
+    afterwards: the guard scores it summarises change.
+    """
+    from .ood import stamp_polarity
+
+    r = stamp_polarity(bundle, data, force=force)
+    t = r["polarity"]["threshold"]
+    for name, f in r["files"].items():
+        v = f["validation_rejected"]
+        click.echo(f"{name}: polarity threshold {t:.4g}; validation refused: clean {v['clean']:.2%}, "
+                   f"inverted grey levels {v['inverted grey levels']:.2%}")
+
+
 @main.command("site-sim")
 @click.option("--bundle", default="export", show_default=True, type=click.Path(exists=True, file_okay=False),
               help="Bundle whose model.onnx, config.json (validation split) and guard are used.")
@@ -916,10 +940,12 @@ def push(bundle, repo_id, dry_run, public, include_patient_images) -> None:
                    "wrongly rejects; '' skips that part.")
 @click.option("--out", "out_json", type=click.Path(), help="Write the report as JSON here (and .md beside it).")
 @click.option("--force", is_flag=True, help="Overwrite an existing --out (and its .md).")
+@click.option("--ledger", default="test_ledger.jsonl", show_default=True,
+              help="Where reading the test split's films is recorded ('' for none).")
 @quiet_option
 @friendly
 @no_traceback
-def guard_report(model_path, data, out_json, force) -> None:
+def guard_report(model_path, data, out_json, force, ledger) -> None:
     """How often the OOD guard rejects real X-rays, and each kind of non-X-ray image."""
     from pathlib import Path
 
@@ -935,7 +961,7 @@ def guard_report(model_path, data, out_json, force) -> None:
         for p in (out_json, Path(out_json).with_suffix(".md")):
             refuse_existing(p, force)
     r = guard_report(model_path=str(model_path or default_model_path()),
-                     data=data or None, out_json=out_json)
+                     data=data or None, out_json=out_json, ledger=ledger or None)
     table = render_guard_report(r)
     if out_json:
         write_text(Path(out_json).with_suffix(".md"), table)

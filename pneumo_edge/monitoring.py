@@ -23,7 +23,7 @@ from .edge.atomic import write_json, write_with
 from .edge.errors import DataError, ModelError
 from .edge.model import EdgeModel
 from .edge.monitor import Monitor, fit_reference, replay
-from .edge.stamp import graph_bytes, restamped
+from .edge.stamp import stamp_checked
 
 CHECK_IMAGES = 64  # validation films both files must score bit for bit the same
 
@@ -62,16 +62,12 @@ def score_paths(model: EdgeModel, paths: list[str], progress: bool = True) -> di
             "label": np.array([r.label for r in records]), "rejected": np.array([r.rejected for r in records], bool)}
 
 
-def _same_outputs(a: Path, b: Path, paths: list[str]) -> bool:
+def _check_films(paths: list[str], spec) -> np.ndarray:
     from .data import decode_all, Sample
-    from .edge.imaging import normalize
 
-    ma, mb = EdgeModel(a, threads=1), EdgeModel(b, threads=1)
-    x, _, _ = decode_all([Sample(name=Path(p).name, label=0, path=p) for p in paths], ma.spec.size,
-                         progress=False, rule=ma.spec.resize)
-    xa = normalize(x, ma.spec)
-    oa, ob = ma.run(xa), mb.run(xa)
-    return oa.keys() == ob.keys() and all(np.array_equal(oa[k], ob[k]) for k in oa)
+    x, _, _ = decode_all([Sample(name=Path(p).name, label=0, path=p) for p in paths], spec.size,
+                         progress=False, rule=spec.resize)
+    return np.asarray(x)
 
 
 def stamp_references(bundle: str | Path, data: str, out: str | Path | None = None, force: bool = False,
@@ -100,17 +96,8 @@ def stamp_references(bundle: str | Path, data: str, out: str | Path | None = Non
         positive = s["label"] == model.meta.labels[1]
         ref = fit_reference(s["probability"], s["guard_score"], positive, s["rejected"],
                             fitted_on=f"validation carved from train ({len(s['paths'])} films)")
-        body = restamped(f, replace(model.meta, monitor=ref.to_meta()))
-        candidate = target / f".{f.name}.candidate"
-        write_with(candidate, lambda tmp, b=body: Path(tmp).write_bytes(b))
-        try:
-            if graph_bytes(candidate) != graph_bytes(f):
-                raise ModelError(f"{f.name}: restamping changed the graph bytes; nothing replaced")
-            if not _same_outputs(f, candidate, paths[:CHECK_IMAGES]):
-                raise ModelError(f"{f.name}: the restamped file's outputs differ; nothing replaced")
-            candidate.replace(target / f.name)
-        finally:
-            candidate.unlink(missing_ok=True)
+        stamp_checked(f, target / f.name, replace(model.meta, monitor=ref.to_meta()),
+                      _check_films(paths[:CHECK_IMAGES], model.spec))
         report["files"][f.name] = {"graph_bytes_identical": True, "outputs_bit_identical_on": CHECK_IMAGES,
                                    **ref.to_meta()}
     return report

@@ -104,8 +104,9 @@ def _band_embed(x: np.ndarray) -> np.ndarray:
     return np.concatenate([x.reshape(n, 8, -1).mean(2), x.mean(1).reshape(n, 8, s // 8).mean(2)], 1)
 
 
-def test_orientation_head_rejects_flipped_and_inverted_synthetic_films():
-    from pneumo_edge.ood import GuardImages, alterations, fit_guard
+def _synthetic_guard() -> tuple[dict, np.ndarray]:
+    """A guard fitted on synthetic films with a top and a bottom, and 100 fresh films of the same kind."""
+    from pneumo_edge.ood import GuardImages, fit_guard
     from pneumo_edge.perturb import perturbed_views
 
     rng = np.random.default_rng(0)
@@ -113,7 +114,13 @@ def test_orientation_head_rejects_flipped_and_inverted_synthetic_films():
     images = GuardImages(train=train, train_labels=np.arange(300) % 2, train_stats=image_stats(train),
                          train_companion=np.ascontiguousarray(train[:, :, ::-1]), val=val,
                          val_shifted=perturbed_views(list(val), 64, names=["contrast-0.6", "gamma-1.6"]))
-    meta = fit_guard(_band_embed, images)
+    return fit_guard(_band_embed, images), fresh
+
+
+def test_orientation_head_rejects_flipped_and_inverted_synthetic_films():
+    from pneumo_edge.ood import alterations
+
+    meta, fresh = _synthetic_guard()
     guard = Guard.from_meta(meta)
     assert guard.orientation is not None and meta["threshold_views"] == ["clean", "contrast-0.6", "gamma-1.6"]
     assert guard.rejects(guard.scores(fresh, _band_embed(fresh))).mean() <= 0.05
@@ -169,3 +176,75 @@ def test_a_bundle_written_before_the_orientation_head_still_loads(tiny_bundle, t
     assert m.guard is not None and m.guard.orientation is None
     x = np.full((2, 64, 64), 90, np.uint8)
     assert m.guard.scores(x, m.run(np.zeros((2, 1, 64, 64), np.float32))["embedding"]).shape == (2,)
+
+
+# ---------------------------------------------------------------- the polarity (inverted grey levels) check
+
+def test_thumbnail_of_an_inverted_film_is_the_negated_thumbnail():
+    from pneumo_edge.edge.guard import thumbnail
+
+    x = _asymmetric_films(np.random.default_rng(3), 4)
+    t = thumbnail(x)
+    assert t.shape == (4, 64)
+    np.testing.assert_allclose(thumbnail(255 - x), -t, atol=1e-6)
+    np.testing.assert_allclose(thumbnail(np.clip(x.astype(int) * 0.7 + 20, 0, 255).astype(np.uint8)), t, atol=0.05)
+
+
+def test_polarity_check_refuses_inverted_synthetic_films_and_keeps_the_rest():
+    meta, fresh = _synthetic_guard()
+    guard = Guard.from_meta(meta)
+    assert guard.polarity is not None and "+polarity" in meta["method"]
+    assert guard.rejects(guard.polarity.scores(fresh)).mean() <= 0.05
+    assert guard.rejects(guard.polarity.scores(255 - fresh)).all()
+    emb = _band_embed(255 - fresh)
+    _, reasons = guard.assess(255 - fresh, emb)
+    assert all("grey levels inverted" in r for r in reasons)
+    assert meta["validation_rejected"]["inverted grey levels"] == 1.0
+
+
+def test_guard_round_trips_with_and_without_the_polarity_head():
+    from pneumo_edge.edge.guard import PolarityHead
+
+    g = _guard_with_orientation()
+    rng = np.random.default_rng(2)
+    g.polarity = PolarityHead(weights=rng.normal(size=4), bias=0.1, threshold=0.05, grid=2)
+    emb, imgs = rng.normal(size=(10, 6)), rng.integers(0, 256, (10, 16, 16), dtype=np.uint8)
+    again = Guard.from_meta(g.to_meta())
+    assert again.polarity.grid == 2 and "+polarity" in g.to_meta()["method"]
+    np.testing.assert_allclose(again.check_scores(imgs, emb)["polarity"], g.check_scores(imgs, emb)["polarity"],
+                               rtol=1e-5)
+    old = {k: v for k, v in g.to_meta().items() if k != "polarity"}
+    assert "polarity" not in Guard.from_meta(old).check_scores(imgs, emb)
+    bad = g.to_meta()
+    bad["polarity"]["grid"] = 3  # 9 weights expected, 4 stored
+    import pytest
+
+    from pneumo_edge.edge.errors import ModelError
+    with pytest.raises(ModelError):
+        Guard.from_meta(bad)
+
+
+def test_guard_polarity_adds_the_check_to_a_bundle_without_it(tiny_bundle, tiny_data, tmp_path):
+    import shutil
+    from dataclasses import replace
+
+    from pneumo_edge.edge.meta import read_meta
+    from pneumo_edge.edge.stamp import graph_bytes, stamp_file
+
+    bundle = tmp_path / "b"
+    shutil.copytree(tiny_bundle, bundle)
+    for name in ("model.onnx", "model.int8.onnx"):  # as bundles exported before the check was
+        meta = read_meta(bundle / name)
+        stamp_file(bundle / name, bundle / name, replace(meta, ood={k: v for k, v in meta.ood.items() if k != "polarity"}))
+        assert EdgeModel(bundle / name).guard.polarity is None
+    before = graph_bytes(bundle / "model.onnx")
+    r = CliRunner().invoke(main, ["guard-polarity", str(bundle), "--data", str(tiny_data)])
+    assert r.exit_code != 0 and "--force" in r.output
+    r = CliRunner().invoke(main, ["guard-polarity", str(bundle), "--data", str(tiny_data), "--force", "--quiet"])
+    assert r.exit_code == 0, r.output
+    assert "inverted grey levels" in r.output
+    assert graph_bytes(bundle / "model.onnx") == before
+    for name in ("model.onnx", "model.int8.onnx"):
+        m = EdgeModel(bundle / name)
+        assert m.guard.polarity is not None
+        assert m.meta.ood["validation_rejected"]["inverted grey levels"] >= 0.0

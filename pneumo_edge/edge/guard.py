@@ -12,6 +12,10 @@ maximum and `Guard.rejects` is the one rule that turns a score into a refusal:
 * orientation (absent from older bundles): a logistic-regression head on the embedding,
   trained on films as acquired vs altered copies (upside down, rotated 90/270, inverted
   grey levels), which sit close enough to real films for the embedding distance to miss.
+* polarity (absent from older bundles): a logistic-regression head on the film's 8 x 8 thumbnail,
+  standardised per film: an X-ray's bright mediastinum and dark lungs read as a negative when inverted.
+  Standardising makes an inverted film's features exactly the negatives of the original's, so the head
+  separates the two with a wide margin, whatever the embedding makes of a negative.
 
 Each exported file carries statistics fitted on its own embeddings (fp32 and INT8 differ).
 Fitting (training data) lives in `pneumo_edge.ood`.
@@ -36,6 +40,9 @@ MARGIN = 1.2
 # Orientation threshold: this percentile of validation P(altered) on films as acquired (clean + shifts);
 # 99.8 rather than 99.5: clean validation refusals 0.4% -> 0%, altered copies still >= 97% refused.
 ORIENT_PERCENTILE = 99.8
+# Polarity threshold: the same percentile of validation P(inverted) on films as acquired (clean + shifts).
+POLARITY_PERCENTILE = 99.8
+POLARITY_GRID = 8  # thumbnail cells per side: 224 / 8 = 28 px cells
 MAX_CHROMA = 0.04  # grey X-rays stored as RGB measure < 0.01 (JPEG chroma noise); photos 0.1-0.3
 
 
@@ -44,7 +51,10 @@ def _pack(a: np.ndarray) -> str:
 
 
 def _unpack(s: str, shape) -> np.ndarray:
-    return np.frombuffer(base64.b64decode(s), np.float32).reshape(shape).astype(np.float64)
+    a = np.frombuffer(base64.b64decode(s), np.float32)
+    if a.size != int(np.prod(shape)):
+        raise ModelError(f"a packed guard array holds {a.size} numbers, its shape {tuple(shape)} needs {int(np.prod(shape))}")
+    return a.reshape(shape).astype(np.float64)
 
 
 def image_stats(resized: np.ndarray) -> np.ndarray:
@@ -102,10 +112,58 @@ class OrientationHead:
                    percentile=float(m.get("percentile", ORIENT_PERCENTILE)))
 
 
+def thumbnail(resized: np.ndarray, grid: int = POLARITY_GRID) -> np.ndarray:
+    """(N, grid*grid): cell means of each film, standardised by the film's own mean and spread.
+    255 - x gives exactly the negated features of x (up to the spread's epsilon)."""
+    x = np.asarray(resized, np.float64)
+    n, s = len(x), x.shape[-1]
+    b = s // grid
+    cells = x[:, :b * grid, :b * grid].reshape(n, grid, b, grid, b).mean((2, 4)).reshape(n, -1)
+    flat = x.reshape(n, -1)
+    return (cells - flat.mean(1, keepdims=True)) / (flat.std(1, keepdims=True) + 1e-6)
+
+
+@dataclass
+class PolarityHead:
+    """Logistic regression on the standardised thumbnail: P(inverted grey levels)."""
+
+    weights: np.ndarray  # (grid*grid,)
+    bias: float
+    threshold: float  # P(inverted) above which a film is refused; chosen on validation
+    grid: int = POLARITY_GRID
+    percentile: float = POLARITY_PERCENTILE  # how `threshold` was chosen: recorded, not used
+
+    def probability(self, resized: np.ndarray) -> np.ndarray:
+        return _sigmoid(np.einsum("nd,d->n", thumbnail(resized, self.grid), self.weights) + self.bias)
+
+    def scores(self, resized: np.ndarray) -> np.ndarray:
+        return self.probability(resized) / self.threshold
+
+    def to_meta(self) -> dict:
+        return {"weights": _pack(self.weights), "bias": self.bias, "threshold": self.threshold, "grid": self.grid,
+                "percentile": self.percentile}
+
+    @classmethod
+    def from_meta(cls, m: dict, source: str = "model") -> "PolarityHead":
+        if not isinstance(m, dict):
+            raise ModelError(f"{source}: metadata field 'ood.polarity' must be an object")
+        _missing(m, ("weights", "bias", "threshold", "grid"), "ood.polarity", source)
+        grid = m["grid"]
+        if not isinstance(grid, int) or not 1 <= grid <= 64:
+            raise ModelError(f"{source}: metadata field 'ood.polarity.grid' must be an integer in 1..64, got {grid!r}")
+        if not 0.0 < float(m["threshold"]) <= 1.0:
+            raise ModelError(f"{source}: metadata field 'ood.polarity.threshold' must be in (0, 1], "
+                             f"got {m['threshold']!r}")
+        return cls(weights=_unpack(m["weights"], (grid * grid,)), bias=float(m["bias"]),
+                   threshold=float(m["threshold"]), grid=grid,
+                   percentile=float(m.get("percentile", POLARITY_PERCENTILE)))
+
+
 # What each check means, for the reason a refused image is given.
 CHECK_WORDS = {"embedding": "unlike the chest X-rays the model was fitted on",
                "intensity": "grey levels outside the range of X-rays",
-               "colour": "a colour image", "orientation": "upside down or rotated"}
+               "colour": "a colour image", "orientation": "upside down or rotated",
+              "polarity": "grey levels inverted (a negative)"}
 
 
 @dataclass
@@ -119,6 +177,7 @@ class Guard:
     stat_hi: np.ndarray
     max_chroma: float = MAX_CHROMA
     orientation: OrientationHead | None = None  # absent in bundles written before it existed
+    polarity: PolarityHead | None = None  # likewise
     # How `threshold` was chosen: recorded for the reader, not used in scoring.
     percentile: float = PERCENTILE
     margin: float = 1.0
@@ -153,6 +212,8 @@ class Guard:
                "colour": (np.zeros(len(emb)) if chroma is None else np.asarray(chroma, np.float64)) / self.max_chroma}
         if self.orientation is not None:
             out["orientation"] = self.orientation.scores(emb)
+        if self.polarity is not None:
+            out["polarity"] = self.polarity.scores(resized)
         return out
 
     def scores(self, resized: np.ndarray, emb: np.ndarray, chroma: np.ndarray | None = None) -> np.ndarray:
@@ -170,7 +231,8 @@ class Guard:
 
     def to_meta(self) -> dict:
         c, d = self.means.shape
-        m = {"method": "mahalanobis-ppca+colour+intensity" + ("+orientation" if self.orientation else ""),
+        m = {"method": "mahalanobis-ppca+colour+intensity" + ("+orientation" if self.orientation else "")
+             + ("+polarity" if self.polarity else ""),
              "dim": d, "classes": c, "k": len(self.eigvals), "means": _pack(self.means),
              "components": _pack(self.components), "eigvals": self.eigvals.tolist(),
              "residual_var": self.residual_var, "threshold": self.threshold, "percentile": self.percentile,
@@ -178,6 +240,8 @@ class Guard:
              "stat_lo": self.stat_lo.tolist(), "stat_hi": self.stat_hi.tolist(), "max_chroma": self.max_chroma}
         if self.orientation is not None:
             m["orientation"] = self.orientation.to_meta()
+        if self.polarity is not None:
+            m["polarity"] = self.polarity.to_meta()
         return m
 
     @classmethod
@@ -187,10 +251,13 @@ class Guard:
         orientation = m.get("orientation")
         if orientation is not None:
             orientation = OrientationHead.from_meta(orientation, m["dim"], source)
+        polarity = m.get("polarity")
+        if polarity is not None:
+            polarity = PolarityHead.from_meta(polarity, source)
         return cls(means=_unpack(m["means"], (m["classes"], m["dim"])),
                    components=_unpack(m["components"], (m["k"], m["dim"])),
                    eigvals=np.asarray(m["eigvals"], np.float64), residual_var=float(m["residual_var"]),
                    threshold=float(m["threshold"]), stat_lo=np.asarray(m["stat_lo"]),
-                   stat_hi=np.asarray(m["stat_hi"]), max_chroma=float(m["max_chroma"]), orientation=orientation,
+                   stat_hi=np.asarray(m["stat_hi"]), max_chroma=float(m["max_chroma"]), orientation=orientation, polarity=polarity,
                    percentile=float(m.get("percentile", PERCENTILE)), margin=float(m.get("margin", 1.0)),
                    threshold_views=tuple(m.get("threshold_views", ())))

@@ -210,6 +210,9 @@ def _guard_rows(ood: dict | None) -> list[tuple[str, str]]:
                               f"entropy [{e_lo:.2f}, {e_hi:.2f}] bits")]
     if ood.get("orientation"):
         rows.append(("  orientation", f"P(altered film) threshold {ood['orientation']['threshold']:.3g}"))
+    if ood.get("polarity"):
+        rows.append(("  polarity", f"P(inverted grey levels) threshold {ood['polarity']['threshold']:.3g} "
+                                   f"({ood['polarity']['grid']}x{ood['polarity']['grid']} thumbnail)"))
     return rows
 
 

@@ -111,3 +111,28 @@ def graph_bytes(path: str | Path) -> bytes:
     _, parsed = _parse(path)
     return b"".join(raw for number, raw, _ in parsed if number not in (DOC_STRING, METADATA_PROPS))
 
+
+
+def stamp_checked(src: str | Path, dst: str | Path, meta: BundleMeta, films) -> None:
+    """`stamp_file`, replacing `dst` only once the candidate's graph bytes equal `src`'s and both files give
+    bit-identical outputs on `films` (uint8 model views); otherwise nothing is replaced."""
+    import numpy as np
+
+    from .imaging import normalize
+    from .model import EdgeModel
+
+    src, dst = Path(src), Path(dst)
+    candidate = dst.parent / f".{dst.name}.candidate"
+    body = restamped(src, meta)
+    write_with(candidate, lambda tmp: Path(tmp).write_bytes(body))
+    try:
+        if graph_bytes(candidate) != graph_bytes(src):
+            raise ModelError(f"{src.name}: restamping changed the graph bytes; nothing replaced")
+        a, b = EdgeModel(src, threads=1), EdgeModel(candidate, threads=1)
+        x = normalize(np.asarray(films), a.spec)
+        oa, ob = a.run(x), b.run(x)
+        if oa.keys() != ob.keys() or not all(np.array_equal(oa[k], ob[k]) for k in oa):
+            raise ModelError(f"{src.name}: the restamped file's outputs differ; nothing replaced")
+        candidate.replace(dst)
+    finally:
+        candidate.unlink(missing_ok=True)

@@ -5,6 +5,7 @@ export const CHECK_WORDS = {  // guard.CHECK_WORDS
   embedding: "unlike the chest X-rays the model was fitted on",
   intensity: "grey levels outside the range of X-rays",
   colour: "a colour image", orientation: "upside down or rotated",
+  polarity: "grey levels inverted (a negative)",
 };
 
 // base64 float32 (guard._pack / cam._pack) -> Float64Array
@@ -39,6 +40,22 @@ export function imageStats(resized) {
   return [mean / 255, Math.sqrt(sq / n) / 255, ent];
 }
 
+// guard.thumbnail for one resized uint8 image: grid x grid cell means, standardised by the image's mean and spread
+export function thumbnail(resized, grid) {
+  const n = resized.length, size = Math.round(Math.sqrt(n)), b = Math.floor(size / grid);
+  let sum = 0;
+  for (let i = 0; i < n; i++) sum += resized[i];
+  const mean = sum / n;
+  let sq = 0;
+  for (let i = 0; i < n; i++) { const d = resized[i] - mean; sq += d * d; }
+  const sd = Math.sqrt(sq / n) + 1e-6, cells = new Float64Array(grid * grid);
+  for (let r = 0; r < grid * b; r++) {
+    for (let c = 0; c < grid * b; c++) cells[Math.floor(r / b) * grid + Math.floor(c / b)] += resized[r * size + c];
+  }
+  for (let i = 0; i < cells.length; i++) cells[i] = (cells[i] / (b * b) - mean) / sd;
+  return cells;
+}
+
 export class Guard {
   constructor(m) {  // guard.Guard.from_meta
     for (const k of ["means", "classes", "dim", "components", "k", "eigvals", "residual_var", "threshold",
@@ -58,6 +75,10 @@ export class Guard {
     this.maxChroma = m.max_chroma;
     this.orientation = m.orientation
       ? { weights: unpack(m.orientation.weights, m.dim), bias: m.orientation.bias, threshold: m.orientation.threshold }
+      : null;
+    const p = m.polarity;
+    this.polarity = p
+      ? { weights: unpack(p.weights, p.grid * p.grid), bias: p.bias, threshold: p.threshold, grid: p.grid }
       : null;
   }
 
@@ -96,6 +117,12 @@ export class Guard {
       let z = this.orientation.bias;
       for (let i = 0; i < this.dim; i++) z += emb[i] * this.orientation.weights[i];
       out.orientation = sigmoid(z) / this.orientation.threshold;
+    }
+    if (this.polarity) {
+      const t = thumbnail(resized, this.polarity.grid);
+      let z = this.polarity.bias;
+      for (let i = 0; i < t.length; i++) z += t[i] * this.polarity.weights[i];
+      out.polarity = sigmoid(z) / this.polarity.threshold;
     }
     return out;
   }
