@@ -29,7 +29,8 @@ from .edge.stamp import stamp_file
 from .validate import labelled_files, resampling_groups, score_files
 
 RULE = ("largest threshold whose exact one-sided Clopper-Pearson lower bound on sensitivity, over the site's "
-        "positive films the guard accepts, reaches the target at the stated confidence")
+        "positive patients the guard accepts (each by its lowest positive film; films where no patient is named), "
+        "reaches the target at the stated confidence")
 REPORT = "calibration.json"
 
 
@@ -76,8 +77,9 @@ def operating_point(y: np.ndarray, p: np.ndarray, groups: np.ndarray, current: f
     """The guaranteed threshold and what it gives on these films, beside the current threshold's numbers
     (on `p_current`, the file's probabilities under its current temperature, when `p` has a refitted one)."""
     pos, neg = y == 1, y == 0
-    t = guaranteed_threshold(p[pos], target, confidence)
-    out = {"n_positive": t.n_positive, "n_negative": int(neg.sum()), "positives_needed": t.needed,
+    t = guaranteed_threshold(p[pos], target, confidence, groups[pos])
+    out = {"n_positive": int(pos.sum()), "n_negative": int(neg.sum()), "guarantee_unit": t.unit,
+           "n_positive_units": t.n_positive, "positives_needed": t.needed,
            "threshold": t.threshold, "detected": t.detected, "sensitivity_lower_bound": t.lower_bound}
     for name, thr, q in (("site", t.threshold, p), ("current", current, p if p_current is None else p_current)):
         if thr is None:
@@ -115,9 +117,12 @@ def calibrate_file(path: Path, files: list[str], truth: list[int], cfg: Calibrat
         p = np.round(prob_from_logits(np.stack([np.zeros_like(z), z], 1), temperature["temperature"]), PROB_DIGITS)
     op = operating_point(y, p, groups, meta.threshold, cfg.target_sensitivity, cfg.confidence, p_current)
     if op["threshold"] is None:
-        raise DataError(f"{path.name}: the site has {op['n_positive']} PNEUMONIA films the guard accepts; a "
-                        f"sensitivity of {cfg.target_sensitivity:g} at {cfg.confidence:g} confidence needs at "
-                        f"least {op['positives_needed']} (more, unless the model catches every one)")
+        unit = op["guarantee_unit"]
+        has = (f"{op['n_positive_units']} PNEUMONIA patients ({op['n_positive']} films)" if unit == "patients"
+               else f"{op['n_positive']} PNEUMONIA films")
+        raise DataError(f"{path.name}: the site has {has} the guard accepts; a sensitivity of "
+                        f"{cfg.target_sensitivity:g} at {cfg.confidence:g} confidence needs at least "
+                        f"{op['positives_needed']} {unit} (more, unless the model catches every one)")
     link = {"site": site, "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
             "n_images": int(len(y)), "n_positive": op["n_positive"], "n_negative": op["n_negative"],
             "n_rejected_by_guard": int(rejected.sum()), "rule": RULE,
@@ -169,10 +174,11 @@ def render_summary(r: dict) -> str:
         lo, hi = site["specificity_ci95"] or (None, None)
         clo, chi = cur["specificity_ci95"] or (None, None)
         lines += [f"{f['file']}: {link['n_images']} films the guard accepted ({op['n_positive']} PNEUMONIA, "
-                  f"{op['n_negative']} NORMAL; {link['n_rejected_by_guard']} refused), the guarantee needs "
-                  f"{op['positives_needed']} positives at least",
-                  f"  site threshold {site['threshold']:.4f}: {op['detected']} of {op['n_positive']} positives at "
-                  f"or above it, sensitivity lower bound {op['sensitivity_lower_bound']:.4f}; specificity "
+                  f"{op['n_negative']} NORMAL; {link['n_rejected_by_guard']} refused), the guarantee counts "
+                  f"positive {op['guarantee_unit']} and needs {op['positives_needed']} at least",
+                  f"  site threshold {site['threshold']:.4f}: {op['detected']} of {op['n_positive_units']} positive "
+                  f"{op['guarantee_unit']} wholly at or above it, sensitivity lower bound "
+                  f"{op['sensitivity_lower_bound']:.4f}; specificity "
                   f"{_pct(site['specificity'])} [{_pct(lo)}, {_pct(hi)}]",
                   f"  current threshold {cur['threshold']:.4f}: sensitivity {_pct(cur['sensitivity'])}, "
                   f"specificity {_pct(cur['specificity'])} [{_pct(clo)}, {_pct(chi)}]",

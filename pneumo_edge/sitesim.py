@@ -63,8 +63,10 @@ def site_split(groups: np.ndarray, n: int, rng: np.random.Generator) -> tuple[np
 
 
 def simulate(y: np.ndarray, p: np.ndarray, groups: np.ndarray, n: int, current: float, splits: int = SPLITS,
-             target: float = TARGET, confidence: float = CONFIDENCE, seed: int = SEED) -> dict:
-    """`splits` random sites of n films from (y, p): calibrate on half the patients, score the rest."""
+             target: float = TARGET, confidence: float = CONFIDENCE, seed: int = SEED,
+             by_patient: bool = True) -> dict:
+    """`splits` random sites of n films from (y, p): calibrate on half the patients, score the rest.
+    `by_patient` False: the rule counts every positive film as a trial (the rule before patients counted)."""
     rng = np.random.default_rng(seed)
     pos = y == 1
     rows = {"refused": 0, "calibrated": 0, "held_sens": [], "held_spec": [], "rest_sens": [], "population_sens": [],
@@ -75,7 +77,7 @@ def simulate(y: np.ndarray, p: np.ndarray, groups: np.ndarray, n: int, current: 
         if cut is None:
             return {"n": n, "feasible": False, "why": f"fewer than {n} films"}
         cal, held = cut
-        t = guaranteed_threshold(p[cal & pos], target, confidence)
+        t = guaranteed_threshold(p[cal & pos], target, confidence, groups[cal & pos] if by_patient else None)
         if not t.ok:
             rows["refused"] += 1
             continue
@@ -123,7 +125,8 @@ def simulate_sites(bundle: str | Path, data: str, out: str | Path = "bench/resul
                    splits: int = SPLITS, sizes: tuple[int, ...] = SIZES, cache: str | Path | None = "runs/site-sim") -> dict:
     """Each perturbation of the validation films as a site, at each site size, `splits` times; validation only.
 
-    cache: a folder for the validation scores (by weights digest), so a re-run only resamples; None: no cache."""
+    cache: a folder for the validation scores (by the file's digest: weights and guard), so a re-run only
+    resamples; None: no cache."""
     from .checkpoint import parse_config
     from .data import rebuild_split
     from .edge.progress import stage
@@ -131,7 +134,7 @@ def simulate_sites(bundle: str | Path, data: str, out: str | Path = "bench/resul
 
     bundle = Path(bundle)
     model = EdgeModel(bundle / model_file)
-    cache = Path(cache) / f"{model_file}-{(model.meta.weights_sha256 or 'unknown')[:16]}.npz" if cache else None
+    cache = Path(cache) / f"{model_file}-{model.sha256[:16]}.npz" if cache else None
     if cache is not None and cache.is_file():  # the scores of an earlier run of the same weights: no re-scoring
         with np.load(cache) as z:
             y, groups = z["y"], z["groups"]
@@ -164,10 +167,13 @@ def simulate_sites(bundle: str | Path, data: str, out: str | Path = "bench/resul
         result["sites"][name] = {"rejected_by_guard": int(s["rejected"].sum()),
                                  "runs": [simulate(ya, pa, ga, n, model.threshold, splits) for n in sizes],
                                  "runs_films_singly": [simulate(ya, pa, singly, n, model.threshold, splits)
-                                                       for n in sizes]}
+                                                       for n in sizes],
+                                 "runs_film_rule": [simulate(ya, pa, ga, n, model.threshold, splits, by_patient=False)
+                                                    for n in sizes]}
     result["pooled"] = pooled(result["sites"], sizes)
     result["pooled_films_singly"] = pooled({k: {"runs": v["runs_films_singly"]} for k, v in result["sites"].items()},
                                            sizes)
+    result["pooled_film_rule"] = pooled({k: {"runs": v["runs_film_rule"]} for k, v in result["sites"].items()}, sizes)
     out = Path(out)
     write_json(out / "site-calibration.json", result)
     write_text(out / "site-calibration.md", render_sites(result))
@@ -226,6 +232,10 @@ def render_sites(r: dict) -> str:
               "population sensitivity < target "
               + ", ".join(f"n={p['n']}: {_pc(p.get('below_target_population'))} ({_pc(p['refused'] / p['splits'])} "
                           "refused)" for p in r.get("pooled_films_singly", []) if p["splits"]) + ".",
+              "", "The same splits under the film-level rule (every positive film one trial, as `calibrate` counted "
+              "before it counted patients): population sensitivity < target "
+              + ", ".join(f"n={p['n']}: {_pc(p.get('below_target_population'))} ({_pc(p['refused'] / p['splits'])} "
+                          "refused)" for p in r.get("pooled_film_rule", []) if p["splits"]) + ".",
               "", "Per site (population sensitivity < target / held-out sensitivity < target / held-out specificity; "
               "`refused` when the calibration half had too few positives):", "",
               "| site | guard refused | " + " | ".join(f"n={n}" for n in r["sizes"]) + " |",

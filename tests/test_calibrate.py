@@ -52,6 +52,37 @@ def test_too_few_positives_refuses_and_the_threshold_is_the_kth_largest():
     assert t.threshold == p[::-1][t.detected - 1] and (p >= t.threshold).sum() == t.detected == 99
 
 
+def test_patients_count_once_by_their_lowest_film():
+    p = np.r_[np.linspace(0.6, 1.0, 45), np.linspace(0.6, 1.0, 45) - 0.05]  # two films per patient
+    groups = np.r_[np.arange(45), np.arange(45)].astype(str)
+    t = guaranteed_threshold(p, 0.95, 0.9, groups)
+    assert t.unit == "patients" and t.n_positive == 45 and t.n_positive_films == 90 and t.detected == 45
+    assert t.threshold == pytest.approx(0.55)  # every film of every patient caught: the lowest film sets it
+    assert guaranteed_threshold(p, 0.95, 0.9).unit == "films"
+    assert guaranteed_threshold(p, 0.95, 0.9, np.arange(90).astype(str)).unit == "films"  # one film each
+    keep = groups != "44"
+    assert not guaranteed_threshold(p[keep], 0.95, 0.9, groups[keep]).ok  # 44 patients: 45 are needed
+
+
+def test_the_patient_rule_keeps_the_guarantee_where_films_of_a_patient_move_together():
+    """Each patient's three films score alike (population: P(film >= t) = 1 - t). Counting films as
+    independent trials overstates the evidence and breaks the guarantee; counting patients keeps it."""
+    rng = np.random.default_rng(0)
+    target, confidence, trials = 0.9, 0.8, 400
+    below = {"films": 0, "patients": 0}
+    for _ in range(trials):
+        u = rng.random(20)
+        p = np.clip(u[:, None] + rng.normal(0, 0.01, (20, 3)), 0, 1).ravel()
+        groups = np.repeat(np.arange(20), 3)
+        for unit, g in (("films", None), ("patients", groups)):
+            t = guaranteed_threshold(p, target, confidence, g)
+            assert t.ok and t.unit == unit
+            below[unit] += (1 - t.threshold) < target
+    se = np.sqrt(0.2 * 0.8 / trials)
+    assert below["patients"] / trials <= 1 - confidence + 3 * se
+    assert below["films"] / trials > 1 - confidence + 3 * se
+
+
 def test_grouped_interval_and_temperature_fit():
     hits = np.r_[np.ones(40), np.zeros(10)]
     lo, hi = grouped_interval(hits)
@@ -98,7 +129,9 @@ def test_calibrate_then_validate_round_trip(tiny_bundle, tiny_data, tmp_path):
         assert meta.site_calibration[-1] == link and link["site"] == "ward 3"
         assert link["parent_sha256"] == file_sha256(tiny_bundle / f["file"])
         assert graph_bytes(out / f["file"]) == graph_bytes(tiny_bundle / f["file"]) and meta.ood is not None
-        assert op["sensitivity_lower_bound"] >= 0.8 and op["site"]["sensitivity"] >= op["detected"] / op["n_positive"]
+        assert op["sensitivity_lower_bound"] >= 0.8 and op["detected"] <= op["n_positive_units"]
+        if op["guarantee_unit"] == "films":
+            assert op["site"]["sensitivity"] >= op["detected"] / op["n_positive"]
         assert op["positives_needed"] == positives_needed(0.8, 0.8) and "current" in op
     assert "site threshold" in r.output and "specificity" in r.output and "patients" in r.output
 
