@@ -7,7 +7,9 @@ The browser side is the real page (`pneumo-edge page --out`), hosted by a plain 
 loopback and given the files through its file input, as a reader would; results are read from each result
 element's data-file / data-label / data-probability / data-guard attributes and the page's heat-map hook.
 The Python side is `edge.infer.predict_paths` (what `pneumo-edge infer` runs) for the record of each film
-(label, probability, guard verdict), and `CamHead.maps` on the same decode for the heat map. This is a runtime comparison: it reads no
+(label, probability, guard verdict), and `edge.heatmap.explain_film` (the shipped occlusion map) on the same decode
+for the heat map. The page draws that map with ~50 model runs per film, so heat maps are compared on a few
+films (`heatmap_films`), every film for the rest. This is a runtime comparison: it reads no
 metric and writes no ledger line, whatever folder the films come from.
 """
 
@@ -108,7 +110,7 @@ HEAT_JS = """(name) => {
 }"""
 
 
-def classify_in_page(page, files: list[str], heatmaps: bool = True, timeout_ms: int = 600_000) -> dict[str, dict]:
+def classify_in_page(page, files: list[str], heatmaps: bool = False, timeout_ms: int = 600_000) -> dict[str, dict]:
     """Give `files` to the page's file input; one record per file name, read from the result elements."""
     names = [Path(f).name for f in files]
     if len(set(names)) != len(names):
@@ -123,7 +125,9 @@ def classify_in_page(page, files: list[str], heatmaps: bool = True, timeout_ms: 
     for r in rows:
         heat = page.evaluate(HEAT_JS, r["file"]) if heatmaps else None
         parts = page.evaluate("(name) => window.pneumoLocal.timing(name)", r["file"])
+        heat_ms = page.evaluate("(name) => window.pneumoLocal.heatmapMs(name)", r["file"]) if heatmaps else None
         out[r["file"]] = {"label": r["label"], "probability": float(r["probability"]) if r["probability"] else None,
+                          "heatmap_ms": heat_ms,
                           "guard": r.get("guard") or None,
                           "guard_score": float(r["guardScore"]) if r.get("guardScore") else None,
                           "ms": float(r["ms"]) if r.get("ms") else None, "where": r.get("where"),
@@ -132,12 +136,30 @@ def classify_in_page(page, files: list[str], heatmaps: bool = True, timeout_ms: 
     return out
 
 
-def python_reference(files: list[str], model_path: str | os.PathLike) -> dict[str, dict]:
-    """What `pneumo-edge infer` says of each file (its rows), plus the CAM of the decided class."""
+def with_heatmaps(page, files: list[str], heat_files: list[str]) -> dict[str, dict]:
+    """Every file classified, then `heat_files` again with the heat map: their records carry it."""
+    out = classify_in_page(page, files)
+    if heat_files:
+        for name, r in classify_in_page(page, heat_files, heatmaps=True).items():
+            out[name].update(heat=r["heat"], heatmap_ms=r["heatmap_ms"])
+    return out
+
+
+def spaced(files: list[str], n: int | None) -> list[str]:
+    """`n` of `files`, evenly spaced (all for None)."""
+    if n is None or n >= len(files):
+        return list(files)
+    return [files[i] for i in dict.fromkeys(np.linspace(0, len(files) - 1, n).round().astype(int))] if n > 0 else []
+
+
+def python_reference(files: list[str], model_path: str | os.PathLike,
+                     heat_files: list[str] | None = None) -> dict[str, dict]:
+    """What `pneumo-edge infer` says of each file (its rows), plus the shipped heat map of `heat_files`
+    (every file for None) that the guard accepts."""
     import hashlib
 
-    from .edge.cam import OUTPUT
     from .edge.decision import score_images
+    from .edge.heatmap import explain_film
     from .edge.imaging import load_image, resize_gray
     from .edge.infer import InferConfig, predict_paths
     from .edge.model import EdgeModel
@@ -149,17 +171,18 @@ def python_reference(files: list[str], model_path: str | os.PathLike) -> dict[st
             predict_paths(list(files), model, outputs, InferConfig(progress=False))
         rows = [json.loads(line) for line in (Path(tmp) / "rows.jsonl").read_text().splitlines()]
     by_path = {os.path.abspath(r["path"]): r for r in rows}
+    draw = {os.path.abspath(f) for f in (files if heat_files is None else heat_files)}
     out = {}
     for f in files:
         r = by_path[os.path.abspath(f)]
         heat = digest = None
-        if r["status"] in ("ok", "rejected") and model.cam is not None:
+        if r["status"] in ("ok", "rejected"):
             gray, chroma = load_image(f, size=model.spec.size)
             resized = resize_gray(gray, model.spec.size, model.spec.resize)
             digest = hashlib.sha256(np.ascontiguousarray(resized).tobytes()).hexdigest()
-            keep: dict = {}
-            scored = score_images(model, [(resized, chroma)], False, keep)[0]
-            heat = model.cam.maps(keep[OUTPUT], [model.labels.index(scored.model_label)], model.spec.size)[0].ravel()
+            scored = score_images(model, [(resized, chroma)], True)[0]
+            if os.path.abspath(f) in draw and scored.heatmap_allowed:
+                heat = explain_film(model, resized).ravel()
         out[Path(f).name] = {"label": r.get("label") or "ERROR", "probability": r.get("probability"),
                              "guard": r.get("guard_verdict"), "guard_score": r.get("guard_score"), "heat": heat,
                              "input_sha256": digest}
@@ -309,8 +332,9 @@ def pick_films(folder: str | os.PathLike, per_class: int) -> list[str]:
 
 
 def run_parity(files: list[str], model: str | os.PathLike, page_dir: str | os.PathLike | None = None,
-               threads: int = 1, isolate: bool = False, offline: bool = False) -> dict:
-    """Both runtimes on `files`; the browser through the static page (written to a temporary folder)."""
+               threads: int = 1, isolate: bool = False, offline: bool = False, heatmap_films: int | None = 8) -> dict:
+    """Both runtimes on `files`, heat maps on `heatmap_films` of them (evenly spaced); the browser through the
+    static page (written to a temporary folder)."""
     from .edge.page import write_page
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -318,12 +342,15 @@ def run_parity(files: list[str], model: str | os.PathLike, page_dir: str | os.Pa
         with static_server(folder, isolate=isolate) as url, chromium() as browser:
             page, errors = open_page(browser, f"{url}?threads={threads}", offline=offline)
             isolated = page.evaluate("() => crossOriginIsolated")
-            records = classify_in_page(page, files)
+            heat_files = spaced(files, heatmap_films)
+            records = with_heatmaps(page, files, heat_files)
             version = f"Chromium {browser.version} (headless)"
-    result = compare(records, python_reference(files, model))
+    result = compare(records, python_reference(files, model, heat_files))
+    heat_ms = [r["heatmap_ms"] for r in records.values() if r.get("heatmap_ms") is not None]
     ms = [r["ms"] for r in records.values() if r.get("ms") is not None]
     parts = [r["parts"] for r in records.values() if r.get("parts")][1:]
     result["timing"] = {"threads": threads, "cross_origin_isolated": isolated, **timings(ms),
+                        "heatmap_films": len(heat_ms), "heatmap_ms_p50": statistics.median(heat_ms) if heat_ms else None,
                         "p50_parts_ms": {k: statistics.median(p[k] for p in parts) for k in parts[0]} if parts else None}
     result["console_errors"] = errors
     result["browser"] = version

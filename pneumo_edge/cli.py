@@ -472,6 +472,29 @@ def monitor_reference(bundle, data, out, force) -> None:
                    f"identical, outputs bit-identical on {f['outputs_bit_identical_on']} films")
 
 
+@main.command("heatmap-parity")
+@click.argument("bundle", type=click.Path(exists=True, file_okay=False))
+@click.option("--data", default=DEFAULT_DATA, show_default=True, help="The data the bundle was exported with.")
+@quiet_option
+@friendly
+@no_traceback
+def heatmap_parity(bundle, data) -> None:
+    """Re-run export's gate for the shipped heat map on BUNDLE's files, updating parity.json and parity.md.
+
+    For a bundle exported before the shipped method changed; the model files are not touched. Exit 1 if
+    the gate fails.
+    """
+    from .onnx_export import regate_heatmap
+
+    r = regate_heatmap(bundle, data)
+    h = r["heatmap"]
+    click.echo(f"{h['method']} on {h['n']} films: ONNX vs twin min {h['onnx_vs_twin']['min']:.4f}"
+               + (f", INT8 vs fp32 mean {h['int8_vs_fp32']['mean']:.4f}" if "int8_vs_fp32" in h else "")
+               + f"; parity {'PASSED' if r['passed'] else 'FAILED: ' + '; '.join(r['failures'])}")
+    if not r["passed"]:
+        raise SystemExit(1)
+
+
 @main.command("guard-polarity")
 @click.argument("bundle", type=click.Path(exists=True, file_okay=False))
 @click.option("--data", default=DEFAULT_DATA, show_default=True, help="The data the bundle's checkpoint was trained on.")

@@ -433,3 +433,30 @@ def export(checkpoint: str | Path, out: str | Path, data: str, gate: GateConfig 
     if failures:
         raise ParityError(failures)
     return report
+
+
+def regate_heatmap(bundle: str | Path, data: str, progress: bool = True) -> dict:
+    """Re-run export's heat-map gate (`check_heatmap`) on a bundle's files as they are, for a bundle exported
+    before the shipped method changed; its entry in parity.json / parity.md is replaced, the model files are
+    not touched. The films are export's: the test split's pixels, no labels."""
+    from .data import decode_all, load_splits
+    from .edge.errors import DataError
+    from .edge.heatmap import SHIPPED
+
+    bundle = Path(bundle)
+    parity_file = bundle / PARITY
+    if not parity_file.is_file():
+        raise DataError(f"'{bundle}' has no {PARITY}: run export")
+    report = json.loads(parity_file.read_text())
+    model, _ = load_checkpoint(bundle)
+    fp32 = EdgeModel(bundle / FP32.file)
+    int8 = EdgeModel(bundle / INT8.file) if (bundle / INT8.file).is_file() else None
+    x_test, _, _ = decode_all(load_splits(data).test, fp32.spec.size, progress=progress, rule=fp32.spec.resize)
+    stage("heatmap-parity", f"the shipped map ({SHIPPED}): ONNX vs twin and INT8 vs fp32")
+    report["heatmap"], failures = check_heatmap(model, fp32, int8, x_test)
+    kept = [f for f in report.get("failures", []) if not f.startswith("heat maps (")]  # the shipped map's
+    report["failures"] = kept + failures
+    report["passed"] = not report["failures"]
+    write_json(parity_file, report)
+    write_text(bundle / "parity.md", render_parity(report))
+    return report

@@ -60,6 +60,27 @@ def test_api_heatmap_array_matches_its_png(tiny_bundle):
     assert np.allclose(heat, explain_film(m.model, resized))  # the same map as every other route
 
 
+def test_heatmap_parity_regates_a_bundle_without_touching_its_models(tiny_bundle, tiny_data, tmp_path):
+    import shutil
+
+    from pneumo_edge.edge.runtime import file_sha256
+
+    bundle = tmp_path / "b"
+    shutil.copytree(tiny_bundle, bundle)
+    parity = json.loads((bundle / "parity.json").read_text())
+    parity["heatmap"] = {"method": "an older method"}
+    parity["failures"] = ["heat maps (an older method): stale", "fp32: kept as it was"]
+    (bundle / "parity.json").write_text(json.dumps(parity))
+    digests = {n: file_sha256(bundle / n) for n in ("model.onnx", "model.int8.onnx")}
+    r = CliRunner().invoke(main, ["heatmap-parity", str(bundle), "--data", str(tiny_data), "-q"])
+    got = json.loads((bundle / "parity.json").read_text())
+    assert got["heatmap"]["method"] == SHIPPED and got["heatmap"]["n"] >= 1
+    assert "fp32: kept as it was" in got["failures"] and not any("older" in f for f in got["failures"])
+    assert r.exit_code == 1 and "FAILED: fp32: kept as it was" in r.output  # the other failure still stands
+    assert f"`{SHIPPED}`" in (bundle / "parity.md").read_text()
+    assert {n: file_sha256(bundle / n) for n in digests} == digests
+
+
 def test_onnx_twin_and_int8_maps_pass_the_parity_gates(tiny_bundle):
     from pneumo_edge.checkpoint import load_checkpoint
     from pneumo_edge.models import build_twin

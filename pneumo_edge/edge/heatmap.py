@@ -192,7 +192,7 @@ def caption(method: str | Method = None, target: str = "PNEUMONIA") -> str:
 
 # The method every output ships: the one `pneumo-edge heatmap-study` picked by the committed rule
 # (bench/heatmaps/results.json, "pick"; tests/test_heatmap.py checks that the two agree).
-SHIPPED = "occlusion-blur"
+SHIPPED = "occlusion"
 # `infer --heatmaps` over folders: the study's "folder_method"; where its rule 5 finds none (no cheaper method
 # meets the specificity and deletion targets), the pick
 FOLDER = SHIPPED

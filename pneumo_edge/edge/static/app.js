@@ -97,7 +97,8 @@ async function next() {
 // static/local/ui.js: the model in this browser, nothing uploaded
 async function classifyHere(card, file, heat) {
   try {
-    showResult(card, file, await window.pneumoLocal.classify(file, heat));
+    const progress = (done, total) => text($(".label", card), `Drawing the heat map in this browser: ${done} of ${total} model runs…`);
+    showResult(card, file, await window.pneumoLocal.classify(file, heat, progress));
   } catch (e) {
     showError(card, file, e.message);
   }

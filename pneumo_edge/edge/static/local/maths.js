@@ -149,6 +149,62 @@ function interp(nIn, nOut) {
   return m;
 }
 
+// cam.upsample_bilinear for one (h, w) map -> (size, size) Float32Array
+export function upsampleBilinear(raw, h, w, size) {
+  const ry = interp(h, size), rx = interp(w, size);
+  const rows = new Float64Array(size * w);  // ry @ raw
+  for (let o = 0; o < size; o++) {
+    for (let i = 0; i < h; i++) {
+      const c = ry[o * h + i];
+      if (c !== 0) for (let j = 0; j < w; j++) rows[o * w + j] += c * raw[i * w + j];
+    }
+  }
+  const heat = new Float32Array(size * size);  // (ry @ raw) @ rx.T
+  for (let o = 0; o < size; o++) {
+    for (let p = 0; p < size; p++) {
+      let v = 0;
+      for (let j = 0; j < w; j++) v += rows[o * w + j] * rx[p * w + j];
+      heat[o * size + p] = v;
+    }
+  }
+  return heat;
+}
+
+// heatmap.GREY, heatmap.FLOOR: what hides a cell, and the evidence (logits) that maps to full brightness at least
+export const OCCLUSION = { grid: 7, grey: 128, floor: 1.0 };
+
+// heatmap.cell_edges: round(linspace(0, size, grid + 1)), numpy rounding halves to even
+function cellEdges(size, grid) {
+  return Array.from({ length: grid + 1 }, (_, i) => {
+    const v = i * size / grid, r = Math.round(v);
+    return Math.abs(v % 1) === 0.5 && r % 2 !== 0 ? r - 1 : r;
+  });
+}
+
+// heatmap.occlusion_drops' copies: the film with one grid cell set to grey, for each cell in row-major order
+export function occludedCopies(resized, size, grid = OCCLUSION.grid, grey = OCCLUSION.grey) {
+  const e = cellEdges(size, grid), out = new Uint8Array(grid * grid * size * size);
+  for (let r = 0; r < grid; r++) {
+    for (let c = 0; c < grid; c++) {
+      const copy = out.subarray((r * grid + c) * size * size, (r * grid + c + 1) * size * size);
+      copy.set(resized);
+      for (let y = e[r]; y < e[r + 1]; y++) copy.fill(grey, y * size + e[c], y * size + e[c + 1]);
+    }
+  }
+  return out;
+}
+
+// heatmap.occlusion + scale_evidence: ReLU(drop in the margin per cell), upsampled, / max(largest drop, FLOOR)
+export function occlusionMap(base, margins, size, grid = OCCLUSION.grid, floor = OCCLUSION.floor) {
+  const drops = Float32Array.from(margins, m => Math.max(base - m, 0));
+  const heat = upsampleBilinear(drops, grid, grid, size);
+  let top = 0;
+  for (let i = 0; i < heat.length; i++) { heat[i] = Math.max(heat[i], 0); top = Math.max(top, heat[i]); }
+  const scale = Math.max(top, floor);
+  for (let i = 0; i < heat.length; i++) heat[i] /= scale;
+  return heat;
+}
+
 export class CamHead {
   constructor(m, nClasses) {  // cam.CamHead.from_meta
     for (const k of ["shape", "weights", "bias"]) if (!(k in m)) throw new Error(`metadata field 'cam.${k}' is missing`);
@@ -168,22 +224,7 @@ export class CamHead {
       for (let i = 0; i < h * w; i++) raw[i] += wk * features[base + i];
     }
     for (let i = 0; i < raw.length; i++) raw[i] = Math.max(raw[i], 0);
-    const ry = interp(h, size), rx = interp(w, size);
-    const rows = new Float64Array(size * w);  // ry @ raw
-    for (let o = 0; o < size; o++) {
-      for (let i = 0; i < h; i++) {
-        const c = ry[o * h + i];
-        if (c !== 0) for (let j = 0; j < w; j++) rows[o * w + j] += c * raw[i * w + j];
-      }
-    }
-    const heat = new Float32Array(size * size);  // (ry @ raw) @ rx.T
-    for (let o = 0; o < size; o++) {
-      for (let p = 0; p < size; p++) {
-        let v = 0;
-        for (let j = 0; j < w; j++) v += rows[o * w + j] * rx[p * w + j];
-        heat[o * size + p] = v;
-      }
-    }
+    const heat = upsampleBilinear(raw, h, w, size);
     let lo = Infinity, hi = -Infinity;
     for (const v of heat) { lo = Math.min(lo, v); hi = Math.max(hi, v); }
     const span = Math.max(hi - lo, 1e-12);

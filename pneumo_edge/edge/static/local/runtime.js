@@ -8,7 +8,7 @@ import * as ort from "../ort/ort.wasm.min.mjs";
 import { metadataProps } from "./onnx-metadata.js";
 import { ImageError, chroma, decodeRGBA, normalize, resizeGray, toGray } from "./pixels.js";
 import { decodeDicom, isDicom } from "./dicom.js";
-import { CamHead, Guard, overlayRGBA, probability } from "./maths.js";
+import { Guard, OCCLUSION, occludedCopies, occlusionMap, overlayRGBA } from "./maths.js";
 
 const META_KEY = "pneumo_edge";  // meta.META_KEY
 const REQUIRED = ["labels", "preprocess", "threshold", "temperature", "model", "pneumo_edge_version"];
@@ -21,6 +21,8 @@ const GUARD_WORDS = {  // serve.GUARD_WORDS
   accepted: "looks like a frontal chest X-ray like those the model was trained on",
 };
 const round = (x, digits) => Number(x.toFixed(digits));
+// heatmap.caption("occlusion"): what every map shows, whatever the decision
+const HEATMAP_MEANING = target => `map: evidence for ${target} (occlusion 7x7, grey); low = none found`;
 
 ort.env.wasm.wasmPaths = new URL("../ort/", import.meta.url).href;  // never a CDN
 
@@ -74,7 +76,6 @@ export class LocalModel {
     this.fileSha256 = fileSha256;
     this.threads = threads;
     this.guard = meta.ood ? new Guard(meta.ood) : null;
-    this.cam = meta.cam && session.outputNames.includes("features") ? new CamHead(meta.cam, meta.labels.length) : null;
     if (this.guard && !session.outputNames.includes("embedding")) {
       throw new Error(`${file}: metadata has a guard but the graph has no 'embedding' output`);
     }
@@ -107,24 +108,42 @@ export class LocalModel {
     const resized = resizeGray(grey, width, height, p.size, p.resize);
     const t1 = performance.now();
     const input = new ort.Tensor("float32", normalize(resized, p.mean, p.std), [1, 1, p.size, p.size]);
-    const wanted = this.session.outputNames.filter(n => ["logits", "embedding", "features"].includes(n));
+    const wanted = this.session.outputNames.filter(n => ["logits", "embedding"].includes(n));
     const out = await this.session.run({ [this.session.inputNames[0]]: input }, wanted);
     const t2 = performance.now();
-    const prob = probability(out.logits.data, this.meta.temperature);
+    const margin = this.margin(out.logits.data, 0);
+    const prob = 1 / (1 + Math.exp(-margin));  // model.prob_from_logits: softmax over logits / T, as a sigmoid
     const guard = useGuard && this.guard ? this.guard.assess(resized, out.embedding.data, colour) : null;
     const t3 = performance.now();  // decoding and preprocessing, the network, the guard
-    for (const t of Object.values(out)) if (t !== out.features) t.dispose?.();
-    return { resized, prob, guard, features: out.features, ms: t3 - t0,
+    for (const t of Object.values(out)) t.dispose?.();
+    return { resized, prob, margin, guard, ms: t3 - t0,
              parts: { decode_ms: t1 - t0, network_ms: t2 - t1, guard_ms: t3 - t2 } };
   }
 
-  heatmap(scored, cls) {
-    const f = scored.features;
-    return this.cam.map(f.data, f.dims, cls, this.meta.preprocess.size);
+  // heatmap.margin_score: (l_PNEUMONIA - l_NORMAL) / T of film i of a batch of logits
+  margin(logits, i) {
+    return (logits[2 * i + 1] - logits[2 * i]) / this.meta.temperature;
+  }
+
+  // The shipped heat map (heatmap.SHIPPED, "occlusion"): the drop in the evidence for PNEUMONIA when each cell of
+  // a 7 x 7 grid is hidden by grey, one model run per cell, run `chunk` cells at a time; onProgress(done, total).
+  async heatmap(scored, { chunk = 7, onProgress = null } = {}) {
+    const p = this.meta.preprocess, size = p.size, cells = OCCLUSION.grid * OCCLUSION.grid;
+    const copies = occludedCopies(scored.resized, size), margins = new Float64Array(cells);
+    for (let start = 0; start < cells; start += chunk) {
+      const n = Math.min(chunk, cells - start);
+      const x = normalize(copies.subarray(start * size * size, (start + n) * size * size), p.mean, p.std);
+      const out = await this.session.run({ [this.session.inputNames[0]]: new ort.Tensor("float32", x, [n, 1, size, size]) },
+        ["logits"]);
+      for (let i = 0; i < n; i++) margins[start + i] = this.margin(out.logits.data, i);
+      out.logits.dispose?.();
+      if (onProgress) onProgress(start + n, cells);
+    }
+    return occlusionMap(scored.margin, margins, size);
   }
 
   // The answer of POST /v1/predict (serve.Service.answer), made here.
-  async classify(file, { heatmap = false, guard = true } = {}) {
+  async classify(file, { heatmap = false, guard = true, onProgress = null } = {}) {
     const bytes = new Uint8Array(await file.arrayBuffer());
     const s = await this.score(bytes, file.name, guard);
     const m = this.meta, positive = m.labels[1];
@@ -139,16 +158,13 @@ export class LocalModel {
       latency_ms: s.ms, latency_parts: s.parts, where: "on this computer",
       input_sha256: await sha256(s.resized),  // of the grey input the network saw: compare with Python's
     };
-    if (heatmap && this.cam && record.guard_verdict !== "rejected") {  // Scored.heatmap_allowed
+    if (heatmap && record.guard_verdict !== "rejected") {  // Scored.heatmap_allowed
       const t0 = performance.now();
-      answer.heat = this.heatmap(s, m.labels.indexOf(record.model_label));
-      // The page draws CAM here: the occlusion map Python ships costs ~50 model runs, seconds in WebAssembly.
-      answer.heatmap = { class: record.model_label, url: await overlayURL(s.resized, answer.heat, m.preprocess.size),
-                         method: "CAM", meaning: `map (CAM, drawn in the browser): regions that pushed the model `
-                           + `towards ${record.model_label}; the server mode draws the occlusion map` };
+      answer.heat = await this.heatmap(s, { onProgress });
+      answer.heatmap = { class: positive, url: await overlayURL(s.resized, answer.heat, m.preprocess.size),
+                         method: "occlusion", meaning: HEATMAP_MEANING(positive) };
       answer.heatmap_ms = performance.now() - t0;
     }
-    s.features.dispose?.();
     return answer;
   }
 }

@@ -21,6 +21,7 @@ const config = pageConfig();
 let opening = null;
 const heatmaps = new Map();  // file name -> the last heat map made here (Float32Array, [0, 1]), for scripts
 const timings = new Map();  // file name -> where its milliseconds went (decode_ms, network_ms, guard_ms)
+const heatTimes = new Map();  // file name -> milliseconds its heat map took
 
 function open() {
   if (opening === null) {
@@ -45,15 +46,16 @@ function describe(model) {
 window.pneumoLocal = {
   isStatic: config.then(c => c !== null && !c.server),
   ready: () => open(),
-  async classify(file, heatmap) {
+  async classify(file, heatmap, onProgress = null) {
     const model = await open();
-    const answer = await model.classify(file, { heatmap });
-    if (answer.heat) heatmaps.set(file.name, answer.heat);
+    const answer = await model.classify(file, { heatmap, onProgress });
+    if (answer.heat) { heatmaps.set(file.name, answer.heat); heatTimes.set(file.name, answer.heatmap_ms); }
     timings.set(file.name, answer.latency_parts);
     return answer;
   },
   heatmap: name => heatmaps.get(name) ?? null,
   timing: name => timings.get(name) ?? null,
+  heatmapMs: name => heatTimes.get(name) ?? null,
 };
 
 document.addEventListener("DOMContentLoaded", async () => {
