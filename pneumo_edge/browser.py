@@ -318,6 +318,7 @@ class BrowserBenchConfig:
     # The same films through the fp32 file, one thread: separates the page's own code (decoding, resize,
     # guard, heat map: identical in both files) from the INT8 kernels' rounding. None: skipped.
     fp32_model: str | None = "export/model.onnx"
+    heatmap_films: int = 8  # per run: films whose occlusion map (~50 model runs each) is drawn and compared
     force: bool = False
 
 
@@ -371,11 +372,12 @@ def bench_browser(config: BrowserBenchConfig) -> dict:
     runs = {}
     for t in config.threads:
         stage("bench-browser", f"{t} thread{'s' if t > 1 else ''}: {len(films) + len(examples)} films")
-        runs[t] = run_parity(films + examples, config.model, threads=t, isolate=t > 1)
+        runs[t] = run_parity(films + examples, config.model, threads=t, isolate=t > 1,
+                             heatmap_films=config.heatmap_films)
     ext = None
     if external:
         stage("bench-browser", f"external films (decoding): {len(external)}")
-        rows = run_parity(external, config.model)["films"]
+        rows = run_parity(external, config.model, heatmap_films=0)["films"]
         ext = {"source": config.external, **summarise(rows), "per_film": rows}
     one = runs[config.threads[0]]
     stage("bench-browser", "native onnxruntime: basic against full graph optimisation, and ms per film")
@@ -384,7 +386,7 @@ def bench_browser(config: BrowserBenchConfig) -> dict:
     fp32 = None
     if config.fp32_model and Path(config.fp32_model).is_file():
         stage("bench-browser", f"fp32 file, 1 thread: {len(films) + len(examples)} films")
-        fp32 = run_parity(films + examples, config.fp32_model, threads=1)
+        fp32 = run_parity(films + examples, config.fp32_model, threads=1, heatmap_films=config.heatmap_films)
     demo_names = {Path(e).name for e in examples}
     result = {"model": config.model, "onnxruntime_web": ORT_VERSION,
               "browser": one["browser"], "machine": f"{platform.machine()}, {os.cpu_count()} cores",
@@ -410,13 +412,17 @@ def bench_browser(config: BrowserBenchConfig) -> dict:
 def render(result: dict) -> str:
     """A few lines for the terminal."""
     p, lines = result["parity"], []
+    heat = p["min_heatmap_correlation"]
     lines.append(f"browser vs Python ({result['model']}, {p['films']} films): max |delta p| "
                  f"{p['max_abs_delta_probability']:.4f}, labels {p['label_agreement']:.2%}, guard "
-                 f"{p['guard_agreement']:.2%}, heat-map correlation min {p['min_heatmap_correlation']:.4f}, "
+                 f"{p['guard_agreement']:.2%}, heat-map correlation min "
+                 f"{'-' if heat is None else f'{heat:.4f}'} on {p['heatmaps_compared']} films, "
                  f"identical input pixels {p['same_input_pixels']}/{p['films']}")
     for t in result["timing"]:
+        hm = t.get("heatmap_ms_p50")
         lines.append(f"{t['threads']} thread(s), cross-origin isolated {t['cross_origin_isolated']}: "
-                     f"p50 {t['p50_ms']:.1f} ms/film, p95 {t['p95_ms']:.1f} ms (load average {t['load_average_1min']})")
+                     f"p50 {t['p50_ms']:.1f} ms/film, p95 {t['p95_ms']:.1f} ms (load average {t['load_average_1min']})"
+                     + ("" if hm is None else f"; heat map p50 {hm:.0f} ms/film"))
     n = result["native_timing"]
     lines.append(f"native Python, 1 thread: p50 {n['p50_ms']:.1f} ms/film, p95 {n['p95_ms']:.1f} ms")
     lines.append("goals: " + ", ".join(f"{k} {'met' if v else 'MISSED'}" for k, v in result["goals_met"].items()))

@@ -28,9 +28,11 @@ from .edge.runtime import file_sha256
 from .edge.stamp import stamp_file
 from .validate import labelled_files, resampling_groups, score_files
 
-RULE = ("largest threshold whose exact one-sided Clopper-Pearson lower bound on sensitivity, over the site's "
-        "positive patients the guard accepts (each by its lowest positive film; films where no patient is named), "
-        "reaches the target at the stated confidence")
+RULE = {"patients": "largest threshold whose exact one-sided Clopper-Pearson lower bound on sensitivity, over "
+                    "the site's positive patients the guard accepts (each by its lowest positive film; films where "
+                    "no patient is named), reaches the target at the stated confidence",
+        "films": "largest threshold whose exact one-sided Clopper-Pearson lower bound on sensitivity, over the "
+                 "site's positive films the guard accepts, reaches the target at the stated confidence"}
 REPORT = "calibration.json"
 
 
@@ -41,6 +43,9 @@ class CalibrateConfig:
     out: str = "site_bundle"
     target_sensitivity: float = 0.95
     confidence: float = 0.90
+    # The guarantee's trials: "patients" (exact where films of a patient move together; needs 45 positive
+    # patients at 0.95 / 0.90) or "films" (needs 45 positive films; optimistic when patients have several)
+    count: str = "patients"
     site: str | None = None  # a label for the site; default: the folder's name
     refit_temperature: bool = False
     split: str | None = None  # a split of a dataset root, as in validate
@@ -72,12 +77,17 @@ def refit_temperature(z: np.ndarray, y: np.ndarray, groups: np.ndarray, current:
             "half_temperature": half, "heldout_nll_current": before, "heldout_nll_refit": after}
 
 
+COUNTS = ("patients", "films")
+
+
 def operating_point(y: np.ndarray, p: np.ndarray, groups: np.ndarray, current: float, target: float,
-                    confidence: float, p_current: np.ndarray | None = None) -> dict:
+                    confidence: float, p_current: np.ndarray | None = None, count: str = "patients") -> dict:
     """The guaranteed threshold and what it gives on these films, beside the current threshold's numbers
     (on `p_current`, the file's probabilities under its current temperature, when `p` has a refitted one)."""
     pos, neg = y == 1, y == 0
-    t = guaranteed_threshold(p[pos], target, confidence, groups[pos])
+    if count not in COUNTS:
+        raise ValueError(f"count must be one of {', '.join(COUNTS)}, got {count!r}")
+    t = guaranteed_threshold(p[pos], target, confidence, groups[pos] if count == "patients" else None)
     out = {"n_positive": int(pos.sum()), "n_negative": int(neg.sum()), "guarantee_unit": t.unit,
            "n_positive_units": t.n_positive, "positives_needed": t.needed,
            "threshold": t.threshold, "detected": t.detected, "sensitivity_lower_bound": t.lower_bound}
@@ -115,7 +125,7 @@ def calibrate_file(path: Path, files: list[str], truth: list[int], cfg: Calibrat
         z = np.array([margin[f] for f in paths])[keep]
         temperature = refit_temperature(z, y, groups, meta.temperature)
         p = np.round(prob_from_logits(np.stack([np.zeros_like(z), z], 1), temperature["temperature"]), PROB_DIGITS)
-    op = operating_point(y, p, groups, meta.threshold, cfg.target_sensitivity, cfg.confidence, p_current)
+    op = operating_point(y, p, groups, meta.threshold, cfg.target_sensitivity, cfg.confidence, p_current, cfg.count)
     if op["threshold"] is None:
         unit = op["guarantee_unit"]
         has = (f"{op['n_positive_units']} PNEUMONIA patients ({op['n_positive']} films)" if unit == "patients"
@@ -125,7 +135,7 @@ def calibrate_file(path: Path, files: list[str], truth: list[int], cfg: Calibrat
                         f"{op['positives_needed']} {unit} (more, unless the model catches every one)")
     link = {"site": site, "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
             "n_images": int(len(y)), "n_positive": op["n_positive"], "n_negative": op["n_negative"],
-            "n_rejected_by_guard": int(rejected.sum()), "rule": RULE,
+            "n_rejected_by_guard": int(rejected.sum()), "rule": RULE[op["guarantee_unit"]], "count": op["guarantee_unit"],
             "target_sensitivity": cfg.target_sensitivity, "confidence": cfg.confidence,
             "threshold": op["threshold"], "temperature": temperature["temperature"],
             "temperature_refit": temperature["applied"], "parent_file": path.name,
@@ -155,7 +165,8 @@ def calibrate(cfg: CalibrateConfig) -> dict:
         for src in sources:  # refused: no half-written bundle
             (out / src.name).unlink(missing_ok=True)
         raise
-    report = {"site": site, "folder": str(root), "rule": RULE, "target_sensitivity": cfg.target_sensitivity,
+    report = {"site": site, "folder": str(root), "rule": RULE[results[0]["operating_point"]["guarantee_unit"]],
+              "count": cfg.count, "target_sensitivity": cfg.target_sensitivity,
               "confidence": cfg.confidence, "not_scored": skipped, "files": results}
     write_json(out / REPORT, report)
     return report

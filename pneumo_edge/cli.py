@@ -432,6 +432,9 @@ def info(model) -> None:
 @click.option("--out", required=True, help="Folder for the new bundle: the restamped ONNX file(s) and calibration.json.")
 @click.option("--target-sensitivity", type=float, show_default=True, help="Sensitivity the threshold must guarantee.")
 @click.option("--confidence", type=float, show_default=True, help="Confidence of the guarantee (one-sided).")
+@click.option("--count", type=click.Choice(["patients", "films"]), show_default=True,
+              help="The guarantee's trials: positive patients (each by its lowest film; exact when a patient has "
+                   "several films) or positive films (needs fewer films; optimistic when patients have several).")
 @click.option("--site", help="Label recorded for this site (default: the folder's name).")
 @click.option("--refit-temperature", is_flag=True,
               help="Refit the temperature on the site's films; kept only if it lowers held-out NLL.")
@@ -531,7 +534,7 @@ def guard_polarity(bundle, data, force) -> None:
                    "(a line in --ledger; changes nothing that ships).")
 @click.option("--ledger", default="test_ledger.jsonl", show_default=True, help="With --test-read: the test ledger.")
 @click.option("--cache", default="runs/site-sim", show_default=True,
-              help="Folder keeping the validation scores (by weights digest): a re-run only resamples them.")
+              help="Folder keeping the validation scores (by the model file's digest): a re-run only resamples them.")
 @quiet_option
 @friendly
 def site_sim(bundle, data, out, splits, sizes, test_read, ledger, cache) -> None:
@@ -893,17 +896,21 @@ def bench_pipeline(images, model_path, out, rounds, batch_size) -> None:
 @click.option("--fp32-model", show_default=True,
               help="The same films through this file too ('' to skip): the page's code without INT8 rounding.")
 @click.option("--external", show_default=True, help="Other films, reported apart for decoding ('' to skip).")
+@click.option("--heatmap-films", type=int, show_default=True,
+              help="Films whose heat map (about 50 model runs each) is drawn and compared, per run.")
 @click.option("--out", show_default=True, help="Result file.")
 @click.option("--force", is_flag=True, help="Overwrite --out.")
 @quiet_option
 @friendly
-def bench_browser(model, images, per_class, examples, threads, fp32_model, external, out, force) -> None:
+def bench_browser(model, images, per_class, examples, threads, fp32_model, external, heatmap_films, out,
+                  force) -> None:
     """The page's in-browser runtime (headless Chromium) against `infer`: parity per film and ms per film."""
     from .browser import BrowserBenchConfig, bench_browser as run, render
 
     click.echo(render(run(BrowserBenchConfig(out=out, model=model, images=images, per_class=per_class,
                                              examples=examples, threads=list(threads), fp32_model=fp32_model or None,
-                                             external=external or None, force=force))))
+                                             external=external or None, heatmap_films=heatmap_films,
+                                             force=force))))
     click.echo(f"wrote {out}")
 
 

@@ -213,29 +213,28 @@ def render_sites(r: dict) -> str:
              f"films, calibrate on half its patients (sensitivity >= {r['target_sensitivity']} at "
              f"{r['confidence']:.0%} confidence), score the other half. Shipped threshold: "
              f"{r['current_threshold']:.4f}.", "",
-             f"| n films | splits | refused (too few positives) | population sensitivity < target | held-out "
-             f"sensitivity < target | outside calibration < target | held-out specificity | shipped threshold: "
-             f"held-out sensitivity < target | shipped threshold: held-out specificity |",
-             "|---|---|---|---|---|---|---|---|---|"]
-    for p in r["pooled"]:
-        if not p["calibrated"]:
-            refused = _pc(p["refused"] / p["splits"]) if p["splits"] else "- (the sites are smaller)"
-            lines.append(f"| {p['n']} | {p['splits']} | {refused} | - | - | - | - | - | - |")
-            continue
-        lines.append(f"| {p['n']} | {p['splits']} | {_pc(p['refused'] / p['splits'])} | "
-                     f"{_pc(p['below_target_population'])} | {_pc(p['below_target_heldout'])} | "
-                     f"{_pc(p['below_target_outside_calibration'])} | {p['heldout_specificity_mean']:.3f} | "
-                     f"{_pc(p['current_below_target_heldout'])} | {p['current_heldout_specificity_mean']:.3f} |")
+             f"| rule counts | n films | splits | refused (too few positives) | population sensitivity < target | "
+             f"held-out sensitivity < target | outside calibration < target | held-out specificity | shipped "
+             f"threshold: held-out sensitivity < target | shipped threshold: held-out specificity |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for unit, rows in (("patients (default)", r["pooled"]), ("films (--count films)", r.get("pooled_film_rule", []))):
+        for p in rows:
+            if not p["calibrated"]:
+                refused = _pc(p["refused"] / p["splits"]) if p["splits"] else "- (the sites are smaller)"
+                lines.append(f"| {unit} | {p['n']} | {p['splits']} | {refused} | - | - | - | - | - | - |")
+                continue
+            lines.append(f"| {unit} | {p['n']} | {p['splits']} | {_pc(p['refused'] / p['splits'])} | "
+                         f"{_pc(p['below_target_population'])} | {_pc(p['below_target_heldout'])} | "
+                         f"{_pc(p['below_target_outside_calibration'])} | {p['heldout_specificity_mean']:.3f} | "
+                         f"{_pc(p['current_below_target_heldout'])} | {p['current_heldout_specificity_mean']:.3f} |")
     lines += ["", f"Goal: below target at most {alpha:.0%} plus sampling error (over the pooled calibrated splits: "
-              + ", ".join(f"n={p['n']}: +-{p['sampling_error']:.1%}" for p in r["pooled"] if p["calibrated"]) + ").",
-              "", "The same sites drawn film by film, as if no patient had two films (the guarantee's assumption): "
+              + ", ".join(f"{u} n={p['n']}: +-{p['sampling_error']:.1%}" for u, rows in
+                          (("patients", r["pooled"]), ("films", r.get("pooled_film_rule", [])))
+                          for p in rows if p["calibrated"]) + ").",
+              "", "The same sites drawn film by film, as if no patient had two films (the film rule's assumption): "
               "population sensitivity < target "
               + ", ".join(f"n={p['n']}: {_pc(p.get('below_target_population'))} ({_pc(p['refused'] / p['splits'])} "
                           "refused)" for p in r.get("pooled_films_singly", []) if p["splits"]) + ".",
-              "", "The same splits under the film-level rule (every positive film one trial, as `calibrate` counted "
-              "before it counted patients): population sensitivity < target "
-              + ", ".join(f"n={p['n']}: {_pc(p.get('below_target_population'))} ({_pc(p['refused'] / p['splits'])} "
-                          "refused)" for p in r.get("pooled_film_rule", []) if p["splits"]) + ".",
               "", "Per site (population sensitivity < target / held-out sensitivity < target / held-out specificity; "
               "`refused` when the calibration half had too few positives):", "",
               "| site | guard refused | " + " | ".join(f"n={n}" for n in r["sizes"]) + " |",

@@ -148,10 +148,11 @@ def test_calibrate_then_validate_round_trip(tiny_bundle, tiny_data, tmp_path):
     assert file_sha256(tiny_bundle / "model.int8.onnx") in info.output
 
     chained = cli("calibrate", tiny_data, "--split", "train", "--model", out / "model.onnx", "--out", tmp_path / "s2",
-                  "--target-sensitivity", 0.8, "--confidence", 0.8, "-q")
+                  "--target-sensitivity", 0.8, "--confidence", 0.8, "--count", "films", "-q")
     assert chained.exit_code == 0, chained.output
     chain = read_meta(tmp_path / "s2" / "model.onnx").site_calibration
     assert len(chain) == 2 and chain[1]["parent_sha256"] == file_sha256(out / "model.onnx")
+    assert chain[1]["count"] == "films" and "positive films" in chain[1]["rule"]
 
 
 def test_calibrate_refuses_with_the_number_of_positives_needed(tiny_bundle, tiny_data, tmp_path):
