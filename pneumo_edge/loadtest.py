@@ -81,7 +81,9 @@ def _images(cfg: LoadConfig) -> list[tuple[str, bytes]]:
 
 def _start(cfg: LoadConfig, port: int) -> subprocess.Popen:
     cmd = [sys.executable, "-c", "from pneumo_edge.cli import main; main()", "serve", "--model", cfg.model,
-           "--port", str(port), "--workers", str(cfg.workers), "--queue", str(cfg.queue)]
+           "--port", str(port), "--workers", str(cfg.workers), "--queue", str(cfg.queue),
+           # the bench's clients share one loopback address: the per-address cap would refuse all but 4 of them
+           "--per-client", str(max(cfg.clients, 1))]
     if cfg.threads:
         cmd += ["--threads", str(cfg.threads)]
     return subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
