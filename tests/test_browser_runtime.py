@@ -134,7 +134,7 @@ def test_static_page_computes_what_python_computes_fp32(tmp_path):
 
 def test_static_page_matches_python_runtime_int8(site):
     """The INT8 file (what the page ships): the same grey input pixels as Python on every film, the same label
-    and guard verdict, heat maps correlated >= 0.95. Its probabilities differ by the INT8 kernels' rounding
+    and guard verdict, heat maps correlated >= 0.90. Its probabilities differ by the INT8 kernels' rounding
     (WebAssembly against x86; the fp32 test above shows the page's own code exact): |delta p| <= 0.01 on at
     least 90% of films, and <= 0.05 on every film, a bound that a wrong normalisation, crop or resize breaks
     by far. The goal of 0.01 on every film is missed on a few films; bench/results/browser.json has the
@@ -150,9 +150,11 @@ def test_static_page_matches_python_runtime_int8(site):
     assert s["label_agreement"] == 1.0 and s["guard_agreement"] == 1.0, s["disagreements"]
     assert s["films_over_0.01"] <= 0.1 * len(files), s["worst_probability"]
     assert s["max_abs_delta_probability"] <= 0.05, s["worst_probability"][:2]
-    # the occlusion map is ~50 differences of INT8 margins, so the kernels' rounding shows: the goal 0.98 is missed
-    # (0.97 here; bench/results/browser.json has the 8-film figure), while the fp32 test above gives >= 0.9999
-    assert s["heatmaps_compared"] == heat_accepted(got, files) >= 2 and s["min_heatmap_correlation"] >= 0.95
+    # The occlusion map is 49 differences of INT8 margins, so the kernels' rounding shows: the goal 0.98 is missed
+    # (0.97 on these films, min 0.936 over the bench's 8 in bench/results/browser.json), while the fp32 test above
+    # gives >= 0.9999. 0.90 leaves room for another CPU's native INT8 kernels; a map with its cells misplaced
+    # correlates about 0.3 (the study's correlation with the mean map).
+    assert s["heatmaps_compared"] == heat_accepted(got, files) >= 2 and s["min_heatmap_correlation"] >= 0.90
     assert not errors, errors
 
 
