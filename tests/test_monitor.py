@@ -62,6 +62,29 @@ def test_a_shift_trips_the_alarm_and_logs_one_warning(reference, caplog):
     assert s["window_images"] == 200 and set(s["components"]) == {"probability", "guard_score"}
 
 
+def test_the_alarm_holds_until_a_whole_window_is_back_below_its_band(reference, caplog):
+    """A shift that comes and goes while the statistic hovers at the band is one episode and one warning;
+    the alarm clears only once a full window of in-distribution images has replaced the shifted ones."""
+    rng = np.random.default_rng(4)
+    mon = Monitor(reference)
+    with caplog.at_level(logging.WARNING, logger="pneumo_edge.monitor"):
+        feed(mon, *draw(rng, 300))
+        trace = []
+        for _ in range(3):  # the shift in bursts: the statistic rises and falls around the band
+            trace += feed(mon, *draw(rng, 150, shift=2.0))
+            trace += feed(mon, *draw(rng, 230))
+        raw_crossings = sum(1 for a, b in zip(trace, trace[1:])
+                            if b["statistic"] > mon.band() >= a["statistic"])
+        assert mon.alarm and mon.trips == 1 and raw_crossings >= 2  # without the hold: several trips
+        tail = feed(mon, *draw(rng, 2 * mon.window))
+    assert not mon.alarm and mon.trips == 1
+    full = trace + tail
+    last_shifted = len(trace) - 230 - 1
+    off = next(i for i, t in enumerate(full) if i > last_shifted and not t["alarm"])
+    assert off - last_shifted >= mon.window  # a whole window after the last shifted image, not before
+    assert len([r for r in caplog.records if "drift alarm" in r.getMessage()]) == 1
+
+
 def test_guard_off_uses_the_probability_band_and_no_reference_still_reports_rates(reference):
     mon = Monitor(reference)
     p, _ = draw(np.random.default_rng(3), 250)

@@ -11,7 +11,10 @@ stored in the bundle at export). The drift statistic is the larger of two popula
 by simulation from validation alone (`fit_reference`): a stream of `stream_images` films drawn from the
 validation films, against a reference itself resampled (the stored one is an estimate too), crosses it
 anywhere along the stream with probability `false_alarm_rate`. One warning line is logged each time the
-alarm trips. Without a reference, rates are still reported and the statistic says it is unavailable.
+alarm trips. Once on, the alarm stays on until the statistic has stayed at or below its band for a whole
+window of images (every image that raised it has left the window): a statistic hovering at the band is one
+episode and one warning, not many. The hold changes nothing before the first trip, so the false-alarm rate
+stands. Without a reference, rates are still reported and the statistic says it is unavailable.
 """
 
 from __future__ import annotations
@@ -157,6 +160,7 @@ class Monitor:
         self.totals = {"images": 0, "positive": 0, "negative": 0, "rejected": 0}
         self.trips = 0
         self.alarm = False
+        self._quiet_for = 0  # images in a row at or below the band while the alarm is on
         self.statistic: float | None = None
         self._prob_counts = np.zeros(len(reference.prob_freq)) if reference else None
         self._guard_counts = (np.zeros(len(reference.guard_freq))
@@ -219,8 +223,14 @@ class Monitor:
             self.statistic = None
             return
         self.statistic = max(self._components().values())
-        tripped = self.statistic > self.band()
-        if tripped and not self.alarm:
+        above = self.statistic > self.band()
+        if self.alarm:  # the hold: off only after a whole window at or below the band
+            self._quiet_for = 0 if above else self._quiet_for + 1
+            if self._quiet_for >= self.window:
+                self.alarm = False
+            return
+        if above:
+            self.alarm, self._quiet_for = True, 0
             self.trips += 1
             s = self.rates()
             self.log.warning(
@@ -228,7 +238,6 @@ class Monitor:
                 "reference %.3f; guard refusals %.3f, reference %.3f)", self.statistic, self.band(),
                 len(self._items), s["positive_rate"], self.reference.positive_rate, s["refusal_rate"],
                 self.reference.refusal_rate)
-        self.alarm = tripped
 
     def rates(self) -> dict:
         n = len(self._items)
@@ -288,7 +297,8 @@ def prometheus_collector(monitor: Monitor):
                       "pneumo_edge_window_refusal_rate": ("Share of guard refusals in the window", s["refusal_rate"]),
                       "pneumo_edge_drift_reference_available": ("1 when the model file carries a monitoring "
                                                                 "reference", int(s["reference"])),
-                      "pneumo_edge_drift_alarm": ("1 while the drift statistic is above its band", int(s["alarm"]))}
+                      "pneumo_edge_drift_alarm": ("1 from a trip until the drift statistic has stayed at or below "
+                                                  "its band for a whole window", int(s["alarm"]))}
             if s["reference"]:
                 gauges.update({
                     "pneumo_edge_reference_positive_rate": ("Positive share on validation", s["reference_positive_rate"]),
