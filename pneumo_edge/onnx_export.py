@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 from . import __version__
-from .edge.atomic import copy_file, prepare_out_dir, write_json, write_text, write_with
+from .edge.atomic import copy_file, prepare_out_dir, write_json, write_text
 from .edge.decision import positive
 from .checkpoint import CONFIG, WEIGHTS, hub_config, load_checkpoint, resolve
 from .models import WithEmbedding
@@ -86,12 +86,11 @@ def cam_metadata(model: nn.Module) -> dict | None:
 
 
 def rewrite_metadata(path: str | Path, meta: BundleMeta) -> None:
-    """Replace an ONNX file's metadata in place (graph and weights untouched), atomically."""
-    import onnx
+    """Replace an ONNX file's metadata in place, atomically: `edge.stamp`, which copies the graph and its
+    weights byte for byte, as calibrate, monitor-reference and guard-polarity do."""
+    from .edge.stamp import stamp_file
 
-    proto = onnx.load(str(path))
-    set_metadata(proto, meta)
-    write_with(path, lambda tmp: onnx.save(proto, str(tmp)))
+    stamp_file(path, path, meta)
 
 
 def bundle_metadata(config: dict, threshold: float, temperature: float, model: nn.Module | None = None) -> BundleMeta:
