@@ -36,6 +36,7 @@ bench: install
 	$(BIN)/pneumo-edge bench-browser --images $(DATA)/test --force
 	$(BIN)/pneumo-edge bench-heatmaps --bundle $(BUNDLE) --images examples/xrays
 	$(BIN)/pneumo-edge bench-node --images $(DATA)/train
+	$(BIN)/pneumo-edge bench-node --images $(DATA)/train --senders 2
 
 guard-report: install
 	$(BIN)/pneumo-edge guard-report --model $(BUNDLE)/model.onnx --data $(DATA) --out $(BUNDLE)/guard.json --force

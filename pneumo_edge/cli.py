@@ -837,16 +837,18 @@ def bench_heatmaps(bundle, images, out, n_films) -> None:
 @click.option("--images", required=True,
               help="Folder with NORMAL/ and PNEUMONIA/ JPEG films (e.g. ../shared/data/chest_xray/train).")
 @click.option("--films", "n", type=int, show_default=True, help="Films storescu sends.")
+@click.option("--senders", type=int, show_default=True,
+              help="storescu processes sending at once (modalities), the films dealt among them.")
 @click.option("--model", "model_path", help=MODEL_HELP)
-@click.option("--out", show_default=True, help="Folder for node.json.")
+@click.option("--out", show_default=True, help="Folder for node.json (node-N-senders.json with --senders N).")
 @quiet_option
 @friendly
-def bench_node(images, n, model_path, out) -> None:
+def bench_node(images, n, senders, model_path, out) -> None:
     """Films by storescu through `listen` to a local Orthanc: instances/s, C-STORE-to-SR latency, peak memory."""
-    from .node_bench import NodeBenchConfig, bench_node as run, render
+    from .node_bench import NodeBenchConfig, bench_node as run, render, result_name
 
-    click.echo(render(run(NodeBenchConfig(images=images, n=n, model=model_path, out=out))))
-    click.echo(f"wrote {out}/node.json")
+    click.echo(render(run(NodeBenchConfig(images=images, n=n, model=model_path, out=out, senders=senders))))
+    click.echo(f"wrote {out}/{result_name(senders)}")
 
 
 # Defaults: EnginesConfig's fields (ConfigDefaults).

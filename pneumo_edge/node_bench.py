@@ -1,10 +1,12 @@
 """`pneumo-edge bench-node`: films through the DICOM node to a PACS, timed end to end.
 
-    result = bench_node(NodeBenchConfig(n=200))     # writes bench/results/node.json
+    result = bench_node(NodeBenchConfig(n=200))     # writes bench/results/node.json (node-2-senders.json: senders=2)
 
 A real chain on loopback: dcmtk's storescu sends `n` JPEG-baseline CR films (this dataset's own JPEGs,
-wrapped unchanged) in one association to `pneumo-edge listen`, running as a process of its own, which
-sends an SR per film to a throw-away Orthanc. From the node's audit log:
+wrapped unchanged) to `pneumo-edge listen`, running as a process of its own, which sends an SR per film
+to a throw-away Orthanc. `senders` storescu processes share the films, each in one association, as that
+many modalities sending at once: one association is one film at a time, each answered only once the node
+has it on disk (fsynced), so one sender measures the sender's pace as much as the node's. From the node's audit log:
   - throughput: films / (last SR stored in Orthanc - first film received);
   - latency per film: from the end of its C-STORE (the spooled file's time, just before "success" goes
     back) to Orthanc's success for its SR, p50 and p95;
@@ -136,6 +138,11 @@ class NodeBenchConfig:
     model: str | None = None  # .onnx file or bundle folder; None: the shipped one
     out: str = "bench/results"
     timeout_s: float = 300.0
+    senders: int = 1  # storescu processes at once (modalities), the films dealt among them
+
+
+def result_name(senders: int) -> str:
+    return "node.json" if senders <= 1 else f"node-{senders}-senders.json"
 
 
 def _pct(values: list[float], q: float) -> float:
@@ -161,10 +168,14 @@ def bench_node(cfg: NodeBenchConfig) -> dict:
                 load = os.getloadavg()
                 cpu0 = node.cpu_seconds(), cpu_seconds(pacs.proc.pid)
                 t0 = time.time()
-                sent = storescu(node.port, paths, "jpeg-baseline", timeout=cfg.timeout_s)
+                procs = [subprocess.Popen(storescu_args(node.port, paths[i::cfg.senders], "jpeg-baseline",
+                                                        calling=f"MOD{i + 1}" if i else "MOD"),
+                                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                         for i in range(max(1, cfg.senders))]
+                logs = [proc.communicate(timeout=cfg.timeout_s)[0] for proc in procs]
                 storescu_s = time.time() - t0
-                if len(stored_ok(sent.stdout + sent.stderr)) != cfg.n:
-                    raise PneumoEdgeError(f"storescu did not store every film: {sent.stderr[-400:]}")
+                if sum(len(stored_ok(log)) for log in logs) != cfg.n:
+                    raise PneumoEdgeError(f"storescu did not store every film: {logs[0][-400:]}")
                 deadline = time.monotonic() + cfg.timeout_s
                 while sum(r.get("status") == "sent" for r in node.audit()) < cfg.n:
                     if time.monotonic() > deadline:
@@ -184,6 +195,7 @@ def bench_node(cfg: NodeBenchConfig) -> dict:
         "films": cfg.n, "transfer_syntax": "JPEG baseline (the dataset's JPEGs, wrapped unchanged)",
         "film_kb_mean": round(mean_kb, 1), "sr_in_orthanc": in_pacs,
         "instances_per_s": round(cfg.n / span, 1), "storescu_seconds": round(storescu_s, 2),
+        "senders": max(1, cfg.senders),
         "latency_ms": {"p50": _pct(latency, 50), "p95": _pct(latency, 95), "max": round(max(latency), 1),
                        "mean": round(float(np.mean(latency)), 1)},
         "split_mean_ms": split,
@@ -194,13 +206,15 @@ def bench_node(cfg: NodeBenchConfig) -> dict:
         "machine": {"cpus": os.cpu_count(), "load_average_at_start": [round(x, 2) for x in load]},
         "config": asdict(cfg),
     }
-    write_json(Path(cfg.out) / "node.json", result)
+    write_json(Path(cfg.out) / result_name(cfg.senders), result)
     return result
 
 
 def render(r: dict) -> str:
     lat, s = r["latency_ms"], r["split_mean_ms"]
-    return (f"{r['films']} films ({r['film_kb_mean']} KB each, JPEG baseline) through the node to Orthanc: "
+    senders = r.get("senders", 1)
+    return (f"{r['films']} films ({r['film_kb_mean']} KB each, JPEG baseline) from {senders} sender"
+            f"{'s' if senders > 1 else ''} through the node to Orthanc: "
             f"{r['instances_per_s']} instances/s; C-STORE end -> SR stored p50 {lat['p50']} ms, p95 {lat['p95']} ms "
             f"(mean {lat['mean']}: classify {s['classify_ms']}, SR {s['sr_ms']}, send {s['send_ms']}, queues and "
             f"spool {s['queues_and_spool_ms']}); CPU per instance: node {r['cpu_ms_per_instance']['node']} ms, "

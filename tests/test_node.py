@@ -362,3 +362,13 @@ def test_audit_and_log_hold_no_patient_text(tmp_path, pacs):
     assert node.terminate() == 0
     assert_no_patient_text({"audit.jsonl": (node.spool / "audit.jsonl").read_bytes(),
                             "node.log": node.log.read_bytes()})
+
+
+def test_bench_node_command_with_two_senders(tmp_path):
+    """`pneumo-edge bench-node --senders 2` end to end on a few films: two storescu at once, every SR in Orthanc."""
+    r = CliRunner().invoke(main, ["bench-node", "--images", str(Path(__file__).resolve().parents[1] / "examples" / "xrays"),
+                                  "--films", "6", "--senders", "2", "--out", str(tmp_path), "-q"])
+    assert r.exit_code == 0, r.output
+    res = json.loads((tmp_path / "node-2-senders.json").read_text())
+    assert res["senders"] == 2 and res["films"] == 6 and res["sr_in_orthanc"] == 6
+    assert res["instances_per_s"] > 0 and "from 2 senders" in r.output

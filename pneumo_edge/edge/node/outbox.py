@@ -1,6 +1,8 @@
 """The outbox: results leave the spool for their destinations, with retries, backoff and a dead-letter folder.
 
-One Sender thread per destination. A destination that cannot be reached (no association, no HTTP answer)
+One Sender thread per destination, sending over `links` associations at once (a C-STORE destination: each
+object waits for the PACS to store it before its answer comes, so one association at a time leaves the
+node waiting on the PACS's disk). A destination that cannot be reached (no association, no HTTP answer)
 is backed off as a whole and every result waits, however long the outage: the objects are not at fault.
 A result the destination answers with a failure, or whose transfer breaks off, counts an attempt; after
 `max_attempts` it moves to dead/<destination>/ with <UID>.reason.txt beside it. A result leaves the outbox
@@ -18,8 +20,10 @@ from pathlib import Path
 
 from .audit import Audit, now
 from .spool import Spool, durable_move, durable_write
+from .tcp import no_delay
 
 BACKOFF_CAP_S = 30.0  # longest wait between two tries of one destination or one result
+LINKS = 3  # associations per C-STORE destination (DICOMweb: one client, one request at a time)
 SR_CONTEXTS = ("1.2.840.10008.5.1.4.1.1.88.33",  # Comprehensive SR
                "1.2.840.10008.5.1.4.1.1.7")  # Secondary Capture (heat-map overlays)
 
@@ -75,6 +79,7 @@ class DimseLink:
             assoc = self.ae.associate(self.dest.host, self.dest.port, ae_title=self.dest.ae_title)
             if not assoc.is_established:
                 raise Unreachable(f"no association with {self.dest.text}")
+            no_delay(assoc)
             self.assoc = assoc
         try:
             status = self.assoc.send_c_store(path)
@@ -126,11 +131,12 @@ class Sender(threading.Thread):
     """Sends what the worker queues for one destination until stopped; `flush` is one last pass."""
 
     def __init__(self, dest: Destination, spool: Spool, audit: Audit, calling_ae: str, max_attempts: int = 5,
-                 retry_after_s: float = 1.0, counters=None):
+                 retry_after_s: float = 1.0, counters=None, links: int = LINKS):
         super().__init__(name=f"send {dest.text}", daemon=True)
         self.dest, self.spool, self.audit = dest, spool, audit
         self.folder, self.dead = spool.outbox_dir(dest.text), spool.dead_dir(dest.text)
-        self.link = StowLink(dest) if dest.is_web else DimseLink(dest, calling_ae)
+        self.links = [StowLink(dest)] if dest.is_web else [DimseLink(dest, calling_ae) for _ in range(max(1, links))]
+        self._lock = threading.Lock()  # the states and the destination's backoff, shared by the links' threads
         self.max_attempts, self.retry_after_s = max_attempts, retry_after_s
         self.counters = counters
         self.wake, self.stopping = threading.Event(), threading.Event()
@@ -158,16 +164,33 @@ class Sender(threading.Thread):
                 self.wake.clear()
 
     def pass_once(self) -> bool:
-        """Try every result that is due; False when there was none (or the destination is down)."""
+        """Try every result that is due, spread over the links; False when there was none (or the
+        destination is down)."""
         due = self.due()
-        for path in due:
+        if not due:
+            for link in self.links:
+                link.close()  # idle: do not hold associations open
+            return False
+        shares = [due[i::len(self.links)] for i in range(len(self.links))]
+        shares = [(link, share) for link, share in zip(self.links, shares) if share]
+        if len(shares) == 1:
+            return self._send_share(*shares[0])
+        results: list[bool] = []
+        threads = [threading.Thread(target=lambda l=link, s=share: results.append(self._send_share(l, s)),
+                                    name=f"{self.name} link {i}", daemon=True) for i, (link, share) in enumerate(shares)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        return all(results)
+
+    def _send_share(self, link, paths: list[Path]) -> bool:
+        for path in paths:
             if self.stopping.is_set() and not self._flushing:
                 break
-            if not self._send_one(path):
+            if not self._send_one(link, path):
                 return False  # unreachable: the rest waits with it
-        if not due:
-            self.link.close()  # idle: do not hold an association open
-        return bool(due)
+        return True
 
     _flushing = False
 
@@ -178,24 +201,29 @@ class Sender(threading.Thread):
         self._flushing = True
         self._dest_next = 0.0
         self.pass_once()
-        self.link.close()
+        for link in self.links:
+            link.close()
 
-    def _send_one(self, path: Path) -> bool:
-        state = self._state(path)
+    def _send_one(self, link, path: Path) -> bool:
+        with self._lock:
+            state = self._state(path)
         t0 = time.perf_counter()
         try:
-            self.link.send(path)
+            link.send(path)
         except Unreachable as e:
-            self._dest_wait_s = min(BACKOFF_CAP_S, max(self.retry_after_s, self._dest_wait_s * 2))
-            self._dest_next = time.time() + self._dest_wait_s
-            state["last_error"] = str(e)
+            with self._lock:
+                self._dest_wait_s = min(BACKOFF_CAP_S, max(self.retry_after_s, self._dest_wait_s * 2))
+                self._dest_next = time.time() + self._dest_wait_s
+                state["last_error"] = str(e)
             return False
         except Exception as e:  # noqa: BLE001 - the destination refused it, or the transfer broke off
-            self.link.close()
-            self._failed(path, state, f"{e.__class__.__name__}: {e}" if not isinstance(e, RuntimeError) else str(e))
+            link.close()
+            with self._lock:
+                self._failed(path, state, f"{e.__class__.__name__}: {e}" if not isinstance(e, RuntimeError) else str(e))
             return True
-        self._dest_wait_s = 0.0
-        self._sent(path, state, time.perf_counter() - t0)
+        with self._lock:
+            self._dest_wait_s = 0.0
+            self._sent(path, state, time.perf_counter() - t0)
         return True
 
     def _record(self, state: dict, status: str, **more) -> None:

@@ -27,6 +27,7 @@ from .classify import classify
 from .outbox import Destination, Sender
 from .receiver import make_ae, store_handler
 from .spool import Spool, sync_dir
+from .tcp import no_delay
 from .sc import build_sc
 from .sr import Algorithm, build_sr
 
@@ -211,7 +212,8 @@ class Node:
 
         ae = make_ae(self.cfg.ae_title, self.cfg.calling_aes)
         handlers = [(evt.EVT_C_STORE, store_handler(self.spool, self._stored, self._refused)),
-                    (evt.EVT_REJECTED, self._association_rejected)]
+                    (evt.EVT_REJECTED, self._association_rejected),
+                    (evt.EVT_CONN_OPEN, lambda event: no_delay(event.assoc))]
         worker = threading.Thread(target=self._work, name="classify", daemon=True)
         worker.start()
         for s in self.senders:
