@@ -136,7 +136,8 @@ class Sender(threading.Thread):
         self.dest, self.spool, self.audit = dest, spool, audit
         self.folder, self.dead = spool.outbox_dir(dest.text), spool.dead_dir(dest.text)
         self.links = [StowLink(dest)] if dest.is_web else [DimseLink(dest, calling_ae) for _ in range(max(1, links))]
-        self._lock = threading.Lock()  # the states and the destination's backoff, shared by the links' threads
+        self._lock = threading.Lock()  # the states and the backoff, shared by the links' threads
+        self._resting: dict[int, float] = {}  # further links the destination refused, until when
         self.max_attempts, self.retry_after_s = max_attempts, retry_after_s
         self.counters = counters
         self.wake, self.stopping = threading.Event(), threading.Event()
@@ -164,33 +165,49 @@ class Sender(threading.Thread):
                 self.wake.clear()
 
     def pass_once(self) -> bool:
-        """Try every result that is due, spread over the links; False when there was none (or the
-        destination is down)."""
+        """Try every result that is due, spread over the links; False when there was none, or when the
+        destination is down. The first result goes over the first link alone: whether that association
+        opens is what says the destination is reachable. A further link the destination refuses (a PACS
+        may cap associations per caller) rests for a while; its share waits for the next pass."""
         due = self.due()
         if not due:
             for link in self.links:
                 link.close()  # idle: do not hold associations open
             return False
-        shares = [due[i::len(self.links)] for i in range(len(self.links))]
-        shares = [(link, share) for link, share in zip(self.links, shares) if share]
-        if len(shares) == 1:
-            return self._send_share(*shares[0])
-        results: list[bool] = []
-        threads = [threading.Thread(target=lambda l=link, s=share: results.append(self._send_share(l, s)),
-                                    name=f"{self.name} link {i}", daemon=True) for i, (link, share) in enumerate(shares)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
-        return all(results)
+        if not self._send_one(self.links[0], due[0], primary=True):
+            return False
+        t = time.time()
+        links = [self.links[0]] + [link for link in self.links[1:] if self._resting.get(id(link), 0) <= t]
+        shares = [(link, due[1 + i::len(links)], i == 0) for i, link in enumerate(links)]
+        shares = [share for share in shares if share[1]]
+        if len(shares) <= 1:
+            for share in shares:
+                self._send_share(*share)
+            return True
+        errors: list[BaseException] = []
 
-    def _send_share(self, link, paths: list[Path]) -> bool:
+        def work(link, paths, primary) -> None:
+            try:
+                self._send_share(link, paths, primary)
+            except BaseException as e:  # noqa: BLE001 - raised again below, in the sender's own thread
+                errors.append(e)
+
+        threads = [threading.Thread(target=work, args=share, name=f"{self.name} link {i}", daemon=True)
+                   for i, share in enumerate(shares)]
+        for th in threads:
+            th.start()
+        for th in threads:
+            th.join()
+        if errors:
+            raise errors[0]
+        return True
+
+    def _send_share(self, link, paths: list[Path], primary: bool = True) -> None:
         for path in paths:
             if self.stopping.is_set() and not self._flushing:
-                break
-            if not self._send_one(link, path):
-                return False  # unreachable: the rest waits with it
-        return True
+                return
+            if not self._send_one(link, path, primary):
+                return  # not reachable over this link: the rest waits for the next pass
 
     _flushing = False
 
@@ -204,7 +221,9 @@ class Sender(threading.Thread):
         for link in self.links:
             link.close()
 
-    def _send_one(self, link, path: Path) -> bool:
+    def _send_one(self, link, path: Path, primary: bool = True) -> bool:
+        """False when the destination did not answer over `link`: on the first link the destination backs
+        off as a whole (once per pass); a further link rests instead and counts against nothing."""
         with self._lock:
             state = self._state(path)
         t0 = time.perf_counter()
@@ -212,18 +231,21 @@ class Sender(threading.Thread):
             link.send(path)
         except Unreachable as e:
             with self._lock:
-                self._dest_wait_s = min(BACKOFF_CAP_S, max(self.retry_after_s, self._dest_wait_s * 2))
-                self._dest_next = time.time() + self._dest_wait_s
-                state["last_error"] = str(e)
+                if primary:
+                    self._dest_wait_s = min(BACKOFF_CAP_S, max(self.retry_after_s, self._dest_wait_s * 2))
+                    self._dest_next = time.time() + self._dest_wait_s
+                    state["last_error"] = str(e)
+                else:
+                    self._resting[id(link)] = time.time() + BACKOFF_CAP_S
             return False
         except Exception as e:  # noqa: BLE001 - the destination refused it, or the transfer broke off
             link.close()
-            with self._lock:
-                self._failed(path, state, f"{e.__class__.__name__}: {e}" if not isinstance(e, RuntimeError) else str(e))
+            self._failed(path, state, f"{e.__class__.__name__}: {e}" if not isinstance(e, RuntimeError) else str(e))
             return True
-        with self._lock:
-            self._dest_wait_s = 0.0
-            self._sent(path, state, time.perf_counter() - t0)
+        if primary:
+            with self._lock:
+                self._dest_wait_s = 0.0
+        self._sent(path, state, time.perf_counter() - t0)
         return True
 
     def _record(self, state: dict, status: str, **more) -> None:

@@ -24,7 +24,7 @@ from ..model import EdgeModel
 from ..monitor import Monitor, prometheus_collector
 from .audit import Audit, now
 from .classify import classify
-from .outbox import Destination, Sender
+from .outbox import LINKS, Destination, Sender
 from .receiver import make_ae, store_handler
 from .spool import Spool, sync_dir
 from .tcp import no_delay
@@ -52,6 +52,7 @@ class NodeConfig:
     grace_s: float = 30.0  # at shutdown: how long open associations may take to finish
     threads: int | None = None  # onnxruntime threads (default: all cores)
     heatmaps: bool = False  # also a Secondary Capture of the heat-map overlay per assessed image
+    links: int = LINKS  # associations at once per C-STORE destination
     parsed: list[Destination] = field(default_factory=list, init=False)
 
     def __post_init__(self) -> None:
@@ -65,6 +66,8 @@ class NodeConfig:
             raise PneumoEdgeError(str(e)) from None
         if not 0 < len(self.ae_title.strip()) <= 16:
             raise PneumoEdgeError(f"--ae-title '{self.ae_title}': 1 to 16 characters")
+        if not 1 <= self.links <= 16:
+            raise PneumoEdgeError(f"--links {self.links}: 1 to 16 associations per destination")
 
 
 def _encode(ds) -> bytes:
@@ -111,7 +114,7 @@ class Node:
         for path in self.spool.incoming():  # left by a previous run: classified first
             self.todo.put(path)
         self.senders = [Sender(d, self.spool, self.audit, cfg.ae_title, cfg.max_attempts, cfg.retry_after_s,
-                               self.counters) for d in cfg.parsed]
+                               self.counters, cfg.links) for d in cfg.parsed]
         self._stop_worker = threading.Event()
         import highdicom  # noqa: F401 - seconds of import: paid at start, not by the first image
 
