@@ -520,6 +520,8 @@ def guard_polarity(bundle, data, force) -> None:
         v = f["validation_rejected"]
         click.echo(f"{name}: polarity threshold {t:.4g}; validation refused: clean {v['clean']:.2%}, "
                    f"inverted grey levels {v['inverted grey levels']:.2%}")
+    click.echo(f"the guard scores changed: refit the drift reference with `pneumo-edge monitor-reference {bundle} "
+               f"--data {data} --force`")
 
 
 @main.command("site-sim")
@@ -783,10 +785,12 @@ def token_revoke(name, tokens_file) -> None:
 @click.option("--heatmaps", is_flag=True,
               help="Also send a Secondary Capture of the heat-map overlay ('NOT FOR DIAGNOSIS' burned in) for each "
                    "image the guard accepts.")
+@click.option("--links", type=int, show_default=True,
+              help="Associations at once to each C-STORE destination (a PACS may allow fewer per caller).")
 @quiet_option
 @friendly
 def listen(port, ae_title, send_to, spool, model_path, host, calling_aes, max_attempts, retry_after_s, guard,
-           heatmaps) -> None:
+           heatmaps, links) -> None:
     """Receive X-rays by DICOM C-STORE, classify each, and send a DICOM SR per image to --send-to.
 
     An instance is on disk before C-STORE success is answered; results go out through a durable outbox.
@@ -798,7 +802,7 @@ def listen(port, ae_title, send_to, spool, model_path, host, calling_aes, max_at
         raise PneumoEdgeError(f"`listen` needs the node extra ({e.name} is missing): pip install \".[node]\"") from None
     run(NodeConfig(port=port, ae_title=ae_title, destinations=list(send_to), spool=spool, model=model_path, host=host,
                    calling_aes=tuple(calling_aes), guard=guard, max_attempts=max_attempts, retry_after_s=retry_after_s,
-                   heatmaps=heatmaps))
+                   heatmaps=heatmaps, links=links))
 
 
 # Defaults: MemoryConfig's fields (ConfigDefaults).

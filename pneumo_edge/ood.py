@@ -389,6 +389,19 @@ def guard_report(model_path: str, data: str | None, out_json: str | None = None,
         r = rejected(np.ascontiguousarray(255 - x))
         report["inverted_every_test_film"] = {"n": int(len(x)), "rejected": int(r.sum()), "rate": float(r.mean()),
                                               "goal": INVERTED_GOAL}
+        if ledger:  # the read is recorded as soon as it is made, whatever happens next
+            import datetime as dt
+
+            from .evaluate import append_ledger
+
+            append_ledger(ledger, {"kind": "guard report", "model": str(model_path), "model_sha256": model.sha256,
+                                   "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+                                   "input_size": s, "guard": model.guard.to_meta()["method"],
+                                   "note": "refusal rates of the guard on the test films as acquired, altered and "
+                                           "with inverted grey levels; no labels read; every guard threshold was "
+                                           "fixed on validation before; it changes nothing that ships",
+                                   "in_distribution_refused": report["in_distribution"]["rate"],
+                                   "inverted_refused": report["inverted_every_test_film"]["rate"]})
     total, total_rej = 0, 0
     stage("guard-report", "out-of-distribution images")
     for cat, items in ood_images().items():
@@ -400,16 +413,6 @@ def guard_report(model_path: str, data: str | None, out_json: str | None = None,
         total += len(items)
         total_rej += int(r.sum())
     report["ood_overall"] = {"n": total, "rejected": total_rej, "rate": total_rej / max(1, total)}
-    if data and ledger:
-        from .evaluate import append_ledger
-
-        append_ledger(ledger, {"kind": "guard report", "model": str(model_path), "input_size": s,
-                               "guard": model.guard.to_meta()["method"],
-                               "note": "refusal rates of the guard on the test films as acquired, altered and with "
-                                       "inverted grey levels; no labels read; every guard threshold was fixed on "
-                                       "validation before; it changes nothing that ships",
-                               "in_distribution_refused": report["in_distribution"]["rate"],
-                               "inverted_refused": report["inverted_every_test_film"]["rate"]})
     if out_json:
         from .edge.atomic import write_json
 
