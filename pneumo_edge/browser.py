@@ -154,8 +154,8 @@ def spaced(files: list[str], n: int | None) -> list[str]:
 
 def python_reference(files: list[str], model_path: str | os.PathLike,
                      heat_files: list[str] | None = None) -> dict[str, dict]:
-    """What `pneumo-edge infer` says of each file (its rows), plus the shipped heat map of `heat_files`
-    (every file for None) that the guard accepts."""
+    """What `pneumo-edge infer` says of each file (its rows), plus the shipped heat map of those of
+    `heat_files` the guard accepts (none for None: each map is ~50 model runs)."""
     import hashlib
 
     from .edge.decision import score_images
@@ -171,7 +171,7 @@ def python_reference(files: list[str], model_path: str | os.PathLike,
             predict_paths(list(files), model, outputs, InferConfig(progress=False))
         rows = [json.loads(line) for line in (Path(tmp) / "rows.jsonl").read_text().splitlines()]
     by_path = {os.path.abspath(r["path"]): r for r in rows}
-    draw = {os.path.abspath(f) for f in (files if heat_files is None else heat_files)}
+    draw = {os.path.abspath(f) for f in heat_files or ()}
     out = {}
     for f in files:
         r = by_path[os.path.abspath(f)]

@@ -34,6 +34,7 @@ RULE = {"patients": "largest threshold whose exact one-sided Clopper-Pearson low
         "films": "largest threshold whose exact one-sided Clopper-Pearson lower bound on sensitivity, over the "
                  "site's positive films the guard accepts, reaches the target at the stated confidence"}
 REPORT = "calibration.json"
+COUNTS = ("patients", "films")
 
 
 @dataclass
@@ -53,6 +54,10 @@ class CalibrateConfig:
     workers: int | None = None
     force: bool = False
     progress: bool = False
+
+    def __post_init__(self) -> None:
+        if self.count not in COUNTS:
+            raise DataError(f"count must be one of {', '.join(COUNTS)}, got {self.count!r}")
 
 
 def model_files(source: str | None) -> list[Path]:
@@ -75,9 +80,6 @@ def refit_temperature(z: np.ndarray, y: np.ndarray, groups: np.ndarray, current:
     applied = after < before
     return {"applied": bool(applied), "temperature": fit_temperature(z, y) if applied else current,
             "half_temperature": half, "heldout_nll_current": before, "heldout_nll_refit": after}
-
-
-COUNTS = ("patients", "films")
 
 
 def operating_point(y: np.ndarray, p: np.ndarray, groups: np.ndarray, current: float, target: float,
@@ -165,8 +167,9 @@ def calibrate(cfg: CalibrateConfig) -> dict:
         for src in sources:  # refused: no half-written bundle
             (out / src.name).unlink(missing_ok=True)
         raise
-    report = {"site": site, "folder": str(root), "rule": RULE[results[0]["operating_point"]["guarantee_unit"]],
-              "count": cfg.count, "target_sensitivity": cfg.target_sensitivity,
+    unit = results[0]["operating_point"]["guarantee_unit"]  # "films" when no patient has two films
+    report = {"site": site, "folder": str(root), "rule": RULE[unit], "count": unit, "count_asked": cfg.count,
+              "target_sensitivity": cfg.target_sensitivity,
               "confidence": cfg.confidence, "not_scored": skipped, "files": results}
     write_json(out / REPORT, report)
     return report

@@ -140,6 +140,10 @@ class NodeBenchConfig:
     timeout_s: float = 300.0
     senders: int = 1  # storescu processes at once (modalities), the films dealt among them
 
+    def __post_init__(self) -> None:
+        if not 1 <= self.senders <= self.n:
+            raise PneumoEdgeError(f"--senders {self.senders}: between 1 and the number of films ({self.n})")
+
 
 def result_name(senders: int) -> str:
     return "node.json" if senders <= 1 else f"node-{senders}-senders.json"
@@ -171,8 +175,14 @@ def bench_node(cfg: NodeBenchConfig) -> dict:
                 procs = [subprocess.Popen(storescu_args(node.port, paths[i::cfg.senders], "jpeg-baseline",
                                                         calling=f"MOD{i + 1}" if i else "MOD"),
                                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-                         for i in range(max(1, cfg.senders))]
-                logs = [proc.communicate(timeout=cfg.timeout_s)[0] for proc in procs]
+                         for i in range(cfg.senders)]
+                try:
+                    logs = [proc.communicate(timeout=cfg.timeout_s)[0] for proc in procs]
+                finally:
+                    for proc in procs:  # one that timed out: none is left running
+                        if proc.poll() is None:
+                            proc.kill()
+                            proc.wait()
                 storescu_s = time.time() - t0
                 if sum(len(stored_ok(log)) for log in logs) != cfg.n:
                     raise PneumoEdgeError(f"storescu did not store every film: {logs[0][-400:]}")
@@ -195,7 +205,7 @@ def bench_node(cfg: NodeBenchConfig) -> dict:
         "films": cfg.n, "transfer_syntax": "JPEG baseline (the dataset's JPEGs, wrapped unchanged)",
         "film_kb_mean": round(mean_kb, 1), "sr_in_orthanc": in_pacs,
         "instances_per_s": round(cfg.n / span, 1), "storescu_seconds": round(storescu_s, 2),
-        "senders": max(1, cfg.senders),
+        "senders": cfg.senders,
         "latency_ms": {"p50": _pct(latency, 50), "p95": _pct(latency, 95), "max": round(max(latency), 1),
                        "mean": round(float(np.mean(latency)), 1)},
         "split_mean_ms": split,
