@@ -112,15 +112,21 @@ class OrientationHead:
                    percentile=float(m.get("percentile", ORIENT_PERCENTILE)))
 
 
-def thumbnail(resized: np.ndarray, grid: int = POLARITY_GRID) -> np.ndarray:
-    """(N, grid*grid): cell means of each film, standardised by the film's own mean and spread.
-    255 - x gives exactly the negated features of x (up to the spread's epsilon)."""
-    x = np.asarray(resized, np.float64)
+def thumbnail(resized: np.ndarray, grid: int = POLARITY_GRID,
+              spread: tuple[np.ndarray, np.ndarray] | None = None) -> np.ndarray:
+    """(N, grid*grid): cell means of each film, standardised by the film's own mean and spread (grey levels;
+    `spread` = (mean, std) per film when the caller has them). 255 - x gives exactly the negated features
+    of x (up to the spread's epsilon). Sums run on the uint8 pixels: no float copy of the films."""
+    x = np.asarray(resized)
     n, s = len(x), x.shape[-1]
     b = s // grid
-    cells = x[:, :b * grid, :b * grid].reshape(n, grid, b, grid, b).mean((2, 4)).reshape(n, -1)
-    flat = x.reshape(n, -1)
-    return (cells - flat.mean(1, keepdims=True)) / (flat.std(1, keepdims=True) + 1e-6)
+    cells = x[:, :b * grid, :b * grid].reshape(n, grid, b, grid, b).sum((2, 4), dtype=np.float64)
+    cells = cells.reshape(n, -1) / (b * b)
+    if spread is None:
+        flat = x.reshape(n, -1)
+        spread = flat.mean(1), flat.std(1)
+    mean, std = (np.asarray(v, np.float64)[:, None] for v in spread)
+    return (cells - mean) / (std + 1e-6)
 
 
 @dataclass
@@ -133,11 +139,11 @@ class PolarityHead:
     grid: int = POLARITY_GRID
     percentile: float = POLARITY_PERCENTILE  # how `threshold` was chosen: recorded, not used
 
-    def probability(self, resized: np.ndarray) -> np.ndarray:
-        return _sigmoid(np.einsum("nd,d->n", thumbnail(resized, self.grid), self.weights) + self.bias)
+    def probability(self, resized: np.ndarray, spread: tuple[np.ndarray, np.ndarray] | None = None) -> np.ndarray:
+        return _sigmoid(np.einsum("nd,d->n", thumbnail(resized, self.grid, spread), self.weights) + self.bias)
 
-    def scores(self, resized: np.ndarray) -> np.ndarray:
-        return self.probability(resized) / self.threshold
+    def scores(self, resized: np.ndarray, spread: tuple[np.ndarray, np.ndarray] | None = None) -> np.ndarray:
+        return self.probability(resized, spread) / self.threshold
 
     def to_meta(self) -> dict:
         return {"weights": _pack(self.weights), "bias": self.bias, "threshold": self.threshold, "grid": self.grid,
@@ -212,8 +218,8 @@ class Guard:
                "colour": (np.zeros(len(emb)) if chroma is None else np.asarray(chroma, np.float64)) / self.max_chroma}
         if self.orientation is not None:
             out["orientation"] = self.orientation.scores(emb)
-        if self.polarity is not None:
-            out["polarity"] = self.polarity.scores(resized)
+        if self.polarity is not None:  # image_stats has each film's mean and spread already (0..1)
+            out["polarity"] = self.polarity.scores(resized, (st[:, 0] * 255.0, st[:, 1] * 255.0))
         return out
 
     def scores(self, resized: np.ndarray, emb: np.ndarray, chroma: np.ndarray | None = None) -> np.ndarray:
