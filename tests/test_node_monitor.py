@@ -20,7 +20,11 @@ def test_node_feeds_the_monitor_and_writes_metrics(tmp_path):
     node = Node(NodeConfig(port=0, ae_title="PNEUMO", destinations=["PACS@127.0.0.1:1"], spool=tmp_path / "spool",
                            model=str(REPO / "export" / "model.int8.onnx")))
     assert node.monitor.reference is not None  # the shipped file carries its validation reference
-    films = sorted(EXAMPLES.rglob("*.jpeg"))[:6]
+    from PIL import Image, ImageOps
+
+    negative = tmp_path / "inverted.png"  # grey levels inverted: the guard refuses it, and the monitor counts that
+    ImageOps.invert(Image.open(sorted(EXAMPLES.rglob("*.jpeg"))[0]).convert("L")).save(negative)
+    films = sorted(EXAMPLES.rglob("*.jpeg"))[:6] + [negative]
     paths = []
     for i, film in enumerate(films):
         dcm = write_film(film, tmp_path / f"{i}.dcm")
@@ -30,7 +34,8 @@ def test_node_feeds_the_monitor_and_writes_metrics(tmp_path):
     snap = node.monitor.snapshot()
     assert snap["totals"]["images"] == len(films) and snap["window_images"] == len(films)
     assert snap["totals"]["positive"] + snap["totals"]["negative"] + snap["totals"]["rejected"] == len(films)
+    assert snap["totals"]["rejected"] == 1
     text = (node.spool.root / METRICS_FILE).read_text()
     assert f'pneumo_edge_images_total{{outcome="positive"}} {float(snap["totals"]["positive"])}' in text
     assert "pneumo_edge_drift_alarm " in text and "pneumo_edge_reference_positive_rate" in text
-    assert "DRIFT ALARM" not in status_text(node.status())  # six demo films: still warming up, no alarm
+    assert "DRIFT ALARM" not in status_text(node.status())  # seven films: still warming up, no alarm

@@ -3,6 +3,7 @@ decides whether the destination is down; a further link the destination refuses 
 destination off; a crash in a link's thread is not swallowed."""
 
 import threading
+import time
 
 import pytest
 
@@ -72,3 +73,28 @@ def test_a_crash_in_a_link_thread_is_raised_in_the_sender(tmp_path):
     s = sender(tmp_path, [FakeLink(), FakeLink(crash=True)])
     with pytest.raises(KeyboardInterrupt):
         s.pass_once()
+
+
+def test_a_sender_survives_an_error_in_a_pass_and_says_so(tmp_path, monkeypatch):
+    """A full disk or a failed audit write raises inside a pass: the thread logs it, counts it and goes on."""
+    import pneumo_edge.edge.node.outbox as outbox
+
+    monkeypatch.setattr(outbox, "BACKOFF_CAP_S", 0.05)
+    s = sender(tmp_path, [FakeLink()], n=2)
+    calls = []
+
+    def flaky():
+        calls.append(1)
+        if len(calls) == 1:
+            raise OSError("no space left on device")
+        return False
+
+    s.pass_once = flaky
+    s.start()
+    deadline = time.monotonic() + 5
+    while len(calls) < 2 and time.monotonic() < deadline:
+        time.sleep(0.02)
+    s.stopping.set()
+    s.wake.set()
+    s.join(5)
+    assert len(calls) >= 2 and s.errors == 1 and not s.is_alive()

@@ -12,6 +12,7 @@ only after the destination confirmed it, so a crash in between sends it again (s
 from __future__ import annotations
 
 import json
+import logging
 import re
 import threading
 import time
@@ -22,6 +23,7 @@ from .audit import Audit, now
 from .spool import Spool, durable_move, durable_write
 from .tcp import no_delay
 
+log = logging.getLogger("pneumo_edge.node")
 BACKOFF_CAP_S = 30.0  # longest wait between two tries of one destination or one result
 LINKS = 3  # associations per C-STORE destination (DICOMweb: one client, one request at a time)
 SR_CONTEXTS = ("1.2.840.10008.5.1.4.1.1.88.33",  # Comprehensive SR
@@ -138,6 +140,7 @@ class Sender(threading.Thread):
         self.links = [StowLink(dest)] if dest.is_web else [DimseLink(dest, calling_ae) for _ in range(max(1, links))]
         self._lock = threading.Lock()  # the states and the backoff, shared by the links' threads
         self._resting: dict[int, float] = {}  # further links the destination refused, until when
+        self.errors = 0  # passes that raised (shown in the node's status line); the thread carries on
         self.max_attempts, self.retry_after_s = max_attempts, retry_after_s
         self.counters = counters
         self.wake, self.stopping = threading.Event(), threading.Event()
@@ -160,7 +163,16 @@ class Sender(threading.Thread):
 
     def run(self) -> None:
         while not self.stopping.is_set():
-            if time.time() < self._dest_next or not self.pass_once():
+            try:
+                idle = time.time() < self._dest_next or not self.pass_once()
+            except Exception as e:  # noqa: BLE001 - a full disk, an audit write: the sender must not die of it
+                self.errors += 1
+                log.error("sending to %s failed (%s); retrying in %.0f s", self.dest.text, e.__class__.__name__,
+                          BACKOFF_CAP_S)
+                self.wake.wait(BACKOFF_CAP_S)
+                self.wake.clear()
+                continue
+            if idle:
                 self.wake.wait(0.2)
                 self.wake.clear()
 

@@ -179,8 +179,8 @@ class Node:
         classified_at = now()
         per_image_ms = round(seconds * 1000 / len(items), 2)
         for finding in findings:
-            if finding.label is not None:
-                self.monitor.observe(finding.probability, finding.guard_score, finding.label,
+            if finding.guard_verdict != "not run":  # scored: accepted, or refused by the guard (label None)
+                self.monitor.observe(finding.probability, finding.guard_score, finding.label or "",
                                      finding.guard_verdict == "rejected")
         write_metrics(self.monitor, self.spool.root / METRICS_FILE)
         for (path, _, header), finding, overlay in zip(items, findings, overlays):
@@ -243,7 +243,7 @@ class Node:
 
     def status(self) -> dict:
         return {**self.counters.values, "queued": self.spool.n_queued(), "waiting": self.todo.qsize(),
-                "drift_alarm": self.monitor.alarm}
+                "drift_alarm": self.monitor.alarm, "send_errors": sum(x.errors for x in self.senders)}
 
 
 def write_metrics(monitor: Monitor, path: Path) -> bool:
@@ -260,7 +260,8 @@ def write_metrics(monitor: Monitor, path: Path) -> bool:
 
 def status_text(st: dict) -> str:
     return (f"received {st['received']}, classified {st['classified']}, sent {st['sent']}, "
-            f"queued {st['queued']}, failed {st['failed']}" + ("; DRIFT ALARM" if st.get("drift_alarm") else ""))
+            f"queued {st['queued']}, failed {st['failed']}" + ("; DRIFT ALARM" if st.get("drift_alarm") else "")
+            + (f"; SEND ERRORS {st['send_errors']} (see the log)" if st.get("send_errors") else ""))
 
 
 def listen(cfg: NodeConfig, progress: bool = True) -> dict:
