@@ -32,6 +32,7 @@ from pathlib import Path
 import numpy as np
 
 from .edge.atomic import write_json
+from .edge.api import resolve_model
 from .edge.errors import PneumoEdgeError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -203,6 +204,7 @@ def bench_node(cfg: NodeBenchConfig) -> dict:
     split["queues_and_spool_ms"] = round(float(np.mean(latency)) - sum(split.values()), 2)
     result = {
         "films": cfg.n, "transfer_syntax": "JPEG baseline (the dataset's JPEGs, wrapped unchanged)",
+        "model_file": str(resolve_model(cfg.model)),  # what `listen` runs: its default is the fp32 file
         "film_kb_mean": round(mean_kb, 1), "sr_in_orthanc": in_pacs,
         "instances_per_s": round(cfg.n / span, 1), "storescu_seconds": round(storescu_s, 2),
         "senders": cfg.senders,

@@ -50,8 +50,9 @@ def classify(model: EdgeModel, blobs: list[bytes], use_guard: bool = True, heatm
 
 def _overlay(model: EdgeModel, resized, s: Scored):
     """The map `infer --heatmaps` draws (edge.heatmap.FOLDER), over the model's input, captioned."""
+    from ..cam import caption_for
     from ..heatmap import FOLDER, caption, explain_film
     from .sc import overlay_pixels
 
     heat = explain_film(model, resized, method=FOLDER)
-    return overlay_pixels(resized, heat, [f"P(pneumonia) {s.probability:.3f} -> {s.label}", caption(FOLDER)])
+    return overlay_pixels(resized, heat, caption_for(s.label, s.probability, s.threshold, caption(FOLDER)))
