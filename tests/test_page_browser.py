@@ -148,6 +148,11 @@ def test_page_asks_for_the_token_once(tmp_path):
                 page.reload()  # the same tab: not asked again
                 sync_api.expect(page.locator("#model")).to_contain_text(MODEL.name)
                 assert page.locator("#signin").is_hidden()
+                page.locator("#local").check()  # in-browser mode: the model file is fetched with the token too
+                sync_api.expect(page.locator("#local-status")).to_contain_text(f"Model {MODEL.name} loaded")
+                page.locator("#clear").click()
+                page.locator("#files").set_input_files(str(xray))
+                sync_api.expect(page.locator('.card[data-where="browser"][data-label]')).to_have_count(1)
             finally:
                 browser.close()
     finally:

@@ -503,7 +503,7 @@ def create_app(config: ServeConfig = ServeConfig()):
 
     @app.get("/page.json", include_in_schema=False)
     async def page_config() -> dict:  # what the page's in-browser mode opens (edge/static/local/ui.js)
-        return {"model": "v1/model.onnx", "server": True}
+        return {"model": "v1/model.onnx", "file": service.model.path.name, "server": True}
 
     def static_route(url: str, name: str, media: str):
         async def page() -> Response:

@@ -58,11 +58,12 @@ export function defaultThreads() {
 }
 
 export class LocalModel {
-  static async open(url, threads = defaultThreads()) {
-    const response = await fetch(url);
+  // `headers`: the API token where the server asks for one; `name`: the file's own name when the URL is not it
+  static async open(url, threads = defaultThreads(), { headers = {}, name = null } = {}) {
+    const response = await fetch(url, { headers });
     if (!response.ok) throw new Error(`cannot read the model ${url} (${response.status} ${response.statusText})`);
     const bytes = new Uint8Array(await response.arrayBuffer());
-    const file = decodeURIComponent(new URL(url, location.href).pathname.split("/").pop());
+    const file = name || decodeURIComponent(new URL(url, location.href).pathname.split("/").pop());
     ort.env.wasm.numThreads = threads;
     const session = await ort.InferenceSession.create(bytes, { executionProviders: ["wasm"],
       graphOptimizationLevel: "all" });

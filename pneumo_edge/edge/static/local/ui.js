@@ -7,6 +7,7 @@ import { LocalModel, defaultThreads } from "./runtime.js";
 import { loadParser } from "./dicom.js";
 
 const $ = sel => document.querySelector(sel);
+const TOKEN_KEY = "pneumo-edge-token";  // app.js's: the token the reader gave this tab
 
 async function pageConfig() {
   try {
@@ -27,7 +28,9 @@ function open() {
   if (opening === null) {
     opening = config.then(c => {
       if (c === null) throw new Error("page.json is missing: write the page with `pneumo-edge page --out DIR`");
-      return Promise.all([LocalModel.open(c.model, defaultThreads()), loadParser()]).then(([model]) => model);
+      const token = sessionStorage.getItem(TOKEN_KEY);  // under `serve --tokens` the model file needs it too
+      const options = { headers: token ? { Authorization: `Bearer ${token}` } : {}, name: c.file || null };
+      return Promise.all([LocalModel.open(c.model, defaultThreads(), options), loadParser()]).then(([model]) => model);
     });
     opening.then(describe, e => { $("#local-status").textContent = `The model cannot run here: ${e.message}`; });
   }
