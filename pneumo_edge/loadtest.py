@@ -149,13 +149,14 @@ async def _slow_client(port: int, source: str, in_headers: bool, live: list, sto
             continue
         live[0] += 1
         try:
+            dribble = head  # headers that never end; or, once sent whole, a body that never does
             if not in_headers:
                 writer.write(head + b"Content-Length: 10000000\r\n\r\n")
-                head = b"\0" * 10_000
+                dribble = b"\0" * 10_000
             for i in range(10**9):
                 if stop.is_set() or reader.at_eof():
                     break
-                writer.write(head[i % len(head):i % len(head) + 1])
+                writer.write(dribble[i % len(dribble):i % len(dribble) + 1])
                 await writer.drain()
                 try:
                     if await asyncio.wait_for(reader.read(4096), SLOW_BYTE_EVERY_S) == b"":
