@@ -157,6 +157,8 @@ def calibrate_file(path: Path, files: list[str], truth: list[int], cfg: Calibrat
 def calibrate(cfg: CalibrateConfig) -> dict:
     """Calibrate every ONNX file of the bundle on the site's folder; write the new bundle and calibration.json."""
     sources = model_files(cfg.model)
+    if cfg.force and any(Path(cfg.out).resolve() == src.resolve().parent for src in sources):  # it would be emptied
+        raise DataError(f"--out '{cfg.out}' holds the model being calibrated: give the new bundle a folder of its own")
     labels = list(EdgeModel(sources[0], threads=1).labels)
     root, files, truth, skipped = labelled_files(cfg.folder, cfg.split, labels)
     site = cfg.site or root.resolve().name

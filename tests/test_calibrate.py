@@ -161,6 +161,10 @@ def test_calibrate_refuses_with_the_number_of_positives_needed(tiny_bundle, tiny
     assert not list((tmp_path / "s").glob("*.onnx"))
     again = cli("calibrate", tiny_data, "--split", "test", "--model", tiny_bundle, "--out", tiny_bundle)
     assert again.exit_code == 2 and "--force" in again.output
+    before = {n: file_sha256(tiny_bundle / n) for n in ("model.onnx", "model.int8.onnx")}
+    forced = cli("calibrate", tiny_data, "--split", "train", "--model", tiny_bundle, "--out", tiny_bundle, "--force")
+    assert forced.exit_code == 2 and "folder of its own" in forced.output
+    assert {n: file_sha256(tiny_bundle / n) for n in before} == before  # the bundle is untouched
 
 
 @needs_real
