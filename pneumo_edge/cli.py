@@ -520,8 +520,8 @@ def guard_polarity(bundle, data, force) -> None:
         v = f["validation_rejected"]
         click.echo(f"{name}: polarity threshold {t:.4g}; validation refused: clean {v['clean']:.2%}, "
                    f"inverted grey levels {v['inverted grey levels']:.2%}")
-    click.echo(f"the guard scores changed: refit the drift reference with `pneumo-edge monitor-reference {bundle} "
-               f"--data {data} --force`")
+    click.echo(f"the guard scores changed, so the drift reference was removed: refit it with `pneumo-edge "
+               f"monitor-reference {bundle} --data {data} --force`")
 
 
 @main.command("site-sim")

@@ -240,7 +240,8 @@ def stamp_polarity(bundle: str | Path, data: str, force: bool = False, progress:
         guard = replace(model.guard, polarity=head)
         rates = validation_rates(guard, onnx_embedder(model), images)
         ood = guard.to_meta() | {"validation_rejected": rates}
-        stamp_checked(f, f, replace(model.meta, ood=ood), images.val[:64])
+        # the drift reference binned the old guard's scores: dropped, not left stale (monitor-reference refits it)
+        stamp_checked(f, f, replace(model.meta, ood=ood, monitor=None), images.val[:64])
         report["files"][f.name] = {"validation_rejected": rates}
     return report
 

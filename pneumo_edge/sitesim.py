@@ -332,10 +332,6 @@ def test_read(bundle: str | Path, data: str, out: str | Path = "bench/results", 
         marks[name] = at + 1
         whole += rows
         at += len(rows)
-    seq = Monitor.for_model(model)
-    plot_trace(replay(seq, whole), seq, out / "monitoring-test.png", "test split, then shifted copies", marks)
-    write_json(out / "test-read-simulation.json", result)
-    write_text(out / "test-read-simulation.md", render_test_read(result))
     if ledger is None:
         ledger = DEFAULT_LEDGER
     pos, neg = ya == 1, ya == 0
@@ -348,6 +344,11 @@ def test_read(bundle: str | Path, data: str, out: str | Path = "bench/results", 
         "site_runs": [{k: (round(v, 4) if isinstance(v, float) else v) for k, v in r.items()}
                       for r in result["site"]["runs"]],
         "monitoring": {k: {kk: vv for kk, vv in v.items()} for k, v in result["monitoring"]["streams"].items()}})
+    # the read is on the ledger before anything else can fail: then the picture and the result files
+    seq = Monitor.for_model(model)
+    plot_trace(replay(seq, whole), seq, out / "monitoring-test.png", "test split, then shifted copies", marks)
+    write_json(out / "test-read-simulation.json", result)
+    write_text(out / "test-read-simulation.md", render_test_read(result))
     return result
 
 

@@ -216,14 +216,20 @@ def _guard_rows(ood: dict | None) -> list[tuple[str, str]]:
     return rows
 
 
+def _num(link: dict, key: str) -> str:
+    """A number of a provenance link, or n/a: a hand-edited or foreign link must not break `info`."""
+    v = link.get(key)
+    return f"{v:.4f}" if isinstance(v, (int, float)) else "n/a"
+
+
 def _site_rows(chain: list | None) -> list[tuple[str, str]]:
     """The provenance chain of site operating points, oldest first; each names its parent file's digest."""
     if not chain:
         return [("operating point from", "validation at export (no site calibration)")]
     rows = []
     for i, c in enumerate(chain, 1):
-        rows.append((f"site calibration {i}", f"{c.get('site')}, {c.get('date')}: threshold {c.get('threshold'):.4f}"
-                     f" (was {c.get('parent_threshold'):.4f}), temperature {c.get('temperature'):.4f}, "
+        rows.append((f"site calibration {i}", f"{c.get('site')}, {c.get('date')}: threshold {_num(c, 'threshold')}"
+                     f" (was {_num(c, 'parent_threshold')}), temperature {_num(c, 'temperature')}, "
                      f"{c.get('n_images')} films ({c.get('n_positive')} positive)"))
         rows.append(("  rule", f"{c.get('rule')} (target {c.get('target_sensitivity')}, confidence "
                                f"{c.get('confidence')})"))
