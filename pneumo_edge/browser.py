@@ -31,6 +31,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .edge.stats import map_correlation
+
 GOALS = {"max_abs_delta_probability": 0.01, "label_agreement": 0.99, "guard_agreement": 0.99,
          "heatmap_correlation": 0.98, "ms_per_film_one_thread": 150.0}
 LAUNCH_ARGS = ["--no-sandbox", "--disable-gpu"]
@@ -189,13 +191,6 @@ def python_reference(files: list[str], model_path: str | os.PathLike,
     return out
 
 
-def _corr(a: np.ndarray, b: np.ndarray) -> float:
-    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
-    if a.std() == 0 or b.std() == 0:
-        return 1.0 if np.allclose(a, b) else 0.0
-    return float(np.corrcoef(a, b)[0, 1])
-
-
 def compare(browser: dict[str, dict], python: dict[str, dict], worst: int = 5) -> dict:
     """Per-film agreement of the two runtimes, and the films that differ most."""
     films = []
@@ -209,7 +204,7 @@ def compare(browser: dict[str, dict], python: dict[str, dict], worst: int = 5) -
         if py["probability"] is not None and br["probability"] is not None:
             row["abs_delta_probability"] = abs(py["probability"] - br["probability"])
         if py["heat"] is not None and br.get("heat") is not None:  # the browser draws none for a refused film
-            row["heatmap_correlation"] = _corr(py["heat"], br["heat"])
+            row["heatmap_correlation"] = map_correlation(py["heat"], br["heat"])
         films.append(row)
     return {"summary": summarise(films, worst), "films": films}
 

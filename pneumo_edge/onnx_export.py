@@ -36,6 +36,7 @@ from .report import render_parity
 from .edge.meta import LICENSE, META_KEY, BundleMeta, doc_string, flat_metadata, read_meta
 from .edge.model import EdgeModel, prob_from_logits
 from .edge.progress import stage
+from .edge.stats import map_correlation
 from .edge.targets import FP32, INT8, PARITY, RESULTS, Target
 
 OPSET = 18
@@ -192,14 +193,6 @@ def check_int8(fp32: EdgeModel, int8: EdgeModel, resized: np.ndarray, y: np.ndar
     if abs(d_auc) > gate.int8_max_auroc_delta:
         failures.append(f"INT8 |delta ROC-AUC| {abs(d_auc):.4f} > {gate.int8_max_auroc_delta}")
     return report, failures
-
-
-def map_correlation(a: np.ndarray, b: np.ndarray) -> float:
-    """Pearson correlation of two heat maps; two constant maps (both all-zero) count as identical."""
-    a, b = np.asarray(a, np.float64).ravel(), np.asarray(b, np.float64).ravel()
-    if a.std() == 0 or b.std() == 0:
-        return 1.0 if np.allclose(a, b) else 0.0
-    return float(np.corrcoef(a, b)[0, 1])
 
 
 def _summary(values: list[float]) -> dict:

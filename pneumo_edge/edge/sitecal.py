@@ -28,6 +28,8 @@ from functools import lru_cache
 
 import numpy as np
 
+from .stats import group_members
+
 BOOTSTRAP = 2000  # resamples for the specificity interval
 LEVEL = 0.95  # two-sided level of the specificity interval
 
@@ -119,13 +121,6 @@ def guaranteed_threshold(p_positive: np.ndarray, target: float, confidence: floa
     if k is None:
         return SiteThreshold(None, n, None, None, needed, unit, films)
     return SiteThreshold(float(p[k - 1]), n, k, lower_bound(k, n, confidence), needed, unit, films)
-
-
-def group_members(groups) -> list[np.ndarray]:
-    """The indices of each group's members (groups in sorted order)."""
-    _, inverse = np.unique(np.asarray(groups), return_inverse=True)
-    order = np.argsort(inverse, kind="stable")
-    return np.split(order, np.cumsum(np.bincount(inverse))[:-1])
 
 
 def grouped_interval(hits: np.ndarray, groups=None, level: float = LEVEL, n: int = BOOTSTRAP,

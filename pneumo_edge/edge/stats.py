@@ -77,6 +77,20 @@ def binary_metrics(y: np.ndarray, p: np.ndarray, threshold: float = 0.5) -> dict
     }
 
 
+def group_members(groups) -> list[np.ndarray]:
+    """The indices of each group's members (groups in sorted order)."""
+    _, inverse = np.unique(np.asarray(groups), return_inverse=True)
+    return np.split(np.argsort(inverse, kind="stable"), np.cumsum(np.bincount(inverse))[:-1])
+
+
+def map_correlation(a: np.ndarray, b: np.ndarray) -> float:
+    """Pearson correlation of two heat maps; two constant maps (both all-zero) count as identical."""
+    a, b = np.asarray(a, np.float64).ravel(), np.asarray(b, np.float64).ravel()
+    if a.std() == 0 or b.std() == 0:
+        return 1.0 if np.allclose(a, b) else 0.0
+    return float(np.corrcoef(a, b)[0, 1])
+
+
 def bootstrap_indices(y: np.ndarray, n: int, seed: int = 0, groups: np.ndarray | None = None):
     """n bootstrap resamples (index arrays) of images, or of whole groups when `groups` is given.
 
@@ -84,10 +98,7 @@ def bootstrap_indices(y: np.ndarray, n: int, seed: int = 0, groups: np.ndarray |
     """
     y = np.asarray(y).astype(int)
     rng = np.random.default_rng(seed)
-    members = None
-    if groups is not None:
-        _, inverse = np.unique(np.asarray(groups), return_inverse=True)
-        members = np.split(np.argsort(inverse, kind="stable"), np.cumsum(np.bincount(inverse))[:-1])
+    members = None if groups is None else group_members(groups)
     for _ in range(n):
         if members is None:
             i = rng.integers(0, len(y), len(y))
