@@ -337,3 +337,14 @@ def test_browser_tools_are_installed_by_ci():
     text = (ROOT / ".ci" / "run").read_text()
     assert "chromium" in text and "playwright" in text and "PNEUMO_EDGE_REQUIRE_BROWSER" in text
     assert shutil.which("bash")
+
+
+def test_the_pages_occlusion_constants_and_caption_are_pythons():
+    """The in-browser map repeats edge/heatmap.py's grid, grey and floor, and its caption; they must not drift."""
+    from pneumo_edge.edge.heatmap import FLOOR, GREY, SHIPPED, caption
+
+    static = ROOT / "pneumo_edge" / "edge" / "static" / "local"
+    m = re.search(r"OCCLUSION = \{ grid: (\d+), grey: (\d+), floor: ([\d.]+) \}", (static / "maths.js").read_text())
+    assert m and (int(m[1]), int(m[2]), float(m[3])) == (7, GREY, FLOOR) and SHIPPED == "occlusion"
+    js = re.search(r"HEATMAP_MEANING = target => `(.+)`;", (static / "runtime.js").read_text())[1]
+    assert js.replace("${target}", "PNEUMONIA") == caption(SHIPPED, "PNEUMONIA")

@@ -1,5 +1,5 @@
 // The model's maths after the network, as in Python: probability (edge/model.py), the guard
-// (edge/guard.py) and the CAM heat map (edge/cam.py). Every number comes from the ONNX file's metadata.
+// (edge/guard.py, its statistics from the ONNX file's metadata) and the occlusion heat map (edge/heatmap.py).
 
 export const CHECK_WORDS = {  // guard.CHECK_WORDS
   embedding: "unlike the chest X-rays the model was fitted on",
@@ -19,11 +19,8 @@ export function unpack(text, length) {
   return Float64Array.from(values);
 }
 
-// model.prob_from_logits: softmax over logits / T, written as a sigmoid
-export function probability(logits, temperature) {
-  const z = (logits[1] - logits[0]) / temperature;
-  return 1 / (1 + Math.exp(-z));
-}
+// model.prob_from_logits: softmax over logits / T, written as a sigmoid of the margin (l1 - l0) / T
+export const probability = margin => 1 / (1 + Math.exp(-margin));
 
 const sigmoid = z => 0.5 * (1 + Math.tanh(0.5 * z));  // guard._sigmoid
 
@@ -203,34 +200,6 @@ export function occlusionMap(base, margins, size, grid = OCCLUSION.grid, floor =
   const scale = Math.max(top, floor);
   for (let i = 0; i < heat.length; i++) heat[i] /= scale;
   return heat;
-}
-
-export class CamHead {
-  constructor(m, nClasses) {  // cam.CamHead.from_meta
-    for (const k of ["shape", "weights", "bias"]) if (!(k in m)) throw new Error(`metadata field 'cam.${k}' is missing`);
-    const [c, k] = m.shape;
-    if (c !== nClasses) throw new Error(`metadata field 'cam.shape' must be [${nClasses}, channels]`);
-    this.channels = k;
-    this.weights = unpack(m.weights, c * k);
-  }
-
-  // cam.CamHead.maps for one image: ReLU(sum_k W[c,k] A_k), upsampled bilinearly, min-max scaled to [0, 1]
-  map(features, dims, cls, size) {
-    const [, k, h, w] = dims;
-    if (k !== this.channels) throw new Error(`'features' has ${k} channels, the metadata's head ${this.channels}`);
-    const raw = new Float64Array(h * w);
-    for (let ch = 0; ch < k; ch++) {
-      const wk = this.weights[cls * k + ch], base = ch * h * w;
-      for (let i = 0; i < h * w; i++) raw[i] += wk * features[base + i];
-    }
-    for (let i = 0; i < raw.length; i++) raw[i] = Math.max(raw[i], 0);
-    const heat = upsampleBilinear(raw, h, w, size);
-    let lo = Infinity, hi = -Infinity;
-    for (const v of heat) { lo = Math.min(lo, v); hi = Math.max(hi, v); }
-    const span = Math.max(hi - lo, 1e-12);
-    for (let i = 0; i < heat.length; i++) heat[i] = (heat[i] - lo) / span;
-    return heat;
-  }
 }
 
 // cam._JET (matplotlib's jet segment data) and cam.overlay_rgb: the map blended over the grey crop

@@ -8,7 +8,7 @@ import * as ort from "../ort/ort.wasm.min.mjs";
 import { metadataProps } from "./onnx-metadata.js";
 import { ImageError, chroma, decodeRGBA, normalize, resizeGray, toGray } from "./pixels.js";
 import { decodeDicom, isDicom } from "./dicom.js";
-import { Guard, OCCLUSION, occludedCopies, occlusionMap, overlayRGBA } from "./maths.js";
+import { Guard, OCCLUSION, occludedCopies, occlusionMap, overlayRGBA, probability } from "./maths.js";
 
 const META_KEY = "pneumo_edge";  // meta.META_KEY
 const REQUIRED = ["labels", "preprocess", "threshold", "temperature", "model", "pneumo_edge_version"];
@@ -113,7 +113,7 @@ export class LocalModel {
     const out = await this.session.run({ [this.session.inputNames[0]]: input }, wanted);
     const t2 = performance.now();
     const margin = this.margin(out.logits.data, 0);
-    const prob = 1 / (1 + Math.exp(-margin));  // model.prob_from_logits: softmax over logits / T, as a sigmoid
+    const prob = probability(margin);
     const guard = useGuard && this.guard ? this.guard.assess(resized, out.embedding.data, colour) : null;
     const t3 = performance.now();  // decoding and preprocessing, the network, the guard
     for (const t of Object.values(out)) t.dispose?.();
