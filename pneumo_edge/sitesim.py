@@ -113,12 +113,12 @@ def _accepted(y, groups, s) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 
 def _films(samples, size: int):
     """Whole films (for the framing perturbations), labels and each film's patient group."""
-    from .data import decode_all, patient_id
+    from .data import decode_all
+    from .validate import resampling_groups
 
     films, y, bad = decode_all(samples, size, progress=True, rule=None)
     unreadable = {name for name, _ in bad}
-    names = [s.name for s in samples if s.name not in unreadable]
-    return films, y, np.array([patient_id(n) or f"image {i}" for i, n in enumerate(names)])
+    return films, y, resampling_groups([s.name for s in samples if s.name not in unreadable])[0]
 
 
 def simulate_sites(bundle: str | Path, data: str, out: str | Path = "bench/results", model_file: str = "model.onnx",
