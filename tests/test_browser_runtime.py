@@ -319,7 +319,7 @@ def test_serve_offers_the_in_browser_mode():
 
     with TestClient(create_app(ServeConfig(model=str(MODEL), threads=1)), base_url="http://127.0.0.1") as client:
         assert client.get("/v1/model.onnx").content == MODEL.read_bytes()
-        assert client.get("/page.json").json() == {"model": "v1/model.onnx", "server": True}
+        assert client.get("/page.json").json() == {"model": "v1/model.onnx", "file": MODEL.name, "server": True}
         page = client.get("/")
         assert page.headers["cross-origin-opener-policy"] == "same-origin"
         assert page.headers["cross-origin-embedder-policy"] == "require-corp"
