@@ -1,5 +1,5 @@
 """`python -m pneumo_edge ...` is `pneumo-edge ...`."""
 
-from .cli import main
+from pneumo_edge.cli import main
 
 main(prog_name="pneumo-edge")

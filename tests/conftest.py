@@ -93,7 +93,7 @@ def tiny_data(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_checkpoint(tiny_data, tmp_path_factory) -> Path:
     """One epoch of the tiny model on the tiny data, through the library API."""
-    from pneumo_edge.train import RunConfig, TrainConfig, fit
+    from pneumo_edge.train.fit import RunConfig, TrainConfig, fit
 
     out = tmp_path_factory.mktemp("run") / "ckpt"
     fit(TrainConfig(data=str(tiny_data), model=TINY_MODEL, pretrained="none", img_size=TINY_SIZE,
@@ -104,8 +104,8 @@ def tiny_checkpoint(tiny_data, tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_bundle(tiny_checkpoint, tiny_data, tmp_path_factory) -> Path:
-    from pneumo_edge.onnx_export import GateConfig, export
-    from pneumo_edge.report import write_model_card
+    from pneumo_edge.bundle.export import GateConfig, export
+    from pneumo_edge.bundle.report import write_model_card
 
     out = tmp_path_factory.mktemp("bundle") / "bundle"
     export(tiny_checkpoint, out, str(tiny_data), GateConfig(int8_min_agreement=0.0, int8_max_auroc_delta=1.0,

@@ -7,10 +7,10 @@ import pytest
 import torch
 from torch import nn
 
-from pneumo_edge.augment import AugmentConfig, augment, center_box, crop_batch, random_box
-from pneumo_edge.perturb import PERTURBATIONS, perturbed_views
-from pneumo_edge.study import TIE_MARGIN, pick
-from pneumo_edge.train import EMA, TrainConfig, lr_at
+from pneumo_edge.train.augment import AugmentConfig, augment, center_box, crop_batch, random_box
+from pneumo_edge.train.perturb import PERTURBATIONS, perturbed_views
+from pneumo_edge.studies.recipes import TIE_MARGIN, pick
+from pneumo_edge.train.fit import EMA, TrainConfig, lr_at
 
 OFF = AugmentConfig(crop_scale=None, flip=False, max_rot=0.0, scale=0.0, shift=0.0, jitter=0.0, gamma=0.0,
                     blur_p=0.0, noise_p=0.0)

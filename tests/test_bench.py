@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from pneumo_edge.bench import BenchConfig, cpu_info, run_benchmark
+from pneumo_edge.benchmarks.variants import BenchConfig, cpu_info, run_benchmark
 from pneumo_edge.cli import main
 
 COLUMNS = ("variant", "threads", "batch", "iters", "p50_ms", "p95_ms", "p99_ms", "images_per_s", "size_mb",

@@ -37,9 +37,9 @@ def test_infer_cli_classifies_a_real_xray_with_torch_unimportable(tmp_path):
 def test_training_and_inference_paths_give_identical_input():
     import torch
 
-    from pneumo_edge.data import Sample, decode_all
+    from pneumo_edge.train.data import Sample, decode_all
     from pneumo_edge.edge.imaging import PreprocessSpec, load_image, normalize, resize_gray
-    from pneumo_edge.train import to_model_input, uint8_batch
+    from pneumo_edge.train.fit import to_model_input, uint8_batch
 
     spec = PreprocessSpec()
     images, _, _ = decode_all([Sample(name=EXAMPLE.name, label=1, path=str(EXAMPLE))], spec.size, progress=False,

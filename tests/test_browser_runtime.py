@@ -29,7 +29,7 @@ pytestmark = pytest.mark.skipif(not MODEL.is_file(), reason="needs the shipped m
 
 def need_browser():
     """Playwright and chromium, or a skip that says which is missing (a failure where CI requires them)."""
-    from pneumo_edge.browser import chromium_path
+    from pneumo_edge.benchmarks.browser import chromium_path
 
     missing = []
     try:
@@ -88,7 +88,7 @@ def site(tmp_path_factory):
 
 def in_page(folder, files):
     """(browser records, console errors) for `files` given to the static page in `folder`."""
-    from pneumo_edge.browser import chromium, open_page, spaced, static_server, with_heatmaps
+    from pneumo_edge.benchmarks.browser import chromium, open_page, spaced, static_server, with_heatmaps
 
     with static_server(folder) as url, chromium() as browser:
         page, errors = open_page(browser, url)
@@ -100,14 +100,14 @@ def in_page(folder, files):
 
 def heat_accepted(got, files) -> int:
     """Films with a compared heat map: those drawn that the guard accepted."""
-    from pneumo_edge.browser import spaced
+    from pneumo_edge.benchmarks.browser import spaced
 
     drawn = {Path(f).name for f in spaced(files, HEAT_FILMS)}
     return sum(r["guard"] == "accepted" for n, r in got.items() if n in drawn)
 
 
 def films() -> list[str]:
-    from pneumo_edge.browser import pick_films
+    from pneumo_edge.benchmarks.browser import pick_films
 
     test = pick_films(TEST_FILMS, PER_CLASS) if (TEST_FILMS / "NORMAL").is_dir() else []
     return [str(p) for p in EXAMPLES] + test
@@ -119,7 +119,7 @@ def test_static_page_computes_what_python_computes_fp32(tmp_path):
     need_browser()
     if not FP32.is_file():
         pytest.skip("needs the shipped fp32 model export/model.onnx")
-    from pneumo_edge.browser import compare, python_reference, spaced
+    from pneumo_edge.benchmarks.browser import compare, python_reference, spaced
     from pneumo_edge.edge.page import write_page
 
     files = films()
@@ -140,7 +140,7 @@ def test_static_page_matches_python_runtime_int8(site):
     by far. The goal of 0.01 on every film is missed on a few films; bench/results/browser.json has the
     216-film numbers and native onnxruntime's own spread on the same films."""
     need_browser()
-    from pneumo_edge.browser import compare, python_reference, spaced
+    from pneumo_edge.benchmarks.browser import compare, python_reference, spaced
 
     files = films()
     got, errors = in_page(site, files)
@@ -161,7 +161,7 @@ def test_static_page_matches_python_runtime_int8(site):
 def test_offline_in_browser_classification_of_a_demo_example(site):
     """With the network cut after the page loaded, a demo X-ray is still classified: nothing is fetched or sent."""
     need_browser()
-    from pneumo_edge.browser import chromium, classify_in_page, open_page, python_reference, static_server
+    from pneumo_edge.benchmarks.browser import chromium, classify_in_page, open_page, python_reference, static_server
 
     example = str(EXAMPLES[0])
     with static_server(site) as url, chromium() as browser:
@@ -188,7 +188,7 @@ def test_resize_in_the_browser_is_pillows_bit_for_bit(site):
 
     import numpy as np
 
-    from pneumo_edge.browser import chromium, open_page, static_server
+    from pneumo_edge.benchmarks.browser import chromium, open_page, static_server
     from pneumo_edge.edge.imaging import resize_gray
 
     rng = np.random.default_rng(0)
@@ -232,7 +232,7 @@ def test_dicom_in_the_browser_decodes_as_python_does(site, tmp_path):
     label and guard verdict as Python; what the browser cannot decode alike names the server mode."""
     need_browser()
     pytest.importorskip("pydicom")
-    from pneumo_edge.browser import chromium, classify_in_page, compare, open_page, python_reference, static_server
+    from pneumo_edge.benchmarks.browser import chromium, classify_in_page, compare, open_page, python_reference, static_server
 
     real = sorted((ROOT.parent / "shared" / "data" / "external_cxr").glob("*.dcm"))
     files = [str(p) for p in real] + [str(synthetic_dicom(tmp_path / "cr12.dcm"))]
@@ -259,7 +259,7 @@ def test_served_page_uploads_by_default_and_classifies_locally_when_switched(tmp
     pytest.importorskip("fastapi", reason="the [serve] extra (fastapi) is not installed")
     from test_serve import start_server
 
-    from pneumo_edge.browser import chromium, classify_in_page, open_page
+    from pneumo_edge.benchmarks.browser import chromium, classify_in_page, open_page
 
     files = [str(p) for p in EXAMPLES[:2] + EXAMPLES[-2:]]
     proc, base = start_server(MODEL, "--threads", "1")

@@ -2,13 +2,13 @@ import json
 
 from click.testing import CliRunner
 
-from pneumo_edge.bundle import build_bundle
+from pneumo_edge.bundle.build import build_bundle
 from pneumo_edge.cli import main
 
 
 def test_build_bundle_end_to_end(tiny_checkpoint, tiny_data, tiny_eval, tmp_path):
     """The last step of `make reproduce`: export, copy evaluation, Grad-CAM, guard report, model card."""
-    import pneumo_edge.onnx_export as ox
+    import pneumo_edge.bundle.export as ox
 
     ev = tiny_eval
     out = tmp_path / "bundle"

@@ -170,8 +170,8 @@ def test_calibrate_refuses_with_the_number_of_positives_needed(tiny_bundle, tiny
 @needs_real
 def test_calibrate_on_real_validation_films(tmp_path):
     """A slice of the shipped model's validation films as a site, checked by validate on another slice."""
-    from pneumo_edge.data import patient_id
-    from pneumo_edge.monitoring import validation_paths
+    from pneumo_edge.train.data import patient_id
+    from pneumo_edge.site.monitoring import validation_paths
 
     from pathlib import Path
 

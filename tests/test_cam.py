@@ -21,21 +21,21 @@ from pneumo_edge.edge.errors import ModelError
 from pneumo_edge.edge.imaging import load_image, normalize, resize_gray
 from pneumo_edge.edge.meta import META_KEY
 from pneumo_edge.edge.model import EdgeModel
-from pneumo_edge.onnx_export import map_correlation
+from pneumo_edge.bundle.export import map_correlation
 
 ROOT = Path(__file__).resolve().parents[1]
 SHIPPED = ROOT / "export"
 
 
 def twin_gradcam(model, layer, x: np.ndarray, classes) -> np.ndarray:
-    from pneumo_edge.gradcam import GradCAM
+    from pneumo_edge.bundle.gradcam import GradCAM
 
     with GradCAM(model, layer) as cam:
         return np.concatenate([cam(torch.from_numpy(x[i:i + 1]), int(c))[0] for i, c in enumerate(classes)])
 
 
 def edge_vs_twin(edge: EdgeModel, twin, resized: np.ndarray) -> list[float]:
-    from pneumo_edge.gradcam import features_layer
+    from pneumo_edge.bundle.gradcam import features_layer
 
     x = normalize(resized, edge.spec)
     out = edge.run(x)
@@ -103,7 +103,7 @@ def test_heatmap_names_are_safe_and_distinct(tmp_path):
 # ---------------------------------------------------------------- the exported file
 
 def test_bundle_outputs_features_and_cam_equals_gradcam(tiny_bundle, tiny_checkpoint):
-    from pneumo_edge.checkpoint import load_checkpoint
+    from pneumo_edge.train.checkpoint import load_checkpoint
 
     edge = EdgeModel(tiny_bundle / "model.onnx")
     assert edge.output_names == ["logits", "embedding", "features"]
@@ -243,9 +243,9 @@ def shipped_with_features(tmp_path_factory):
         pytest.skip("needs the shipped twin (export/model.safetensors) and ../shared/data/chest_xray")
     from dataclasses import replace
 
-    from pneumo_edge.checkpoint import load_checkpoint
+    from pneumo_edge.train.checkpoint import load_checkpoint
     from pneumo_edge.edge.meta import read_meta
-    from pneumo_edge.onnx_export import cam_metadata, export_onnx
+    from pneumo_edge.bundle.export import cam_metadata, export_onnx
 
     twin, _ = load_checkpoint(SHIPPED)
     shipped = EdgeModel(SHIPPED / "model.onnx")

@@ -8,7 +8,7 @@ from pathlib import Path
 import onnxruntime as ort
 import pytest
 
-from pneumo_edge.checkpoint import hub_config, load_checkpoint, read_config
+from pneumo_edge.train.checkpoint import hub_config, load_checkpoint, read_config
 from pneumo_edge.edge.errors import ModelError
 from pneumo_edge.edge.meta import META_KEY, read_meta
 from pneumo_edge.edge.model import EdgeModel
@@ -82,7 +82,7 @@ def test_shipped_card_metadata_goes_through_huggingface_hub():
 def test_shipped_card_header_is_what_report_renders():
     from huggingface_hub import ModelCard
 
-    from pneumo_edge.report import model_card
+    from pneumo_edge.bundle.report import model_card
 
     assert ModelCard(model_card(SHIPPED)).data.to_dict() == ModelCard.load(SHIPPED / "README.md").data.to_dict()
 
@@ -124,8 +124,8 @@ def test_export_writes_flat_keys_hub_config_and_card(tiny_bundle, tiny_checkpoin
 def test_card_takes_metrics_only_from_results_of_these_weights(tiny_bundle, tiny_eval, tmp_path):
     from huggingface_hub import ModelCard
 
-    from pneumo_edge.hub import push
-    from pneumo_edge.report import write_model_card
+    from pneumo_edge.bundle.hub import push
+    from pneumo_edge.bundle.report import write_model_card
 
     b = tmp_path / "b"
     shutil.copytree(tiny_bundle, b)
@@ -176,7 +176,7 @@ def test_run_layout_and_hub_layout_load_the_same_twin(tiny_checkpoint, tmp_path)
 
 
 def test_reexport_from_a_bundle_takes_the_rule_from_its_onnx_file(tiny_bundle):
-    from pneumo_edge.onnx_export import operating_point
+    from pneumo_edge.bundle.export import operating_point
 
     meta = read_meta(tiny_bundle / "model.onnx")
     assert operating_point(tiny_bundle, read_config(tiny_bundle), None) == (meta.threshold, meta.temperature)

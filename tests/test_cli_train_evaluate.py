@@ -100,9 +100,13 @@ def test_readme_cli_fills_generated_sections_from_result_files(tiny_eval, tmp_pa
     bundle = tiny_eval  # results.json is all the results section needs
     readme = tmp_path / "README.md"
     readme.write_text("intro\n<!-- generated:results -->\nold\n<!-- /generated:results -->\nend\n")
-    r = CliRunner().invoke(main, ["readme", str(readme), "--bundle", str(bundle)])
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    (docs / "results.md").write_text("# Results\n<!-- generated:results -->\nold\n<!-- /generated:results -->\n")
+    r = CliRunner().invoke(main, ["bundle", "readme", str(readme), "--bundle", str(bundle)])
     assert r.exit_code == 0, r.output
+    assert "\nold\n" not in (docs / "results.md").read_text()  # the numbers wherever they live: docs pages too
     text = readme.read_text()
     n = json.loads((bundle / "results.json").read_text())["test"]["n"]
     assert "\nold\n" not in text and f"official test split, {n} images" in text and text.endswith("end\n")
-    assert "updated sections: results" in r.output
+    assert "updated sections: README.md:results, docs/results.md:results" in r.output

@@ -3,7 +3,7 @@ import shutil
 import pytest
 
 from conftest import REAL, make_dataset, needs_real
-from pneumo_edge.data import (Sample, carve_validation, decode_all, fingerprint, load_splits, patient_id)
+from pneumo_edge.train.data import (Sample, carve_validation, decode_all, fingerprint, load_splits, patient_id)
 from pneumo_edge.edge.errors import DataError
 
 

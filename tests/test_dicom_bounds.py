@@ -9,7 +9,7 @@ import pytest
 from pneumo_edge.edge import imaging
 from pneumo_edge.edge.errors import ImageError
 from pneumo_edge.edge.imaging import load_gray
-from pneumo_edge.memory import write_element_bomb, write_jpeg_frame_bomb
+from pneumo_edge.benchmarks.memory import write_element_bomb, write_jpeg_frame_bomb
 from test_imaging import ramp, write_dicom
 
 

@@ -20,7 +20,7 @@ EXAMPLES = sorted((ROOT / "examples" / "xrays").rglob("*.jpeg"))[:3]
 def _film(image: Path) -> pydicom.Dataset:
     from PIL import Image
 
-    from pneumo_edge.dicomfilm import film_dataset
+    from pneumo_edge.testing.dicomfilm import film_dataset
 
     return film_dataset(np.asarray(Image.open(image).convert("L")))
 

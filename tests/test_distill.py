@@ -6,7 +6,7 @@ from click.testing import CliRunner
 
 from conftest import TINY_MODEL, TINY_SIZE
 from pneumo_edge.cli import main
-from pneumo_edge.distill import Teacher, distill_loss
+from pneumo_edge.train.distill import Teacher, distill_loss
 
 TINY = ["--arch", TINY_MODEL, "--pretrained", "none", "--img-size", str(TINY_SIZE), "--epochs", "1",
         "--batch-size", "8", "--lr", "3e-3", "--ema-decay", "0", "--val-fraction", "0.25"]
@@ -34,7 +34,7 @@ class Scaled(torch.nn.Module):
 
 
 def test_teacher_is_the_mean_of_its_members(tiny_checkpoint):
-    from pneumo_edge.checkpoint import load_checkpoint
+    from pneumo_edge.train.checkpoint import load_checkpoint
 
     model, config = load_checkpoint(tiny_checkpoint)
     one = Teacher.load([tiny_checkpoint], config)
@@ -49,7 +49,7 @@ def test_teacher_is_the_mean_of_its_members(tiny_checkpoint):
 
 
 def test_train_cli_distils_from_a_teacher_on_the_same_split(tiny_checkpoint, tiny_data, tmp_path, monkeypatch):
-    import pneumo_edge.distill as distill
+    import pneumo_edge.train.distill as distill
 
     calls = []
 
@@ -92,7 +92,7 @@ def test_train_cli_refuses_bad_distillation_settings_before_touching_the_output(
 
 
 def test_a_distilled_candidate_costs_its_teachers_training_too(tmp_path):
-    from pneumo_edge.study import with_teachers
+    from pneumo_edge.studies.recipes import with_teachers
 
     for name, seconds in (("a", 600), ("b", 900)):
         (tmp_path / name).mkdir()

@@ -68,12 +68,12 @@ def test_gate_fails_when_twin_is_perturbed(tiny_checkpoint, tiny_data, tmp_path,
     state["classifier.bias"] = state["classifier.bias"] + torch.tensor([0.0, 5.0])
     save_file(state, str(bad / "model.safetensors"))
 
-    import pneumo_edge.onnx_export as ox
+    import pneumo_edge.bundle.export as ox
 
     real_export = ox.export_onnx
 
     def export_from_original(model, spec, path, meta):  # the ONNX file comes from the unperturbed twin
-        from pneumo_edge.checkpoint import load_checkpoint
+        from pneumo_edge.train.checkpoint import load_checkpoint
 
         original, _ = load_checkpoint(tiny_checkpoint)
         real_export(original, spec, path, meta)
@@ -105,8 +105,8 @@ def test_export_refuses_bad_checkpoints(tmp_path, tiny_data, tiny_checkpoint):
 @needs_real
 @pytest.mark.skipif(not (SHIPPED / "model.onnx").is_file(), reason="no shipped bundle")
 def test_shipped_bundle_reproduces_its_metrics():
-    from pneumo_edge.data import decode_all, load_splits
-    from pneumo_edge.metrics import binary_metrics
+    from pneumo_edge.train.data import decode_all, load_splits
+    from pneumo_edge.site.metrics import binary_metrics
 
     m = EdgeModel(SHIPPED / "model.onnx")
     assert m.guard is not None

@@ -7,8 +7,8 @@ from click.testing import CliRunner
 
 from conftest import REAL, write_xrays
 from pneumo_edge.cli import main
-from pneumo_edge.gradcam import GradCAM
-from pneumo_edge.models import build_twin
+from pneumo_edge.bundle.gradcam import GradCAM
+from pneumo_edge.train.models import build_twin
 
 SHIPPED = Path(__file__).resolve().parents[1] / "export"
 
@@ -53,7 +53,7 @@ def _spearman(a, b):
                     reason="needs the shipped twin and the dataset")
 def test_randomised_weights_change_the_map():
     """Model-parameter randomisation test (Adebayo et al. 2018) on the shipped model and real X-rays."""
-    from pneumo_edge.checkpoint import load_checkpoint
+    from pneumo_edge.train.checkpoint import load_checkpoint
     from pneumo_edge.edge.imaging import PreprocessSpec, load_gray, normalize, resize_gray
 
     trained, config = load_checkpoint(SHIPPED)
@@ -72,9 +72,9 @@ def test_randomised_weights_change_the_map():
 
 
 def test_picked_cases_cover_every_outcome_from_distinct_patients_and_are_seeded():
-    from pneumo_edge.bundle import pick_cam_cases
-    from pneumo_edge.data import patient_id
-    from pneumo_edge.metrics import outcome
+    from pneumo_edge.bundle.build import pick_cam_cases
+    from pneumo_edge.train.data import patient_id
+    from pneumo_edge.site.metrics import outcome
 
     rng = np.random.default_rng(0)
     labels = np.array([0] * 30 + [1] * 30)
@@ -96,7 +96,7 @@ def test_sheet_panels_show_the_full_film_the_outcome_and_a_colour_bar(tiny_bundl
     import matplotlib.pyplot as plt
     from matplotlib.patches import Rectangle
 
-    import pneumo_edge.gradcam as gc
+    import pneumo_edge.bundle.gradcam as gc
 
     closed = []
     close = plt.close
@@ -121,8 +121,8 @@ def test_sheet_panels_show_the_full_film_the_outcome_and_a_colour_bar(tiny_bundl
 
 def test_bundle_sheet_is_picked_from_stored_predictions_without_a_test_read(tiny_bundle, tiny_eval, tiny_data, tmp_path,
                                                                              monkeypatch):
-    import pneumo_edge.evaluate as ev
-    from pneumo_edge.bundle import gradcam_examples
+    import pneumo_edge.train.evaluate as ev
+    from pneumo_edge.bundle.build import gradcam_examples
 
     def refuse(*args, **kwargs):
         raise AssertionError("picking the sheet's films scored the test split or wrote the ledger")

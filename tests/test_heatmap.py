@@ -82,9 +82,9 @@ def test_heatmap_parity_regates_a_bundle_without_touching_its_models(tiny_bundle
 
 
 def test_onnx_twin_and_int8_maps_pass_the_parity_gates(tiny_bundle):
-    from pneumo_edge.checkpoint import load_checkpoint
-    from pneumo_edge.models import build_twin
-    from pneumo_edge.onnx_export import check_heatmap
+    from pneumo_edge.train.checkpoint import load_checkpoint
+    from pneumo_edge.train.models import build_twin
+    from pneumo_edge.bundle.export import check_heatmap
 
     twin, config = load_checkpoint(tiny_bundle)
     rng = np.random.default_rng(7)
@@ -117,8 +117,8 @@ def test_maps_differ_between_films_more_than_under_a_small_shift():
 @pytest.mark.skipif(not ((ROOT / "export" / "model.safetensors").is_file() and EXAMPLES.is_dir()),
                     reason="needs the shipped twin and examples/xrays")
 def test_shipped_onnx_and_twin_draw_the_same_map():
-    from pneumo_edge.checkpoint import load_checkpoint
-    from pneumo_edge.onnx_export import check_heatmap
+    from pneumo_edge.train.checkpoint import load_checkpoint
+    from pneumo_edge.bundle.export import check_heatmap
 
     twin, _ = load_checkpoint(ROOT / "export")
     fp32 = EdgeModel(ROOT / "export" / "model.onnx", threads=2)

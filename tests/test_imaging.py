@@ -14,7 +14,7 @@ def write_dicom(path, pixels: np.ndarray, photometric="MONOCHROME2", bits=16, st
     """A minimal uncompressed DICOM; pixels (rows, cols) or (frames, rows, cols); attrs override the header."""
     from pydicom.uid import ExplicitVRLittleEndian
 
-    from pneumo_edge.memory import new_dicom
+    from pneumo_edge.benchmarks.memory import new_dicom
 
     ds = new_dicom(path, ExplicitVRLittleEndian)
     ds.Rows, ds.Columns = pixels.shape[-2:]
@@ -305,7 +305,7 @@ def test_missing_decoder_plugin_is_named(tmp_path, monkeypatch):
 
 
 def test_deflated_dicom_bomb_is_refused_before_it_is_inflated(tmp_path):
-    from pneumo_edge.memory import write_deflated_dicom
+    from pneumo_edge.benchmarks.memory import write_deflated_dicom
 
     big = 16_000  # declares 256 Mpx: 512 MB of zeros, about 0.5 MB on disk
     bomb = write_deflated_dicom(tmp_path / "bomb.dcm", big, big, bytes(big * big * 2))

@@ -58,7 +58,7 @@ def test_wheel_infer_classifies_in_an_empty_folder_with_the_packaged_int8_model(
 
 
 def test_validate_on_the_light_install_matches_the_full_one(light, tmp_path):
-    from pneumo_edge.validate import ValidateConfig, validate
+    from pneumo_edge.site.validate import ValidateConfig, validate
 
     model = REPO / "export" / "model.int8.onnx"
     r = _run([light / "bin" / "pneumo-edge", "validate", EXAMPLES, "--model", model, "--out", tmp_path / "light"])

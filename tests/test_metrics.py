@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from pneumo_edge.metrics import (binary_metrics, bootstrap_ci, expected_calibration_error, fit_temperature,
+from pneumo_edge.site.metrics import (binary_metrics, bootstrap_ci, expected_calibration_error, fit_temperature,
                                  prob_from_logits, threshold_for_sensitivity)
 
 
@@ -53,7 +53,7 @@ def test_bootstrap_ci_contains_point_estimate():
 
 
 def test_temperature_is_applied_only_when_it_helps_held_out_validation(monkeypatch):
-    import pneumo_edge.metrics as metrics
+    import pneumo_edge.site.metrics as metrics
 
     rng = np.random.default_rng(0)
     z = rng.normal(0, 2, 2000)

@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from pneumo_edge.edge.errors import HubError, ModelError
-from pneumo_edge.models import check_model_name, create_model, lite0_package_state_dict
+from pneumo_edge.train.models import check_model_name, create_model, lite0_package_state_dict
 
 
 def test_lite0_weights_map_onto_timm_strictly():

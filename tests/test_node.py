@@ -22,10 +22,10 @@ import pydicom  # noqa: E402
 from click.testing import CliRunner  # noqa: E402
 
 from pneumo_edge.cli import main  # noqa: E402
-from pneumo_edge.dicomfilm import film_dataset, write_film  # noqa: E402
+from pneumo_edge.testing.dicomfilm import film_dataset, write_film  # noqa: E402
 from pneumo_edge.edge.node.sr import read_sr  # noqa: E402
-from pneumo_edge.node_bench import STORESCU_FLAG, NodeProcess, storescu, storescu_args, stored_ok, class_films  # noqa: E402
-from pneumo_edge.orthanc import Orthanc, orthanc_binary  # noqa: E402
+from pneumo_edge.benchmarks.node import STORESCU_FLAG, NodeProcess, storescu, storescu_args, stored_ok, class_films  # noqa: E402
+from pneumo_edge.testing.orthanc import Orthanc, orthanc_binary  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 TRAIN = ROOT.parent / "shared" / "data" / "chest_xray" / "train"
@@ -274,7 +274,7 @@ def test_refused_results_go_to_the_dead_letter_folder_with_the_reason(tmp_path):
     dead/<destination>/ with the reason beside it, and the audit says so."""
     from pynetdicom import AE, evt
 
-    from pneumo_edge.orthanc import free_port
+    from pneumo_edge.testing.orthanc import free_port
 
     refusals = []
     pacs = AE(ae_title="FULL")
@@ -306,7 +306,7 @@ def test_refused_results_go_to_the_dead_letter_folder_with_the_reason(tmp_path):
 
 def test_stow_rs_destination(tmp_path):
     """--send-to a DICOMweb base URL: each SR is stored by STOW-RS (Orthanc's DICOMweb plugin)."""
-    from pneumo_edge.orthanc import dicomweb_plugin
+    from pneumo_edge.testing.orthanc import dicomweb_plugin
 
     if dicomweb_plugin() is None:
         pytest.skip("Orthanc's DICOMweb plugin is not installed (apt-get install orthanc-dicomweb)")

@@ -7,7 +7,7 @@ import pytest
 pytest.importorskip("pynetdicom", reason="the [node] extra (pynetdicom, highdicom) is not installed")
 pytest.importorskip("prometheus_client", reason="prometheus-client is not installed")
 
-from pneumo_edge.dicomfilm import write_film  # noqa: E402
+from pneumo_edge.testing.dicomfilm import write_film  # noqa: E402
 from pneumo_edge.edge.node.service import METRICS_FILE, Node, NodeConfig, status_text  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]

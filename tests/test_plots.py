@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 from sklearn.metrics import roc_curve
 
-from pneumo_edge import plots
-from pneumo_edge.metrics import expected_calibration_error
+from pneumo_edge.site import plots
+from pneumo_edge.site.metrics import expected_calibration_error
 
 
 @pytest.fixture
@@ -84,7 +84,7 @@ def test_roc_without_resamples_draws_no_band(drawn, tmp_path):
 
 def test_plots_from_stored_predictions_leave_the_test_split_and_ledger_alone(tiny_eval, tiny_data, tmp_path,
                                                                            monkeypatch):
-    import pneumo_edge.evaluate as ev
+    import pneumo_edge.train.evaluate as ev
 
     results, y, logits, names = ev.stored_predictions(tiny_eval)
     test = sorted((tiny_data / "test").rglob("*.jpeg"), key=lambda f: (f.parent.name, f.name))

@@ -45,13 +45,13 @@ def test_disabled_progress_prints_nothing(err):
     assert err.getvalue() == ""
 
 
-LONG = ["train", "evaluate", "export", "infer", "validate", "explain", "bench", "guard-report", "study", "bundle",
-        "bench-memory"]
+LONG = ["train", "evaluate", "export", "infer", "validate", "explain", "bench variants", "bundle guard-report",
+        "study recipes", "bundle build", "bench memory", "guard-report"]
 
 
 @pytest.mark.parametrize("command", LONG)
 def test_every_long_command_has_quiet(command):
-    r = CliRunner().invoke(main, [command, "--help"])
+    r = CliRunner().invoke(main, [*command.split(), "--help"])
     assert r.exit_code == 0 and "-q, --quiet" in r.output
 
 

@@ -90,7 +90,7 @@ def _uploads(r) -> set[str]:
 
 
 def test_push_uploads_the_bundle_manifest_only_and_no_patient_images(tiny_bundle, tmp_path):
-    from pneumo_edge.manifest import BUNDLE_FILES
+    from pneumo_edge.bundle.manifest import BUNDLE_FILES
 
     b = _bundle(tiny_bundle, tmp_path)
     (b / "gradcam").mkdir(exist_ok=True)

@@ -261,7 +261,7 @@ def test_serve_refuses_a_missing_model_before_binding(tmp_path):
 
 
 def test_load_test_counts_every_request(tiny_bundle, tiny_data, tmp_path):
-    from pneumo_edge.loadtest import LoadConfig, load_test, render
+    from pneumo_edge.benchmarks.serve import LoadConfig, load_test, render
 
     r = load_test(LoadConfig(model=str(tiny_bundle / "model.onnx"), images=str(tiny_data / "test"), requests=24,
                              clients=3, warmup=4, heatmap=True, threads=1, out=str(tmp_path)))

@@ -265,7 +265,7 @@ def test_a_client_hanging_up_mid_upload_is_one_log_line(tiny_bundle):
 
 
 def test_bench_serve_measures_a_normal_client_among_slow_ones(tiny_bundle, tiny_data, tmp_path):
-    from pneumo_edge.loadtest import LoadConfig, load_test, render
+    from pneumo_edge.benchmarks.serve import LoadConfig, load_test, render
 
     r = load_test(LoadConfig(model=str(tiny_bundle / "model.onnx"), images=str(tiny_data / "test"), requests=4,
                              threads=1, slow_clients=6, out=str(tmp_path)))

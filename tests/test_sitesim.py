@@ -6,8 +6,8 @@ import numpy as np
 from click.testing import CliRunner
 
 from pneumo_edge.cli import main
-from pneumo_edge.perturb import PERTURBATIONS
-from pneumo_edge.sitesim import simulate, site_split
+from pneumo_edge.train.perturb import PERTURBATIONS
+from pneumo_edge.studies.sites import simulate, site_split
 
 
 def synthetic_site(rng, n_patients=300):
@@ -61,7 +61,7 @@ def test_site_sim_command_scores_every_perturbation(tiny_bundle, tiny_data, tmp_
 
 
 def test_the_test_read_is_one_ledger_line_and_streams_every_shift(stamped_bundle, tiny_data, tmp_path):
-    from pneumo_edge.evaluate import count_ledger
+    from pneumo_edge.train.evaluate import count_ledger
 
     ledger = tmp_path / "ledger.jsonl"
     r = CliRunner().invoke(main, ["site-sim", "--test-read", "--bundle", str(stamped_bundle), "--data", str(tiny_data),

@@ -101,8 +101,8 @@ def test_run_control_never_reaches_a_published_config(tiny_bundle):
     import dataclasses
     import json
 
-    from pneumo_edge.checkpoint import RUN_KEYS
-    from pneumo_edge.train import RunConfig, TrainConfig
+    from pneumo_edge.train.checkpoint import RUN_KEYS
+    from pneumo_edge.train.fit import RunConfig, TrainConfig
 
     assert set(RUN_KEYS) == {f.name for f in dataclasses.fields(RunConfig)}
     assert not set(RUN_KEYS) & {f.name for f in dataclasses.fields(TrainConfig)}

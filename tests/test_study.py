@@ -4,8 +4,8 @@ from click.testing import CliRunner
 
 from conftest import TINY_MODEL, TINY_SIZE
 from pneumo_edge.cli import main
-from pneumo_edge.perturb import PERTURBATIONS
-from pneumo_edge.study import RULE
+from pneumo_edge.train.perturb import PERTURBATIONS
+from pneumo_edge.studies.recipes import RULE
 
 
 def test_study_cli_trains_scores_and_picks_by_the_rule(tiny_data, tmp_path):
@@ -56,9 +56,9 @@ def test_soup_is_the_mean_of_its_members_and_refuses_other_splits(tiny_checkpoin
     import pytest
     import torch
 
-    from pneumo_edge.checkpoint import load_checkpoint
+    from pneumo_edge.train.checkpoint import load_checkpoint
     from pneumo_edge.edge.errors import ModelError
-    from pneumo_edge.soup import average_checkpoints
+    from pneumo_edge.train.soup import average_checkpoints
 
     other = tmp_path / "other"
     shutil.copytree(tiny_checkpoint, other)
@@ -66,7 +66,7 @@ def test_soup_is_the_mean_of_its_members_and_refuses_other_splits(tiny_checkpoin
     with torch.no_grad():
         for p in model.parameters():
             p.add_(1.0)
-    from pneumo_edge.checkpoint import save_checkpoint
+    from pneumo_edge.train.checkpoint import save_checkpoint
 
     save_checkpoint(other, model, config)
     average_checkpoints([tiny_checkpoint, other], tmp_path / "soup")
@@ -95,7 +95,7 @@ def test_soup_refuses_a_seed_that_would_count_twice(tmp_path):
     import pytest
 
     from pneumo_edge.edge.errors import DataError
-    from pneumo_edge.study import Candidate, StudyConfig, make_soup
+    from pneumo_edge.studies.recipes import Candidate, StudyConfig, make_soup
 
     recipe = Candidate(name="r", why="", train={"epochs": 1})
     study = StudyConfig(candidates=[recipe], runs=str(tmp_path), seed=42)

@@ -14,7 +14,7 @@ import pneumo_edge
 from pneumo_edge.cli import main
 from pneumo_edge.edge.decision import FIELDS
 from pneumo_edge.edge.meta import read_meta
-from pneumo_edge.validate import resampling_groups
+from pneumo_edge.site.validate import resampling_groups
 
 PLOTS = ["confusion_matrix.png", "reliability.png", "roc.png"]  # roc.png: ROC with its band beside PR
 

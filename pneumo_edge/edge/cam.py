@@ -13,7 +13,7 @@ averages at that layer is W[c,k] / (h w) at every position, and Grad-CAM there *
     map_c = ReLU(sum_k W[c,k] A_k), bilinearly upsampled to the input size (half-pixel centres, torch's
     align_corners=False), then min-max scaled to [0, 1] per image (an all-zero map stays zero).
 
-Explained class: the same target as the twin's Grad-CAM (`pneumo_edge.gradcam`): the logit of the class the
+Explained class: the same target as the twin's Grad-CAM (`pneumo_edge.bundle.gradcam`): the logit of the class the
 bundle decides (calibrated threshold), or an explicit target. Not the logit difference W[c] - W[other] that
 drives the softmax: with two classes that map is the other class's map negated, and it would no longer
 match the twin's Grad-CAM.

@@ -18,7 +18,7 @@ maximum and `Guard.rejects` is the one rule that turns a score into a refusal:
   separates the two with a wide margin, whatever the embedding makes of a negative.
 
 Each exported file carries statistics fitted on its own embeddings (fp32 and INT8 differ).
-Fitting (training data) lives in `pneumo_edge.ood`.
+Fitting (training data) lives in `pneumo_edge.bundle.guardfit`.
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ from .errors import ModelError
 
 N_COMPONENTS = 32
 # Embedding threshold = MARGIN x the PERCENTILE of validation distances, pooled over clean views and
-# mild acquisition shifts (pneumo_edge.ood.SHIFT_VIEWS): films from another site look like those shifts.
+# mild acquisition shifts (pneumo_edge.bundle.guardfit.SHIFT_VIEWS): films from another site look like those shifts.
 PERCENTILE = 99.5
 # MARGIN: on validation, a shift view left out of the pool was then refused 0.15% of the time on average
 # (worst view 0.6%) at 1.2, against 0.5% (worst 2%) at 1.0: headroom for shifts not in the pool.

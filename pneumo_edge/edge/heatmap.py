@@ -10,7 +10,7 @@ everywhere says "nothing found". The margin, unlike the probability, does not sa
 Maps are ReLU(drop) / max(largest drop on the film, FLOOR): a film without FLOOR logits of evidence anywhere
 stays dim instead of having noise stretched to full brightness.
 
-Which method ships, and why, is decided by `pneumo-edge heatmap-study` against the rule committed in
+Which method ships, and why, is decided by `pneumo-edge study heatmaps` against the rule committed in
 bench/heatmaps/protocol.json (results in bench/heatmaps/results.json).
 """
 
@@ -190,7 +190,7 @@ def caption(method: str | Method = None, target: str = "PNEUMONIA") -> str:
     return f"map: {m.evidence} ({m.title})"
 
 
-# The method every output ships: the one `pneumo-edge heatmap-study` picked by the committed rule
+# The method every output ships: the one `pneumo-edge study heatmaps` picked by the committed rule
 # (bench/heatmaps/results.json, "pick"; tests/test_heatmap.py checks that the two agree).
 SHIPPED = "occlusion"
 # `infer --heatmaps` over folders: the study's "folder_method"; where its rule 5 finds none (no cheaper method
@@ -221,7 +221,7 @@ def explain(images: list[str], model, out: str | os.PathLike, target: str | None
             force: bool = False, guard: bool = True) -> list[dict]:
     """`pneumo-edge explain --model X.onnx`: one overlay PNG per image plus a contact sheet, no torch.
 
-    `model` is an EdgeModel. Records match `pneumo_edge.gradcam.explain`: the scored-image fields
+    `model` is an EdgeModel. Records match `pneumo_edge.bundle.gradcam.explain`: the scored-image fields
     (`decision.Scored.fields`), and for an image the guard refuses status "rejected" and no PNG.
     The map is `SHIPPED`: the evidence for PNEUMONIA (or for `target`), forward passes only.
     """

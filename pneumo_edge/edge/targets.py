@@ -33,6 +33,8 @@ CONFIG = "config.json"  # the twin in timm's hub layout
 CARD = "README.md"  # the model card
 RESULTS = "results.json"  # the evaluation behind the operating point
 PARITY = "parity.json"  # the export gates' report
+SHIPPED_BUNDLE = "export"  # the shipped bundle's folder in a checkout, every command's default bundle
+DEFAULT_DATA = "hf-vision/chest-xray-pneumonia"  # the home dataset on the Hugging Face hub (Kermany 2018)
 
 
 def target(name: str) -> Target:

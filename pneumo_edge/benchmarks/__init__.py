@@ -1,0 +1,1 @@
+"""Measurements, one module per `pneumo-edge bench` subcommand; results under bench/results/."""

@@ -1,0 +1,1 @@
+"""Training side (torch): data, augmentation, the twins, the fit, evaluation on the test split."""
