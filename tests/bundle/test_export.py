@@ -13,7 +13,7 @@ from pneumo_edge.cli import main
 from pneumo_edge.edge.meta import read_meta
 from pneumo_edge.edge.model import EdgeModel
 
-SHIPPED = Path(__file__).resolve().parents[1] / "export"
+SHIPPED = Path(__file__).resolve().parents[2] / "export"
 
 
 def test_export_cli_writes_bundle_and_passes_gate(tiny_checkpoint, tiny_data, tmp_path):

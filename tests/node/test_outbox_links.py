@@ -7,6 +7,8 @@ import time
 
 import pytest
 
+pytestmark = pytest.mark.slow  # starts a server, a browser, a venv or Ray
+
 pytest.importorskip("pynetdicom", reason="the node extra is not installed (pip install '.[node]')")
 
 from pneumo_edge.edge.node.audit import Audit, read  # noqa: E402

@@ -14,7 +14,8 @@ from click.testing import CliRunner
 
 from pneumo_edge.cli import main
 
-ROOT = Path(__file__).resolve().parents[1]
+
+ROOT = Path(__file__).resolve().parents[2]
 MODEL = ROOT / "export" / "model.int8.onnx"
 FP32 = ROOT / "export" / "model.onnx"
 EXAMPLES = sorted((ROOT / "examples" / "xrays").rglob("*.jpeg"))
@@ -24,7 +25,7 @@ HEAT_FILMS = 3  # films whose heat map (~50 model runs each in WebAssembly) is c
 # .ci/run sets this: there a missing browser is a failure, not a skip
 REQUIRED = bool(os.environ.get("PNEUMO_EDGE_REQUIRE_BROWSER"))
 
-pytestmark = pytest.mark.skipif(not MODEL.is_file(), reason="needs the shipped model export/model.int8.onnx")
+pytestmark = [pytest.mark.slow, pytest.mark.skipif(not MODEL.is_file(), reason="needs the shipped model export/model.int8.onnx")]  # slow: starts a server or a browser
 
 
 def need_browser():

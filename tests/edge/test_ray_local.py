@@ -6,6 +6,8 @@ import sys
 
 import pytest
 
+pytestmark = pytest.mark.slow  # starts a server, a browser, a venv or Ray
+
 pytest.importorskip("ray", reason="the cluster extra (pip install '.[cluster]') is not installed")
 
 # In a fresh interpreter: start Ray as infer does, then list every listening TCP socket of the processes it

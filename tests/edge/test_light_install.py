@@ -14,7 +14,9 @@ from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.slow  # starts a server, a browser, a venv or Ray
+
+REPO = Path(__file__).resolve().parents[2]
 EXAMPLES = REPO / "examples" / "xrays"
 
 

@@ -23,7 +23,7 @@ from pneumo_edge.edge.meta import META_KEY
 from pneumo_edge.edge.model import EdgeModel
 from pneumo_edge.bundle.export import map_correlation
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 SHIPPED = ROOT / "export"
 
 

@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+
 pytest.importorskip("pynetdicom", reason="the node extra is not installed (pip install '.[node]')")
 pytest.importorskip("highdicom", reason="the node extra is not installed (pip install '.[node]')")
 
@@ -27,12 +28,12 @@ from pneumo_edge.edge.node.sr import read_sr  # noqa: E402
 from pneumo_edge.benchmarks.node import STORESCU_FLAG, NodeProcess, storescu, storescu_args, stored_ok, class_films  # noqa: E402
 from pneumo_edge.testing.orthanc import Orthanc, orthanc_binary  # noqa: E402
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 TRAIN = ROOT.parent / "shared" / "data" / "chest_xray" / "train"
 MISSING = [name for name, found in (("Orthanc (apt-get install orthanc)", orthanc_binary()),
                                     ("storescu (apt-get install dcmtk)", shutil.which("storescu")),
                                     ("dciodvfy (apt-get install dicom3tools)", shutil.which("dciodvfy"))) if not found]
-pytestmark = pytest.mark.skipif(bool(MISSING), reason="not installed: " + ", ".join(MISSING))
+pytestmark = [pytest.mark.slow, pytest.mark.skipif(bool(MISSING), reason="not installed: " + ", ".join(MISSING))]  # slow: starts a server or a browser
 
 SR_CLASS = "1.2.840.10008.5.1.4.1.1.88.33"
 
@@ -366,7 +367,7 @@ def test_audit_and_log_hold_no_patient_text(tmp_path, pacs):
 
 def test_bench_node_command_with_two_senders(tmp_path):
     """`pneumo-edge bench-node --senders 2` end to end on a few films: two storescu at once, every SR in Orthanc."""
-    r = CliRunner().invoke(main, ["bench-node", "--images", str(Path(__file__).resolve().parents[1] / "examples" / "xrays"),
+    r = CliRunner().invoke(main, ["bench-node", "--images", str(Path(__file__).resolve().parents[2] / "examples" / "xrays"),
                                   "--films", "6", "--senders", "2", "--out", str(tmp_path), "-q"])
     assert r.exit_code == 0, r.output
     res = json.loads((tmp_path / "node-2-senders.json").read_text())

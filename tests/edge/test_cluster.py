@@ -14,9 +14,11 @@ from PIL import Image
 from conftest import REAL, run_cli_without_torch
 from pneumo_edge.cli import main
 
+pytestmark = pytest.mark.slow  # starts a server, a browser, a venv or Ray
+
 ray = pytest.importorskip("ray", reason="the cluster extra (pip install '.[cluster]') is not installed")
 
-SHIPPED = Path(__file__).resolve().parents[1] / "export" / "model.int8.onnx"
+SHIPPED = Path(__file__).resolve().parents[2] / "export" / "model.int8.onnx"
 needs_real = pytest.mark.skipif(not REAL.is_dir() or not SHIPPED.is_file(),
                                 reason="needs ../shared/data/chest_xray and the shipped export/model.int8.onnx")
 

@@ -15,6 +15,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
+pytestmark = pytest.mark.slow  # starts a server, a browser, a venv or Ray
+
 pytest.importorskip("fastapi", reason="the [serve] extra (fastapi) is not installed")
 pytest.importorskip("httpx", reason="fastapi's TestClient needs httpx (the [test] extra)")
 

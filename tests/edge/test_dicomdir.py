@@ -13,7 +13,7 @@ from pydicom.fileset import FileSet
 from pneumo_edge.cli import main
 from pneumo_edge.edge.dicomdir import file_set_images, is_dicom_file, is_dicomdir
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES = sorted((ROOT / "examples" / "xrays").rglob("*.jpeg"))[:3]
 
 

@@ -13,7 +13,7 @@ from pneumo_edge.edge.errors import ModelError
 from pneumo_edge.edge.meta import META_KEY, read_meta
 from pneumo_edge.edge.model import EdgeModel
 
-SHIPPED = Path(__file__).resolve().parents[1] / "export"
+SHIPPED = Path(__file__).resolve().parents[2] / "export"
 FLAT_KEYS = ("description", "labels", "image_size", "threshold", "temperature", "version", "license", "date")
 TIMM_KEYS = ("architecture", "num_classes", "num_features", "label_names", "model_args", "pretrained_cfg")
 

@@ -17,7 +17,7 @@ from pneumo_edge.edge.heatmap import (FLOOR, FOLDER, METHODS, SHIPPED, caption, 
 from pneumo_edge.edge.imaging import load_image, resize_gray
 from pneumo_edge.edge.model import EdgeModel
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES = ROOT / "examples" / "xrays"
 INT8 = ROOT / "export" / "model.int8.onnx"
 

@@ -7,7 +7,7 @@ import numpy as np
 
 from conftest import run_cli_without_torch
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 EDGE = ROOT / "pneumo_edge" / "edge"
 EXAMPLE = sorted((ROOT / "examples" / "xrays" / "PNEUMONIA").iterdir())[0]
 

@@ -10,7 +10,7 @@ from pneumo_edge.cli import main
 from pneumo_edge.bundle.gradcam import GradCAM
 from pneumo_edge.train.models import build_twin
 
-SHIPPED = Path(__file__).resolve().parents[1] / "export"
+SHIPPED = Path(__file__).resolve().parents[2] / "export"
 
 
 def test_explain_cli_writes_overlays_and_contact_sheet(tiny_bundle, tmp_path):

@@ -13,12 +13,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
+
 pytest.importorskip("fastapi", reason="the [serve] extra (fastapi) is not installed")
 sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed (pip install playwright)")
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="no chromium on this machine (apt-get install chromium)")
+pytestmark = [pytest.mark.slow, pytest.mark.skipif(CHROMIUM is None, reason="no chromium on this machine (apt-get install chromium)")]  # slow: starts a server or a browser
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 MODEL = Path(os.environ.get("PNEUMO_EDGE_MODEL") or ROOT / "export" / "model.onnx")  # as `serve` picks it
 EXAMPLES = ROOT / "examples" / "xrays"
 

@@ -4,13 +4,15 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.slow  # starts a server, a browser, a venv or Ray
+
 pytest.importorskip("pynetdicom", reason="the [node] extra (pynetdicom, highdicom) is not installed")
 pytest.importorskip("prometheus_client", reason="prometheus-client is not installed")
 
 from pneumo_edge.testing.dicomfilm import write_film  # noqa: E402
 from pneumo_edge.edge.node.service import METRICS_FILE, Node, NodeConfig, status_text  # noqa: E402
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 EXAMPLES = REPO / "examples" / "xrays"
 
 

@@ -62,7 +62,7 @@ def test_bench_memory_refuses_bombs_and_measures_films_at_the_limit(tiny_bundle,
 def test_bench_pipeline_times_infer_against_a_bare_session(tmp_path):
     from pathlib import Path
 
-    xrays = Path(__file__).resolve().parents[1] / "examples" / "xrays"
+    xrays = Path(__file__).resolve().parents[2] / "examples" / "xrays"
     r = CliRunner().invoke(main, ["bench-pipeline", "--images", str(xrays), "--out", str(tmp_path), "--rounds", "1"])
     assert r.exit_code == 0, r.output
     res = json.loads((tmp_path / "pipeline.json").read_text())

@@ -6,7 +6,7 @@ from click.testing import CliRunner
 
 from pneumo_edge.cli import main
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 XRAY = sorted((ROOT / "examples" / "xrays" / "PNEUMONIA").iterdir())[0]
 
 
