@@ -7,12 +7,15 @@ patient ids exactly like the real dataset.
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
+# Test modules share helpers across wing folders (`from test_imaging import write_dicom`): every folder is importable.
+sys.path[:0] = sorted(str(d) for d in Path(__file__).resolve().parent.iterdir() if d.is_dir() and d.name[0] != "_")
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 REAL = SHARED / "chest_xray"
 EXTERNAL = SHARED / "external_cxr"

@@ -11,8 +11,9 @@ from pathlib import Path
 import numpy as np
 
 from pneumo_edge.edge.heatmap import FOLDER, METHODS, SHIPPED
+from pneumo_edge.edge.targets import FP32, INT8
 
-FILES = ("model.int8.onnx", "model.onnx")
+FILES = (INT8.file, FP32.file)
 
 
 def film_set(images: str | Path, size: int, rule: str, n: int) -> np.ndarray:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from pneumo_edge.edge import sitecal
 from pneumo_edge.edge.model import prob_from_logits  # noqa: F401 - one definition, shared with the edge
 from pneumo_edge.edge.stats import (METRIC_NAMES, binary_metrics, bootstrap_ci, bootstrap_indices,  # noqa: F401 - re-exported
                          confusion)
@@ -34,19 +35,9 @@ def threshold_for_sensitivity(y: np.ndarray, p: np.ndarray, target: float = 0.95
 
 
 def fit_temperature(logits: np.ndarray, y: np.ndarray) -> float:
-    """Temperature T > 0 that minimises the validation negative log-likelihood."""
-    from scipy.optimize import minimize_scalar
-
+    """Temperature T > 0 that minimises the validation negative log-likelihood (edge.sitecal's search, one owner)."""
     logits = np.asarray(logits, np.float64)
-    z = logits[:, 1] - logits[:, 0]
-    y = np.asarray(y).astype(np.float64)
-
-    def nll(log_t: float) -> float:
-        s = z / np.exp(log_t)
-        return float(np.mean(np.logaddexp(0.0, s) - y * s))
-
-    res = minimize_scalar(nll, bounds=(np.log(0.05), np.log(20.0)), method="bounded")
-    return float(np.exp(res.x))
+    return sitecal.fit_temperature(logits[:, 1] - logits[:, 0], np.asarray(y).astype(np.float64))
 
 
 def _nll(logits: np.ndarray, y: np.ndarray, temperature: float) -> float:

@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from pneumo_edge.edge.heatmap import METHODS, cell_edges, filler
+from pneumo_edge.edge.targets import FP32, INT8
 
 PROTOCOL = Path(__file__).resolve().parents[2] / "bench" / "heatmaps" / "protocol.json"
 
@@ -284,8 +285,8 @@ def run_study(cfg: StudyConfig, films: np.ndarray | None = None, names: list[str
     if films is None:
         stage("heatmap-study", f"{n} validation films of {bundle}")
         films, names = validation_films(str(bundle), cfg.data, n, proto["films"]["seed"], cfg.progress)
-    int8 = EdgeModel(bundle / "model.int8.onnx", threads=cfg.threads)
-    fp32 = EdgeModel(bundle / "model.onnx", threads=cfg.threads)
+    int8 = EdgeModel(bundle / INT8.file, threads=cfg.threads)
+    fp32 = EdgeModel(bundle / FP32.file, threads=cfg.threads)
     twin, config = load_checkpoint(bundle)
     torch.set_num_threads(cfg.threads)
     spec, grid, ks, k = int8.spec, proto["grid"], proto["ks"], proto["k"]
@@ -398,7 +399,7 @@ def candidate_row(m: str, proto: dict, cost: list[float], spec_corr: np.ndarray,
             "edge": m in METHODS, "passes": METHODS[m].passes if m in METHODS else None,
             "reason": proto["candidates"][m],
             "cost_ms": round(float(np.median(cost)), 1),
-            "cost_on": "model.int8.onnx" if m in METHODS else "PyTorch twin (fp32, forward + backward)",
+            "cost_on": INT8.file if m in METHODS else "PyTorch twin (fp32, forward + backward)",
             "specificity_median": round(float(np.median(spec_corr)), 4),
             "specificity_p90": round(float(np.quantile(spec_corr, 0.9)), 4),
             "evaluation_perturbation": ev, "evaluation": curves[ev], "curves": curves,

@@ -29,6 +29,7 @@ from pneumo_edge.edge.atomic import write_json, write_text, write_with
 from pneumo_edge.edge.decision import positive
 from pneumo_edge.edge.model import EdgeModel
 from pneumo_edge.edge.sitecal import guaranteed_threshold
+from pneumo_edge.edge.targets import FP32
 
 SIZES = (100, 200, 400)
 SPLITS = 200
@@ -121,7 +122,7 @@ def _films(samples, size: int):
     return films, y, resampling_groups([s.name for s in samples if s.name not in unreadable])[0]
 
 
-def simulate_sites(bundle: str | Path, data: str, out: str | Path = "bench/results", model_file: str = "model.onnx",
+def simulate_sites(bundle: str | Path, data: str, out: str | Path = "bench/results", model_file: str = FP32.file,
                    splits: int = SPLITS, sizes: tuple[int, ...] = SIZES, cache: str | Path | None = "runs/site-sim") -> dict:
     """Each perturbation of the validation films as a site, at each site size, `splits` times; validation only.
 
@@ -295,14 +296,14 @@ def test_read(bundle: str | Path, data: str, out: str | Path = "bench/results", 
     from pneumo_edge.train.perturb import perturbed_views
 
     bundle, out = Path(bundle), Path(out)
-    model = EdgeModel(bundle / "model.onnx")
+    model = EdgeModel(bundle / FP32.file)
     size = model.spec.size
     stage("site-sim", "the test split: one read, recorded in the ledger")
     films, y, groups = _films(load_splits(data).test, size)
     views = perturbed_views(films, size, names=["clean", *MONITOR_SHIFTS])
     scores = {name: score_views(model, v) for name, v in views.items()}
     ya, pa, ga = _accepted(y, groups, scores["clean"])
-    result = {"note": NOTE, "model": "model.onnx", "weights_sha256": model.meta.weights_sha256,
+    result = {"note": NOTE, "model": FP32.file, "weights_sha256": model.meta.weights_sha256,
               "n_films": int(len(y)), "n_patients": int(len(set(groups.tolist()))), "target_sensitivity": TARGET,
               "confidence": CONFIDENCE, "splits": SPLITS, "current_threshold": model.threshold,
               "site": {"rejected_by_guard": int(scores["clean"]["rejected"].sum()),

@@ -25,9 +25,9 @@ from pneumo_edge.edge.hub import HUB_TIMEOUT_S, hub_offline
 from pneumo_edge.edge.errors import DataError, HubError, ImageError, ModelError
 from pneumo_edge.edge.imaging import IMAGE_SUFFIXES, load_gray, resize_gray
 from pneumo_edge.edge.patients import patient_id  # noqa: F401 - also data's public name
+from pneumo_edge.edge.meta import LABELS  # noqa: F401 - the class order, one owner; also data's public name
 from pneumo_edge.edge.targets import DEFAULT_DATA
 
-LABELS = ("NORMAL", "PNEUMONIA")
 DEFAULT_HUB_DATASET = DEFAULT_DATA
 
 
