@@ -13,7 +13,7 @@ has it on disk (fsynced), so one sender measures the sender's pace as much as th
   - the split of that time: decode + model + guard, building and encoding the SR, the C-STORE to Orthanc,
     and the rest (waiting in the queues behind other films, spool fsyncs);
 and the node's peak resident memory (the kernel's high-water mark, VmHWM).
-NodeProcess and storescu are also what tests/test_node.py drives.
+NodeProcess and storescu are also what tests/node/test_node.py drives.
 """
 
 from __future__ import annotations

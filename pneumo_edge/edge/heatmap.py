@@ -191,7 +191,7 @@ def caption(method: str | Method = None, target: str = "PNEUMONIA") -> str:
 
 
 # The method every output ships: the one `pneumo-edge study heatmaps` picked by the committed rule
-# (bench/heatmaps/results.json, "pick"; tests/test_heatmap.py checks that the two agree).
+# (bench/heatmaps/results.json, "pick"; tests/edge/test_heatmap.py checks that the two agree).
 SHIPPED = "occlusion"
 # `infer --heatmaps` over folders: the study's "folder_method"; where its rule 5 finds none (no cheaper method
 # meets the specificity and deletion targets), the pick
