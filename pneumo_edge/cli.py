@@ -697,7 +697,7 @@ def bench(bundle, data, out, iters, batch_iters, smoke, min_auroc, max_p50_ms) -
 @friendly
 def serve(model_path, host, port, workers, threads, concurrency, queue, max_upload_mb, guard, certfile, keyfile,
           insecure_http, tokens_file, allow_host, per_client, header_timeout, body_timeout) -> None:
-    """HTTP service and web page: POST /v1/predict, GET /v1/model, /healthz, / (page), /docs (OpenAPI)."""
+    """HTTP service and web page: POST /v1/predict, GET /v1/model, /metrics, /healthz, / (page), /openapi.json."""
     from .edge.access import bind_names, check_bind, is_loopback
     from .edge.serve import ServeConfig, serve
     from .edge.tokens import TokenStore, default_path
