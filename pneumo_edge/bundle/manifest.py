@@ -3,7 +3,9 @@ make targets add (guard-report for the INT8 file, seeds). `push` uploads these a
 the folder (stray heat maps, predictions, notes).
 
 A bundle trained on hospital data shows that hospital's patients wherever it shows films: those files are
-marked `patient_images` and stay off the hub unless the uploader says otherwise.
+marked `patient_images` and stay off the hub unless the uploader says otherwise. The model card's own pictures
+go up with it (plots, and the heat-map sheet `make heatmap-sheet` draws on the demo films committed in
+examples/xrays, public films that ship with the source), so the card on the hub shows no broken image.
 """
 
 from __future__ import annotations
@@ -40,6 +42,8 @@ BUNDLE_FILES = (
     BundleFile("guard.int8.json", "guard-report (make guard-report)"),
     BundleFile("guard.int8.md", "guard-report (make guard-report)"),
     BundleFile("seeds.json", "seeds (make seeds)"),
+    BundleFile("heatmaps/contact_sheet.png", "make heatmap-sheet (the card's picture: the shipped heat map on the "
+                                             "committed demo films in examples/xrays)"),
     BundleFile("gradcam/contact_sheet.png", "bundle (test films with heat maps)", patient_images=True),
 )
 BY_NAME = {f.name: f for f in BUNDLE_FILES}

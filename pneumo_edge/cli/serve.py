@@ -31,7 +31,7 @@ from pneumo_edge.cli.common import ConfigDefaults, friendly
 @friendly
 def serve(model_path, host, port, workers, threads, concurrency, queue, max_upload_mb, guard, certfile, keyfile,
           insecure_http, tokens_file, allow_host, per_client, header_timeout, body_timeout) -> None:
-    """HTTP service and web page: POST /v1/predict, GET /v1/model, /healthz, / (page), /docs (OpenAPI)."""
+    """HTTP service and web page: POST /v1/predict, GET /v1/model, /metrics, /healthz, / (page), /openapi.json."""
     from pneumo_edge.edge.access import bind_names, check_bind, is_loopback
     from pneumo_edge.edge.serve import ServeConfig, serve
     from pneumo_edge.edge.tokens import TokenStore, default_path

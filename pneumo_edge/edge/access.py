@@ -7,8 +7,10 @@
     (a DNS-rebinding page names its own host and is refused);
   - Origin check on state-changing requests: a browser that says it comes from another site is refused, so a
     web page a user opens elsewhere cannot post X-rays to the box;
-  - bearer tokens on /v1/ (when a token file is configured), compared in constant time; a failure is 401 and
-    one log line that names the client and never the token;
+  - bearer tokens (when a token file is configured) on every path but the policy's `open_paths` (the page and
+    what it loads before it can ask for the token; serve.OPEN_ROUTES says why each is open), so /v1/, /metrics
+    and any path not served alike need one; compared in constant time; a failure is 401 and one log line that
+    names the client and never the token;
   - a per-client cap on requests in progress (429 beyond it), counted from the headers' arrival, so that one
     address cannot hold every connection with slow uploads.
 Every refusal is the service's usual one-line JSON error.
@@ -81,7 +83,8 @@ def _host_only(value: str) -> str:
 class AccessPolicy:
     hosts: tuple[str, ...] = LOOPBACK_NAMES  # Host header names accepted
     per_client: int = 4  # requests in progress from one address at once
-    tokens: object | None = None  # a tokens.TokenStore: bearer tokens required on /v1/ when set
+    tokens: object | None = None  # a tokens.TokenStore: when set, bearer tokens required beyond open_paths
+    open_paths: frozenset[str] = frozenset()  # exact paths answered without a token
 
 
 class Gate:
@@ -121,7 +124,7 @@ class Gate:
         if scope["method"] not in SAFE_METHODS and origin is not None and not self._same_origin(scope, origin):
             log.warning("refused %s: %s %s from another origin", client, scope["method"], scope["path"])
             return 403, "cross-origin request refused: use the page this server serves", {}
-        if self.policy.tokens is not None and scope["path"].startswith("/v1/"):
+        if self.policy.tokens is not None and scope["path"] not in self.policy.open_paths:
             auth = headers.get("authorization", "")
             scheme, _, token = auth.partition(" ")
             if scheme.lower() != "bearer" or not token.strip():

@@ -22,7 +22,7 @@ from PIL import Image
 from .cam import overlay_png
 from .decision import FIELDS, score_images
 from .errors import ImageError, ModelError
-from .hub import download_model, is_repo_id
+from .hub import download_model, is_repo_id, path_reason
 from .heatmap import method_for
 from .imaging import load_image, pil_to_gray, resize_gray
 from .model import EdgeModel, default_model_path
@@ -34,6 +34,9 @@ HEATMAP_FIELDS = ["explained_class", "heatmap", "heatmap_method", "heatmap_meani
 def resolve_model(source: str | os.PathLike | None, filename: str = MODEL_FILES[0]) -> Path:
     """An .onnx path for a local file, a bundle folder, or a hub repo id (downloaded and cached).
 
+    A hub id is only what cannot be a path (edge.hub.is_repo_id): 'export/model.int8.onnx' that does not exist
+    here is a missing file, never a download.
+
     None (no --model given): the shipped model, `default_model_path()`.
     """
     if source is None:
@@ -41,12 +44,19 @@ def resolve_model(source: str | os.PathLike | None, filename: str = MODEL_FILES[
     text = os.fspath(source)
     path = Path(text)
     if path.is_dir():
-        path = path / filename
-    elif not path.exists() and is_repo_id(text):
+        if not (path / filename).is_file():
+            raise ModelError(f"bundle folder '{text}' has no {filename}")
+        return path / filename
+    if path.is_file():
+        return path
+    if path.exists():
+        raise ModelError(f"model '{text}' is neither a file nor a folder")
+    if is_repo_id(text):
         return download_model(text, filename)
-    if not path.is_file():
-        raise ModelError(f"model '{text}' not found: give an .onnx file, a bundle folder or a hub id 'user/repo'")
-    return path
+    why = path_reason(text)
+    raise ModelError(f"model '{text}' not found: no such file or folder"
+                     + (f" (read as a path, not a hub id, because {why})" if why else
+                        " and not a hub id (the hub form is 'user/repo')"))
 
 
 class Classifier:

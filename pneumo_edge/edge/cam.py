@@ -35,8 +35,10 @@ from pathlib import Path
 import numpy as np
 
 from .errors import ModelError
+from .metafields import Fields
 
 OUTPUT = "features"  # the graph output CAM reads
+MAX_CHANNELS = 65536  # feature channels a head may have
 METHOD = "CAM = Grad-CAM at the pooled feature map; map of the decided class's logit"
 ALPHA = 0.45  # heat-map opacity over the grey image (as the twin's overlays)
 PNG_LEVEL = 1  # zlib level: a 224 px overlay in ~2 ms instead of ~12 ms at level 6, for ~25% more bytes
@@ -69,28 +71,15 @@ class CamHead:
 
     @classmethod
     def from_meta(cls, m: dict, source: str = "model", n_classes: int = 2) -> "CamHead":
-        def bad(name: str, why: str) -> ModelError:
-            return ModelError(f"{source}: metadata field 'cam.{name}' {why}")
-
-        for k in ("shape", "weights", "bias"):
-            if k not in m:
-                raise bad(k, "is missing")
-        shape = m["shape"]
-        if (not isinstance(shape, list) or len(shape) != 2 or not all(isinstance(v, int) and v > 0 for v in shape)
-                or shape[0] != n_classes):
-            raise bad("shape", f"must be [{n_classes}, channels], got {shape!r}")
-        if m.get("output", OUTPUT) != OUTPUT:
-            raise bad("output", f"must be '{OUTPUT}', got {m['output']!r}")
-        try:
-            w = np.frombuffer(base64.b64decode(m["weights"], validate=True), np.float32)
-            b = np.frombuffer(base64.b64decode(m["bias"], validate=True), np.float32)
-        except (ValueError, TypeError) as e:
-            raise bad("weights", f"is not base64 float32 ({e})") from None
-        if w.size != shape[0] * shape[1] or b.size != shape[0]:
-            raise bad("weights", f"holds {w.size} weights and {b.size} biases for shape {shape}")
-        if not (np.isfinite(w).all() and np.isfinite(b).all()):
-            raise bad("weights", "has non-finite values")
-        return cls(w.reshape(shape).copy(), b.copy())
+        f = Fields(m, "cam", source)
+        shape = f.get("shape")
+        if (not isinstance(shape, list) or len(shape) != 2 or shape[0] != n_classes
+                or not all(isinstance(v, int) and not isinstance(v, bool) and 0 < v <= MAX_CHANNELS for v in shape)):
+            raise f.bad("shape", f"must be [{n_classes}, channels], got {shape!r:.60}")
+        if f.get("output", OUTPUT) != OUTPUT:
+            raise f.bad("output", f"must be '{OUTPUT}', got {f.get('output')!r:.60}")
+        f.get("bias")  # named when missing, before the weights' size is checked
+        return cls(f.packed("weights", tuple(shape)).astype(np.float32), f.packed("bias", (n_classes,)).astype(np.float32))
 
     def check_features(self, shape, source: str) -> None:
         """The graph's `features` output must have the head's channel count."""

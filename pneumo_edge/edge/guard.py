@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .errors import ModelError
+from .metafields import Fields
 
 N_COMPONENTS = 32
 # Embedding threshold = MARGIN x the PERCENTILE of validation distances, pooled over clean views and
@@ -44,17 +44,15 @@ ORIENT_PERCENTILE = 99.8
 POLARITY_PERCENTILE = 99.8
 POLARITY_GRID = 8  # thumbnail cells per side: 224 / 8 = 28 px cells
 MAX_CHROMA = 0.04  # grey X-rays stored as RGB measure < 0.01 (JPEG chroma noise); photos 0.1-0.3
+# What image_stats can measure: mean and spread of grey levels in [0, 1], entropy of 64 bins in [0, 6] bits.
+# A fitted range (padded) may reach one such width beyond; one wider than that refuses nothing.
+STAT_RANGE = ((0.0, 1.0), (0.0, 1.0), (0.0, 6.0))
+STAT_NAMES = ("mean", "spread", "entropy")
+MAX_CLASSES, MAX_DIM = 16, 65536  # guard metadata beyond these is not a file this toolchain wrote
 
 
 def _pack(a: np.ndarray) -> str:
     return base64.b64encode(np.ascontiguousarray(a, np.float32).tobytes()).decode()
-
-
-def _unpack(s: str, shape) -> np.ndarray:
-    a = np.frombuffer(base64.b64decode(s), np.float32)
-    if a.size != int(np.prod(shape)):
-        raise ModelError(f"a packed guard array holds {a.size} numbers, its shape {tuple(shape)} needs {int(np.prod(shape))}")
-    return a.reshape(shape).astype(np.float64)
 
 
 def image_stats(resized: np.ndarray) -> np.ndarray:
@@ -72,12 +70,6 @@ def image_stats(resized: np.ndarray) -> np.ndarray:
 
 def _sigmoid(z: np.ndarray) -> np.ndarray:
     return 0.5 * (1.0 + np.tanh(0.5 * z))  # = 1 / (1 + exp(-z)), without overflow warnings
-
-
-def _missing(m: dict, keys: tuple[str, ...], prefix: str, source: str) -> None:
-    missing = [k for k in keys if k not in m]
-    if missing:
-        raise ModelError(f"{source}: metadata field '{prefix}.{missing[0]}' is missing")
 
 
 @dataclass
@@ -102,14 +94,9 @@ class OrientationHead:
 
     @classmethod
     def from_meta(cls, m: dict, dim: int, source: str = "model") -> "OrientationHead":
-        if not isinstance(m, dict):
-            raise ModelError(f"{source}: metadata field 'ood.orientation' must be an object")
-        _missing(m, ("weights", "bias", "threshold"), "ood.orientation", source)
-        if not 0.0 < float(m["threshold"]) <= 1.0:
-            raise ModelError(f"{source}: metadata field 'ood.orientation.threshold' must be in (0, 1], "
-                             f"got {m['threshold']!r}")
-        return cls(weights=_unpack(m["weights"], (dim,)), bias=float(m["bias"]), threshold=float(m["threshold"]),
-                   percentile=float(m.get("percentile", ORIENT_PERCENTILE)))
+        f = Fields(m, "ood.orientation", source)
+        return cls(weights=f.packed("weights", (dim,)), bias=f.number("bias"), threshold=_probability(f),
+                   percentile=f.number("percentile", 0, 100, default=ORIENT_PERCENTILE))
 
 
 def thumbnail(resized: np.ndarray, grid: int = POLARITY_GRID,
@@ -151,18 +138,15 @@ class PolarityHead:
 
     @classmethod
     def from_meta(cls, m: dict, source: str = "model") -> "PolarityHead":
-        if not isinstance(m, dict):
-            raise ModelError(f"{source}: metadata field 'ood.polarity' must be an object")
-        _missing(m, ("weights", "bias", "threshold", "grid"), "ood.polarity", source)
-        grid = m["grid"]
-        if not isinstance(grid, int) or not 1 <= grid <= 64:
-            raise ModelError(f"{source}: metadata field 'ood.polarity.grid' must be an integer in 1..64, got {grid!r}")
-        if not 0.0 < float(m["threshold"]) <= 1.0:
-            raise ModelError(f"{source}: metadata field 'ood.polarity.threshold' must be in (0, 1], "
-                             f"got {m['threshold']!r}")
-        return cls(weights=_unpack(m["weights"], (grid * grid,)), bias=float(m["bias"]),
-                   threshold=float(m["threshold"]), grid=grid,
-                   percentile=float(m.get("percentile", POLARITY_PERCENTILE)))
+        f = Fields(m, "ood.polarity", source)
+        grid = f.integer("grid", 1, 64)
+        return cls(weights=f.packed("weights", (grid * grid,)), bias=f.number("bias"), threshold=_probability(f),
+                   grid=grid, percentile=f.number("percentile", 0, 100, default=POLARITY_PERCENTILE))
+
+
+def _probability(f: Fields) -> float:
+    """A head's threshold on its probability: in (0, 1), since a probability never exceeds 1."""
+    return f.number("threshold", 0.0, 1.0, lo_open=True, hi_open=True)
 
 
 # What each check means, for the reason a refused image is given.
@@ -252,18 +236,30 @@ class Guard:
 
     @classmethod
     def from_meta(cls, m: dict, source: str = "model") -> "Guard":
-        _missing(m, ("means", "classes", "dim", "components", "k", "eigvals", "residual_var", "threshold",
-                     "stat_lo", "stat_hi", "max_chroma"), "ood", source)
-        orientation = m.get("orientation")
-        if orientation is not None:
-            orientation = OrientationHead.from_meta(orientation, m["dim"], source)
-        polarity = m.get("polarity")
-        if polarity is not None:
-            polarity = PolarityHead.from_meta(polarity, source)
-        return cls(means=_unpack(m["means"], (m["classes"], m["dim"])),
-                   components=_unpack(m["components"], (m["k"], m["dim"])),
-                   eigvals=np.asarray(m["eigvals"], np.float64), residual_var=float(m["residual_var"]),
-                   threshold=float(m["threshold"]), stat_lo=np.asarray(m["stat_lo"]),
-                   stat_hi=np.asarray(m["stat_hi"]), max_chroma=float(m["max_chroma"]), orientation=orientation, polarity=polarity,
-                   percentile=float(m.get("percentile", PERCENTILE)), margin=float(m.get("margin", 1.0)),
-                   threshold_views=tuple(m.get("threshold_views", ())))
+        """The guard from its metadata, every field checked (a NaN threshold would accept every film)."""
+        f = Fields(m, "ood", source)
+        classes, dim = f.integer("classes", 1, MAX_CLASSES), f.integer("dim", 1, MAX_DIM)
+        k = f.integer("k", 1, dim)
+        orientation = OrientationHead.from_meta(f.get("orientation"), dim, source) if f.has("orientation") else None
+        polarity = PolarityHead.from_meta(f.get("polarity"), source) if f.has("polarity") else None
+        stat_lo, stat_hi = _stat_range(f)
+        return cls(means=f.packed("means", (classes, dim)), components=f.packed("components", (k, dim)),
+                   eigvals=f.numbers("eigvals", count=k, lo=0.0, lo_open=True),
+                   residual_var=f.number("residual_var", 0.0, lo_open=True),
+                   threshold=f.number("threshold", 0.0, lo_open=True), stat_lo=stat_lo, stat_hi=stat_hi,
+                   max_chroma=f.number("max_chroma", 0.0, 1.0, lo_open=True, hi_open=True),
+                   orientation=orientation, polarity=polarity,
+                   percentile=f.number("percentile", 0, 100, default=PERCENTILE),
+                   margin=f.number("margin", 0.0, lo_open=True, default=1.0),
+                   threshold_views=f.texts("threshold_views", default=()))
+
+
+def _stat_range(f: Fields) -> tuple[np.ndarray, np.ndarray]:
+    """stat_lo and stat_hi: three finite bounds each, lo < hi, none wider than STAT_RANGE allows."""
+    lo, hi = f.numbers("stat_lo", count=3), f.numbers("stat_hi", count=3)
+    for i, (name, (a, b)) in enumerate(zip(STAT_NAMES, STAT_RANGE)):
+        reach = (a - (b - a), b + (b - a))
+        if not reach[0] <= lo[i] < hi[i] <= reach[1]:
+            raise f.bad("stat_lo/stat_hi", f"{name} range [{lo[i]:g}, {hi[i]:g}] must have lo < hi within "
+                                           f"[{reach[0]:g}, {reach[1]:g}] (it measures {a:g} to {b:g})")
+    return lo, hi

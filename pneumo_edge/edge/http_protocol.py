@@ -1,4 +1,5 @@
-"""uvicorn's h11 protocol with a deadline for each request's headers (the [serve] extra).
+"""uvicorn's h11 protocol with a deadline for each request's headers, the TLS handshake held to the same deadline,
+and an access log without query strings (the [serve] extra).
 
 uvicorn has a keep-alive timeout but none for headers: a client that sends one header byte at a time holds its
 connection for ever. Here a connection whose request headers are not complete within HEADER_TIMEOUT_ENV seconds
@@ -7,6 +8,8 @@ connection for ever. Here a connection whose request headers are not complete wi
 
 from __future__ import annotations
 
+import asyncio.constants
+import logging
 import os
 
 import h11
@@ -59,3 +62,23 @@ class DeadlineH11Protocol(H11Protocol):
             client = "%s:%d" % self.client if self.client else "a client"
             self.logger.info("%s - closed: request headers not complete within %g s", client, self.header_timeout)
             self.transport.close()
+
+
+def tls_handshake_deadline(seconds: float) -> None:
+    """Close a TLS connection whose handshake is not done within `seconds`, like headers that do not arrive.
+
+    uvicorn passes asyncio no handshake timeout, and asyncio then reads this default (60 s) as each TLS connection
+    is accepted; `serve` runs on asyncio's own loop (uvloop keeps a default of its own), so setting it here, in
+    each serving process, is what holds a socket that never starts TLS to the header deadline.
+    """
+    asyncio.constants.SSL_HANDSHAKE_TIMEOUT = float(seconds)
+
+
+class NoQueryString(logging.Filter):
+    """uvicorn's access line with the request target cut at '?': a token or a name put in a URL's query is never
+    written to the log (the service reads nothing from query strings but `heatmap`)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if isinstance(record.args, tuple):
+            record.args = tuple(a.split("?", 1)[0] if isinstance(a, str) else a for a in record.args)
+        return True

@@ -20,9 +20,27 @@ def hub_offline() -> bool:
     return os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes")
 
 
+# A model argument with one of these endings names a file, never a hub repository.
+FILE_SUFFIXES = (".onnx", ".ort", ".safetensors", ".pt", ".pth", ".bin", ".json")
+PATH_STARTS = ("../", "./", "/", "~", "..\\", ".\\")
+
+
+def path_reason(text: str) -> str | None:
+    """Why `text` can only be a path, not a hub id; None when it could be either."""
+    start = next((p for p in PATH_STARTS if text.startswith(p)), None)
+    if start or text in (".", ".."):
+        return f"it starts with '{start or text}'"
+    if "\\" in text:
+        return "it holds a '\\'"
+    if text.count("/") > 1:
+        return "it has more than one '/'"
+    suffix = next((s for s in FILE_SUFFIXES if text.lower().endswith(s)), None)
+    return f"it ends in {suffix}" if suffix else None
+
+
 def is_repo_id(text: str) -> bool:
-    """'user/repo' that is not also a local path."""
-    return bool(REPO_ID.fullmatch(text)) and not Path(text).exists()
+    """The documented hub form 'user/repo', and nothing that could be meant as a path."""
+    return bool(REPO_ID.fullmatch(text)) and path_reason(text) is None and not Path(text).exists()
 
 
 def download_model(repo_id: str, filename: str = FP32.file) -> Path:
@@ -32,8 +50,9 @@ def download_model(repo_id: str, filename: str = FP32.file) -> Path:
     from huggingface_hub.errors import LocalEntryNotFoundError
 
     def fail(why: str) -> HubError:
-        return HubError(f"cannot get '{filename}' from hub repo '{repo_id}' ({why}); pass a local bundle folder "
-                        "or .onnx file to --model instead, e.g. --model export/model.int8.onnx")
+        return HubError(f"no file or folder '{repo_id}' here, so it was tried as a hub repo id: cannot get "
+                        f"'{filename}' from it ({why}); pass a local bundle folder or .onnx file to --model "
+                        "instead, e.g. --model export/model.int8.onnx")
 
     try:
         return Path(hf_hub_download(repo_id, filename, local_files_only=True))

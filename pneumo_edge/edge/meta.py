@@ -13,11 +13,14 @@ checked against it at load, and never read for a decision.
 from __future__ import annotations
 
 import json
-import math
 from dataclasses import dataclass, field
 
+from .cam import CamHead
 from .errors import ModelError
+from .guard import Guard
 from .imaging import RESIZE_RULES, PreprocessSpec
+from .metafields import Fields, parse
+from .monitor import Reference
 from .runtime import open_runtime
 
 META_KEY = "pneumo_edge"
@@ -31,6 +34,8 @@ PROBABILITY = "softmax(logits / temperature)[PNEUMONIA]; label PNEUMONIA if >= t
 LICENSE = "apache-2.0"  # of the weights and the code (SPDX id, lower case as the Hugging Face hub writes it)
 # Flat metadata keys that restate a decision input: a file whose flat copy disagrees with its JSON is refused.
 CHECKED_FLAT_KEYS = ("labels", "image_size", "threshold", "temperature")
+KNOWN = {*REQUIRED, "target_sensitivity", "data_fingerprint", "weights_sha256", "ood", "quantization", "cam",
+         "license", "created", "input", "outputs", "probability", "site_calibration", "monitor"}
 
 
 @dataclass(frozen=True)
@@ -71,69 +76,50 @@ class BundleMeta:
 
     @classmethod
     def from_dict(cls, d: dict, source: str = "model") -> "BundleMeta":
-        def bad(field_name: str, why: str) -> ModelError:
-            return ModelError(f"{source}: metadata field '{field_name}' {why}")
-
+        """Every field checked by name; the guard, heat-map head and monitor reference are read once here too,
+        so a file that loads is a file whose numbers are all usable."""
         if not isinstance(d, dict):
             raise ModelError(f"{source}: metadata is not a JSON object")
+        f = Fields(d, "", source)
         for k in REQUIRED:
-            if k not in d:
-                raise bad(k, "is missing")
+            f.get(k)
         labels = d["labels"]
-        if not isinstance(labels, list) or len(labels) != 2 or not all(isinstance(x, str) for x in labels):
-            raise bad("labels", f"must be two class names, got {labels!r}")
-        for k, lo, hi in (("threshold", 0.0, 1.0), ("temperature", 1e-3, 1e3)):
-            v = d[k]
-            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or not lo <= v <= hi:
-                raise bad(k, f"must be a number in [{lo:g}, {hi:g}], got {v!r}")
-        p = d["preprocess"]
-        if not isinstance(p, dict):
-            raise bad("preprocess", "must be an object")
-        for k in ("size", "mean", "std"):
-            if k not in p:
-                raise bad(f"preprocess.{k}", "is missing")
-        size = p["size"]
-        if isinstance(size, bool) or not isinstance(size, int) or not INPUT_SIZES[0] <= size <= INPUT_SIZES[1]:
-            raise bad("preprocess.size", f"must be an integer in {list(INPUT_SIZES)}, got {size!r}")
-        if not all(isinstance(p[k], (int, float)) and math.isfinite(p[k]) for k in ("mean", "std")) or p["std"] <= 0:
-            raise bad("preprocess.mean/std", f"must be finite with std > 0, got {p['mean']!r}/{p['std']!r}")
-        if p.get("channels", 1) != 1:
-            raise bad("preprocess.channels", f"must be 1 (grey input), got {p['channels']!r}")
-        if p.get("resize", RESIZE_RULES[0]) not in RESIZE_RULES:
-            raise bad("preprocess.resize", f"must be one of {', '.join(RESIZE_RULES)}, got {p['resize']!r}")
-        ood = d.get("ood")
-        if ood is not None and not isinstance(ood, dict):
-            raise bad("ood", "must be an object")
-        cam = d.get("cam")
-        if cam is not None and not isinstance(cam, dict):
-            raise bad("cam", "must be an object")
-        for k in ("license", "created"):
-            if d.get(k) is not None and not isinstance(d[k], str):
-                raise bad(k, f"must be a string, got {d[k]!r}")
-        site = d.get("site_calibration")
+        if not isinstance(labels, list) or len(labels) != 2 or not all(isinstance(x, str) and 0 < len(x) <= 100
+                                                                       for x in labels):
+            raise f.bad("labels", f"must be two class names, got {labels!r:.80}")
+        p = _preprocess(f.child("preprocess"))
+        ood, cam, monitor = (f.get(k, None) for k in ("ood", "cam", "monitor"))
+        if ood is not None:
+            Guard.from_meta(ood, source)
+        if cam is not None:
+            CamHead.from_meta(Fields(cam, "cam", source).d, source, len(labels))
+        if monitor is not None:
+            Reference.from_meta(monitor, source)
+        site = f.get("site_calibration", None)
         if site is not None and not (isinstance(site, list) and all(isinstance(s, dict) for s in site)):
-            raise bad("site_calibration", "must be a list of objects")
-        monitor = d.get("monitor")
-        if monitor is not None and not isinstance(monitor, dict):
-            raise bad("monitor", "must be an object")
-        known = set(REQUIRED) | {"target_sensitivity", "data_fingerprint", "weights_sha256", "ood", "quantization",
-                                 "cam", "license", "created", "input", "outputs", "probability", "site_calibration",
-                                 "monitor"}
-        return cls(model=str(d["model"]), labels=tuple(labels), preprocess=PreprocessSpec.from_dict(p),
-                   threshold=float(d["threshold"]), temperature=float(d["temperature"]),
-                   pneumo_edge_version=str(d["pneumo_edge_version"]),
-                   target_sensitivity=d.get("target_sensitivity"), data_fingerprint=d.get("data_fingerprint"),
-                   weights_sha256=d.get("weights_sha256"), ood=ood, quantization=d.get("quantization"), cam=cam,
-                   license=d.get("license"), created=d.get("created"), site_calibration=site, monitor=monitor,
-                   extra={k: v for k, v in d.items() if k not in known})
+            raise f.bad("site_calibration", "must be a list of objects")
+        return cls(model=f.text("model"), labels=tuple(labels), preprocess=p,
+                   threshold=f.number("threshold", 0.0, 1.0), temperature=f.number("temperature", 1e-3, 1e3),
+                   pneumo_edge_version=f.text("pneumo_edge_version"),
+                   target_sensitivity=f.number("target_sensitivity", 0.0, 1.0, default=None),
+                   **{k: f.text(k, default=None) for k in ("data_fingerprint", "weights_sha256", "quantization",
+                                                           "license", "created")},
+                   ood=ood, cam=cam, site_calibration=site, monitor=monitor,
+                   extra={k: v for k, v in d.items() if k not in KNOWN})
 
     @classmethod
     def from_json(cls, text: str, source: str = "model") -> "BundleMeta":
-        try:
-            d = json.loads(text)
-        except (json.JSONDecodeError, TypeError) as e:
-            raise ModelError(f"{source}: metadata is not valid JSON ({e})") from None
-        return cls.from_dict(d, source)
+        return cls.from_dict(parse(text, source), source)
+
+
+def _preprocess(f: Fields) -> PreprocessSpec:
+    size = f.integer("size", *INPUT_SIZES)
+    mean, std = f.number("mean", -10.0, 10.0), f.number("std", 0.0, 10.0, lo_open=True)
+    if f.get("channels", 1) != 1:
+        raise f.bad("channels", f"must be 1 (grey input), got {f.get('channels')!r:.60}")
+    if f.get("resize", RESIZE_RULES[0]) not in RESIZE_RULES:
+        raise f.bad("resize", f"must be one of {', '.join(RESIZE_RULES)}, got {f.get('resize')!r:.60}")
+    return PreprocessSpec.from_dict({**f.d, "size": size, "mean": mean, "std": std})
 
 
 def flat_metadata(meta: BundleMeta) -> dict[str, str]:
@@ -172,8 +158,8 @@ def check_flat(props: dict[str, str], meta: BundleMeta, source: str) -> None:
         if key not in props:
             continue  # files written before the flat keys existed
         try:
-            same = json.loads(props[key]) == json.loads(expected[key])
-        except json.JSONDecodeError:
+            same = parse(props[key], source, f"metadata key '{key}'") == json.loads(expected[key])
+        except ModelError:
             same = False
         if not same:
             raise ModelError(f"{source}: metadata key '{key}' ({props[key]}) disagrees with the '{META_KEY}' JSON "

@@ -71,6 +71,10 @@ class EdgeModel:
             if "embedding" not in self.output_names:
                 raise ModelError(f"'{self.path}': metadata has a guard ('ood') but the graph has no 'embedding' output")
             self.guard = Guard.from_meta(self.meta.ood, str(self.path))
+            width, dim = self.runtime.output_shape("embedding")[-1], self.guard.means.shape[1]
+            if isinstance(width, int) and width != dim:
+                raise ModelError(f"{self.path}: metadata field 'ood.dim' ({dim}) does not match the graph's "
+                                 f"'embedding' output ({width} features)")
         self.cam = None  # heat maps: the classifier head from the metadata, on the 'features' output
         if self.meta.cam is not None:
             if FEATURES not in self.output_names:

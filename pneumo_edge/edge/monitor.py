@@ -20,6 +20,7 @@ stands. Without a reference, rates are still reported and the statistic says it 
 from __future__ import annotations
 
 import logging
+import math
 import threading
 from collections import deque
 from dataclasses import dataclass, replace
@@ -27,6 +28,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 
 from .errors import ModelError
+from .metafields import Fields
 
 WINDOW = 200  # images in the rolling window
 BINS = 10  # reference deciles
@@ -34,6 +36,8 @@ FALSE_ALARM = 0.05  # probability that an in-distribution stream of STREAM image
 STREAM = 1000
 SIMULATIONS = 2000
 SMOOTH = 0.5  # added to every bin count: an empty bin must not make the PSI infinite
+MAX_WINDOW = 100_000  # images a window may hold: its memory is bounded by it
+MAX_BINS = 1000
 log = logging.getLogger("pneumo_edge.monitor")
 
 
@@ -59,6 +63,17 @@ def _rolling_counts(bins: np.ndarray, n_bins: int, window: int) -> np.ndarray:
     onehot[np.arange(1, len(bins) + 1), bins] = 1
     c = onehot.cumsum(0)
     return c[window:] - c[:-window]
+
+
+def _bins(f: Fields, edges_key: str, freq_key: str, top: float) -> tuple[np.ndarray, np.ndarray]:
+    """Inner bin edges (sorted, within [0, top]) and one frequency more than edges, positive, summing to 1."""
+    edges = f.numbers(edges_key, lo=0.0, hi=top, longest=MAX_BINS)
+    if np.any(np.diff(edges) < 0):
+        raise f.bad(edges_key, "must be in increasing order")
+    freq = f.numbers(freq_key, count=len(edges) + 1, lo=0.0, hi=1.0, lo_open=True)
+    if abs(freq.sum() - 1.0) > 1e-6:
+        raise f.bad(freq_key, f"must sum to 1, sums to {freq.sum():.6g}")
+    return edges, freq
 
 
 @dataclass
@@ -92,22 +107,20 @@ class Reference:
 
     @classmethod
     def from_meta(cls, m: dict, source: str = "model") -> "Reference":
-        try:
-            def arr(k):
-                return None if m.get(k) is None else np.asarray(m[k], np.float64)
-
-            ref = cls(prob_edges=arr("prob_edges"), prob_freq=arr("prob_freq"), guard_edges=arr("guard_edges"),
-                      guard_freq=arr("guard_freq"), positive_rate=float(m["positive_rate"]),
-                      refusal_rate=float(m["refusal_rate"]), window=int(m["window"]),
-                      alarm_threshold=float(m["alarm_threshold"]),
-                      alarm_threshold_probability_only=float(m["alarm_threshold_probability_only"]),
-                      false_alarm_rate=float(m["false_alarm_rate"]), stream_images=int(m["stream_images"]),
-                      n_reference=int(m["n_reference"]), fitted_on=str(m.get("fitted_on", "")))
-        except (KeyError, TypeError, ValueError) as e:
-            raise ModelError(f"{source}: metadata field 'monitor' is unusable ({e.__class__.__name__}: {e})") from None
-        if ref.prob_edges is None or len(ref.prob_freq) != len(ref.prob_edges) + 1:
-            raise ModelError(f"{source}: metadata field 'monitor' has inconsistent probability bins")
-        return ref
+        """The reference from its metadata, every field checked (a NaN band would never sound the alarm)."""
+        f = Fields(m, "monitor", source)
+        prob_edges, prob_freq = _bins(f, "prob_edges", "prob_freq", 1.0)
+        guard_edges = guard_freq = None
+        if f.has("guard_edges") or f.has("guard_freq"):
+            guard_edges, guard_freq = _bins(f, "guard_edges", "guard_freq", math.inf)
+        return cls(prob_edges=prob_edges, prob_freq=prob_freq, guard_edges=guard_edges, guard_freq=guard_freq,
+                   positive_rate=f.number("positive_rate", 0, 1), refusal_rate=f.number("refusal_rate", 0, 1),
+                   window=f.integer("window", 1, MAX_WINDOW),
+                   alarm_threshold=f.number("alarm_threshold", 0, lo_open=True),
+                   alarm_threshold_probability_only=f.number("alarm_threshold_probability_only", 0, lo_open=True),
+                   false_alarm_rate=f.number("false_alarm_rate", 0, 1, lo_open=True, hi_open=True),
+                   stream_images=f.integer("stream_images", 1, 10**9), n_reference=f.integer("n_reference", 1, 10**9),
+                   fitted_on=f.text("fitted_on", default=""))
 
     def retempered(self, old: float, new: float) -> "Reference":
         """The same reference for probabilities recomputed with temperature `new` instead of `old`: the map is
@@ -154,7 +167,10 @@ class Monitor:
     def __init__(self, reference: Reference | None, positive_label: str = "PNEUMONIA", window: int | None = None,
                  logger: logging.Logger = log):
         self.reference, self.positive_label, self.log = reference, positive_label, logger
-        self.window = window or (reference.window if reference else WINDOW)
+        self.window = window if window is not None else (reference.window if reference else WINDOW)
+        if isinstance(self.window, bool) or not isinstance(self.window, int) or not 1 <= self.window <= MAX_WINDOW:
+            raise ModelError(f"the monitor's window must be a whole number of images in [1, {MAX_WINDOW}], "
+                             f"got {self.window!r}")
         self._lock = threading.Lock()
         self._items: deque = deque()
         self.totals = {"images": 0, "positive": 0, "negative": 0, "rejected": 0}

@@ -6,7 +6,9 @@
 
 Endpoints: POST /v1/predict (one image as multipart field `file`, or as the raw body), GET /v1/model
 (the bundle metadata), GET /healthz, GET /metrics (Prometheus text: rates and drift, `edge.monitor`; per
-worker process), GET / (the web page), OpenAPI at /docs and /openapi.json.
+worker process), GET / (the web page), the OpenAPI schema at /openapi.json. No /docs: Swagger UI would load
+scripts from a CDN onto the box's own origin. With a token file, every route but OPEN_ROUTES needs a token.
+Over TLS every answer carries Strict-Transport-Security; the access log never records a query string.
 
 What a request can cost the box is bounded: its headers must arrive within a deadline (http_protocol), its
 body within `body_timeout` seconds (408 beyond) and only up to `max_upload_bytes` in all, every multipart part
@@ -59,6 +61,24 @@ PAGE_FILES.update({f"/static/{d}/{p.name}": (f"{d}/{p.name}", _MEDIA[p.suffix]) 
 ISOLATION = {"Cross-Origin-Opener-Policy": "same-origin", "Cross-Origin-Embedder-Policy": "require-corp"}
 CSP = ("default-src 'none'; script-src 'self' 'wasm-unsafe-eval'; style-src 'self'; img-src 'self' blob: data:; "
        "connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'")
+# With a token file, these answer without a token, for the reason given (README "On a network"); every other
+# path, TOKEN_ROUTES and any unknown one included, needs a token.
+OPEN_ROUTES = {
+    "/": "the page: it must load to ask for the token",
+    "/static/*": "the page's own scripts, styles and in-browser runtime: files of the package, no data",
+    "/page.json": "read by the page before it has the token: the served file's name (as /healthz says) and "
+                  "where its in-browser mode fetches the model (v1/model.onnx, which needs the token)",
+    "/healthz": "liveness for a supervisor or load balancer that holds no token: the model file's name and "
+                "the number of requests in flight",
+    "/openapi.json": "the API's description: routes and fields, no data and no settings",
+}
+TOKEN_ROUTES = {
+    "/v1/predict": "classifies an X-ray",
+    "/v1/model": "the bundle's metadata, the guard's and monitor's settings, upload limits",
+    "/v1/model.onnx": "the model file itself",
+    "/metrics": "images scored by outcome, positive and refusal rates, drift statistic and alarm",
+}
+HSTS = "max-age=31536000"  # a year: a browser that met the box over TLS will not try plain HTTP
 GUARD_WORDS = {"off": "no out-of-distribution check (turned off, or this model file has none)",
                "rejected": "this does not look like a frontal chest X-ray like those the model was trained on, "
                            "so no diagnosis and no heat map are given",
@@ -319,8 +339,8 @@ async def read_body(request, sink, limit: int, timeout: float, shown: int | None
             sink.write(chunk)
 
 
-class NoSniff:
-    """ASGI middleware: every response says X-Content-Type-Options: nosniff."""
+class SecurityHeaders:
+    """ASGI middleware: every response says X-Content-Type-Options: nosniff, and over TLS Strict-Transport-Security."""
 
     def __init__(self, app):
         self.app = app
@@ -328,10 +348,13 @@ class NoSniff:
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
+        extra = [(b"x-content-type-options", b"nosniff")]
+        if scope.get("scheme") == "https":
+            extra.append((b"strict-transport-security", HSTS.encode()))
 
         async def send_with_header(message):
             if message["type"] == "http.response.start":
-                message["headers"] = [*message.get("headers", []), (b"x-content-type-options", b"nosniff")]
+                message["headers"] = [*message.get("headers", []), *extra]
             await send(message)
 
         await self.app(scope, receive, send_with_header)
@@ -376,7 +399,7 @@ def create_app(config: ServeConfig = ServeConfig()):
         finally:
             service.close()
 
-    app = FastAPI(title="pneumo-edge", version=_version(), lifespan=lifespan,
+    app = FastAPI(title="pneumo-edge", version=_version(), lifespan=lifespan, docs_url=None, redoc_url=None,
                   description="Pneumonia-vs-normal paediatric chest X-ray classifier with an out-of-distribution "
                               "guard and heat maps. A decision aid for qualified readers, not a diagnosis.")
     app.state.service = service
@@ -410,9 +433,10 @@ def create_app(config: ServeConfig = ServeConfig()):
         from .tokens import TokenStore
 
         tokens = TokenStore(config.tokens)
+    open_paths = frozenset({*(p for p in OPEN_ROUTES if not p.endswith("*")), *PAGE_FILES})
     app.add_middleware(Gate, policy=AccessPolicy(hosts=tuple(config.allowed_hosts), per_client=config.per_client,
-                                                 tokens=tokens))
-    app.add_middleware(NoSniff)
+                                                 tokens=tokens, open_paths=open_paths))
+    app.add_middleware(SecurityHeaders)
 
     @app.get("/healthz", tags=["service"], summary="Liveness: the model is loaded")
     async def healthz() -> dict:
@@ -525,17 +549,23 @@ def app_from_env():
     """The application for one of `serve --workers N`'s processes: settings from CONFIG_ENV."""
     import json
 
+    from .http_protocol import DEFAULT_HEADER_TIMEOUT, HEADER_TIMEOUT_ENV, tls_handshake_deadline
+
+    tls_handshake_deadline(float(os.environ.get(HEADER_TIMEOUT_ENV, DEFAULT_HEADER_TIMEOUT)))
     return create_app(ServeConfig(**json.loads(os.environ[CONFIG_ENV])))
 
 
 def _log_config() -> dict:
-    """uvicorn's logging, with this service's own lines (refusals, hang-ups) through the same handler."""
+    """uvicorn's logging, with this service's own lines (refusals, hang-ups) through the same handler, and access
+    lines without query strings."""
     import copy
 
     from uvicorn.config import LOGGING_CONFIG
 
     cfg = copy.deepcopy(LOGGING_CONFIG)
     cfg["loggers"]["pneumo_edge"] = {"handlers": ["default"], "level": "INFO", "propagate": False}
+    cfg.setdefault("filters", {})["no_query"] = {"()": "pneumo_edge.edge.http_protocol.NoQueryString"}
+    cfg["handlers"]["access"]["filters"] = ["no_query"]
     return cfg
 
 
@@ -550,7 +580,7 @@ def serve(config: ServeConfig, host: str = "127.0.0.1", port: int = 8000, worker
     try:
         import uvicorn
 
-        from .http_protocol import HEADER_TIMEOUT_ENV, DeadlineH11Protocol
+        from .http_protocol import HEADER_TIMEOUT_ENV, DeadlineH11Protocol, tls_handshake_deadline
     except ImportError:
         raise PneumoEdgeError("pneumo-edge serve needs the [serve] extra: pip install 'pneumo-edge[serve]'") from None
     if bool(certfile) != bool(keyfile):
@@ -562,7 +592,8 @@ def serve(config: ServeConfig, host: str = "127.0.0.1", port: int = 8000, worker
         n_tokens = len(TokenStore(config.tokens).records)
     check_bind(host, tls=bool(certfile), insecure_http=insecure_http, tokens=n_tokens)
     os.environ[HEADER_TIMEOUT_ENV] = str(header_timeout)  # read by each connection, in every worker
-    net = {"host": host, "port": port, "log_level": log_level, "http": DeadlineH11Protocol,
+    tls_handshake_deadline(header_timeout)  # this process; each worker of --workers N sets it in app_from_env
+    net = {"host": host, "port": port, "log_level": log_level, "http": DeadlineH11Protocol, "loop": "asyncio",
            "ssl_certfile": certfile, "ssl_keyfile": keyfile, "log_config": _log_config()}
     workers = max(1, workers)
     if config.threads is None:

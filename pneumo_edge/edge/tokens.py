@@ -6,19 +6,23 @@
 
 A running server rereads the file when it changes, so a revoked token is refused from the next request.
 The file (default ~/.config/pneumo-edge/tokens.json, or PNEUMO_EDGE_TOKENS) holds each token's name, creation time
-and SHA-256; it is written atomically with mode 0600. A token is 32 random bytes, so a plain SHA-256 is enough:
+and SHA-256; it is written atomically with mode 0600. `create` and `revoke` reread it and write it under an
+exclusive lock (flock on `.tokens.json.lock` beside it), so two run at once never lose each other's change. A token is 32 random bytes, so a plain SHA-256 is enough:
 there is nothing to guess that a slow hash would protect. `check` compares the presented token's hash with every
 stored one in constant time and never logs or keeps the token itself.
 """
 
 from __future__ import annotations
 
+import fcntl  # POSIX: the edge boxes run Linux
 import hashlib
 import hmac
 import json
 import os
 import secrets
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -68,14 +72,29 @@ class TokenStore:
         except (ValueError, KeyError, TypeError) as e:
             raise PneumoEdgeError(f"{self.path} is not a pneumo-edge token file ({e.__class__.__name__})") from None
 
-    def _mtime(self) -> int | None:
+    def _mtime(self) -> tuple[int, int] | None:
+        """Which file is there: an atomic rewrite is a new inode even within the clock's resolution."""
         try:
-            return self.path.stat().st_mtime_ns
+            st = self.path.stat()
         except OSError:
             return None
+        return st.st_ino, st.st_mtime_ns
+
+    @contextmanager
+    def _changing(self) -> Iterator[None]:
+        """Hold the exclusive lock, reread the file, let the caller change `records`, write them."""
+        self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        lock = self.path.with_name(f".{self.path.name}.lock")
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)  # waits for another create or revoke to finish
+            self.records = self._read()  # what they wrote, not what this store read earlier
+            yield
+            self._write()
+        finally:
+            os.close(fd)  # releases the lock
 
     def _write(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
         try:
@@ -92,18 +111,18 @@ class TokenStore:
         """A new token under `name` (unique); returns the token, which is not stored anywhere."""
         if not name or not name.replace("-", "").replace("_", "").replace(".", "").isalnum():
             raise PneumoEdgeError(f"token name '{name}': use letters, digits, '-', '_' or '.'")
-        if any(r.name == name for r in self.records):
-            raise PneumoEdgeError(f"a token named '{name}' exists: revoke it first, or pick another name")
         token = PREFIX + secrets.token_urlsafe(32)
-        self.records.append(TokenRecord(name, _digest(token), time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())))
-        self._write()
+        with self._changing():
+            if any(r.name == name for r in self.records):
+                raise PneumoEdgeError(f"a token named '{name}' exists: revoke it first, or pick another name")
+            self.records.append(TokenRecord(name, _digest(token), time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())))
         return token
 
     def revoke(self, name: str) -> None:
-        if not any(r.name == name for r in self.records):
-            raise PneumoEdgeError(f"no token named '{name}' in {self.path}")
-        self.records = [r for r in self.records if r.name != name]
-        self._write()
+        with self._changing():
+            if not any(r.name == name for r in self.records):
+                raise PneumoEdgeError(f"no token named '{name}' in {self.path}")
+            self.records = [r for r in self.records if r.name != name]
 
     def check(self, token: str | None) -> str | None:
         """The name of the token presented, or None; every stored hash is compared, in constant time."""

@@ -116,3 +116,36 @@ def test_push_is_private_unless_public(tiny_bundle, tmp_path, monkeypatch):
     calls.clear()
     r = CliRunner().invoke(main, ["push", str(b), "--repo-id", "me/x", "--public"])
     assert r.exit_code == 0 and calls[0] == ("create", False) and "(public)" in r.output
+
+
+def test_push_uploads_the_cards_demo_film_sheet_and_still_no_patient_films(tiny_bundle, tmp_path):
+    b = _bundle(tiny_bundle, tmp_path)
+    (b / "heatmaps").mkdir(exist_ok=True)
+    (b / "heatmaps" / "contact_sheet.png").write_bytes(b"\x89PNG the demo films' heat maps")
+    (b / "heatmaps" / "NORMAL2-IM-1427-0001.cam.png").write_bytes(b"\x89PNG one overlay")
+    (b / "gradcam").mkdir(exist_ok=True)
+    (b / "gradcam" / "contact_sheet.png").write_bytes(b"\x89PNG films of six test patients")
+    r = CliRunner().invoke(main, ["push", str(b), "--repo-id", "me/x", "--dry-run"])
+    assert r.exit_code == 0, r.output
+    up = _uploads(r)
+    assert "heatmaps/contact_sheet.png" in up
+    assert not {"gradcam/contact_sheet.png", "heatmaps/NORMAL2-IM-1427-0001.cam.png"} & up
+    assert "shows patients' films" in r.output
+
+
+def test_every_picture_the_shipped_card_shows_goes_up_with_it():
+    import re
+    from pathlib import Path
+
+    export = Path(__file__).resolve().parents[2] / "export"
+    if not (export / "README.md").is_file():
+        import pytest
+
+        pytest.skip("no shipped export/ bundle")
+    pictures = set(re.findall(r"!\[[^\]]*\]\(([^)\s]+)\)", (export / "README.md").read_text()))
+    assert "heatmaps/contact_sheet.png" in pictures
+    r = CliRunner().invoke(main, ["push", str(export), "--repo-id", "me/x", "--dry-run"])
+    assert r.exit_code == 0, r.output
+    up = {line.split()[2].split("export/", 1)[-1] for line in r.output.splitlines() if line.startswith("would upload")}
+    assert pictures <= up, pictures - up
+    assert "gradcam/contact_sheet.png" not in up
