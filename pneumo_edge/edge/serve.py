@@ -384,11 +384,8 @@ def create_app(config: ServeConfig = ServeConfig()):
     """The FastAPI application; loads the model now, so that a bad model fails before serving."""
     from contextlib import asynccontextmanager
 
-    from fastapi import FastAPI, Request
-    from fastapi.exceptions import RequestValidationError
-    from fastapi.responses import JSONResponse, Response
-    from starlette.exceptions import HTTPException as StarletteHTTPException
-    from starlette.requests import ClientDisconnect
+    from fastapi import FastAPI, Request  # the [serve] extra, only when serving
+    from fastapi.responses import Response
 
     service = Service(config)
 
@@ -404,29 +401,7 @@ def create_app(config: ServeConfig = ServeConfig()):
                               "guard and heat maps. A decision aid for qualified readers, not a diagnosis.")
     app.state.service = service
 
-    def refuse(status: int, reason: str, headers: dict | None = None) -> JSONResponse:
-        return JSONResponse({"error": reason, "status": status}, status_code=status, headers=headers)
-
-    @app.exception_handler(Refusal)
-    async def _refusal(_req, e: Refusal):
-        return refuse(e.status, e.reason, e.headers)
-
-    @app.exception_handler(StarletteHTTPException)
-    async def _http(_req, e: StarletteHTTPException):
-        return refuse(e.status_code, str(e.detail), getattr(e, "headers", None))
-
-    @app.exception_handler(RequestValidationError)
-    async def _invalid(_req, e: RequestValidationError):
-        first = e.errors()[0] if e.errors() else {}
-        where = ".".join(str(x) for x in first.get("loc", ()) if x not in ("query", "body"))
-        return refuse(422, f"invalid {where or 'request'}: {first.get('msg', 'not understood')}")
-
-    @app.exception_handler(Exception)
-    async def _unexpected(_req, e: Exception):  # a bug: still one line, never a trace
-        import logging
-
-        logging.getLogger("pneumo_edge.serve").exception("unexpected error")
-        return refuse(500, f"internal error ({e.__class__.__name__})")
+    add_error_handlers(app)
 
     tokens = None
     if config.tokens:
@@ -466,58 +441,7 @@ def create_app(config: ServeConfig = ServeConfig()):
         probability and the threshold it is compared with, the guard's score and verdict, the model's digest
         and version, the server-side latency, and with `heatmap=1` a PNG heat map (base64).
         """
-        t0 = time.perf_counter()
-        ctype, opts = _content_type(request.headers.get("content-type"))
-        form = ctype == "multipart/form-data"
-        if not form and ctype not in RAW_TYPES:
-            raise Refusal(415, f"unsupported content type '{ctype or 'none'}': send multipart/form-data with a "
-                               "'file' field, or the image as the body with Content-Type image/jpeg, image/png, "
-                               "image/bmp, image/tiff or application/dicom")
-        if heatmap and not can_draw(service.model):
-            raise Refusal(400, f"this model file ({service.model.path.name}) cannot make heat maps: it was exported "
-                               "by an older pneumo-edge; re-export it, or ask without heatmap=1")
-        if form and not opts.get("boundary"):
-            raise Refusal(400, "multipart/form-data without a boundary")
-        limit = config.max_upload_bytes + (MULTIPART_SLACK if form else 0)
-        declared = request.headers.get("content-length")
-        if declared and declared.isdigit() and int(declared) > limit:
-            raise Refusal(413, f"upload larger than the limit of {_mb(config.max_upload_bytes)}")
-        upload = Upload(config.max_upload_bytes, service.private_dir)
-        work = admitted = None
-        try:
-            reader = FormReader(opts["boundary"].encode("latin-1"), upload) if form else upload
-            try:
-                await read_body(request, reader, limit, config.body_timeout, config.max_upload_bytes)
-            except ClientDisconnect:
-                client = request.client.host if request.client else "a client"
-                log.info("%s hung up during its upload (%s received)", client, _mb(upload.size))
-                return Response(status_code=400)  # nobody reads it: the connection is gone
-            if form:
-                reader.parser.finalize()
-                if not reader.found:
-                    raise Refusal(422, "no file in the form: send the image in a field named 'file'")
-                if reader.content_type and reader.content_type not in RAW_TYPES:
-                    raise Refusal(415, f"unsupported file type '{reader.content_type}': "
-                                       "JPEG, PNG, BMP, TIFF or DICOM")
-            if upload.size == 0:
-                raise Refusal(422, "empty upload (0 bytes)")
-            admitted = service.admit()
-            work = asyncio.get_running_loop().run_in_executor(service.executor, service.classify, upload.source(),
-                                                              heatmap)
-            try:
-                r = await asyncio.shield(work)
-            except ImageError as e:
-                raise Refusal(422, f"not a usable image: {e}") from None
-            except PneumoEdgeError as e:
-                raise Refusal(422, str(e)) from None
-            return service.answer(r, (time.perf_counter() - t0) * 1000)
-        finally:
-            if work is not None and not work.done():  # the client went away: the slot and the upload stay
-                work.add_done_callback(lambda _: (upload.close(), service.release()))  # until the work ends
-            else:
-                upload.close()
-                if admitted:
-                    service.release()
+        return await predict_upload(service, config, request, heatmap)
 
     @app.get("/v1/model.onnx", tags=["model"], summary="The served ONNX file, for the page's in-browser mode",
              response_class=Response)
@@ -528,6 +452,106 @@ def create_app(config: ServeConfig = ServeConfig()):
     @app.get("/page.json", include_in_schema=False)
     async def page_config() -> dict:  # what the page's in-browser mode opens (edge/static/local/ui.js)
         return {"model": "v1/model.onnx", "file": service.model.path.name, "server": True}
+
+    add_page_routes(app)
+    return app
+
+
+
+def add_error_handlers(app) -> None:
+    """Every error, a bug included, is one JSON line {"error", "status"}: never a trace."""
+    from fastapi.exceptions import RequestValidationError  # the [serve] extra, only when serving
+    from fastapi.responses import JSONResponse
+    from starlette.exceptions import HTTPException as StarletteHTTPException
+
+    def refuse(status: int, reason: str, headers: dict | None = None) -> JSONResponse:
+        return JSONResponse({"error": reason, "status": status}, status_code=status, headers=headers)
+
+    @app.exception_handler(Refusal)
+    async def _refusal(_req, e: Refusal):
+        return refuse(e.status, e.reason, e.headers)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(_req, e: StarletteHTTPException):
+        return refuse(e.status_code, str(e.detail), getattr(e, "headers", None))
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(_req, e: RequestValidationError):
+        first = e.errors()[0] if e.errors() else {}
+        where = ".".join(str(x) for x in first.get("loc", ()) if x not in ("query", "body"))
+        return refuse(422, f"invalid {where or 'request'}: {first.get('msg', 'not understood')}")
+
+    @app.exception_handler(Exception)
+    async def _unexpected(_req, e: Exception):  # a bug: still one line, never a trace
+        import logging
+
+        logging.getLogger("pneumo_edge.serve").exception("unexpected error")
+        return refuse(500, f"internal error ({e.__class__.__name__})")
+
+
+async def predict_upload(service: "Service", config: ServeConfig, request, heatmap: bool) -> dict:
+    """POST /v1/predict: the body read within its limits and deadline, one admission slot, the answer."""
+    from fastapi.responses import Response  # the [serve] extra, only when serving
+    from starlette.requests import ClientDisconnect
+
+    t0 = time.perf_counter()
+    ctype, opts = _content_type(request.headers.get("content-type"))
+    form = ctype == "multipart/form-data"
+    if not form and ctype not in RAW_TYPES:
+        raise Refusal(415, f"unsupported content type '{ctype or 'none'}': send multipart/form-data with a "
+                           "'file' field, or the image as the body with Content-Type image/jpeg, image/png, "
+                           "image/bmp, image/tiff or application/dicom")
+    if heatmap and not can_draw(service.model):
+        raise Refusal(400, f"this model file ({service.model.path.name}) cannot make heat maps: it was exported "
+                           "by an older pneumo-edge; re-export it, or ask without heatmap=1")
+    if form and not opts.get("boundary"):
+        raise Refusal(400, "multipart/form-data without a boundary")
+    limit = config.max_upload_bytes + (MULTIPART_SLACK if form else 0)
+    declared = request.headers.get("content-length")
+    if declared and declared.isdigit() and int(declared) > limit:
+        raise Refusal(413, f"upload larger than the limit of {_mb(config.max_upload_bytes)}")
+    upload = Upload(config.max_upload_bytes, service.private_dir)
+    work = admitted = None
+    try:
+        reader = FormReader(opts["boundary"].encode("latin-1"), upload) if form else upload
+        try:
+            await read_body(request, reader, limit, config.body_timeout, config.max_upload_bytes)
+        except ClientDisconnect:
+            client = request.client.host if request.client else "a client"
+            log.info("%s hung up during its upload (%s received)", client, _mb(upload.size))
+            return Response(status_code=400)  # nobody reads it: the connection is gone
+        if form:
+            reader.parser.finalize()
+            if not reader.found:
+                raise Refusal(422, "no file in the form: send the image in a field named 'file'")
+            if reader.content_type and reader.content_type not in RAW_TYPES:
+                raise Refusal(415, f"unsupported file type '{reader.content_type}': "
+                                   "JPEG, PNG, BMP, TIFF or DICOM")
+        if upload.size == 0:
+            raise Refusal(422, "empty upload (0 bytes)")
+        admitted = service.admit()
+        work = asyncio.get_running_loop().run_in_executor(service.executor, service.classify, upload.source(),
+                                                          heatmap)
+        try:
+            r = await asyncio.shield(work)
+        except ImageError as e:
+            raise Refusal(422, f"not a usable image: {e}") from None
+        except PneumoEdgeError as e:
+            raise Refusal(422, str(e)) from None
+        return service.answer(r, (time.perf_counter() - t0) * 1000)
+    finally:
+        if work is not None and not work.done():  # the client went away: the slot and the upload stay
+            work.add_done_callback(lambda _: (upload.close(), service.release()))  # until the work ends
+        else:
+            upload.close()
+            if admitted:
+                service.release()
+
+
+
+def add_page_routes(app) -> None:
+    """The page's files, each with the page's CSP and isolation headers."""
+    from fastapi.responses import Response  # the [serve] extra, only when serving
 
     def static_route(url: str, name: str, media: str):
         async def page() -> Response:
@@ -542,7 +566,6 @@ def create_app(config: ServeConfig = ServeConfig()):
 
     for url, (name, media) in PAGE_FILES.items():
         static_route(url, name, media)
-    return app
 
 
 def app_from_env():
