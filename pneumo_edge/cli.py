@@ -80,7 +80,10 @@ def quiet_option(fn):
 
 def folder_run_options(fn):
     """The options and wrappers of a command that scores a labelled folder into --out (validate, calibrate)."""
-    stack = (click.option("--batch-size", type=int, show_default=True, help="Images per onnxruntime call."),
+    stack = (click.option("--patient-pattern", help="Regex for the patient id in the file names (its group "
+                                                    "'patient', else its first group); patients.csv or metadata.csv "
+                                                    "in FOLDER names them first; default: the names pneumo-edge knows."),
+             click.option("--batch-size", type=int, show_default=True, help="Images per onnxruntime call."),
              click.option("--workers", type=int, help="Decode threads (default: all cores)."),
              click.option("--force", is_flag=True, help="Write into a non-empty --out."),
              quiet_option, friendly, no_traceback)
@@ -451,6 +454,39 @@ def calibrate(**options) -> None:
     r = run(CalibrateConfig(**options, progress=True))
     click.echo(render_summary(r))
     click.echo(f"wrote {options['out']}: {', '.join(f['file'] for f in r['files'])}, calibration.json")
+
+
+# Defaults: AdaptConfig's fields (ConfigDefaults); each option is named after its field.
+@main.command(cls=ConfigDefaults, config=".adapt:AdaptConfig")
+@click.argument("folder")
+@click.option("--model", help="The parent bundle folder (model.onnx and model.int8.onnx; default: the shipped one).")
+@click.option("--out", required=True, help="Folder for the site's bundle and adaptation.json.")
+@click.option("--site", help="Label recorded for this site (default: the folder's name).")
+@click.option("--data", help="Home data (as train --data): home training films replayed in the fit, home "
+                             "validation measured ([train] extra).")
+@click.option("--fine-tune", is_flag=True, help="Fine-tune the PyTorch twin instead of refitting the head "
+                                                "([train] extra; needs --data).")
+@click.option("--seed", type=int, show_default=True, help="Seed of the patient split.")
+@click.option("--fit-fraction", type=float, show_default=True, help="Share of the patients that fit.")
+@click.option("--calibrate-fraction", type=float, show_default=True,
+              help="Share of the patients that set the threshold; the rest is held out for the report.")
+@click.option("--target-sensitivity", type=float, show_default=True, help="Sensitivity the threshold must guarantee.")
+@click.option("--confidence", type=float, show_default=True, help="Confidence of the guarantee (one-sided).")
+@click.option("--bootstrap", "n_bootstrap", type=int, show_default=True, help="Bootstrap resamples for the intervals.")
+@folder_run_options
+def adapt(**options) -> None:
+    """Adapt a bundle to a site's labelled films (NORMAL/ + PNEUMONIA/): a new head, a guaranteed threshold.
+
+    The site's patients are split (fit / calibrate / held out) before any film is scored; the head is refitted
+    on the embeddings in numpy and written into both ONNX files (the rest of each graph byte-identical), the
+    guard and drift reference refitted, and the held-out patients measured before and after.
+    """
+    from .adapt import AdaptConfig, REPORT, adapt as run
+    from .adaptreport import render_summary
+
+    r = run(AdaptConfig(**options, progress=True))
+    click.echo(render_summary(r))
+    click.echo(f"wrote {options['out']}: {', '.join(r['files'])}, {REPORT}")
 
 
 @main.command("monitor-reference")
