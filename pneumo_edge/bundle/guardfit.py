@@ -275,9 +275,12 @@ def ood_images(rng_seed: int = 0) -> dict[str, list[tuple[str, np.ndarray, float
         cats["colour photos"].append((name, np.asarray(rgb.convert("L")), chroma(rgb)))
         cats["grey photos"].append((name + " (grey)", np.asarray(rgb.convert("L")), 0.0))
 
-    import matplotlib.cbook as cbook
-
-    add_photo("grace_hopper", Image.open(cbook.get_sample_data("grace_hopper.jpg")))
+    try:  # sample images of the [plots]/[train] extras: absent on the edge install
+        import matplotlib.cbook as cbook
+    except ImportError:
+        cbook = None
+    if cbook is not None:
+        add_photo("grace_hopper", Image.open(cbook.get_sample_data("grace_hopper.jpg")))
     try:
         import skimage.data as sk
 
@@ -297,11 +300,12 @@ def ood_images(rng_seed: int = 0) -> dict[str, list[tuple[str, np.ndarray, float
                 pass
     except ImportError:
         pass
-    import gzip
+    if cbook is not None:
+        import gzip
 
-    mri = np.frombuffer(gzip.open(cbook.get_sample_data("s1045.ima.gz", asfileobj=False)).read(), "<u2")
-    mri = mri.reshape(256, 256).astype(np.float64)
-    cats["other medical images"].append(("mri_s1045", (mri / mri.max() * 255).astype(np.uint8), 0.0))
+        mri = np.frombuffer(gzip.open(cbook.get_sample_data("s1045.ima.gz", asfileobj=False)).read(), "<u2")
+        mri = mri.reshape(256, 256).astype(np.float64)
+        cats["other medical images"].append(("mri_s1045", (mri / mri.max() * 255).astype(np.uint8), 0.0))
     try:
         from pydicom.data import get_testdata_file
 

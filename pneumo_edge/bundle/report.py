@@ -342,7 +342,7 @@ out-of-distribution guard statistics, data fingerprint and weights digest.
 - The test split is known to differ from the training distribution; validation scores are higher than test
   scores, which is why the operating point is set for sensitivity on validation and reported on test.
 
-## Data
+{site_card(bundle)}## Data
 Kermany, Zhang, Goldbaum (2018), Labeled Optical Coherence Tomography (OCT) and Chest X-Ray Images for
 Classification, Mendeley Data V2, doi:10.17632/rscbjbr9sj.2, CC BY 4.0 (same images as
 `hf-vision/chest-xray-pneumonia`). Official split: train 5,216, val 16, test 624. Validation for every choice:
@@ -392,6 +392,14 @@ Cell 172(5):1122-1131, 2018.
 """
     header = card_data(config.get("model", "model"), base, res, seeds).to_yaml()
     return str(ModelCard(f"---\n{header}\n---\n{body}"))
+
+
+def site_card(bundle: Path) -> str:
+    """The section `adapt` wrote for the site the bundle was adapted to (with a blank line after), else ''."""
+    from pneumo_edge.site.adaptreport import card_section
+
+    section = card_section(bundle)
+    return f"{section.strip()}\n\n" if section else ""
 
 
 def heatmap_card(bundle: Path, s: dict) -> str:

@@ -15,7 +15,7 @@ from pneumo_edge import __version__
 from pneumo_edge.cli import bench, bundle, infer, node, serve, site, study, train
 
 COMMANDS = (train.train, train.evaluate, train.export, infer.infer, site.validate, infer.explain, infer.info,
-            site.calibrate, site.monitor, serve.serve, node.listen, infer.page, serve.push, serve.token,
+            site.calibrate, site.adapt, site.monitor, serve.serve, node.listen, infer.page, serve.push, serve.token,
             bench.bench_group, study.study_group, bundle.bundle_group)
 # Names from before the groups: each still runs, hidden from --help, and says its new name once.
 RENAMED = {"bench-memory": ("bench", "memory"), "bench-heatmaps": ("bench", "heatmaps"), "bench-node": ("bench", "node"),

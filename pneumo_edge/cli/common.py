@@ -74,7 +74,10 @@ def quiet_option(fn):
 
 def folder_run_options(fn):
     """The options and wrappers of a command that scores a labelled folder into --out (validate, calibrate)."""
-    stack = (click.option("--batch-size", type=int, show_default=True, help="Images per onnxruntime call."),
+    stack = (click.option("--patient-pattern", help="Regex for the patient id in the file names (its group "
+                                                    "'patient', else its first group); patients.csv or metadata.csv "
+                                                    "in FOLDER names them first; default: the names pneumo-edge knows."),
+             click.option("--batch-size", type=int, show_default=True, help="Images per onnxruntime call."),
              click.option("--workers", type=int, help="Decode threads (default: all cores)."),
              click.option("--force", is_flag=True, help="Write into a non-empty --out."),
              quiet_option, friendly, no_traceback)

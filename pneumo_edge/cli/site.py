@@ -81,3 +81,36 @@ def monitor(rows, model, out, force) -> None:
                f"{r['refusal_rate']:.3f}, {drift}, {r['alarm_trips']} alarm trip(s){first}")
     click.echo(f"wrote {out} and {Path(out).with_suffix('.json')}")
 
+
+
+# Defaults: AdaptConfig's fields (ConfigDefaults); each option is named after its field.
+@click.command(cls=ConfigDefaults, config="pneumo_edge.site.adapt:AdaptConfig")
+@click.argument("folder")
+@click.option("--model", help="The parent bundle folder (model.onnx and model.int8.onnx; default: the shipped one).")
+@click.option("--out", required=True, help="Folder for the site's bundle and adaptation.json.")
+@click.option("--site", help="Label recorded for this site (default: the folder's name).")
+@click.option("--data", help="Home data (as train --data): home training films replayed in the fit, home "
+                             "validation measured ([train] extra).")
+@click.option("--fine-tune", is_flag=True, help="Fine-tune the PyTorch twin instead of refitting the head "
+                                                "([train] extra; needs --data).")
+@click.option("--seed", type=int, show_default=True, help="Seed of the patient split.")
+@click.option("--fit-fraction", type=float, show_default=True, help="Share of the patients that fit.")
+@click.option("--calibrate-fraction", type=float, show_default=True,
+              help="Share of the patients that set the threshold; the rest is held out for the report.")
+@click.option("--target-sensitivity", type=float, show_default=True, help="Sensitivity the threshold must guarantee.")
+@click.option("--confidence", type=float, show_default=True, help="Confidence of the guarantee (one-sided).")
+@click.option("--bootstrap", "n_bootstrap", type=int, show_default=True, help="Bootstrap resamples for the intervals.")
+@folder_run_options
+def adapt(**options) -> None:
+    """Adapt a bundle to a site's labelled films (NORMAL/ + PNEUMONIA/): a new head, a guaranteed threshold.
+
+    The site's patients are split (fit / calibrate / held out) before any film is scored; the head is refitted
+    on the embeddings in numpy and written into both ONNX files (the rest of each graph byte-identical), the
+    guard and drift reference refitted, and the held-out patients measured before and after.
+    """
+    from pneumo_edge.site.adapt import REPORT, AdaptConfig, adapt as run
+    from pneumo_edge.site.adaptreport import render_summary
+
+    r = run(AdaptConfig(**options, progress=True))
+    click.echo(render_summary(r))
+    click.echo(f"wrote {options['out']}: {', '.join(r['files'])}, {REPORT}")

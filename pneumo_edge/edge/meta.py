@@ -214,6 +214,9 @@ def _site_rows(chain: list | None) -> list[tuple[str, str]]:
         return [("operating point from", "validation at export (no site calibration)")]
     rows = []
     for i, c in enumerate(chain, 1):
+        if c.get("kind") == "adaptation":
+            rows += _adaptation_rows(i, c)
+            continue
         rows.append((f"site calibration {i}", f"{c.get('site')}, {c.get('date')}: threshold {_num(c, 'threshold')}"
                      f" (was {_num(c, 'parent_threshold')}), temperature {_num(c, 'temperature')}, "
                      f"{c.get('n_images')} films ({c.get('n_positive')} positive)"))
@@ -221,6 +224,23 @@ def _site_rows(chain: list | None) -> list[tuple[str, str]]:
                                f"{c.get('confidence')})"))
         rows.append(("  parent", f"sha256 {c.get('parent_sha256')}"))
     return rows
+
+
+def _adaptation_rows(i: int, c: dict) -> list[tuple[str, str]]:
+    """A link written by `adapt`: the site, its patient split and what was refitted."""
+    split = c.get("split") if isinstance(c.get("split"), dict) else {}
+    parts = split.get("parts") if isinstance(split.get("parts"), dict) else {}
+    counts = ", ".join(f"{k} {v.get('films')} films / {v.get('patients')} patients" for k, v in parts.items()
+                       if isinstance(v, dict))
+    refitted = c.get("refitted") if isinstance(c.get("refitted"), list) else []
+    return [(f"site adaptation {i}", f"{c.get('site')}, {c.get('date')} ({c.get('method')}): threshold "
+                                     f"{_num(c, 'threshold')} (was {_num(c, 'parent_threshold')}), temperature "
+                                     f"{_num(c, 'temperature')}, {c.get('n_images')} films of {c.get('n_patients')} "
+                                     "patients"),
+            ("  split", f"by {split.get('unit')}, seed {split.get('seed')}: {counts or 'n/a'}"),
+            ("  refitted", "; ".join(map(str, refitted)) or "n/a"),
+            ("  rule", f"{c.get('rule')} (target {c.get('target_sensitivity')}, confidence {c.get('confidence')})"),
+            ("  parent", f"{c.get('parent_file')} sha256 {c.get('parent_sha256')}")]
 
 
 def _monitor_words(m: dict) -> str:
@@ -243,8 +263,11 @@ def describe(meta: BundleMeta) -> list[tuple[str, str]]:
             ("target sensitivity", target),
             *_guard_rows(meta.ood),
             *_site_rows(meta.site_calibration),
-            ("drift monitor", "reference fitted on validation: " + _monitor_words(meta.monitor)
+            ("drift monitor", f"reference fitted on {meta.monitor.get('fitted_on') or 'validation'}: "
+             + _monitor_words(meta.monitor)
              if meta.monitor else "no reference in this file (rates only, no drift statistic)"),
+            *([("population", str(meta.extra["population"].get("description")))]
+              if isinstance(meta.extra.get("population"), dict) else []),
             ("quantization", meta.quantization or "none (fp32)"),
             ("weights sha256", meta.weights_sha256 or "not recorded"),
             ("data fingerprint", meta.data_fingerprint or "not recorded"),

@@ -80,8 +80,8 @@ def _entry(key: str, value: str) -> bytes:
     return _len_field(1, key.encode()) + _len_field(2, value.encode())
 
 
-def _parse(path: str | Path) -> tuple[bytes, list[tuple[int, bytes, bytes]]]:
-    data = Path(path).read_bytes()
+def _parse(path: str | Path, data: bytes | None = None) -> tuple[bytes, list[tuple[int, bytes, bytes]]]:
+    data = Path(path).read_bytes() if data is None else data
     try:
         parsed = fields(data)
     except ValueError as e:
@@ -91,9 +91,10 @@ def _parse(path: str | Path) -> tuple[bytes, list[tuple[int, bytes, bytes]]]:
     return data, parsed
 
 
-def restamped(path: str | Path, meta: BundleMeta) -> bytes:
-    """The file's bytes with its metadata (the META_KEY JSON, the flat keys, the doc_string) from `meta`."""
-    _, parsed = _parse(path)
+def restamped(path: str | Path, meta: BundleMeta, data: bytes | None = None) -> bytes:
+    """The file's bytes (or `data`, read from `path` before) with its metadata (the META_KEY JSON, the flat
+    keys, the doc_string) from `meta`."""
+    _, parsed = _parse(path, data)
     kept = b"".join(raw for number, raw, _ in parsed if number not in (DOC_STRING, METADATA_PROPS))
     props = b"".join(_len_field(METADATA_PROPS, _entry(k, v))
                      for k, v in {META_KEY: meta.to_json(), **flat_metadata(meta)}.items())
@@ -106,9 +107,9 @@ def stamp_file(src: str | Path, dst: str | Path, meta: BundleMeta) -> None:
     write_with(dst, lambda tmp: Path(tmp).write_bytes(body))
 
 
-def graph_bytes(path: str | Path) -> bytes:
+def graph_bytes(path: str | Path, data: bytes | None = None) -> bytes:
     """Every top-level field but the metadata and doc_string, in file order: what must not change."""
-    _, parsed = _parse(path)
+    _, parsed = _parse(path, data)
     return b"".join(raw for number, raw, _ in parsed if number not in (DOC_STRING, METADATA_PROPS))
 
 

@@ -22,6 +22,7 @@ from pneumo_edge.edge.api import MODEL_FILES, resolve_model
 from pneumo_edge.edge.atomic import prepare_out_dir, write_json
 from pneumo_edge.edge.errors import DataError, ModelError
 from pneumo_edge.edge.model import EdgeModel, prob_from_logits
+from pneumo_edge.edge.patients import PatientSource
 from pneumo_edge.edge.decision import PROB_DIGITS, positive
 from pneumo_edge.edge.sitecal import fit_temperature, grouped_interval, guaranteed_threshold, nll, split_groups
 from pneumo_edge.edge.runtime import file_sha256
@@ -54,6 +55,7 @@ class CalibrateConfig:
     workers: int | None = None
     force: bool = False
     progress: bool = False
+    patient_pattern: str | None = None  # regex for the patient id in file names (a table beside the films wins)
 
     def __post_init__(self) -> None:
         if self.count not in COUNTS:
@@ -104,7 +106,7 @@ def operating_point(y: np.ndarray, p: np.ndarray, groups: np.ndarray, current: f
 
 
 def calibrate_file(path: Path, files: list[str], truth: list[int], cfg: CalibrateConfig, site: str,
-                   out: Path) -> dict:
+                   out: Path, source: PatientSource) -> dict:
     """Score the site's films with one ONNX file and write it, restamped, into `out`."""
     from pneumo_edge.edge.monitor import Reference
 
@@ -117,7 +119,7 @@ def calibrate_file(path: Path, files: list[str], truth: list[int], cfg: Calibrat
     y = np.array([label_of[f] for f in paths], int)
     p = np.array([scored[f].probability for f in paths])  # as the edge decides: rounded to PROB_DIGITS
     rejected = np.array([scored[f].rejected for f in paths], bool)
-    groups, resampling = resampling_groups(paths)
+    groups, resampling = resampling_groups(paths, source)
     keep = ~rejected
     y, p, groups = y[keep], p[keep], groups[keep]
     meta = model.meta
@@ -162,9 +164,10 @@ def calibrate(cfg: CalibrateConfig) -> dict:
     labels = list(EdgeModel(sources[0], threads=1).labels)
     root, files, truth, skipped = labelled_files(cfg.folder, cfg.split, labels)
     site = cfg.site or root.resolve().name
+    source = PatientSource.for_folder(root, cfg.patient_pattern)
     out = prepare_out_dir(cfg.out, cfg.force)
     try:
-        results = [calibrate_file(src, files, truth, cfg, site, out) for src in sources]
+        results = [calibrate_file(src, files, truth, cfg, site, out, source) for src in sources]
     except DataError:
         for src in sources:  # refused: no half-written bundle
             (out / src.name).unlink(missing_ok=True)

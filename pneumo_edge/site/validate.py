@@ -28,7 +28,7 @@ from pneumo_edge.edge.infer import decoded_batches
 from pneumo_edge.edge.inputs import display_path, find_inputs
 from pneumo_edge.edge.model import EdgeModel
 from pneumo_edge.edge.outputs import spreadsheet_safe
-from pneumo_edge.edge.patients import patient_id
+from pneumo_edge.edge.patients import PatientSource
 from pneumo_edge.edge.progress import Progress
 from pneumo_edge.edge.stats import binary_metrics, bootstrap_ci
 
@@ -50,6 +50,7 @@ class ValidateConfig:
     workers: int | None = None  # decode threads; None: all cores
     force: bool = False
     progress: bool = False
+    patient_pattern: str | None = None  # regex for the patient id in file names (a table beside the films wins)
 
 
 def class_folders(folder: str | Path, split: str | None, labels: list[str]) -> tuple[Path, list[Path]]:
@@ -65,18 +66,21 @@ def class_folders(folder: str | Path, split: str | None, labels: list[str]) -> t
     return root, [root / label for label in labels]
 
 
-def resampling_groups(paths: list[str]) -> tuple[np.ndarray, dict]:
-    """Each image's bootstrap group: its patient when the file name carries one, else the image alone."""
-    ids = [patient_id(Path(p).name) for p in paths]
+def resampling_groups(paths: list[str], source: PatientSource | None = None) -> tuple[np.ndarray, dict]:
+    """Each image's bootstrap group: its patient when `source` (default: the file names) names one, else the
+    image alone."""
+    source = source or PatientSource()
+    ids = [source.patient(p) for p in paths]
     named = sum(i is not None for i in ids)
     groups = np.array([i if i is not None else f"image {k}" for k, i in enumerate(ids)])
     unit = "patient" if named == len(ids) else "image" if named == 0 else "patient where named, else image"
-    return groups, {"unit": unit, "n_groups": len(set(groups.tolist())), "files_with_patient_id": named}
+    return groups, {"unit": unit, "n_groups": len(set(groups.tolist())), "files_with_patient_id": named,
+                    "patient_ids_from": source.describe()}
 
 
-def band_groups(paths: list[str]) -> tuple[np.ndarray | None, str]:
+def band_groups(paths: list[str], source: PatientSource | None = None) -> tuple[np.ndarray | None, str]:
     """resampling_groups for a plot: (groups, what they are in words); None when every group is one image."""
-    groups, info = resampling_groups(paths)
+    groups, info = resampling_groups(paths, source)
     if info["unit"] == "image":
         return None, "images"
     return groups, "patients" if info["unit"] == "patient" else "groups (patients where named, else images)"
@@ -134,7 +138,8 @@ def _predictions_csv(paths: list[str], y: np.ndarray, records: list[Scored], lab
     return buf.getvalue()
 
 
-def _plots(result: dict, y, p, accepted, paths, model: EdgeModel, out: Path, n_bootstrap: int) -> list[str]:
+def _plots(result: dict, y, p, accepted, paths, model: EdgeModel, out: Path, n_bootstrap: int,
+           source: PatientSource) -> list[str]:
     """The confusion, reliability and ROC/PR figures; [] on an install without matplotlib/scikit-learn."""
     try:
         from pneumo_edge.site.plots import confusion_matrix_plot, reliability_curves, reliability_plot, roc_pr_plot
@@ -150,7 +155,7 @@ def _plots(result: dict, y, p, accepted, paths, model: EdgeModel, out: Path, n_b
              reliability_plot(reliability_curves(ya, {name: pa}), out / "reliability.png",
                               f"reliability, temperature {model.temperature:.2f} (stored)")]
     if len(np.unique(ya)) == 2:  # a curve needs both classes
-        band, unit = band_groups([q for q, a in zip(paths, accepted) if a])  # the accepted images' own groups
+        band, unit = band_groups([q for q, a in zip(paths, accepted) if a], source)  # the accepted images' own
         plots.append(roc_pr_plot(ya, pa, out / "roc.png", {"stored threshold": t}, f"ROC, {name}", band, unit,
                                  n_bootstrap))
     return sorted(f.name for f in plots)
@@ -161,6 +166,7 @@ def validate(cfg: ValidateConfig) -> dict:
     model = EdgeModel(resolve_model(cfg.model))
     labels, t = model.labels, model.threshold
     root, files, truth, skipped = labelled_files(cfg.folder, cfg.split, labels)
+    source = PatientSource.for_folder(root, cfg.patient_pattern)
     out = prepare_out_dir(cfg.out, cfg.force)  # refused before the long part
     use_guard = cfg.guard and model.guard is not None
 
@@ -173,7 +179,7 @@ def validate(cfg: ValidateConfig) -> dict:
     rejected = np.array([r.rejected for r in records], bool)
     accepted = ~rejected
     ya, pa = y[accepted], p[accepted]
-    groups, resampling = resampling_groups(paths)
+    groups, resampling = resampling_groups(paths, source)
     both = len(np.unique(ya)) == 2
 
     result = {
@@ -196,7 +202,7 @@ def validate(cfg: ValidateConfig) -> dict:
         result["ci95"] = {k: ci[v] for k, v in REPORTED.items()}
     if rejected.any():
         result["metrics_ignoring_guard"] = _named(binary_metrics(y, p, t))
-    result["plots"] = _plots(result, y, p, accepted, paths, model, out, cfg.n_bootstrap)
+    result["plots"] = _plots(result, y, p, accepted, paths, model, out, cfg.n_bootstrap, source)
     if not result["plots"]:
         result["plots_missing"] = PLOTS_HINT
     write_text(out / "predictions.csv", _predictions_csv(paths, y, records, labels))
@@ -224,10 +230,12 @@ def render_summary(r: dict) -> str:
         lines.append(f"  {shown:<12} {value}{interval}")
     s = r["ci_resampling"]
     if ci:
-        unit = {"patient": f"the {s['n_groups']} patients named in the file names",
-                "image": "images (the file names carry no patient id)"}
+        named_in = s.get("patient_ids_from", "the file names")
+        unit = {"patient": f"the {s['n_groups']} patients named in {named_in}",
+                "image": ("images (the file names carry no patient id)" if named_in == "the file names"
+                          else f"images (no patient named in {named_in})")}
         lines.append(f"95% intervals: {s['resamples']} bootstrap resamples of "
-                     + unit.get(s["unit"], f"{s['n_groups']} groups: patients where file names carry one, "
+                     + unit.get(s["unit"], f"{s['n_groups']} groups: patients where {named_in} name one, "
                                            "else single images"))
     if r.get("plots_missing"):
         lines.append(f"no plots: {r['plots_missing']}")

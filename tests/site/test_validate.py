@@ -99,4 +99,5 @@ def test_resampling_groups_by_patient_where_named():
     groups, how = resampling_groups(["a/person3_virus_7.jpeg", "b/person3_bacteria_9.jpeg", "IM-0001-0001.jpeg",
                                      "scan.png"])
     assert groups[0] == groups[1] != groups[2] != groups[3]
-    assert how == {"unit": "patient where named, else image", "n_groups": 3, "files_with_patient_id": 3}
+    assert how == {"unit": "patient where named, else image", "n_groups": 3, "files_with_patient_id": 3,
+                   "patient_ids_from": "the file names"}
