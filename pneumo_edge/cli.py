@@ -227,11 +227,14 @@ def evaluate(checkpoint, data, out, target_sensitivity, n_bootstrap, ledger, not
               help="Min median correlation of the INT8 file's heat maps with the fp32 file's.")
 @click.option("--calib-images", type=int, show_default=True, help="Training images for INT8 calibration.")
 @click.option("--guard/--no-guard", show_default=True, help="Fit the out-of-distribution guard.")
+@click.option("--population-others", type=click.Path(exists=True, file_okay=False),
+              help="Films of another population (e.g. ../shared/data/site_nih, adults): the guard's population check "
+                   "is fitted on half its patients and measured on the rest (population.json).")
 @click.option("--force", is_flag=True, help="Write into a non-empty --out.")
 @quiet_option
 @friendly
 def export(checkpoint, out, data, results, atol, int8, int8_min_agreement, int8_max_auroc_delta,
-           heatmap_int8_min_corr, calib_images, guard, force) -> None:
+           heatmap_int8_min_corr, calib_images, guard, population_others, force) -> None:
     """Export to ONNX (+ INT8) with metadata, and gate on metric parity over the test split."""
     import time
     from pathlib import Path
@@ -246,7 +249,7 @@ def export(checkpoint, out, data, results, atol, int8, int8_min_agreement, int8_
                       heatmap_int8_min_corr=heatmap_int8_min_corr)
     try:
         r = export(checkpoint=checkpoint, out=out, data=data, gate=gate, int8=int8, calib_images=calib_images,
-                   results=results, force=force, progress=True, guard=guard)
+                   results=results, force=force, progress=True, guard=guard, population_others=population_others)
     finally:
         parity = Path(out) / PARITY
         if parity.exists():  # the card states the gates' verdict, failed or passed
@@ -522,6 +525,35 @@ def guard_polarity(bundle, data, force) -> None:
                    f"inverted grey levels {v['inverted grey levels']:.2%}")
     click.echo(f"the guard scores changed, so the drift reference was removed: refit it with `pneumo-edge "
                f"monitor-reference {bundle} --data {data} --force`")
+
+
+@main.command("guard-population")
+@click.argument("bundle", type=click.Path(exists=True, file_okay=False))
+@click.option("--data", default=DEFAULT_DATA, show_default=True, help="The data the bundle's checkpoint was trained on.")
+@click.option("--others", required=True, type=click.Path(exists=True, file_okay=False),
+              help="Films of another population, named by patient (e.g. ../shared/data/site_nih): half the patients "
+                   "fit the check, the rest measure it.")
+@click.option("--force", is_flag=True, help="Required: the ONNX files in BUNDLE are restamped in place.")
+@quiet_option
+@friendly
+@no_traceback
+def guard_population(bundle, data, others, force) -> None:
+    """State the bundle's population and add the image-based population check to its guard.
+
+    The check refuses films that look like another population's (for films whose header gives no age); its
+    threshold comes from the bundle's validation films. Graph bytes are copied unchanged and outputs checked
+    bit-identical before a file is replaced. Writes BUNDLE/population.json. Run `monitor-reference` afterwards.
+    """
+    from .population_fit import RESULT, stamp_population
+
+    r = stamp_population(bundle, data, others, force=force)
+    held = r["others"]["heldout"]
+    for name, f in r["files"].items():
+        v, h = f["validation_rejected"], f["heldout"]
+        click.echo(f"{name}: population threshold {f['threshold']:.4g}; validation refused: clean {v['clean']:.2%}; "
+                   f"held-out {held['films']} films of {held['patients']} patients refused {h['refused']:.2%}")
+    click.echo(f"wrote {bundle}/{RESULT}; the guard scores changed, so the drift reference was removed: refit it "
+               f"with `pneumo-edge monitor-reference {bundle} --data {data} --force`")
 
 
 @main.command("site-sim")

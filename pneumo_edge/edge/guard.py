@@ -1,6 +1,6 @@
 """Guard scoring on the edge: refuse what is not a frontal chest X-ray. Numpy only.
 
-Up to four checks, each scaled so that 1.0 is its threshold; the guard score is their
+Up to six checks, each scaled so that 1.0 is its threshold; the guard score is their
 maximum and `Guard.rejects` is the one rule that turns a score into a refusal:
 
 * embedding: class-conditional Gaussian with a shared covariance (Mahalanobis,
@@ -16,6 +16,9 @@ maximum and `Guard.rejects` is the one rule that turns a score into a refusal:
   standardised per film: an X-ray's bright mediastinum and dark lungs read as a negative when inverted.
   Standardising makes an inverted film's features exactly the negatives of the original's, so the head
   separates the two with a wide margin, whatever the embedding makes of a negative.
+* population (absent from older bundles): a logistic-regression head on the embedding, P(the film is from
+  outside the model's population, e.g. an adult's), fitted on training films against films of another
+  population; for films whose header gives no age (a DICOM's age is judged by `edge.population` instead).
 
 Each exported file carries statistics fitted on its own embeddings (fp32 and INT8 differ).
 Fitting (training data) lives in `pneumo_edge.ood`.
@@ -42,6 +45,8 @@ MARGIN = 1.2
 ORIENT_PERCENTILE = 99.8
 # Polarity threshold: the same percentile of validation P(inverted) on films as acquired (clean + shifts).
 POLARITY_PERCENTILE = 99.8
+# Population threshold: this percentile of validation P(outside) on films as acquired (clean + shifts).
+POPULATION_PERCENTILE = 99.5
 POLARITY_GRID = 8  # thumbnail cells per side: 224 / 8 = 28 px cells
 MAX_CHROMA = 0.04  # grey X-rays stored as RGB measure < 0.01 (JPEG chroma noise); photos 0.1-0.3
 
@@ -100,16 +105,37 @@ class OrientationHead:
         return {"weights": _pack(self.weights), "bias": self.bias, "threshold": self.threshold,
                 "percentile": self.percentile}
 
+    FIELD = "orientation"  # its key under 'ood'
+
     @classmethod
-    def from_meta(cls, m: dict, dim: int, source: str = "model") -> "OrientationHead":
+    def from_meta(cls, m: dict, dim: int, source: str = "model"):
+        name = f"ood.{cls.FIELD}"
         if not isinstance(m, dict):
-            raise ModelError(f"{source}: metadata field 'ood.orientation' must be an object")
-        _missing(m, ("weights", "bias", "threshold"), "ood.orientation", source)
+            raise ModelError(f"{source}: metadata field '{name}' must be an object")
+        _missing(m, ("weights", "bias", "threshold"), name, source)
         if not 0.0 < float(m["threshold"]) <= 1.0:
-            raise ModelError(f"{source}: metadata field 'ood.orientation.threshold' must be in (0, 1], "
-                             f"got {m['threshold']!r}")
+            raise ModelError(f"{source}: metadata field '{name}.threshold' must be in (0, 1], got {m['threshold']!r}")
+        extra = {k: m[k] for k in cls.RECORDED if k in m}
         return cls(weights=_unpack(m["weights"], (dim,)), bias=float(m["bias"]), threshold=float(m["threshold"]),
-                   percentile=float(m.get("percentile", ORIENT_PERCENTILE)))
+                   percentile=float(m.get("percentile", cls.percentile)), **extra)
+
+    RECORDED = ()  # further fields a subclass keeps from its metadata (a class constant, not a field)
+
+
+@dataclass
+class PopulationHead(OrientationHead):
+    """Logistic regression on the embedding: P(the film is from outside the model's population), for films
+    whose header gives no age. Fitted on the model's training films (inside) and films of another population
+    (outside, e.g. adults); its threshold keeps a stated share of validation films (`pneumo_edge.ood`)."""
+
+    percentile: float = POPULATION_PERCENTILE
+    fitted_on: str = ""  # what the two sides were: recorded, not used
+
+    FIELD = "population"
+    RECORDED = ("fitted_on",)
+
+    def to_meta(self) -> dict:
+        return super().to_meta() | {"fitted_on": self.fitted_on}
 
 
 def thumbnail(resized: np.ndarray, grid: int = POLARITY_GRID,
@@ -169,7 +195,8 @@ class PolarityHead:
 CHECK_WORDS = {"embedding": "unlike the chest X-rays the model was fitted on",
                "intensity": "grey levels outside the range of X-rays",
                "colour": "a colour image", "orientation": "upside down or rotated",
-              "polarity": "grey levels inverted (a negative)"}
+              "polarity": "grey levels inverted (a negative)",
+               "population": "film looks like an adult chest X-ray, outside this model's population"}
 
 
 @dataclass
@@ -184,6 +211,7 @@ class Guard:
     max_chroma: float = MAX_CHROMA
     orientation: OrientationHead | None = None  # absent in bundles written before it existed
     polarity: PolarityHead | None = None  # likewise
+    population: PopulationHead | None = None  # likewise
     # How `threshold` was chosen: recorded for the reader, not used in scoring.
     percentile: float = PERCENTILE
     margin: float = 1.0
@@ -207,9 +235,10 @@ class Guard:
         """A score above 1 means at least one check is past its threshold."""
         return score > 1.0
 
-    def check_scores(self, resized: np.ndarray, emb: np.ndarray,
-                     chroma: np.ndarray | None = None) -> dict[str, np.ndarray]:
-        """Each check's score per image, 1.0 at its threshold."""
+    def check_scores(self, resized: np.ndarray, emb: np.ndarray, chroma: np.ndarray | None = None,
+                     aged: np.ndarray | None = None) -> dict[str, np.ndarray]:
+        """Each check's score per image, 1.0 at its threshold. `aged`: films whose header gave the patient's age,
+        judged by it (`edge.population`) instead of by the image-based population check (scored 0 here)."""
         st = image_stats(resized)
         width = self.stat_hi - self.stat_lo
         outside = (np.maximum(self.stat_lo - st, st - self.stat_hi) / width).max(1)  # < 0 inside the range
@@ -220,16 +249,19 @@ class Guard:
             out["orientation"] = self.orientation.scores(emb)
         if self.polarity is not None:  # image_stats has each film's mean and spread already (0..1)
             out["polarity"] = self.polarity.scores(resized, (st[:, 0] * 255.0, st[:, 1] * 255.0))
+        if self.population is not None:
+            score = self.population.scores(emb)
+            out["population"] = score if aged is None else np.where(aged, 0.0, score)
         return out
 
     def scores(self, resized: np.ndarray, emb: np.ndarray, chroma: np.ndarray | None = None) -> np.ndarray:
         """Guard score per image: the maximum over checks; > 1 means out of distribution."""
         return np.maximum.reduce(list(self.check_scores(resized, emb, chroma).values()))
 
-    def assess(self, resized: np.ndarray, emb: np.ndarray,
-               chroma: np.ndarray | None = None) -> tuple[np.ndarray, list[str]]:
+    def assess(self, resized: np.ndarray, emb: np.ndarray, chroma: np.ndarray | None = None,
+               aged: np.ndarray | None = None) -> tuple[np.ndarray, list[str]]:
         """(score per image, why per image): the reason names each check past its threshold, '' if none."""
-        checks = self.check_scores(resized, emb, chroma)
+        checks = self.check_scores(resized, emb, chroma, aged)
         scores = np.maximum.reduce(list(checks.values()))
         reasons = ["; ".join(f"{CHECK_WORDS[k]} ({k} {v[i]:.2f}x threshold)" for k, v in checks.items() if self.rejects(v[i]))
                    for i in range(len(scores))]
@@ -238,7 +270,7 @@ class Guard:
     def to_meta(self) -> dict:
         c, d = self.means.shape
         m = {"method": "mahalanobis-ppca+colour+intensity" + ("+orientation" if self.orientation else "")
-             + ("+polarity" if self.polarity else ""),
+             + ("+polarity" if self.polarity else "") + ("+population" if self.population else ""),
              "dim": d, "classes": c, "k": len(self.eigvals), "means": _pack(self.means),
              "components": _pack(self.components), "eigvals": self.eigvals.tolist(),
              "residual_var": self.residual_var, "threshold": self.threshold, "percentile": self.percentile,
@@ -248,6 +280,8 @@ class Guard:
             m["orientation"] = self.orientation.to_meta()
         if self.polarity is not None:
             m["polarity"] = self.polarity.to_meta()
+        if self.population is not None:
+            m["population"] = self.population.to_meta()
         return m
 
     @classmethod
@@ -260,10 +294,13 @@ class Guard:
         polarity = m.get("polarity")
         if polarity is not None:
             polarity = PolarityHead.from_meta(polarity, source)
+        population = m.get("population")
+        if population is not None:
+            population = PopulationHead.from_meta(population, m["dim"], source)
         return cls(means=_unpack(m["means"], (m["classes"], m["dim"])),
                    components=_unpack(m["components"], (m["k"], m["dim"])),
                    eigvals=np.asarray(m["eigvals"], np.float64), residual_var=float(m["residual_var"]),
                    threshold=float(m["threshold"]), stat_lo=np.asarray(m["stat_lo"]),
-                   stat_hi=np.asarray(m["stat_hi"]), max_chroma=float(m["max_chroma"]), orientation=orientation, polarity=polarity,
+                   stat_hi=np.asarray(m["stat_hi"]), max_chroma=float(m["max_chroma"]), orientation=orientation, polarity=polarity, population=population,
                    percentile=float(m.get("percentile", PERCENTILE)), margin=float(m.get("margin", 1.0)),
                    threshold_views=tuple(m.get("threshold_views", ())))
