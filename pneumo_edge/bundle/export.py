@@ -367,10 +367,14 @@ EXPORTS = (Export(FP32, _build_fp32, _gate_fp32), Export(INT8, _build_int8, _gat
 
 def export(checkpoint: str | Path, out: str | Path, data: str, gate: GateConfig = GateConfig(),
            int8: bool = True, calib_images: int = 256, results: str | Path | None = None,
-           force: bool = False, progress: bool = True, guard: bool = True) -> dict:
+           force: bool = False, progress: bool = True, guard: bool = True,
+           population_others: str | None = None) -> dict:
     """Build every target of EXPORTS (INT8 unless `int8` is False), gate each, and move the files that were
-    built into `out` together; ParityError (after the report is written) when a gate fails."""
+    built into `out` together; ParityError (after the report is written) when a gate fails.
+    population_others: a folder of films of another population (e.g. adults): the guard gets a population check
+    fitted on part of its patients and measured on the rest (`population_fit`, written to population.json)."""
     from pneumo_edge.train.data import decode_all, rebuild_split
+    from pneumo_edge.bundle.population_fit import home_statement
 
     t0 = time.perf_counter()
     weights_path, _ = resolve(checkpoint)
@@ -381,18 +385,20 @@ def export(checkpoint: str | Path, out: str | Path, data: str, gate: GateConfig 
     meta = bundle_metadata(config, threshold, temperature, model)
 
     splits, train_s, val_s, _ = rebuild_split(config, data)
+    meta = replace(meta, population=home_statement(train_s, val_s))
     x_test, y_test, _ = decode_all(splits.test, spec.size, progress=progress, rule=spec.resize)
 
     failures: list[str] = []
     report: dict = {"checkpoint": str(checkpoint), "data": splits.origin, "split": "test"}
     targets = [e for e in EXPORTS if int8 or e.target is not INT8]
     with tempfile.TemporaryDirectory(dir=out, prefix=".export-") as tmp:
-        guard_imgs = None
+        guard_imgs, population = None, None
         if guard:
             from pneumo_edge.bundle.guardfit import fit_guard, guard_images, torch_embedder
 
             stage("export", "fitting the out-of-distribution guard (fp32)")
             guard_imgs = guard_images(spec, train_s, val_s, progress=progress)
+            population = _population_images(guard_imgs, population_others, spec, progress)
             meta = replace(meta, ood=fit_guard(torch_embedder(model, spec), guard_imgs))
         ctx = ExportContext(model, spec, meta, train_s, guard_imgs, x_test, y_test, gate, Path(tmp), calib_images,
                             progress)
@@ -402,6 +408,8 @@ def export(checkpoint: str | Path, out: str | Path, data: str, gate: GateConfig 
             ctx.built[e.target.name] = EdgeModel(ctx.path(e.target))
             report[e.target.name], f = e.gate(ctx)
             failures += f
+        if population is not None:
+            _measure_population(population, ctx.built, meta.population, out)
         stage("export", "heat maps: ONNX CAM vs the twin's Grad-CAM")
         report["cam"], f = check_cam(model, ctx.built["fp32"], ctx.built.get("int8"), x_test)
         failures += f
@@ -425,6 +433,35 @@ def export(checkpoint: str | Path, out: str | Path, data: str, gate: GateConfig 
     if failures:
         raise ParityError(failures)
     return report
+
+
+def _population_images(images, others: str | None, spec, progress: bool):
+    """(the other population's split, its held-out films) once its fitting films are in `images`; None without."""
+    if others is None:
+        return None
+    from pneumo_edge.bundle.population_fit import others_split, others_views
+
+    split = others_split(others)  # by patient, before any film is scored
+    stage("export", f"decoding {len(split.fit) + len(split.heldout)} films of {Path(others).name} (population check)")
+    images.others, heldout = others_views(split, spec, progress)
+    images.others_about = split.about()
+    return split, heldout
+
+
+def _measure_population(population, built: dict[str, EdgeModel], statement: dict, out: Path) -> None:
+    """Each built file's population check on the held-out patients, written to population.json."""
+    from pneumo_edge.bundle.guardfit import onnx_embedder
+    from pneumo_edge.bundle.population_fit import RESULT, heldout_rates, population_report
+
+    split, heldout = population
+    report = population_report(split, statement)
+    for model in built.values():
+        head = model.guard.population
+        report["files"][model.path.name] = {
+            "threshold": head.threshold, "percentile": head.percentile,
+            "validation_rejected": model.meta.ood.get("validation_rejected"),
+            "heldout": heldout_rates(model.guard, onnx_embedder(model), heldout, split)}
+    write_json(out / RESULT, report)
 
 
 def regate_heatmap(bundle: str | Path, data: str, progress: bool = True) -> dict:

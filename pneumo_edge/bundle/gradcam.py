@@ -244,16 +244,16 @@ def _explain_one(cam: GradCAM | TwinHeatmap, src: str, png: Path, spec, meta, ta
     """The overlay PNG of one image: (its record, its contact-sheet panel); no PNG if `guard` refuses it."""
     from pneumo_edge.edge.cam import rejected_record
     from pneumo_edge.edge.decision import decide, score_images
-    from pneumo_edge.edge.imaging import load_image, normalize, resize_gray
+    from pneumo_edge.edge.imaging import normalize, read_film, resize_gray
     from pneumo_edge.edge.model import prob_from_logits
     from pneumo_edge.site.metrics import outcome
 
     labels = list(meta.labels)
-    gray, chroma = load_image(src, size=spec.size)
-    resized = resize_gray(gray, spec.size, spec.resize)
+    film = read_film(src, size=spec.size)
+    resized = resize_gray(film.gray, spec.size, spec.resize)
     guard_score = None
     if guard is not None:
-        judged = score_images(guard, [(resized, chroma)], use_guard=True)[0]
+        judged = score_images(guard, [(resized, film.chroma, film.age_years)], use_guard=True)[0]
         if not judged.heatmap_allowed:
             return rejected_record(src, judged), None
         guard_score = judged.guard_score
@@ -271,7 +271,7 @@ def _explain_one(cam: GradCAM | TwinHeatmap, src: str, png: Path, spec, meta, ta
     if truth is not None:  # the outcome first: a wrong case must read as one at a glance
         known = {"true_label": truth, "outcome": outcome(labels.index(truth), labels.index(label))}
         title = f"{known['outcome'].upper()}: true {truth}, predicted {label}\n{title}"
-    panel = (gray / 255.0, heat[0], input_box(gray.shape, spec.resize), title)
+    panel = (film.gray / 255.0, heat[0], input_box(film.gray.shape, spec.resize), title)
     _figure_png(png, [panel], cols=1, what=what)
     return ({"path": str(src), **scored.fields(), "error": None, "explained_class": explained, "png": str(png),
              **known}, panel)

@@ -18,8 +18,9 @@ from pathlib import Path
 
 import numpy as np
 
-from pneumo_edge.edge.guard import (MARGIN, N_COMPONENTS, ORIENT_PERCENTILE, PERCENTILE, POLARITY_PERCENTILE, Guard, OrientationHead,
-                         PolarityHead, image_stats, thumbnail)
+from pneumo_edge.edge.guard import (MARGIN, N_COMPONENTS, ORIENT_PERCENTILE, PERCENTILE, POLARITY_PERCENTILE,
+                         POPULATION_PERCENTILE, Guard, OrientationHead, PolarityHead, PopulationHead, image_stats,
+                         thumbnail)
 
 Embed = Callable[[np.ndarray], np.ndarray]  # uint8 (N, S, S) model views -> (N, D) embeddings
 
@@ -58,6 +59,9 @@ class GuardImages:
     train_companion: np.ndarray  # per training film, a horizontal flip or one SHIFT_VIEW: still "as acquired"
     val: np.ndarray  # clean validation views
     val_shifted: dict[str, np.ndarray]  # SHIFT_VIEWS of the validation films
+    # films of another population (and their left-right flips) for the population check; None: no such check
+    others: np.ndarray | None = None
+    others_about: str = ""  # what they are, recorded in the check's metadata
 
 
 def _companions(films: list[np.ndarray], train: np.ndarray, size: int, seed: int = 0) -> np.ndarray:
@@ -142,13 +146,15 @@ def fit_from_arrays(emb: np.ndarray, y: np.ndarray, stats: np.ndarray, val_emb: 
     return guard
 
 
-def fit_logistic(x: np.ndarray, y: np.ndarray, l2: float = ORIENT_L2) -> tuple[np.ndarray, float]:
-    """L2-regularised logistic regression on standardised features, folded back into raw-feature weights."""
+def fit_logistic(x: np.ndarray, y: np.ndarray, l2: float = ORIENT_L2,
+                 class_weight: str | None = None) -> tuple[np.ndarray, float]:
+    """L2-regularised logistic regression on standardised features, folded back into raw-feature weights.
+    class_weight "balanced": each class weighs the same in the fit, whatever its count."""
     from sklearn.linear_model import LogisticRegression
 
     x = np.asarray(x, np.float64)
     mu, sd = x.mean(0), x.std(0) + 1e-6
-    clf = LogisticRegression(C=1.0 / l2, max_iter=2000).fit((x - mu) / sd, y)
+    clf = LogisticRegression(C=1.0 / l2, max_iter=2000, class_weight=class_weight).fit((x - mu) / sd, y)
     w = clf.coef_[0] / sd
     return w, float(clf.intercept_[0] - w @ mu)
 
@@ -160,6 +166,20 @@ def fit_orientation(as_acquired: np.ndarray, altered: np.ndarray, val_as_acquire
     w, b = fit_logistic(x, np.r_[np.zeros(len(as_acquired)), np.ones(len(altered))])
     head = OrientationHead(weights=w, bias=b, threshold=1.0, percentile=percentile)
     head.threshold = float(np.percentile(head.probability(val_as_acquired), percentile))
+    return head
+
+
+def fit_population(inside: np.ndarray, outside: np.ndarray, val_inside: np.ndarray, fitted_on: str,
+                   percentile: float = POPULATION_PERCENTILE) -> PopulationHead:
+    """Head on embeddings of the model's own training films (inside = 0) and films of another population
+    (outside = 1; far fewer, so the classes weigh the same); threshold from validation films as acquired."""
+    w, b = fit_logistic(np.concatenate([inside, outside]), np.r_[np.zeros(len(inside)), np.ones(len(outside))],
+                        class_weight="balanced")
+    head = PopulationHead(weights=w, bias=b, threshold=1.0, percentile=percentile, fitted_on=fitted_on)
+    cut = float(np.percentile(head.probability(val_inside), percentile))
+    if cut == 0.0:  # a check can only be stored with a positive threshold
+        raise ValueError("population check: validation films score P(outside) = 0 at the percentile; nothing to cut")
+    head.threshold = cut
     return head
 
 
@@ -190,6 +210,8 @@ def fit_guard(embed: Embed, images: GuardImages) -> dict:
     as_acquired = np.concatenate([e_tr, embed(images.train_companion)])
     guard.orientation = fit_orientation(as_acquired, embed(_one_alteration_each(images.train)), e_val_all)
     guard.polarity = polarity_from_images(images)
+    if images.others is not None:
+        guard.population = fit_population(as_acquired, embed(images.others), e_val_all, images.others_about)
 
     return guard.to_meta() | {"validation_rejected": validation_rates(guard, embed, images, e_val)}
 
@@ -205,19 +227,12 @@ def validation_rates(guard: Guard, embed: Embed, images: GuardImages, e_val: dic
     return rates
 
 
-def stamp_polarity(bundle: str | Path, data: str, force: bool = False, progress: bool = True) -> dict:
-    """Fit the polarity check on the bundle's training films (threshold on its validation films) and stamp it
-    into each ONNX file's guard, in place; graph bytes and outputs are checked unchanged before a file is
-    replaced. For bundles exported before the check existed; `export` fits it with the rest of the guard."""
-    from dataclasses import replace
-
-    from pneumo_edge.train.checkpoint import read_config
-    from pneumo_edge.train.data import rebuild_split
+def guarded_files(bundle: str | Path, force: bool, check: str) -> dict:
+    """{path: EdgeModel} of each ONNX file in `bundle`, every one with a guard to add `check` to; refused
+    without `force` (the files are restamped in place)."""
     from pneumo_edge.edge.api import MODEL_FILES
     from pneumo_edge.edge.errors import DataError, ModelError
     from pneumo_edge.edge.model import EdgeModel
-    from pneumo_edge.edge.progress import stage
-    from pneumo_edge.edge.stamp import stamp_checked
 
     bundle = Path(bundle)
     files = [bundle / n for n in MODEL_FILES if (bundle / n).is_file()]
@@ -227,11 +242,33 @@ def stamp_polarity(bundle: str | Path, data: str, force: bool = False, progress:
         raise DataError(f"this rewrites the guard in the ONNX files of '{bundle}' in place: add --force")
     models = {f: EdgeModel(f) for f in files}
     if any(m.guard is None for m in models.values()):
-        raise ModelError(f"'{bundle}': a file carries no guard to add the polarity check to")
-    spec = next(iter(models.values())).spec
+        raise ModelError(f"'{bundle}': a file carries no guard to add the {check} check to")
+    return models
+
+
+def bundle_guard_images(bundle: str | Path, data: str, spec, who: str, progress: bool = True):
+    """(GuardImages, training samples, validation samples) of the split the bundle's checkpoint was trained on."""
+    from pneumo_edge.train.checkpoint import read_config
+    from pneumo_edge.train.data import rebuild_split
+    from pneumo_edge.edge.progress import stage
+
     _, train_s, val_s, _ = rebuild_split(read_config(str(bundle)), data)
-    stage("guard-polarity", f"decoding {min(FIT_IMAGES, len(train_s))} training and {len(val_s)} validation films")
-    images = guard_images(spec, train_s, val_s, progress=progress)
+    stage(who, f"decoding {min(FIT_IMAGES, len(train_s))} training and {len(val_s)} validation films")
+    return guard_images(spec, train_s, val_s, progress=progress), train_s, val_s
+
+
+def stamp_polarity(bundle: str | Path, data: str, force: bool = False, progress: bool = True) -> dict:
+    """Fit the polarity check on the bundle's training films (threshold on its validation films) and stamp it
+    into each ONNX file's guard, in place; graph bytes and outputs are checked unchanged before a file is
+    replaced. For bundles exported before the check existed; `export` fits it with the rest of the guard."""
+    from dataclasses import replace
+
+    from pneumo_edge.edge.progress import stage
+    from pneumo_edge.edge.stamp import stamp_checked
+
+    models = guarded_files(bundle, force, "polarity")
+    spec = next(iter(models.values())).spec
+    images, _, _ = bundle_guard_images(bundle, data, spec, "guard-polarity", progress)
     head = polarity_from_images(images)
     report = {"bundle": str(bundle), "polarity": head.to_meta() | {"weights": f"{len(head.weights)} floats"},
               "files": {}}

@@ -135,3 +135,32 @@ def readme(readme_path, bundle_dir) -> None:
     if card:
         click.echo(f"model card: {card}")
 
+
+
+@bundle_group.command("guard-population")
+@click.argument("bundle", type=click.Path(exists=True, file_okay=False))
+@click.option("--data", default=DEFAULT_DATA, show_default=True, help="The data the bundle's checkpoint was trained on.")
+@click.option("--others", required=True, type=click.Path(exists=True, file_okay=False),
+              help="Films of another population, named by patient (e.g. ../shared/data/site_nih): half the patients "
+                   "fit the check, the rest measure it.")
+@click.option("--force", is_flag=True, help="Required: the ONNX files in BUNDLE are restamped in place.")
+@quiet_option
+@friendly
+@no_traceback
+def guard_population(bundle, data, others, force) -> None:
+    """State the bundle's population and add the image-based population check to its guard.
+
+    The check refuses films that look like another population's (for films whose header gives no age); its
+    threshold comes from the bundle's validation films. Graph bytes are copied unchanged and outputs checked
+    bit-identical before a file is replaced. Writes BUNDLE/population.json. Run `bundle monitor-reference` afterwards.
+    """
+    from pneumo_edge.bundle.population_fit import RESULT, stamp_population
+
+    r = stamp_population(bundle, data, others, force=force)
+    held = r["others"]["heldout"]
+    for name, f in r["files"].items():
+        v, h = f["validation_rejected"], f["heldout"]
+        click.echo(f"{name}: population threshold {f['threshold']:.4g}; validation refused: clean {v['clean']:.2%}; "
+                   f"held-out {held['films']} films of {held['patients']} patients refused {h['refused']:.2%}")
+    click.echo(f"wrote {bundle}/{RESULT}; the guard scores changed, so the drift reference was removed: refit it "
+               f"with `pneumo-edge bundle monitor-reference {bundle} --data {data} --force`")

@@ -18,6 +18,10 @@ from pneumo_edge.cli.common import MODEL_HELP, ConfigDefaults, folder_run_option
               help="Apply the file's out-of-distribution guard; rejected images are counted apart from the metrics.")
 @click.option("--bootstrap", "n_bootstrap", type=int, show_default=True,
               help="Bootstrap resamples for the 95% intervals; 0 skips them.")
+@click.option("--auc-floor", type=float, show_default=True,
+              help="The verdict: fit only if the ROC-AUC interval's lower end reaches this.")
+@click.option("--max-refused", type=float, show_default=True,
+              help="The verdict: fit only if the guard refuses no more than this share of the films.")
 @folder_run_options
 def validate(**options) -> None:
     """Score an exported ONNX model (fp32 or INT8) on labelled X-rays, with its own threshold and guard.
@@ -47,6 +51,10 @@ def validate(**options) -> None:
 @click.option("--site", help="Label recorded for this site (default: the folder's name).")
 @click.option("--refit-temperature", is_flag=True,
               help="Refit the temperature on the site's films; kept only if it lowers held-out NLL.")
+@click.option("--min-specificity", type=float, show_default=True,
+              help="Refuse a bundle whose guaranteed threshold leaves less specificity than this on the site's films.")
+@click.option("--accept-low-specificity", is_flag=True,
+              help="Write the bundle even below --min-specificity; its provenance record says so.")
 @click.option("--split", help="Use this split of a dataset root laid out {train,val,test}/{NORMAL,PNEUMONIA}/.")
 @folder_run_options
 def calibrate(**options) -> None:

@@ -101,11 +101,14 @@ def evaluate(checkpoint, data, out, target_sensitivity, n_bootstrap, ledger, not
               help="Min median correlation of the INT8 file's heat maps with the fp32 file's.")
 @click.option("--calib-images", type=int, show_default=True, help="Training images for INT8 calibration.")
 @click.option("--guard/--no-guard", show_default=True, help="Fit the out-of-distribution guard.")
+@click.option("--population-others", type=click.Path(exists=True, file_okay=False),
+              help="Films of another population (e.g. ../shared/data/site_nih, adults): the guard's population check "
+                   "is fitted on half its patients and measured on the rest (population.json).")
 @click.option("--force", is_flag=True, help="Write into a non-empty --out.")
 @quiet_option
 @friendly
 def export(checkpoint, out, data, results, atol, int8, int8_min_agreement, int8_max_auroc_delta,
-           heatmap_int8_min_corr, calib_images, guard, force) -> None:
+           heatmap_int8_min_corr, calib_images, guard, population_others, force) -> None:
     """Export to ONNX (+ INT8) with metadata, and gate on metric parity over the test split."""
     import time
     from pathlib import Path
@@ -120,7 +123,7 @@ def export(checkpoint, out, data, results, atol, int8, int8_min_agreement, int8_
                       heatmap_int8_min_corr=heatmap_int8_min_corr)
     try:
         r = export(checkpoint=checkpoint, out=out, data=data, gate=gate, int8=int8, calib_images=calib_images,
-                   results=results, force=force, progress=True, guard=guard)
+                   results=results, force=force, progress=True, guard=guard, population_others=population_others)
     finally:
         parity = Path(out) / PARITY
         if parity.exists():  # the card states the gates' verdict, failed or passed

@@ -24,7 +24,7 @@ from .decision import FIELDS, score_images
 from .errors import ImageError, ModelError
 from .hub import download_model, is_repo_id, path_reason
 from .heatmap import method_for
-from .imaging import load_image, pil_to_gray, resize_gray
+from .imaging import pil_to_gray, read_film, resize_gray
 from .model import EdgeModel, default_model_path
 from .targets import MODEL_FILES
 
@@ -67,11 +67,12 @@ class Classifier:
         self.meta = model.meta
         self.guard = guard and model.guard is not None
 
-    def _gray(self, x) -> tuple[np.ndarray, float]:
+    def _gray(self, x) -> tuple[np.ndarray, float, float | None]:
+        """(grey, chroma, the patient's age from a DICOM header or None)."""
         if isinstance(x, (str, os.PathLike, bytes, bytearray)):
-            return load_image(x, size=self.meta.preprocess.size)
+            return read_film(x, size=self.meta.preprocess.size)
         if isinstance(x, Image.Image):
-            return pil_to_gray(x)
+            return (*pil_to_gray(x), None)
         if isinstance(x, np.ndarray):
             if x.ndim == 3 and x.shape[-1] in (3, 4):
                 x = x[..., :3]
@@ -79,7 +80,7 @@ class Classifier:
                 raise ImageError(f"array of shape {x.shape}: expected (H, W) grey or (H, W, 3) colour")
             if x.dtype == np.float64:
                 x = x.astype(np.float32)
-            return pil_to_gray(Image.fromarray(np.ascontiguousarray(x)))
+            return (*pil_to_gray(Image.fromarray(np.ascontiguousarray(x))), None)
         raise ImageError(f"cannot classify a {type(x).__name__}: give a path, bytes, a PIL image or a numpy array")
 
     def predict(self, x, as_frame: bool = False, heatmap: bool = False):
@@ -95,7 +96,7 @@ class Classifier:
         many = isinstance(x, (list, tuple))
         items = list(x) if many else [x]
         spec = self.meta.preprocess
-        pairs = [(resize_gray(g, spec.size, spec.resize), c) for g, c in (self._gray(item) for item in items)]
+        pairs = [(resize_gray(g, spec.size, spec.resize), c, age) for g, c, age in (self._gray(i) for i in items)]
         scored = score_images(self.model, pairs, self.guard)
         rows = [s.fields() for s in scored]
         if method is not None:  # no map where the record forbids one: it would look like evidence

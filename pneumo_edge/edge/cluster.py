@@ -119,12 +119,13 @@ def fetch(uri: str) -> bytes:
 
 
 def decode_batch(batch: dict, size: int, rule: str) -> dict:
-    """Ray `map_batches` task: paths in, resized uint8 images (zeros where decoding failed) and reasons out,
-    through the local engine's decoder."""
+    """Ray `map_batches` task: paths in, resized uint8 images (zeros where decoding failed), header ages (NaN
+    where none) and reasons out, through the local engine's decoder."""
     out = [decode_file(str(s), size, rule, fetch if is_uri(str(s)) else None) for s in batch["source"]]
     blank = np.zeros((size, size), np.uint8)
     return {"path": batch["path"], "image": np.stack([dec[0] if dec else blank for dec, _ in out]),
             "chroma": np.array([dec[1] if dec else 0.0 for dec, _ in out], np.float64),
+            "age_years": np.array([dec[2] if dec and dec[2] is not None else np.nan for dec, _ in out], np.float64),
             "error": np.array([err or "" for _, err in out], object)}
 
 
@@ -147,8 +148,9 @@ class Classify:
         self.guard = self.use_guard and self.model.guard is not None
 
     def __call__(self, batch: dict) -> dict:
-        items = [(str(p), None if e else (img, float(c)), str(e) or None)
-                 for p, img, c, e in zip(batch["path"], batch["image"], batch["chroma"], batch["error"])]
+        items = [(str(p), None if e else (img, float(c), None if np.isnan(a) else float(a)), str(e) or None)
+                 for p, img, c, a, e in zip(batch["path"], batch["image"], batch["chroma"], batch["age_years"],
+                                            batch["error"])]
         return {"row": np.array([json.dumps(r) for r in classify_batch(items, self.model, self.guard)], object)}
 
 

@@ -19,6 +19,7 @@ import numpy as np
 
 from .guard import Guard
 from .imaging import normalize
+from .population import Population
 
 REJECTED = "REJECTED_OOD"  # the label of an image the guard refuses: no class is given
 VERDICTS = ("accepted", "rejected", "off")  # guard_verdict; "off": no guard (turned off, or none in the file)
@@ -74,20 +75,43 @@ def decide(meta, probability: float, guard_score: float | None = None, guard_rea
                   guard_reason=(guard_reason or None) if rejected else None, model_sha256=model_sha256)
 
 
-def score_images(model, decoded: list[tuple[np.ndarray, float]], use_guard: bool,
-                 keep: dict | None = None) -> list[Scored]:
-    """One record per (resized uint8, chroma) pair, scored in one batch by an EdgeModel.
+def _with_ages(statement: dict | None, ages: list, scores: list, reasons: list) -> tuple[list, list]:
+    """Each header age judged against the model's population (`edge.population`): outside, the film's score is
+    at least AGE_SCORE and the age's reason comes first. Films without an age, or a file without a statement,
+    keep what the guard gave."""
+    if statement is None or all(a is None for a in ages):
+        return scores, reasons
+    population = Population.from_meta(statement)
+    out_s, out_r = [], []
+    for age, score, why in zip(ages, scores, reasons):
+        age_score = population.age_score(age)
+        if age_score is not None:
+            score = age_score if score is None else max(float(score), age_score)
+            why = "; ".join(w for w in (population.age_reason(age), why) if w)
+        out_s.append(score)
+        out_r.append(why)
+    return out_s, out_r
 
-    use_guard: apply the model's guard (ignored when the file has none).
+
+def score_images(model, decoded: list[tuple], use_guard: bool, keep: dict | None = None) -> list[Scored]:
+    """One record per (resized uint8, chroma[, patient age in years or None]) item, scored in one batch by an
+    EdgeModel.
+
+    use_guard: apply the model's guard (ignored when the file has none) and judge each header age against the
+    population the file states (`edge.population`); a film with an age is not judged by the image-based check.
     keep: a dict that receives every raw output (heat maps read 'features'); else the feature map is not fetched.
     """
     images, chroma = np.stack([d[0] for d in decoded]), np.array([d[1] for d in decoded])
+    ages = [d[2] if len(d) > 2 else None for d in decoded]
     outs = model.run(normalize(images, model.spec), None if keep is not None else model.predict_outputs)
     if keep is not None:
         keep.update(outs)
     guarded = use_guard and model.guard is not None
-    scores, reasons = (model.guard.assess(images, outs["embedding"], chroma) if guarded
+    aged = np.array([a is not None for a in ages])
+    scores, reasons = (model.guard.assess(images, outs["embedding"], chroma, aged) if guarded
                        else ([None] * len(images), [""] * len(images)))
+    if use_guard:
+        scores, reasons = _with_ages(model.meta.population, ages, list(scores), list(reasons))
     probs = model.probability(outs["logits"])
     return [decide(model.meta, float(p), None if s is None else float(s), why, model.sha256)
             for p, s, why in zip(probs, scores, reasons)]

@@ -1,6 +1,6 @@
 """Guard scoring on the edge: refuse what is not a frontal chest X-ray. Numpy only.
 
-Up to four checks, each scaled so that 1.0 is its threshold; the guard score is their
+Up to six checks, each scaled so that 1.0 is its threshold; the guard score is their
 maximum and `Guard.rejects` is the one rule that turns a score into a refusal:
 
 * embedding: class-conditional Gaussian with a shared covariance (Mahalanobis,
@@ -16,6 +16,9 @@ maximum and `Guard.rejects` is the one rule that turns a score into a refusal:
   standardised per film: an X-ray's bright mediastinum and dark lungs read as a negative when inverted.
   Standardising makes an inverted film's features exactly the negatives of the original's, so the head
   separates the two with a wide margin, whatever the embedding makes of a negative.
+* population (absent from older bundles): a logistic-regression head on the embedding, P(the film is from
+  outside the model's population, e.g. an adult's), fitted on training films against films of another
+  population; for films whose header gives no age (a DICOM's age is judged by `edge.population` instead).
 
 Each exported file carries statistics fitted on its own embeddings (fp32 and INT8 differ).
 Fitting (training data) lives in `pneumo_edge.bundle.guardfit`.
@@ -42,6 +45,8 @@ MARGIN = 1.2
 ORIENT_PERCENTILE = 99.8
 # Polarity threshold: the same percentile of validation P(inverted) on films as acquired (clean + shifts).
 POLARITY_PERCENTILE = 99.8
+# Population threshold: this percentile of validation P(outside) on films as acquired (clean + shifts).
+POPULATION_PERCENTILE = 99.5
 POLARITY_GRID = 8  # thumbnail cells per side: 224 / 8 = 28 px cells
 MAX_CHROMA = 0.04  # grey X-rays stored as RGB measure < 0.01 (JPEG chroma noise); photos 0.1-0.3
 # What image_stats can measure: mean and spread of grey levels in [0, 1], entropy of 64 bins in [0, 6] bits.
@@ -92,11 +97,32 @@ class OrientationHead:
         return {"weights": _pack(self.weights), "bias": self.bias, "threshold": self.threshold,
                 "percentile": self.percentile}
 
+    FIELD = "orientation"  # its key under 'ood'
+
     @classmethod
-    def from_meta(cls, m: dict, dim: int, source: str = "model") -> "OrientationHead":
-        f = Fields(m, "ood.orientation", source)
+    def from_meta(cls, m: dict, dim: int, source: str = "model"):
+        f = Fields(m, f"ood.{cls.FIELD}", source)
+        extra = {k: f.text(k, default="") for k in cls.RECORDED}
         return cls(weights=f.packed("weights", (dim,)), bias=f.number("bias"), threshold=_probability(f),
-                   percentile=f.number("percentile", 0, 100, default=ORIENT_PERCENTILE))
+                   percentile=f.number("percentile", 0, 100, default=cls.percentile), **extra)
+
+    RECORDED = ()  # further fields a subclass keeps from its metadata (a class constant, not a field)
+
+
+@dataclass
+class PopulationHead(OrientationHead):
+    """Logistic regression on the embedding: P(the film is from outside the model's population), for films
+    whose header gives no age. Fitted on the model's training films (inside) and films of another population
+    (outside, e.g. adults); its threshold keeps a stated share of validation films (`pneumo_edge.bundle.guardfit`)."""
+
+    percentile: float = POPULATION_PERCENTILE
+    fitted_on: str = ""  # what the two sides were: recorded, not used
+
+    FIELD = "population"
+    RECORDED = ("fitted_on",)
+
+    def to_meta(self) -> dict:
+        return super().to_meta() | {"fitted_on": self.fitted_on}
 
 
 def thumbnail(resized: np.ndarray, grid: int = POLARITY_GRID,
@@ -153,7 +179,8 @@ def _probability(f: Fields) -> float:
 CHECK_WORDS = {"embedding": "unlike the chest X-rays the model was fitted on",
                "intensity": "grey levels outside the range of X-rays",
                "colour": "a colour image", "orientation": "upside down or rotated",
-              "polarity": "grey levels inverted (a negative)"}
+              "polarity": "grey levels inverted (a negative)",
+               "population": "film looks like an adult chest X-ray, outside this model's population"}
 
 
 @dataclass
@@ -168,6 +195,7 @@ class Guard:
     max_chroma: float = MAX_CHROMA
     orientation: OrientationHead | None = None  # absent in bundles written before it existed
     polarity: PolarityHead | None = None  # likewise
+    population: PopulationHead | None = None  # likewise
     # How `threshold` was chosen: recorded for the reader, not used in scoring.
     percentile: float = PERCENTILE
     margin: float = 1.0
@@ -191,9 +219,10 @@ class Guard:
         """A score above 1 means at least one check is past its threshold."""
         return score > 1.0
 
-    def check_scores(self, resized: np.ndarray, emb: np.ndarray,
-                     chroma: np.ndarray | None = None) -> dict[str, np.ndarray]:
-        """Each check's score per image, 1.0 at its threshold."""
+    def check_scores(self, resized: np.ndarray, emb: np.ndarray, chroma: np.ndarray | None = None,
+                     aged: np.ndarray | None = None) -> dict[str, np.ndarray]:
+        """Each check's score per image, 1.0 at its threshold. `aged`: films whose header gave the patient's age,
+        judged by it (`edge.population`) instead of by the image-based population check (scored 0 here)."""
         st = image_stats(resized)
         width = self.stat_hi - self.stat_lo
         outside = (np.maximum(self.stat_lo - st, st - self.stat_hi) / width).max(1)  # < 0 inside the range
@@ -204,16 +233,19 @@ class Guard:
             out["orientation"] = self.orientation.scores(emb)
         if self.polarity is not None:  # image_stats has each film's mean and spread already (0..1)
             out["polarity"] = self.polarity.scores(resized, (st[:, 0] * 255.0, st[:, 1] * 255.0))
+        if self.population is not None:
+            score = self.population.scores(emb)
+            out["population"] = score if aged is None else np.where(aged, 0.0, score)
         return out
 
     def scores(self, resized: np.ndarray, emb: np.ndarray, chroma: np.ndarray | None = None) -> np.ndarray:
         """Guard score per image: the maximum over checks; > 1 means out of distribution."""
         return np.maximum.reduce(list(self.check_scores(resized, emb, chroma).values()))
 
-    def assess(self, resized: np.ndarray, emb: np.ndarray,
-               chroma: np.ndarray | None = None) -> tuple[np.ndarray, list[str]]:
+    def assess(self, resized: np.ndarray, emb: np.ndarray, chroma: np.ndarray | None = None,
+               aged: np.ndarray | None = None) -> tuple[np.ndarray, list[str]]:
         """(score per image, why per image): the reason names each check past its threshold, '' if none."""
-        checks = self.check_scores(resized, emb, chroma)
+        checks = self.check_scores(resized, emb, chroma, aged)
         scores = np.maximum.reduce(list(checks.values()))
         reasons = ["; ".join(f"{CHECK_WORDS[k]} ({k} {v[i]:.2f}x threshold)" for k, v in checks.items() if self.rejects(v[i]))
                    for i in range(len(scores))]
@@ -222,7 +254,7 @@ class Guard:
     def to_meta(self) -> dict:
         c, d = self.means.shape
         m = {"method": "mahalanobis-ppca+colour+intensity" + ("+orientation" if self.orientation else "")
-             + ("+polarity" if self.polarity else ""),
+             + ("+polarity" if self.polarity else "") + ("+population" if self.population else ""),
              "dim": d, "classes": c, "k": len(self.eigvals), "means": _pack(self.means),
              "components": _pack(self.components), "eigvals": self.eigvals.tolist(),
              "residual_var": self.residual_var, "threshold": self.threshold, "percentile": self.percentile,
@@ -232,6 +264,8 @@ class Guard:
             m["orientation"] = self.orientation.to_meta()
         if self.polarity is not None:
             m["polarity"] = self.polarity.to_meta()
+        if self.population is not None:
+            m["population"] = self.population.to_meta()
         return m
 
     @classmethod
@@ -242,13 +276,14 @@ class Guard:
         k = f.integer("k", 1, dim)
         orientation = OrientationHead.from_meta(f.get("orientation"), dim, source) if f.has("orientation") else None
         polarity = PolarityHead.from_meta(f.get("polarity"), source) if f.has("polarity") else None
+        population = PopulationHead.from_meta(f.get("population"), dim, source) if f.has("population") else None
         stat_lo, stat_hi = _stat_range(f)
         return cls(means=f.packed("means", (classes, dim)), components=f.packed("components", (k, dim)),
                    eigvals=f.numbers("eigvals", count=k, lo=0.0, lo_open=True),
                    residual_var=f.number("residual_var", 0.0, lo_open=True),
                    threshold=f.number("threshold", 0.0, lo_open=True), stat_lo=stat_lo, stat_hi=stat_hi,
                    max_chroma=f.number("max_chroma", 0.0, 1.0, lo_open=True, hi_open=True),
-                   orientation=orientation, polarity=polarity,
+                   orientation=orientation, polarity=polarity, population=population,
                    percentile=f.number("percentile", 0, 100, default=PERCENTILE),
                    margin=f.number("margin", 0.0, lo_open=True, default=1.0),
                    threshold_views=f.texts("threshold_views", default=()))

@@ -230,7 +230,7 @@ def explain(images: list[str], model, out: str | os.PathLike, target: str | None
                       target_index, write_png)
     from .decision import score_images
     from .errors import ImageError
-    from .imaging import load_image, resize_gray
+    from .imaging import read_film, resize_gray
     from .progress import track
 
     method = method_for(model)
@@ -241,9 +241,9 @@ def explain(images: list[str], model, out: str | os.PathLike, target: str | None
     records, panels = [], []
     for src, name in track(zip(images, overlay_names(images, ".cam.png")), len(images), "explain"):
         try:
-            gray, chroma = load_image(src, size=spec.size)
-            resized = resize_gray(gray, spec.size, spec.resize)
-            scored = score_images(model, [(resized, chroma)], guard)[0]
+            film = read_film(src, size=spec.size)
+            resized = resize_gray(film.gray, spec.size, spec.resize)
+            scored = score_images(model, [(resized, film.chroma, film.age_years)], guard)[0]
             if not scored.heatmap_allowed:
                 records.append(rejected_record(src, scored))
                 continue

@@ -27,6 +27,7 @@ import re
 import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 from PIL import Image, ImageOps
@@ -34,6 +35,7 @@ from PIL import Image, ImageOps
 from .dicom_bounds import DEFER_BYTES, BoundedFile, check_frame, check_native_size
 from .dicom_terms import BODY_PARTS, MODALITIES, UNRECOGNISED, shown
 from .errors import ImageError
+from .population import age_from_header
 
 # Refuse decompression bombs as a per-file error instead of Pillow's warning.
 MAX_PIXELS = 64_000_000
@@ -236,7 +238,16 @@ def _quiet_pydicom() -> None:
     logging.getLogger("pydicom").propagate = False
 
 
-def _load_dicom(source) -> np.ndarray:
+def _header_age(ds) -> float | None:
+    """The patient's age from the header (edge.population), or None: a value that is not an age is ignored."""
+    try:
+        return age_from_header(*(ds.get(k) for k in ("PatientAge", "PatientBirthDate", "StudyDate",
+                                                     "AcquisitionDate")))
+    except Exception:  # noqa: BLE001 - a malformed value: no age, never a failed decode (nor its text shown)
+        return None
+
+
+def _load_dicom(source) -> tuple[np.ndarray, float | None]:
     try:
         import pydicom
         from pydicom.pixels import apply_modality_lut, apply_voi_lut
@@ -253,7 +264,7 @@ def _load_dicom(source) -> np.ndarray:
             raise ImageError(f"not a readable DICOM file ({e.__class__.__name__}: {_scrub(str(e))})") from e
         _check_dicom_header(ds)
         _check_decoder(ds)
-        return _dicom_pixels(ds, apply_modality_lut, apply_voi_lut)
+        return _dicom_pixels(ds, apply_modality_lut, apply_voi_lut), _header_age(ds)
 
 
 def _dicom_pixels(ds, apply_modality_lut, apply_voi_lut) -> np.ndarray:
@@ -338,14 +349,26 @@ def _load_pil(stream, head: bytes, size: int | None) -> tuple[np.ndarray, float]
         raise ImageError(f"corrupt or truncated image ({e})") from e
 
 
+class Film(NamedTuple):
+    gray: np.ndarray  # uint8 (H, W)
+    chroma: float  # colour measure of the original, for the guard
+    age_years: float | None  # the patient's age from a DICOM header (edge.population); None: not stated
+
+
 def load_gray(source: str | os.PathLike | bytes, size: int | None = None) -> np.ndarray:
     """Decode a file path or raw bytes to a uint8 (H, W) grayscale array."""
-    return load_image(source, size)[0]
+    return read_film(source, size).gray
 
 
 def load_image(source: str | os.PathLike | bytes, size: int | None = None,
                name: str | None = None) -> tuple[np.ndarray, float]:
-    """Decode to (uint8 (H, W) grayscale, chroma of the original colours).
+    """Decode to (uint8 (H, W) grayscale, chroma of the original colours): `read_film` without the header age."""
+    film = read_film(source, size, name)
+    return film.gray, film.chroma
+
+
+def read_film(source: str | os.PathLike | bytes, size: int | None = None, name: str | None = None) -> Film:
+    """Decode to a Film: grey pixels, chroma of the original colours, and a DICOM header's patient age.
 
     `size` lets large JPEGs decode at a reduced scale (never below `size`), which
     is several times faster and changes nothing for images already near `size`.
@@ -379,12 +402,16 @@ def load_image(source: str | os.PathLike | bytes, size: int | None = None,
             raise ImageError(f"cannot read file ({e.strerror or e})") from e
         stream = path
     is_dicom = SUFFIX_FORMATS.get(Path(name).suffix.lower()) == "DICOM" or head[128:132] == b"DICM"
-    gray, colour = (_load_dicom(stream), 0.0) if is_dicom else _load_pil(stream, head, size)
+    age = None
+    if is_dicom:
+        (gray, age), colour = _load_dicom(stream), 0.0
+    else:
+        gray, colour = _load_pil(stream, head, size)
     if gray.ndim != 2:
         raise ImageError(f"unexpected pixel layout {gray.shape} in {name}")
     if min(gray.shape) < MIN_SIDE:
         raise ImageError(f"image too small ({gray.shape[1]}x{gray.shape[0]} pixels)")
-    return gray, colour
+    return Film(gray, colour, age)
 
 
 RESIZE_RULES = ("center-crop-bilinear", "squash-bilinear")

@@ -24,7 +24,7 @@ from pathlib import Path
 from .cam import caption_for, heatmap_path, overlay_png, write_png
 from .decision import Scored, score_images
 from .errors import ImageError, OutputError
-from .imaging import load_image, resize_gray
+from .imaging import read_film, resize_gray
 from .inputs import display_path, find_inputs
 from .model import EdgeModel
 from .outputs import Outputs
@@ -34,14 +34,14 @@ EXIT_SOME_FAILED = 1  # infer: some files could not be classified; all others we
 
 
 def decode_file(path: str, size: int, rule: str, fetch: Callable[[str], bytes] | None = None):
-    """((resized uint8, chroma), None) or (None, error message).
+    """((resized uint8, chroma, patient age in years or None), None) or (None, error message).
 
     fetch: reads the bytes of a path the local file system cannot open (a URI, for the Ray engine).
     """
     try:
         source = fetch(path) if fetch else path
-        gray, colour = load_image(source, size=size, name=path.rsplit("/", 1)[-1] if fetch else None)
-        return (resize_gray(gray, size, rule), colour), None
+        film = read_film(source, size=size, name=path.rsplit("/", 1)[-1] if fetch else None)
+        return (resize_gray(film.gray, size, rule), film.chroma, film.age_years), None
     except ImageError as e:
         return None, str(e)
     except Exception as e:  # one odd file must never end the batch

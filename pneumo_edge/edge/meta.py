@@ -21,6 +21,7 @@ from .guard import Guard
 from .imaging import RESIZE_RULES, PreprocessSpec
 from .metafields import Fields, parse
 from .monitor import Reference
+from .population import Population
 from .runtime import open_runtime
 
 META_KEY = "pneumo_edge"
@@ -35,7 +36,8 @@ LICENSE = "apache-2.0"  # of the weights and the code (SPDX id, lower case as th
 # Flat metadata keys that restate a decision input: a file whose flat copy disagrees with its JSON is refused.
 CHECKED_FLAT_KEYS = ("labels", "image_size", "threshold", "temperature")
 KNOWN = {*REQUIRED, "target_sensitivity", "data_fingerprint", "weights_sha256", "ood", "quantization", "cam",
-         "license", "created", "input", "outputs", "probability", "site_calibration", "monitor"}
+         "license", "created", "input", "outputs", "probability", "site_calibration", "monitor",
+         "population"}
 
 
 @dataclass(frozen=True)
@@ -57,6 +59,7 @@ class BundleMeta:
     # operating points set at sites after export, oldest first (edge.sitecal via `pneumo-edge calibrate`)
     site_calibration: list | None = None
     monitor: dict | None = None  # drift-monitor reference fitted on validation (edge.monitor.Reference)
+    population: dict | None = None  # who the model was validated on (edge.population.Population)
     extra: dict = field(default_factory=dict)  # keys a newer writer added; kept, not interpreted
 
     def to_dict(self) -> dict:
@@ -66,7 +69,8 @@ class BundleMeta:
              "threshold": self.threshold, "temperature": self.temperature, "probability": PROBABILITY,
              "target_sensitivity": self.target_sensitivity, "data_fingerprint": self.data_fingerprint,
              "weights_sha256": self.weights_sha256}
-        for k in ("ood", "quantization", "cam", "license", "created", "site_calibration", "monitor"):  # when set
+        for k in ("ood", "quantization", "cam", "license", "created", "site_calibration", "monitor",
+                  "population"):  # when set
             if getattr(self, k) is not None:
                 d[k] = getattr(self, k)
         return {**self.extra, **d}
@@ -98,13 +102,16 @@ class BundleMeta:
         site = f.get("site_calibration", None)
         if site is not None and not (isinstance(site, list) and all(isinstance(s, dict) for s in site)):
             raise f.bad("site_calibration", "must be a list of objects")
+        population = f.get("population", None)
+        if population is not None:
+            Population.from_meta(population, source)  # validated here, by field name
         return cls(model=f.text("model"), labels=tuple(labels), preprocess=p,
                    threshold=f.number("threshold", 0.0, 1.0), temperature=f.number("temperature", 1e-3, 1e3),
                    pneumo_edge_version=f.text("pneumo_edge_version"),
                    target_sensitivity=f.number("target_sensitivity", 0.0, 1.0, default=None),
                    **{k: f.text(k, default=None) for k in ("data_fingerprint", "weights_sha256", "quantization",
                                                            "license", "created")},
-                   ood=ood, cam=cam, site_calibration=site, monitor=monitor,
+                   ood=ood, cam=cam, site_calibration=site, monitor=monitor, population=population,
                    extra={k: v for k, v in d.items() if k not in KNOWN})
 
     @classmethod
@@ -125,7 +132,7 @@ def _preprocess(f: Fields) -> PreprocessSpec:
 def flat_metadata(meta: BundleMeta) -> dict[str, str]:
     """The flat `metadata_props` other ONNX tools list, beside the JSON: all derived from `meta`."""
     size = meta.preprocess.size
-    flat = {"description": f"pneumo-edge {meta.model}: {' vs '.join(meta.labels)} on paediatric frontal chest "
+    flat = {"description": f"pneumo-edge {meta.model}: {' vs '.join(meta.labels)} on {_who(meta)} frontal chest "
                            "X-rays; research use, not a medical device",
             "labels": json.dumps(list(meta.labels)), "image_size": json.dumps([size, size]),
             "threshold": json.dumps(meta.threshold), "temperature": json.dumps(meta.temperature),
@@ -137,16 +144,26 @@ def flat_metadata(meta: BundleMeta) -> dict[str, str]:
     return flat
 
 
+def _who(meta: BundleMeta) -> str:
+    """Whose films the model is for: its population's short name (files without a statement: paediatric)."""
+    return "paediatric" if meta.population is None else Population.from_meta(meta.population).short
+
+
 def doc_string(meta: BundleMeta) -> str:
     """One paragraph for the ONNX model's doc_string (onnxruntime: `get_modelmeta().description`)."""
     p, (negative, positive) = meta.preprocess, meta.labels
     guard = (" The 'embedding' output feeds an out-of-distribution guard whose statistics are in the metadata; "
              "a guard score above 1 means the input is refused." if meta.ood is not None else "")
-    return (f"pneumo-edge {meta.model} ({meta.quantization or 'fp32'}): classifies a paediatric frontal chest "
+    population = ""
+    if meta.population is not None:
+        lo, hi = meta.population["age_years"]
+        population = (f" Validated on {meta.population['description']}; a DICOM whose patient age is outside "
+                      f"{lo:g}-{hi:g} years is not assessed.")
+    return (f"pneumo-edge {meta.model} ({meta.quantization or 'fp32'}): classifies a {_who(meta)} frontal chest "
             f"X-ray as {negative} or {positive}. Input 'image': float32, N x {p.channels} x {p.size} x {p.size}, "
             f"the grey film resized by rule {p.resize}, then (grey / 255 - {p.mean:g}) / {p.std:g}. "
             f"P({positive}) = softmax(logits / {meta.temperature:.4f})[1]; the label is {positive} when it "
-            f"reaches {meta.threshold:.4f}.{guard} The '{META_KEY}' metadata entry (JSON) holds the complete "
+            f"reaches {meta.threshold:.4f}.{population}{guard} The '{META_KEY}' metadata entry (JSON) holds the complete "
             "rule and is what pneumo-edge reads; the other entries restate parts of it for other tools. "
             "Research use only: not a medical device.")
 
@@ -199,6 +216,9 @@ def _guard_rows(ood: dict | None) -> list[tuple[str, str]]:
     if ood.get("polarity"):
         rows.append(("  polarity", f"P(inverted grey levels) threshold {ood['polarity']['threshold']:.3g} "
                                    f"({ood['polarity']['grid']}x{ood['polarity']['grid']} thumbnail)"))
+    if ood.get("population"):
+        rows.append(("  population", f"P(outside the population) threshold {ood['population']['threshold']:.3g} "
+                                     "(films whose header gives no age)"))
     return rows
 
 
@@ -223,6 +243,9 @@ def _site_rows(chain: list | None) -> list[tuple[str, str]]:
         rows.append(("  rule", f"{c.get('rule')} (target {c.get('target_sensitivity')}, confidence "
                                f"{c.get('confidence')})"))
         rows.append(("  parent", f"sha256 {c.get('parent_sha256')}"))
+        if c.get("low_specificity_accepted"):
+            rows.append(("  WARNING", f"specificity {_num(c, 'specificity')} below the floor "
+                                      f"{_num(c, 'min_specificity')}, written with --accept-low-specificity"))
     return rows
 
 
@@ -261,6 +284,8 @@ def describe(meta: BundleMeta) -> list[tuple[str, str]]:
             ("threshold", f"{meta.threshold:.4f} on P({positive}), after temperature scaling"),
             ("temperature", f"{meta.temperature:.4f}"),
             ("target sensitivity", target),
+            *(Population.from_meta(meta.population).describe() if meta.population is not None
+              else [("population", "not stated in this file (no age check)")]),
             *_guard_rows(meta.ood),
             *_site_rows(meta.site_calibration),
             ("drift monitor", f"reference fitted on {meta.monitor.get('fitted_on') or 'validation'}: "

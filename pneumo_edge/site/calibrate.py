@@ -13,6 +13,7 @@ parameters, and the digest of the parent file. Numpy and onnxruntime only: it ru
 from __future__ import annotations
 
 import datetime as dt
+from shlex import quote
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -27,7 +28,7 @@ from pneumo_edge.edge.decision import PROB_DIGITS, positive
 from pneumo_edge.edge.sitecal import fit_temperature, grouped_interval, guaranteed_threshold, nll, split_groups
 from pneumo_edge.edge.runtime import file_sha256
 from pneumo_edge.edge.stamp import stamp_file
-from pneumo_edge.site.validate import labelled_files, resampling_groups, score_files
+from pneumo_edge.site.validate import labelled_files, resampling_groups, score_files, specificity_at_sensitivity
 
 RULE = {"patients": "largest threshold whose exact one-sided Clopper-Pearson lower bound on sensitivity, over "
                     "the site's positive patients the guard accepts (each by its lowest positive film; films where "
@@ -50,6 +51,10 @@ class CalibrateConfig:
     count: str = "patients"
     site: str | None = None  # a label for the site; default: the folder's name
     refit_temperature: bool = False
+    # A threshold that meets the sensitivity target only by calling nearly every film positive is no operating
+    # point: refused below this specificity on the site's films, unless accept_low_specificity (then recorded)
+    min_specificity: float = 0.5
+    accept_low_specificity: bool = False
     split: str | None = None  # a split of a dataset root, as in validate
     batch_size: int = 16
     workers: int | None = None
@@ -105,6 +110,28 @@ def operating_point(y: np.ndarray, p: np.ndarray, groups: np.ndarray, current: f
     return out
 
 
+def check_specificity(path: Path, op: dict, y: np.ndarray, p: np.ndarray, cfg: CalibrateConfig, site: str) -> dict:
+    """The link's specificity record; DataError when the guaranteed threshold leaves less than the floor and the
+    user has not accepted it. The message says why: where even the films' own threshold for the target leaves
+    too little, the model does not separate this site's films (adapt it); else the guarantee, over this few
+    positives, must catch nearly all of them (more positive patients raise the threshold)."""
+    spec = op["site"]["specificity"]
+    low = spec is not None and spec < cfg.min_specificity
+    if low and not cfg.accept_low_specificity:
+        point = specificity_at_sensitivity(y, p, cfg.target_sensitivity)
+        head = (f"{path.name}: sensitivity {cfg.target_sensitivity:g} (at {cfg.confidence:g} confidence) needs "
+                f"threshold {op['threshold']:.4f}, which leaves specificity {spec:.3f} on these films, below the floor "
+                f"{cfg.min_specificity:g}; no bundle was written. ")
+        if point is not None and point["specificity"] >= cfg.min_specificity:
+            raise DataError(head + f"The films themselves reach the target with specificity {point['specificity']:.3f}"
+                            f": the guarantee over {op['n_positive_units']} positive {op['guarantee_unit']} has to "
+                            f"catch {op['detected']} of them; add positive patients (or --accept-low-specificity)")
+        raise DataError(head + "The model does not separate this site's films: run `pneumo-edge adapt "
+                        f"{quote(cfg.folder)} --model {quote(cfg.model or 'export')} --out SITE_BUNDLE --site "
+                        f"{quote(site)}` instead (or --accept-low-specificity to write this one anyway)")
+    return {"specificity": spec, "min_specificity": cfg.min_specificity, "low_specificity_accepted": bool(low)}
+
+
 def calibrate_file(path: Path, files: list[str], truth: list[int], cfg: CalibrateConfig, site: str,
                    out: Path, source: PatientSource) -> dict:
     """Score the site's films with one ONNX file and write it, restamped, into `out`."""
@@ -137,6 +164,7 @@ def calibrate_file(path: Path, files: list[str], truth: list[int], cfg: Calibrat
         raise DataError(f"{path.name}: the site has {has} the guard accepts; a sensitivity of "
                         f"{cfg.target_sensitivity:g} at {cfg.confidence:g} confidence needs at least "
                         f"{op['positives_needed']} {unit} (more, unless the model catches every one)")
+    specificity = check_specificity(path, op, y, p, cfg, site)
     link = {"site": site, "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
             "n_images": int(len(y)), "n_positive": op["n_positive"], "n_negative": op["n_negative"],
             "n_rejected_by_guard": int(rejected.sum()), "rule": RULE[op["guarantee_unit"]], "count": op["guarantee_unit"],
@@ -144,7 +172,7 @@ def calibrate_file(path: Path, files: list[str], truth: list[int], cfg: Calibrat
             "threshold": op["threshold"], "temperature": temperature["temperature"],
             "temperature_refit": temperature["applied"], "parent_file": path.name,
             "parent_sha256": file_sha256(path), "parent_threshold": meta.threshold,
-            "parent_temperature": meta.temperature}
+            "parent_temperature": meta.temperature, **specificity}
     monitor = meta.monitor
     if monitor is not None and temperature["applied"]:  # the reference's probability bins follow the new T
         monitor = Reference.from_meta(monitor).retempered(meta.temperature, temperature["temperature"]).to_meta()
@@ -204,6 +232,9 @@ def render_summary(r: dict) -> str:
                   f"  temperature {t['temperature']:.4f} ({'refitted' if t['applied'] else 'kept'}"
                   + (f": held-out NLL {t['heldout_nll_current']:.4f} -> {t['heldout_nll_refit']:.4f})"
                      if "heldout_nll_refit" in t else ")")]
+        if link.get("low_specificity_accepted"):
+            lines.append(f"  WARNING: specificity {_pct(site['specificity'])} is below the floor "
+                         f"{link['min_specificity']:g}; written because --accept-low-specificity was given")
     unit = r["files"][0]["resampling"]["unit"]
     lines.append(f"specificity intervals: 95% bootstrap over {unit}s" if unit in ("patient", "image")
                  else "specificity intervals: 95% bootstrap over patients where named, else images")

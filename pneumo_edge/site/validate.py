@@ -22,7 +22,7 @@ import numpy as np
 
 from pneumo_edge.edge.api import resolve_model
 from pneumo_edge.edge.atomic import prepare_out_dir, write_json, write_text
-from pneumo_edge.edge.decision import FIELDS, Scored, score_images
+from pneumo_edge.edge.decision import FIELDS, Scored, positive, score_images
 from pneumo_edge.edge.errors import DataError
 from pneumo_edge.edge.infer import decoded_batches
 from pneumo_edge.edge.inputs import display_path, find_inputs
@@ -33,6 +33,7 @@ from pneumo_edge.edge.progress import Progress
 from pneumo_edge.edge.stats import binary_metrics, bootstrap_ci
 
 COLUMNS = ("path", "true_label", *FIELDS)
+TARGET_SENSITIVITY = 0.95  # the verdict's sensitivity target for a file that records none
 PLOTS_HINT = "plots need matplotlib and scikit-learn: pip install 'pneumo-edge[plots]'"
 REPORTED = {"accuracy": "accuracy", "sensitivity": "recall", "specificity": "specificity",
             "precision": "precision", "f1": "f1", "roc_auc": "roc_auc", "pr_auc": "pr_auc"}  # ours: binary_metrics'
@@ -51,6 +52,49 @@ class ValidateConfig:
     force: bool = False
     progress: bool = False
     patient_pattern: str | None = None  # regex for the patient id in file names (a table beside the films wins)
+    # The verdict: fit for these films when the lower end of the ROC-AUC interval reaches auc_floor and the guard
+    # refuses no more than max_refused of them (a model that refuses most of a site's films does not serve it)
+    auc_floor: float = 0.80
+    max_refused: float = 0.10
+
+
+def specificity_at_sensitivity(y: np.ndarray, p: np.ndarray, target: float) -> dict | None:
+    """The largest threshold at which these films' sensitivity reaches `target`, and the specificity left there
+    (a point estimate on these films, not a guarantee: calibrate gives that). None without both classes."""
+    pos, neg = np.sort(p[y == 1])[::-1], p[y == 0]
+    if len(pos) == 0 or len(neg) == 0:
+        return None
+    t = float(pos[math.ceil(target * len(pos) - 1e-9) - 1])
+    return {"target_sensitivity": target, "threshold": t, "sensitivity": float(positive(pos, t).mean()),
+            "specificity": float((~positive(neg, t)).mean())}
+
+
+def verdict(result: dict, y: np.ndarray, p: np.ndarray, target: float, cfg: ValidateConfig) -> dict:
+    """Fit or not fit for these films, and why: the ROC-AUC interval's lower end against the floor, the share
+    the guard refused, and what the sensitivity target costs in specificity on the films it accepted."""
+    auc = (result["ci95"] or {}).get("roc_auc")
+    lower = None if auc is None or auc[0] is None or not math.isfinite(auc[0]) else float(auc[0])
+    g, n = result["guard"], result["data"]["n_images"]
+    refused = g["rejected"] / n if n else 0.0
+    why = []
+    if lower is None:
+        why.append(f"no ROC-AUC interval (it needs both classes among the {result['metrics']['n']} films the model "
+                   "assessed, and --bootstrap above 0)")
+    elif lower < cfg.auc_floor:
+        why.append(f"the ROC-AUC interval's lower end {lower:.3f} is below the floor {cfg.auc_floor:.2f}")
+    if refused > cfg.max_refused:
+        why.append(f"the guard refused {g['rejected']} of {n} films ({refused:.0%}, more than {cfg.max_refused:.0%}) "
+                   "as outside what the model was validated on")
+    cost = specificity_at_sensitivity(y, p, target)
+    fit = not why
+    words = (f"FIT for these films: the ROC-AUC interval's lower end {lower:.3f} reaches the floor "
+             f"{cfg.auc_floor:.2f}" if fit else "NOT FIT for these films: " + "; ".join(why))
+    if cost is not None:
+        words += (f". Sensitivity {target:g} here needs threshold {cost['threshold']:.4f} and leaves specificity "
+                  f"{cost['specificity']:.3f}")
+    return {"fit": fit, "auc_floor": cfg.auc_floor, "roc_auc_lower": lower, "max_refused": cfg.max_refused,
+            "refused": refused, "at_target_sensitivity": cost, "resampling_unit": result["ci_resampling"]["unit"],
+            "words": words}
 
 
 def class_folders(folder: str | Path, split: str | None, labels: list[str]) -> tuple[Path, list[Path]]:
@@ -202,6 +246,7 @@ def validate(cfg: ValidateConfig) -> dict:
         result["ci95"] = {k: ci[v] for k, v in REPORTED.items()}
     if rejected.any():
         result["metrics_ignoring_guard"] = _named(binary_metrics(y, p, t))
+    result["verdict"] = verdict(result, ya, pa, model.meta.target_sensitivity or TARGET_SENSITIVITY, cfg)
     result["plots"] = _plots(result, y, p, accepted, paths, model, out, cfg.n_bootstrap, source)
     if not result["plots"]:
         result["plots_missing"] = PLOTS_HINT
@@ -241,4 +286,5 @@ def render_summary(r: dict) -> str:
         lines.append(f"no plots: {r['plots_missing']}")
     if r["data"]["unreadable"]:
         lines.append(f"{len(r['data']['unreadable'])} file(s) could not be read: listed in metrics.json")
+    lines.append(f"verdict: {r['verdict']['words']}")
     return "\n".join(lines)

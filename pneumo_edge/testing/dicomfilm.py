@@ -37,7 +37,9 @@ def film_dataset(pixels: np.ndarray, sop_uid: str | None = None, study_uid: str 
     ds.file_meta.MediaStorageSOPClassUID, ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPClassUID, ds.SOPInstanceUID
     ds.StudyInstanceUID = study_uid or generate_uid()
     ds.SeriesInstanceUID = series_uid or generate_uid()
-    ds.PatientName, ds.PatientID, ds.PatientBirthDate, ds.PatientSex = "Test^Film", "FILM-0001", "20200101", "O"
+    # a child of three at the study date: inside the shipped model's population (edge.population), as the
+    # Kermany films these instances are made of are
+    ds.PatientName, ds.PatientID, ds.PatientBirthDate, ds.PatientSex = "Test^Film", "FILM-0001", "20230101", "O"
     ds.StudyDate, ds.StudyTime, ds.AccessionNumber, ds.StudyID = "20260101", "120000", "ACC1", "1"
     ds.ReferringPhysicianName, ds.Modality, ds.BodyPartExamined = "", "CR", "CHEST"
     ds.SeriesNumber, ds.InstanceNumber, ds.Manufacturer = 1, 1, "test"

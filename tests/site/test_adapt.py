@@ -67,8 +67,8 @@ def test_adapt_head_refit_end_to_end(tiny_bundle, tmp_path):
         link = meta.site_calibration[-1]
         assert link["kind"] == "adaptation" and link["site"] == "ward 9" and link["split"]["seed"] == 0
         assert link["parent_sha256"] == file_sha256(parent) and link["sensitivity_lower_bound"] >= 0.8
-        assert meta.extra["population"]["sources"][-1] == {"name": "ward 9", "films": 120, "patients": 60}
-        assert meta.extra["population"]["views"] == ["AP", "PA"] and meta.monitor["fitted_on"].startswith("site")
+        assert meta.population["sources"][-1] == {"name": "ward 9", "films": 120, "patients": 60}
+        assert meta.population["views"] == ["AP", "PA"] and meta.monitor["fitted_on"].startswith("site")
         held = f["held_out"]
         assert set(held) == {"overall", "view AP", "view PA"} and held["overall"]["films"] == parts["held-out"]["films"]
         assert f["checks"]["head_parity"]["max_abs_logit_difference"] < 1e-3

@@ -16,8 +16,8 @@ from .sr import Finding
 
 
 def decode(model: EdgeModel, data: bytes):
-    """((resized uint8, chroma), None), or (None, the one-line reason the image cannot be assessed): infer's
-    own decoding, on the instance's bytes."""
+    """((resized uint8, chroma, patient age or None), None), or (None, the one-line reason the image cannot be
+    assessed): infer's own decoding, on the instance's bytes."""
     decoded, err = decode_file("instance.dcm", model.spec.size, model.spec.resize, fetch=lambda _: data)
     return decoded, None if err is None else f"not decodable: {err}"
 

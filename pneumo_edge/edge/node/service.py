@@ -22,6 +22,7 @@ from pathlib import Path
 
 from ..model import EdgeModel
 from ..monitor import Monitor, prometheus_collector
+from ..population import without_age
 from .audit import Audit, now
 from .classify import classify
 from .outbox import LINKS, Destination, Sender
@@ -192,7 +193,7 @@ class Node:
             state = {"sop_instance_uid": str(header.SOPInstanceUID), "sop_class_uid": str(header.SOPClassUID),
                      "modality": str(header.get("Modality", "")), "result": finding.label or "NOT_ASSESSED",
                      "probability": finding.probability, "threshold": self.algo.threshold,
-                     "guard_verdict": finding.guard_verdict, "reason": finding.reason,
+                     "guard_verdict": finding.guard_verdict, "reason": without_age(finding.reason),
                      "model_sha256": self.model_sha256, "received_at": round(path.stat().st_mtime, 6),
                      "classified_at": classified_at, "classify_ms": per_image_ms,
                      "sr_ms": round((time.perf_counter() - t0) * 1000, 2)}

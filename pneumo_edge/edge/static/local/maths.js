@@ -6,6 +6,7 @@ export const CHECK_WORDS = {  // guard.CHECK_WORDS
   intensity: "grey levels outside the range of X-rays",
   colour: "a colour image", orientation: "upside down or rotated",
   polarity: "grey levels inverted (a negative)",
+  population: "film looks like an adult chest X-ray, outside this model's population",
 };
 
 // base64 float32 (guard._pack / cam._pack) -> Float64Array
@@ -70,9 +71,9 @@ export class Guard {
     this.statLo = m.stat_lo;
     this.statHi = m.stat_hi;
     this.maxChroma = m.max_chroma;
-    this.orientation = m.orientation
-      ? { weights: unpack(m.orientation.weights, m.dim), bias: m.orientation.bias, threshold: m.orientation.threshold }
-      : null;
+    const head = h => h ? { weights: unpack(h.weights, m.dim), bias: h.bias, threshold: h.threshold } : null;
+    this.orientation = head(m.orientation);
+    this.population = head(m.population);  // the page reads no header age: the image check applies to every film
     const p = m.polarity;
     this.polarity = p
       ? { weights: unpack(p.weights, p.grid * p.grid), bias: p.bias, threshold: p.threshold, grid: p.grid }
@@ -110,17 +111,19 @@ export class Guard {
       intensity: outside > 0 ? 1 + outside : 0,
       colour: chromaValue / this.maxChroma,
     };
-    if (this.orientation) {
-      let z = this.orientation.bias;
-      for (let i = 0; i < this.dim; i++) z += emb[i] * this.orientation.weights[i];
-      out.orientation = sigmoid(z) / this.orientation.threshold;
-    }
+    const onEmbedding = h => {  // OrientationHead.scores: a logistic head on the embedding, 1.0 at its threshold
+      let z = h.bias;
+      for (let i = 0; i < this.dim; i++) z += emb[i] * h.weights[i];
+      return sigmoid(z) / h.threshold;
+    };
+    if (this.orientation) out.orientation = onEmbedding(this.orientation);
     if (this.polarity) {
       const t = thumbnail(resized, this.polarity.grid);
       let z = this.polarity.bias;
       for (let i = 0; i < t.length; i++) z += t[i] * this.polarity.weights[i];
       out.polarity = sigmoid(z) / this.polarity.threshold;
     }
+    if (this.population) out.population = onEmbedding(this.population);
     return out;
   }
 
