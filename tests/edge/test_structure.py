@@ -109,3 +109,13 @@ def test_run_control_never_reaches_a_published_config(tiny_bundle):
     for bundle in (tiny_bundle, PACKAGE.parent / "export"):
         published = json.loads((bundle / "config.json").read_text())["train_config"]
         assert not set(RUN_KEYS) & set(published), bundle
+
+
+def test_no_function_over_80_lines_and_no_command_file_over_300():
+    long = []
+    for p in PACKAGE.rglob("*.py"):
+        for node in ast.walk(ast.parse(p.read_text())):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.end_lineno - node.lineno + 1 > 80:
+                long.append(f"{p.relative_to(PACKAGE)}:{node.lineno} {node.name}")
+    assert long == []
+    assert {p.name: n for p in (PACKAGE / "cli").glob("*.py") if (n := len(p.read_text().splitlines())) > 300} == {}
