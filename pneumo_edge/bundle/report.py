@@ -150,9 +150,27 @@ def sections(bundle: Path, root: Path) -> dict[str, str]:
             out[name] = (root / "bench" / "results" / file).read_text().strip()
     if (bundle / "guard.md").is_file():
         out["guard"] = (bundle / "guard.md").read_text().strip()
+    population = population_line(bundle)
+    if population:
+        out["population"] = population
     out["ledger"] = (f"The test split has been read **{count_ledger(root / DEFAULT_LEDGER)} times** while this "
                      f"recipe was developed (one line each in `{DEFAULT_LEDGER}`).")
     return out
+
+
+def population_line(bundle: Path) -> str | None:
+    """The population check's result (population.json, `guard-population` or `export --population-others`)."""
+    from pneumo_edge.bundle.population_fit import RESULT
+
+    r = _load(bundle / RESULT)
+    if not r or not r.get("files"):
+        return None
+    held = r["others"]["heldout"]
+    rates = ", ".join(f"{name} {f['heldout']['refused']:.1%}" for name, f in r["files"].items())
+    return (f"- Films without a usable header meet the guard's population check, fitted against adult films of "
+            f"half the patients of `{Path(r['others']['folder']).name}`: of {held['films']} films of the other "
+            f"{held['patients']} patients it refuses {rates}. A DICOM whose patient age is outside "
+            f"{'-'.join(f'{a:g}' for a in r['statement']['age_years'])} years is not assessed.")
 
 
 def heatmap_section(root: Path) -> str | None:
@@ -345,6 +363,7 @@ out-of-distribution guard statistics, data fingerprint and weights digest.
 - Trained on one hospital's paediatric (age 1-5) X-rays (Guangzhou Women and Children's Medical Center).
   Adults, other hospitals, lateral views and other modalities are outside its intended use; the built-in guard
   rejects many such inputs (`REJECTED_OOD`) but cannot catch every shift.
+{s.get('population', '')}
 - The test split is known to differ from the training distribution; validation scores are higher than test
   scores, which is why the operating point is set for sensitivity on validation and reported on test.
 
@@ -399,8 +418,11 @@ def guard_card(s: dict) -> str:
     return f"""Inputs whose guard score exceeds 1 are labelled `REJECTED_OOD` (disable with `--no-guard`). The score is the
 maximum of a Mahalanobis distance on the penultimate embedding (threshold: {MARGIN:g} x the {PERCENTILE:g}th
 percentile of validation films and their mild acquisition shifts), an orientation head (logistic regression that
-flags upside-down, rotated and grey-inverted films), a colour check and an intensity-histogram range check. Each
-file's guard is fitted on its own embeddings (fp32 and INT8 differ), on training and validation films only.
+flags upside-down, rotated and grey-inverted films), a polarity head on the film's thumbnail, a population head
+(logistic regression on the embedding, where the bundle has one: films that look like another population's, e.g.
+adults'), a colour check and an intensity-histogram range check. Each
+file's guard is fitted on its own embeddings (fp32 and INT8 differ), on training and validation films only (the
+population head also on the other population's fitting patients; its threshold on validation films).
 
 {s.get('guard', 'Run `make guard-report` to measure.')}"""
 

@@ -83,8 +83,10 @@ def verdict(result: dict, y: np.ndarray, p: np.ndarray, target: float, cfg: Vali
     elif lower < cfg.auc_floor:
         why.append(f"the ROC-AUC interval's lower end {lower:.3f} is below the floor {cfg.auc_floor:.2f}")
     if refused > cfg.max_refused:
+        every = (result.get("metrics_ignoring_guard") or {}).get("roc_auc")
         why.append(f"the guard refused {g['rejected']} of {n} films ({refused:.0%}, more than {cfg.max_refused:.0%}) "
-                   "as outside what the model was validated on")
+                   "as outside what the model was validated on"
+                   + (f" (ignoring the guard, ROC-AUC {every:.3f} over all {n})" if every is not None else ""))
     cost = specificity_at_sensitivity(y, p, target)
     fit = not why
     words = (f"FIT for these films: the ROC-AUC interval's lower end {lower:.3f} reaches the floor "

@@ -201,3 +201,21 @@ def test_guard_population_stamps_the_check_and_measures_it_on_held_out_patients(
         assert f["heldout"]["refused"] >= f["heldout"]["refused_by_population_check"]
         assert f["validation_rejected"]["clean"] <= 0.25
     assert "held-out 12 films of 6 patients" in r.output and "monitor-reference" in r.output
+
+
+def test_export_fits_the_population_check_with_the_guard(tiny_checkpoint, tiny_data, tmp_path):
+    from pneumo_edge.edge.model import EdgeModel
+    from pneumo_edge.bundle.export import GateConfig, export
+
+    out = tmp_path / "bundle"
+    export(tiny_checkpoint, out, str(tiny_data), GateConfig(int8_min_agreement=0.0, int8_max_auroc_delta=1.0,
+                                                            heatmap_int8_min_corr=0.0),
+           calib_images=16, progress=False, population_others=str(adults(tmp_path / "adults")))
+    report = json.loads((out / "population.json").read_text())
+    assert report["others"]["fit"]["patients"] == report["others"]["heldout"]["patients"] == 6
+    for name in ("model.onnx", "model.int8.onnx"):
+        m = EdgeModel(out / name)
+        assert m.guard.population is not None and "6 patients of adults" in m.guard.population.fitted_on
+        assert report["files"][name]["threshold"] == pytest.approx(m.guard.population.threshold)
+        assert report["files"][name]["heldout"]["refused_by_population_check"] >= 0.8
+    assert m.meta.population == report["statement"]
