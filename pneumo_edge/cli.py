@@ -865,6 +865,20 @@ def bench_node(images, n, senders, model_path, out) -> None:
     click.echo(f"wrote {out}/{result_name(senders)}")
 
 
+# Defaults: NodeBoundsConfig's fields (ConfigDefaults).
+@main.command("bench-node-bounds", cls=ConfigDefaults, config=".node_hostile:NodeBoundsConfig")
+@click.option("--model", "model", help=MODEL_HELP)
+@click.option("--out", show_default=True, help="Folder for node-bounds.json.")
+@quiet_option
+@friendly
+def bench_node_bounds(model, out) -> None:
+    """Hostile input against `listen`: a deflate bomb, trickling and silent peers, a stalled PACS, odd headers."""
+    from .node_hostile import NodeBoundsConfig, bench_node_bounds as run, render
+
+    click.echo(render(run(NodeBoundsConfig(out=out, model=model))))
+    click.echo(f"wrote {out}/node-bounds.json")
+
+
 # Defaults: EnginesConfig's fields (ConfigDefaults).
 @main.command("bench-engines", cls=ConfigDefaults, config=".cluster_bench:EnginesConfig")
 @click.option("--model", "model_path", help="ONNX model both engines run [default: the shipped bundle's INT8 file].")

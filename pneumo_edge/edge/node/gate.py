@@ -108,10 +108,11 @@ class PduGuard:
     def __init__(self, assoc_socket, limits: Limits, peer: str, on_refused: Callable[[str, str], None]):
         self.sock, self.limits, self.peer, self.on_refused = assoc_socket, limits, peer, on_refused
         self.deadline = time.monotonic() + limits.request_timeout_s  # the first PDU: the association request
-        self.first, self.pdu_type, self.instance_bytes = True, None, 0
+        self.first, self.pdu_type, self.instance_bytes, self.refused = True, None, 0, False
         assoc_socket.recv = self.recv
 
     def _refuse(self, why: str, error: type[OSError] = OSError) -> OSError:
+        self.refused = True
         self.on_refused(self.peer, why)
         try:
             self.sock.socket.shutdown(socket.SHUT_RDWR)
@@ -186,10 +187,14 @@ def server_class(gate: Gate, on_refused: Callable[[str, str], None], on_error: C
     class GuardedHandler(RequestHandler):
         def handle(self) -> None:
             assoc = self._create_association()
-            PduGuard(assoc.dul.socket, gate.limits, self.client_address[0], on_refused)
+            guard = PduGuard(assoc.dul.socket, gate.limits, self.client_address[0], on_refused)
             evt.trigger(assoc, evt.EVT_CONN_OPEN, {"address": self.client_address})
             assoc.start()
             assoc.join()  # the slot is held until the association ends
+            if assoc.requestor.primitive is None and not guard.refused and time.monotonic() >= guard.deadline:
+                # a peer that said nothing: pynetdicom's own wait (acse_timeout) ended it
+                on_refused(self.client_address[0],
+                           f"no association request within {gate.limits.request_timeout_s:g} s")
 
     class GatedServer(ThreadedAssociationServer):
         daemon_threads = True

@@ -72,7 +72,7 @@ def _deflated_header(f, meta):
     truncated = len(out) >= HEADER_BYTES and not inflate.eof
     try:
         ds = read_dataset(DicomBytesIO(bytes(out)), False, True, stop_when=_at_pixel_data, defer_size=DEFER_BYTES)
-    except Exception:  # noqa: BLE001 - a header cut off by the bound, or a corrupt stream
+    except Exception:  # a header cut off by the bound, or a corrupt stream
         if truncated:
             raise HeaderError(f"the deflated header is larger than {HEADER_BYTES >> 20} MB") from None
         raise

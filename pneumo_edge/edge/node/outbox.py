@@ -105,7 +105,7 @@ class DimseLink:
                 why = "the destination aborted the association"
             else:
                 why = "connection refused or closed"
-            raise Unreachable(f"no association with {self.dest.text}: {why}")
+            raise Unreachable(f"no association: {why}")
         no_delay(assoc)
         self.assoc = assoc
 
@@ -127,7 +127,7 @@ class DimseLink:
             stalled = time.monotonic() - t0 >= 0.9 * self.timeout_s
             self.abort()
             if stalled:  # a PACS that takes the object and never answers: down, not the object's fault
-                raise Unreachable(f"{self.dest.text} gave no C-STORE answer within {self.timeout_s:g} s")
+                raise Unreachable(f"no C-STORE answer within {self.timeout_s:g} s")
             raise RuntimeError("transfer broke off (no C-STORE response)")
         code = int(status.Status)
         if code not in (0x0000, 0xB000, 0xB006, 0xB007):  # success, or success with a warning
@@ -168,14 +168,14 @@ class StowLink:
         except requests.exceptions.HTTPError as e:
             code = e.response.status_code
             if code in BUSY:
-                raise Unreachable(f"{self.dest.text} answered HTTP {code}") from None
+                raise Unreachable(f"answered HTTP {code}") from None
             raise RuntimeError(f"STOW-RS refused with HTTP {code}") from None
         except requests.exceptions.SSLError as e:
-            raise Unreachable(f"{self.dest.text}: {tls_cause(e)}") from None
+            raise Unreachable(tls_cause(e)) from None
         except requests.exceptions.Timeout:
-            raise Unreachable(f"{self.dest.text} gave no answer within {self.timeout_s:g} s") from None
+            raise Unreachable(f"no answer within {self.timeout_s:g} s") from None
         except requests.exceptions.RequestException as e:  # no answer at all: connection refused, reset
-            raise Unreachable(f"no answer from {self.dest.text} ({e.__class__.__name__})") from None
+            raise Unreachable(f"no answer ({e.__class__.__name__})") from None
         if answer.get("FailedSOPSequence"):
             reason = answer.FailedSOPSequence[0].get("FailureReason")
             raise RuntimeError(f"STOW-RS refused the instance (failure reason {reason})")

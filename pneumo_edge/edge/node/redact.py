@@ -34,11 +34,15 @@ def _short(filename: str) -> str:
 
 
 def describe(exc: BaseException) -> str:
-    """`ValueError in highdicom/sr/templates.py:123`: the exception's class and the line that raised it, never its
-    message (messages quote values)."""
+    """`ValueError in highdicom/sr/templates.py:123`: the exception's class and the last line of a library or of
+    this package that it passed (not the standard library's `enum.py` a bad value ends in), never its message
+    (messages quote values)."""
     tb, last = exc.__traceback__, None
     while tb is not None:
-        last, tb = tb, tb.tb_next
+        name = tb.tb_frame.f_code.co_filename
+        if last is None or any(m in name for m in ("site-packages/", "dist-packages/", "/pneumo_edge/")):
+            last = tb
+        tb = tb.tb_next
     where = f" in {_short(last.tb_frame.f_code.co_filename)}:{last.tb_lineno}" if last is not None else ""
     return f"{type(exc).__name__}{where}"
 

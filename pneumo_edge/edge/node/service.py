@@ -36,7 +36,7 @@ from .redact import describe
 from .spool import Spool, durable_write
 from .sr import Algorithm
 from .tcp import no_delay
-from .worker import BATCH, Worker  # noqa: F401 - BATCH: what the node classifies per model call
+from .worker import Worker
 
 log = logging.getLogger("pneumo_edge.node")
 METRICS_FILE = "metrics.prom"  # in the spool: rates and drift for a Prometheus textfile collector

@@ -121,27 +121,35 @@ class Spool:
         return self.root / ATTEMPTS / f"{sop_uid}.json"
 
     def attempts(self, sop_uid: str) -> dict:
-        """{"stage": name, "count": times begun, "error": last error} or {} (never begun, or finished)."""
+        """{"stage": the stage begun last, "count": times it was begun, "counts": per stage, "error": last error},
+        or {} (never begun, or finished)."""
         try:
             record = json.loads(self._attempts_path(sop_uid).read_text())
-            return record if isinstance(record, dict) else {}
         except (OSError, ValueError):
             return {}
+        if not isinstance(record, dict) or not isinstance(record.get("counts"), dict):
+            return {}
+        return {**record, "count": record["counts"].get(record.get("stage"), 0)}
 
     def begin(self, sop_uid: str, stage: str) -> int:
-        """Count one more try of `stage` (atomic, not fsynced: a crash may cost a count, never a file); returns it."""
+        """Count one more try of `stage` (atomic, not fsynced: a crash may cost a count, never a file); returns
+        how often it has been begun."""
         record = self.attempts(sop_uid)
-        count = record.get("count", 0) + 1 if record.get("stage") == stage else 1
-        durable_write(self._attempts_path(sop_uid), json.dumps({"stage": stage, "count": count}).encode(), sync=False)
-        return count
+        counts = record.get("counts", {})
+        counts[stage] = counts.get(stage, 0) + 1
+        self._put_attempts(sop_uid, {"stage": stage, "counts": counts, "error": record.get("error", "")})
+        return counts[stage]
 
     def note_error(self, sop_uid: str, error: str, uncount: bool = False) -> None:
         """Keep the error of the try in hand; uncount: the try does not count (the disk was full, not the image)."""
         record = self.attempts(sop_uid)
         if record:
-            record["error"] = error
-            record["count"] = max(0, record.get("count", 1) - uncount)
-            durable_write(self._attempts_path(sop_uid), json.dumps(record).encode(), sync=False)
+            if uncount:
+                record["counts"][record["stage"]] = max(0, record["count"] - 1)
+            self._put_attempts(sop_uid, {"stage": record["stage"], "counts": record["counts"], "error": error})
+
+    def _put_attempts(self, sop_uid: str, record: dict) -> None:
+        durable_write(self._attempts_path(sop_uid), json.dumps(record).encode(), sync=False)
 
     def clear_attempts(self, sop_uid: str) -> None:
         self._attempts_path(sop_uid).unlink(missing_ok=True)
