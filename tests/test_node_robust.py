@@ -204,6 +204,31 @@ def test_same_uid_with_other_content_is_a_conflict(tmp_path):
     assert outcome(node, uid) == "result" and node.status()["conflicts"] == 1
 
 
+def test_same_uid_received_again_while_in_hand_is_not_lost(tmp_path, monkeypatch):
+    """An instance received again (other pixels, same SOP Instance UID) while the first copy is being classified:
+    the first copy's removal leaves the new file alone, and the new one is then found in conflict."""
+    from pneumo_edge.edge.node import worker
+
+    node = make_node(tmp_path)
+    uid = "1.2.826.0.1.3680043.8.498.2"
+    for name, i in (("first", 0), ("other", 1)):
+        film_dataset(pixels(i), sop_uid=uid).save_as(tmp_path / f"{name}.dcm", enforce_file_format=True)
+    real = worker.classify
+
+    def classify_while_a_second_copy_arrives(*a, **kw):
+        out = real(*a, **kw)
+        spool_file(node, tmp_path / "other.dcm")
+        return out
+
+    monkeypatch.setattr(worker, "classify", classify_while_a_second_copy_arrives)
+    spool_file(node, tmp_path / "first.dcm")
+    node.process(node.worker.take_batch())
+    monkeypatch.setattr(worker, "classify", real)
+    assert (node.spool.root / "incoming" / f"{uid}.dcm").is_file() and node.worker.waiting() == 1
+    drain(node)
+    assert outcome(node, uid).startswith("failed: conflict") and node.status()["classified"] == 1
+
+
 def test_a_dead_stage_stops_the_node(tmp_path, monkeypatch):
     """The classify stage ending on an error (here: its work raising outside any image) stops the node by itself:
     run returns, `failure` and the status line say which stage and why."""

@@ -300,6 +300,8 @@ class Sender(threading.Thread):
         if self.is_alive():  # a send in hand past the deadline
             self._abort_links()
             return
+        if self.down_since is not None:  # a destination known to be down would only spend the time left
+            return
         self._flushing, self._dest_next, self._until = True, 0.0, deadline
         last = threading.Thread(target=self._last_pass, name=f"{self.name} last pass", daemon=True)
         last.start()

@@ -82,7 +82,10 @@ def _main_died(exc_type, exc, tb) -> None:
     if issubclass(exc_type, KeyboardInterrupt):
         sys.__excepthook__(exc_type, exc, tb)
         return
-    log.critical("stopped on an unexpected error: %s", describe(exc.with_traceback(tb)))
+    why = describe(exc.with_traceback(tb))
+    if isinstance(exc, OSError) and exc.strerror:  # the system's words and a path of the node's: no header text
+        why += f": {exc.strerror}" + (f" ({exc.filename})" if exc.filename else "")
+    log.critical("stopped on an unexpected error: %s", why)
 
 
 def install(stream=None, level: int = logging.INFO) -> logging.Handler:

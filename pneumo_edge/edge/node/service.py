@@ -179,12 +179,15 @@ class Node:
         handlers = [(evt.EVT_C_STORE, store_handler(self.spool, self._stored, self._refused, self.max_instance_bytes)),
                     (evt.EVT_REJECTED, self._association_rejected),
                     (evt.EVT_CONN_OPEN, lambda event: no_delay(event.assoc))]
+        try:
+            server = start_server(ae, (self.cfg.host, self.cfg.port), handlers, self.cfg.limits(), self._peer_refused,
+                                  lambda name: log.error("a connection ended on an error: %s", name))
+        except OSError as e:
+            raise PneumoEdgeError(f"cannot listen on {self.cfg.host}:{self.cfg.port}: {e.strerror or e}") from None
         worker = threading.Thread(target=self._work, name="classify", daemon=True)
         worker.start()
         for s in self.senders:
             s.start()
-        server = start_server(ae, (self.cfg.host, self.cfg.port), handlers, self.cfg.limits(), self._peer_refused,
-                              lambda name: log.error("a connection ended on an error: %s", name))
         self.state, last_file = "running", 0.0
         try:
             while not stop.wait(0.5):

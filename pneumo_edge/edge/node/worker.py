@@ -68,6 +68,12 @@ class Item:
     finding: object = None
     overlay: object = None
     digest: str = ""
+    file_id: tuple = ()  # (inode, mtime) when read: the same UID received again meanwhile is a new file
+
+
+def _file_id(path: Path) -> tuple:
+    st = path.stat()
+    return st.st_ino, st.st_mtime_ns
 
 
 class Worker:
@@ -147,6 +153,7 @@ class Worker:
 
     def _read(self, path: Path) -> Item | None:
         try:
+            file_id = _file_id(path)
             header = read_header(path, self.node.max_instance_bytes)
         except FileNotFoundError:
             return None  # queued twice (start-up scan and a receive): already done
@@ -156,7 +163,7 @@ class Worker:
         except Exception as e:  # noqa: BLE001 - a full disk, or what the header reader did not foresee
             self._failed_try(Item(path, path.stem, None), "header", e, count=False)
             return None
-        return Item(path, str(header.SOPInstanceUID), header)
+        return Item(path, str(header.SOPInstanceUID), header, file_id=file_id)
 
     def _classify(self, group: list[Item]) -> None:
         spool = self.node.spool
@@ -219,8 +226,13 @@ class Worker:
             sync_dir(sender.folder)
             sender.wake.set()
         for item in done:
-            # not fsynced: should a crash undo the removal, the instance is classified again, same UIDs
-            item.path.unlink(missing_ok=True)
+            # not fsynced: should a crash undo the removal, the instance is classified again, same UIDs.
+            # Received again while in hand (a new file under the same name, queued again): that one stays.
+            try:
+                if _file_id(item.path) == item.file_id:
+                    item.path.unlink()
+            except FileNotFoundError:
+                pass
             node.spool.clear_attempts(item.uid)
             self._alone.discard(item.path.name)
             node.counters.add("classified")
