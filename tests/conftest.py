@@ -152,3 +152,14 @@ def stamped_bundle(tiny_bundle, tiny_data, tmp_path_factory):
 
 needs_real = pytest.mark.skipif(not REAL.is_dir(), reason="../shared/data/chest_xray not present")
 needs_external = pytest.mark.skipif(not EXTERNAL.is_dir(), reason="../shared/data/external_cxr not present")
+
+
+@pytest.fixture
+def node_processes():
+    """Starts `pneumo-edge listen` processes (pneumo_edge.benchmarks.node_bounds.NodeProcesses); a test that fails does not
+    leave one running."""
+    from pneumo_edge.benchmarks.node_bounds import NodeProcesses
+
+    nodes = NodeProcesses()
+    yield nodes
+    nodes.kill_running()

@@ -24,7 +24,8 @@ RENAMED = {"bench-memory": ("bench", "memory"), "bench-heatmaps": ("bench", "hea
            "heatmap-study": ("study", "heatmaps"), "site-sim": ("study", "sites"), "seeds": ("study", "seeds"),
            "soup": ("study", "soup"), "guard-report": ("bundle", "guard-report"),
            "guard-polarity": ("bundle", "guard-polarity"), "heatmap-parity": ("bundle", "heatmap-parity"),
-           "monitor-reference": ("bundle", "monitor-reference"), "readme": ("bundle", "readme")}
+           "monitor-reference": ("bundle", "monitor-reference"), "readme": ("bundle", "readme"),
+           "bench-node-bounds": ("bench", "node-bounds")}
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})

@@ -177,3 +177,17 @@ def bench_serve(model_path, images, n_requests, clients, heatmap, workers, threa
     if r.get("errors") or r.get("status_codes", {}).keys() - {"200"}:
         raise SystemExit(1)
 
+
+
+# Defaults: NodeBoundsConfig's fields (ConfigDefaults).
+@bench_group.command("node-bounds", cls=ConfigDefaults, config="pneumo_edge.benchmarks.node_bounds:NodeBoundsConfig")
+@click.option("--model", "model", help=MODEL_HELP)
+@click.option("--out", show_default=True, help="Folder for node-bounds.json.")
+@quiet_option
+@friendly
+def bench_node_bounds(model, out) -> None:
+    """Hostile input against `listen`: a deflate bomb, trickling and silent peers, a stalled PACS, odd headers."""
+    from pneumo_edge.benchmarks.node_bounds import NodeBoundsConfig, bench_node_bounds as run, render
+
+    click.echo(render(run(NodeBoundsConfig(out=out, model=model))))
+    click.echo(f"wrote {out}/node-bounds.json")

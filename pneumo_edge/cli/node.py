@@ -31,14 +31,24 @@ from pneumo_edge.edge.errors import PneumoEdgeError
                    "image the guard accepts.")
 @click.option("--links", type=int, show_default=True,
               help="Associations at once to each C-STORE destination (a PACS may allow fewer per caller).")
+@click.option("--max-associations", type=int, show_default=True, help="Incoming associations open at once, in all.")
+@click.option("--max-per-peer", type=int, show_default=True, help="Incoming associations open at once from one IP address.")
+@click.option("--request-timeout", "request_timeout_s", type=float, show_default=True,
+              help="Seconds a caller has for its whole association request, from connecting.")
+@click.option("--max-instance-mb", type=float, show_default=True, help="Largest data set received (MB); larger: cut off.")
+@click.option("--send-timeout", "send_timeout_s", type=float, show_default=True,
+              help="Seconds a destination has to answer; past it, it counts as unreachable (backed off, no attempt).")
+@click.option("--stop-timeout", "stop_timeout_s", type=float, show_default=True,
+              help="Seconds from SIGTERM to exit, at most; what is not done stays spooled.")
 @quiet_option
 @friendly
 def listen(port, ae_title, send_to, spool, model_path, host, calling_aes, max_attempts, retry_after_s, guard,
-           heatmaps, links) -> None:
+           heatmaps, links, **limits) -> None:
     """Receive X-rays by DICOM C-STORE, classify each, and send a DICOM SR per image to --send-to.
 
     An instance is on disk before C-STORE success is answered; results go out through a durable outbox.
-    SIGTERM (or Ctrl-C) stops accepting, finishes what is in hand, flushes and exits 0.
+    SIGTERM (or Ctrl-C) stops accepting, finishes what is in hand within --stop-timeout, flushes and exits 0;
+    a stage that ends on an error stops the node with exit code 3.
     """
     try:
         from pneumo_edge.edge.node.service import NodeConfig, listen as run
@@ -46,5 +56,5 @@ def listen(port, ae_title, send_to, spool, model_path, host, calling_aes, max_at
         raise PneumoEdgeError(f"`listen` needs the node extra ({e.name} is missing): pip install \".[node]\"") from None
     run(NodeConfig(port=port, ae_title=ae_title, destinations=list(send_to), spool=spool, model=model_path, host=host,
                    calling_aes=tuple(calling_aes), guard=guard, max_attempts=max_attempts, retry_after_s=retry_after_s,
-                   heatmaps=heatmaps, links=links))
+                   heatmaps=heatmaps, links=links, **limits))
 

@@ -133,7 +133,7 @@ def _coded(attr: str, value: str, terms: frozenset[str]) -> str:
     return v if v != UNRECOGNISED else f"({attr}: {UNRECOGNISED})"
 
 
-def _scrub(message: str) -> str:
+def scrub(message: str) -> str:
     """A decoder's message without what it quotes (quoted text can be header values)."""
     return re.sub(r"'[^']*'|\"[^\"]*\"", "'…'", " ".join(message.split()))
 
@@ -226,7 +226,7 @@ def _check_decoder(ds) -> None:
                          + "; ".join(decoder.missing_dependencies))
 
 
-def _quiet_pydicom() -> None:
+def quiet_pydicom() -> None:
     """pydicom's validation warnings quote header values ("Invalid value for VR IS: 'J SMITH'"): keep them out
     of the terminal and of the application's logs. Set once, for pydicom's own modules only."""
     import logging
@@ -253,7 +253,7 @@ def _load_dicom(source) -> tuple[np.ndarray, float | None]:
         from pydicom.pixels import apply_modality_lut, apply_voi_lut
     except ImportError as e:  # pragma: no cover - pydicom is a dependency
         raise ImageError("reading DICOM needs pydicom (pip install pydicom)") from e
-    _quiet_pydicom()
+    quiet_pydicom()
     _check_deflated(source)
     with BoundedFile(source) as bounded:  # every read within the file; big non-pixel values never read
         try:
@@ -261,7 +261,7 @@ def _load_dicom(source) -> tuple[np.ndarray, float | None]:
         except ImageError:
             raise
         except Exception as e:  # pydicom raises many types for a malformed file; its text can quote header values
-            raise ImageError(f"not a readable DICOM file ({e.__class__.__name__}: {_scrub(str(e))})") from e
+            raise ImageError(f"not a readable DICOM file ({e.__class__.__name__}: {scrub(str(e))})") from e
         _check_dicom_header(ds)
         _check_decoder(ds)
         return _dicom_pixels(ds, apply_modality_lut, apply_voi_lut), _header_age(ds)
@@ -278,7 +278,7 @@ def _dicom_pixels(ds, apply_modality_lut, apply_voi_lut) -> np.ndarray:
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
         raise ImageError(f"image too large (decompression-bomb limit): {e}") from e
     except Exception as e:  # pydicom and its plugins raise many types for bad pixel data
-        why = _scrub(str(e))
+        why = scrub(str(e))
         if "decompression bomb" in why:  # Pillow's plugin, its bomb warning made an error above
             raise ImageError("image too large (decompression-bomb limit): the compressed frame holds more pixels "
                              f"than {MAX_PIXELS:,}") from e

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import sys
 import time
+from collections import deque
 from typing import Iterable, Iterator, TypeVar
 
 from tqdm.auto import tqdm
@@ -44,10 +45,12 @@ class Progress:
     """A tqdm bar on a terminal; elsewhere `desc: 120/624 img (19%), 14.2 img/s, 35 s left` every HEARTBEAT_S."""
 
     def __init__(self, total: int | None, desc: str, unit: str = "img", enabled: bool = True,
-                 heartbeat_s: float | None = None):
+                 heartbeat_s: float | None = None, window_s: float | None = None):
+        """window_s: the rate over the last window_s seconds (a service running for days), not since the start."""
         self.total, self.desc, self.unit, self.n = total, desc, unit, 0
         self.heartbeat_s = HEARTBEAT_S if heartbeat_s is None else heartbeat_s
         self.t0 = self.last = time.monotonic()
+        self.window_s, self._marks = window_s, deque([(self.t0, 0)])  # (time, n): the last at or before the window, then each update
         stream = _stream()
         self.mode = "off" if (_quiet or not enabled) else ("bar" if stream.isatty() else "beat")
         self.bar, self.postfix = None, ""
@@ -56,6 +59,11 @@ class Progress:
 
     def update(self, n: int = 1) -> None:
         self.n += n
+        if self.window_s is not None:
+            t = time.monotonic()
+            self._marks.append((t, self.n))
+            while len(self._marks) > 1 and self._marks[1][0] <= t - self.window_s:
+                self._marks.popleft()
         if self.bar is not None:
             self.bar.update(n)
         elif self.mode == "beat" and time.monotonic() - self.last >= self.heartbeat_s:
@@ -68,9 +76,15 @@ class Progress:
             self.bar.set_postfix(**values)
         self.postfix = ", ".join(f"{k} {v}" for k, v in values.items())
 
+    def rate(self) -> float:
+        now = time.monotonic()
+        if self.window_s is None or now - self.t0 <= self.window_s:
+            return self.n / max(now - self.t0, 1e-9)
+        start = now - self.window_s  # the count at the window's start: the last mark at or before it
+        return (self.n - [n for t, n in self._marks if t <= start][-1]) / self.window_s
+
     def line(self) -> str:
-        elapsed = max(time.monotonic() - self.t0, 1e-9)
-        rate = self.n / elapsed
+        rate = self.rate()
         if self.total:
             left = (self.total - self.n) / rate if rate > 0 else float("inf")
             eta = f", {left:.0f} s left" if left != float("inf") else ""

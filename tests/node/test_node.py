@@ -26,6 +26,7 @@ from pneumo_edge.cli import main  # noqa: E402
 from pneumo_edge.testing.dicomfilm import film_dataset, write_film  # noqa: E402
 from pneumo_edge.edge.node.sr import read_sr  # noqa: E402
 from pneumo_edge.benchmarks.node import STORESCU_FLAG, NodeProcess, storescu, storescu_args, stored_ok, class_films  # noqa: E402
+from pneumo_edge.benchmarks.node_bounds import wait_for  # noqa: E402
 from pneumo_edge.testing.orthanc import Orthanc, orthanc_binary  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -78,16 +79,6 @@ def wait_reports(pacs: Orthanc, n: int, timeout: float = 60.0) -> list[tuple[pyd
         return found if len(found) >= n else None
 
     return wait_for(enough, timeout, f"{n} SRs in Orthanc")
-
-
-def wait_for(predicate, timeout: float = 60.0, what: str = "condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.2)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def dciodvfy_errors(data: bytes, tmp: Path) -> list[str]:

@@ -2,12 +2,16 @@
 
 The decision is the edge's scored-image record (edge.decision: the label, the guard's verdict and reason);
 this module only carries it into a Finding, and turns a decoding error into "not assessed" with the
-decoder's reason.
+decoder's reason. Each instance also gets a digest of what its result was made from (the model's input, or
+the reason it could not be assessed): the same SOP Instance UID arriving later with another digest is a
+conflict (edge.node.service), not a new result under the same result UIDs.
 """
 
 from __future__ import annotations
 
+import hashlib
 import time
+from pathlib import Path
 
 from ..decision import Scored, score_images
 from ..infer import decode_file
@@ -15,11 +19,25 @@ from ..model import EdgeModel
 from .sr import Finding
 
 
-def decode(model: EdgeModel, data: bytes):
+def decode(model: EdgeModel, path: Path):
     """((resized uint8, chroma, patient age or None), None), or (None, the one-line reason the image cannot be
-    assessed): infer's own decoding, on the instance's bytes."""
-    decoded, err = decode_file("instance.dcm", model.spec.size, model.spec.resize, fetch=lambda _: data)
+    assessed): infer's own decoding, from the spooled file (read within the file's bounds, as `infer` reads one)."""
+    decoded, err = decode_file(str(path), model.spec.size, model.spec.resize)
+    if err is not None and err.startswith("unexpected "):  # not one of the decoder's reasons: its text may quote values
+        err = err.split(":", 1)[0]
     return decoded, None if err is None else f"not decodable: {err}"
+
+
+def digest(decoded, reason: str | None) -> str:
+    """What a result is made from: the model's input pixels, or the reason there was none."""
+    h = hashlib.sha256()
+    if decoded is not None:
+        resized = decoded[0]
+        h.update(f"{resized.shape}".encode())
+        h.update(resized.tobytes())
+    else:
+        h.update((reason or "").encode())
+    return h.hexdigest()
 
 
 def finding_of(scored: Scored) -> Finding:
@@ -30,22 +48,23 @@ def finding_of(scored: Scored) -> Finding:
     return Finding(scored.label, scored.probability, scored.guard_verdict, scored.guard_score)
 
 
-def classify(model: EdgeModel, blobs: list[bytes], use_guard: bool = True, heatmaps: bool = False
-             ) -> tuple[list[Finding], list, float]:
-    """One Finding per encoded instance, its heat-map overlay (uint8 RGB, or None: not asked for, not assessed,
-    or refused by the guard: `Scored.heatmap_allowed`), and the seconds spent decoding and scoring."""
+def classify(model: EdgeModel, paths: list[Path], use_guard: bool = True, heatmaps: bool = False
+             ) -> tuple[list[Finding], list, list[str], float]:
+    """One Finding per spooled instance, its heat-map overlay (uint8 RGB, or None: not asked for, not assessed,
+    or refused by the guard: `Scored.heatmap_allowed`), its digest, and the seconds spent decoding and scoring."""
     t0 = time.perf_counter()
-    decoded = [decode(model, b) for b in blobs]
+    decoded = [decode(model, p) for p in paths]
     findings = [Finding(label=None, probability=None, guard_verdict="not run", reason=why)
                 for _, why in decoded]
-    overlays: list = [None] * len(blobs)
+    digests = [digest(dec, why) for dec, why in decoded]
+    overlays: list = [None] * len(paths)
     ok = [i for i, (dec, _) in enumerate(decoded) if dec is not None]
     if ok:
         for i, s in zip(ok, score_images(model, [decoded[i][0] for i in ok], use_guard)):
             findings[i] = finding_of(s)
             if heatmaps and s.heatmap_allowed:
                 overlays[i] = _overlay(model, decoded[i][0][0], s)
-    return findings, overlays, time.perf_counter() - t0
+    return findings, overlays, digests, time.perf_counter() - t0
 
 
 def _overlay(model: EdgeModel, resized, s: Scored):

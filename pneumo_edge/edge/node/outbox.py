@@ -2,11 +2,14 @@
 
 One Sender thread per destination, sending over `links` associations at once (a C-STORE destination: each
 object waits for the PACS to store it before its answer comes, so one association at a time leaves the
-node waiting on the PACS's disk). A destination that cannot be reached (no association, no HTTP answer)
-is backed off as a whole and every result waits, however long the outage: the objects are not at fault.
-A result the destination answers with a failure, or whose transfer breaks off, counts an attempt; after
-`max_attempts` it moves to dead/<destination>/ with <UID>.reason.txt beside it. A result leaves the outbox
-only after the destination confirmed it, so a crash in between sends it again (same UIDs: replaced, not doubled).
+node waiting on the PACS's disk). A destination that cannot be reached (no association, no HTTP answer,
+no C-STORE answer within `timeout_s`, a TLS certificate that fails verification, HTTP 429/502/503/504) is
+backed off as a whole and every result waits, however long the outage: the objects are not at fault. The
+outage and its end are one log line and one audit line each ("destination-down" with the cause,
+"destination-up" with how long it lasted). A result the destination answers with a failure, or whose transfer
+breaks off, counts an attempt; after `max_attempts` it moves to dead/<destination>/ with <UID>.reason.txt
+beside it. A result leaves the outbox only after the destination confirmed it, so a crash in between sends it
+again (same UIDs: replaced, not doubled).
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ from __future__ import annotations
 import json
 import logging
 import re
+import ssl
 import threading
 import time
 from dataclasses import dataclass
@@ -31,7 +35,23 @@ SR_CONTEXTS = ("1.2.840.10008.5.1.4.1.1.88.33",  # Comprehensive SR
 
 
 class Unreachable(Exception):
-    """The destination did not answer: back off, count no attempt."""
+    """The destination did not answer: back off, count no attempt. The message is the cause, for log and audit."""
+
+
+def tls_cause(e: BaseException) -> str:
+    """What a TLS failure was, from the exception chain (requests wraps urllib3 wraps ssl): a certificate that
+    failed verification is named as such, with the verifier's reason."""
+    seen, todo = set(), [e]
+    while todo:
+        x = todo.pop()
+        if x is None or id(x) in seen:
+            continue
+        seen.add(id(x))
+        if isinstance(x, ssl.SSLCertVerificationError):
+            return f"TLS certificate verification failed ({x.verify_message or x.reason})"
+        if isinstance(x, BaseException):
+            todo += [x.__cause__, x.__context__, getattr(x, "reason", None), *x.args]
+    return "TLS handshake failed"
 
 
 @dataclass(frozen=True)
@@ -61,16 +81,33 @@ class Destination:
 class DimseLink:
     """One association at a time to a C-STORE destination, opened on demand and kept while work flows."""
 
-    def __init__(self, dest: Destination, calling_ae: str):
+    def __init__(self, dest: Destination, calling_ae: str, timeout_s: float = 30.0):
         from pynetdicom import AE
 
-        self.dest = dest
+        self.dest, self.timeout_s = dest, timeout_s
         self.ae = AE(ae_title=calling_ae)
         for uid in SR_CONTEXTS:  # one context per syntax: the files are explicit VR, a PACS may take implicit only
             self.ae.add_requested_context(uid, "1.2.840.10008.1.2.1")
             self.ae.add_requested_context(uid, "1.2.840.10008.1.2")
-        self.ae.acse_timeout = self.ae.dimse_timeout = self.ae.network_timeout = 30
+        self.ae.acse_timeout = self.ae.dimse_timeout = self.ae.network_timeout = timeout_s
+        self.ae.connection_timeout = timeout_s
         self.assoc = None
+
+    def _associate(self) -> None:
+        t0 = time.monotonic()
+        assoc = self.ae.associate(self.dest.host, self.dest.port, ae_title=self.dest.ae_title)
+        if not assoc.is_established:
+            if assoc.is_rejected:
+                why = "the destination rejected the association"
+            elif time.monotonic() - t0 >= 0.9 * self.timeout_s:
+                why = f"no answer within {self.timeout_s:g} s"
+            elif assoc.is_aborted:
+                why = "the destination aborted the association"
+            else:
+                why = "connection refused or closed"
+            raise Unreachable(f"no association: {why}")
+        no_delay(assoc)
+        self.assoc = assoc
 
     def send(self, path: Path) -> None:
         """Raises Unreachable, or RuntimeError with the destination's answer when it refused the object."""
@@ -78,11 +115,8 @@ class DimseLink:
 
         _config.STORE_SEND_CHUNKED_DATASET = True  # send the file's bytes as they are: no decode, no re-encode
         if self.assoc is None or not self.assoc.is_established:
-            assoc = self.ae.associate(self.dest.host, self.dest.port, ae_title=self.dest.ae_title)
-            if not assoc.is_established:
-                raise Unreachable(f"no association with {self.dest.text}")
-            no_delay(assoc)
-            self.assoc = assoc
+            self._associate()
+        t0 = time.monotonic()
         try:
             status = self.assoc.send_c_store(path)
         except ValueError:  # only implicit VR accepted: pynetdicom converts a decoded copy
@@ -90,7 +124,10 @@ class DimseLink:
 
             status = self.assoc.send_c_store(pydicom.dcmread(path))
         if not status or "Status" not in status:
-            self.close()
+            stalled = time.monotonic() - t0 >= 0.9 * self.timeout_s
+            self.abort()
+            if stalled:  # a PACS that takes the object and never answers: down, not the object's fault
+                raise Unreachable(f"no C-STORE answer within {self.timeout_s:g} s")
             raise RuntimeError("transfer broke off (no C-STORE response)")
         code = int(status.Status)
         if code not in (0x0000, 0xB000, 0xB006, 0xB007):  # success, or success with a warning
@@ -101,15 +138,26 @@ class DimseLink:
             self.assoc.release()
         self.assoc = None
 
+    def abort(self) -> None:
+        """Drop the association without waiting (a stalled peer would hold a release): in a thread of its own."""
+        assoc, self.assoc = self.assoc, None
+        if assoc is not None:
+            threading.Thread(target=assoc.abort, name="abort", daemon=True).start()
+
+
+BUSY = (429, 502, 503, 504)  # HTTP answers that say the server is not taking work now: an outage, not a refusal
+
 
 class StowLink:
-    """A DICOMweb destination: each result is one STOW-RS request (dicomweb-client) to `<base URL>/studies`."""
+    """A DICOMweb destination: each result is one STOW-RS request (dicomweb-client) to `<base URL>/studies`,
+    with a connect and read timeout and no retries of its own (the sender backs off)."""
 
-    def __init__(self, dest: Destination):
+    def __init__(self, dest: Destination, timeout_s: float = 30.0):
         from dicomweb_client.api import DICOMwebClient
 
-        self.dest = dest
-        self.client = DICOMwebClient(url=dest.text)
+        self.dest, self.timeout_s = dest, timeout_s
+        self.client = DICOMwebClient(url=dest.text, timeout=(timeout_s, timeout_s))
+        self.client.set_http_retry_params(retry=False)
 
     def send(self, path: Path) -> None:
         import pydicom
@@ -118,9 +166,16 @@ class StowLink:
         try:
             answer = self.client.store_instances([pydicom.dcmread(path)])
         except requests.exceptions.HTTPError as e:
-            raise RuntimeError(f"STOW-RS refused with HTTP {e.response.status_code}") from None
-        except requests.exceptions.RequestException as e:  # no answer at all: connection refused, timeout
-            raise Unreachable(f"no answer from {self.dest.text} ({e.__class__.__name__})") from None
+            code = e.response.status_code
+            if code in BUSY:
+                raise Unreachable(f"answered HTTP {code}") from None
+            raise RuntimeError(f"STOW-RS refused with HTTP {code}") from None
+        except requests.exceptions.SSLError as e:
+            raise Unreachable(tls_cause(e)) from None
+        except requests.exceptions.Timeout:
+            raise Unreachable(f"no answer within {self.timeout_s:g} s") from None
+        except requests.exceptions.RequestException as e:  # no answer at all: connection refused, reset
+            raise Unreachable(f"no answer ({e.__class__.__name__})") from None
         if answer.get("FailedSOPSequence"):
             reason = answer.FailedSOPSequence[0].get("FailureReason")
             raise RuntimeError(f"STOW-RS refused the instance (failure reason {reason})")
@@ -128,16 +183,23 @@ class StowLink:
     def close(self) -> None:
         pass
 
+    def abort(self) -> None:
+        self.client._session.close()  # a request in progress ends with a connection error
+
 
 class Sender(threading.Thread):
     """Sends what the worker queues for one destination until stopped; `flush` is one last pass."""
 
     def __init__(self, dest: Destination, spool: Spool, audit: Audit, calling_ae: str, max_attempts: int = 5,
-                 retry_after_s: float = 1.0, counters=None, links: int = LINKS):
+                 retry_after_s: float = 1.0, counters=None, links: int = LINKS, timeout_s: float = 30.0):
         super().__init__(name=f"send {dest.text}", daemon=True)
         self.dest, self.spool, self.audit = dest, spool, audit
         self.folder, self.dead = spool.outbox_dir(dest.text), spool.dead_dir(dest.text)
-        self.links = [StowLink(dest)] if dest.is_web else [DimseLink(dest, calling_ae) for _ in range(max(1, links))]
+        self.links = ([StowLink(dest, timeout_s)] if dest.is_web
+                      else [DimseLink(dest, calling_ae, timeout_s) for _ in range(max(1, links))])
+        self.down_since: float | None = None  # the outage in progress: since when, and its cause
+        self.down_cause = ""
+        self._until: float | None = None  # at shutdown: no send starts after this (monotonic)
         self._lock = threading.Lock()  # the states and the backoff, shared by the links' threads
         self._resting: dict[int, float] = {}  # further links the destination refused, until when
         self.errors = 0  # passes that raised (shown in the node's status line); the thread carries on
@@ -218,20 +280,47 @@ class Sender(threading.Thread):
         for path in paths:
             if self.stopping.is_set() and not self._flushing:
                 return
+            if self._until is not None and time.monotonic() > self._until:
+                return
             if not self._send_one(link, path, primary):
                 return  # not reachable over this link: the rest waits for the next pass
 
     _flushing = False
 
-    def flush(self) -> None:
-        """At shutdown: one pass over everything due; what fails stays queued on disk for the next start."""
+    def flush(self, deadline: float | None = None) -> None:
+        """At shutdown: one pass over everything due, ending by `deadline` (monotonic) when given; what is not
+        sent by then stays queued on disk for the next start (a send cut short is aborted, never confirmed)."""
         self.stopping.set()
-        self.join()
-        self._flushing = True
-        self._dest_next = 0.0
-        self.pass_once()
+        self.wake.set()
+
+        def left() -> float | None:
+            return None if deadline is None else max(0.0, deadline - time.monotonic())
+
+        self.join(left())
+        if self.is_alive():  # a send in hand past the deadline
+            self._abort_links()
+            return
+        if self.down_since is not None:  # a destination known to be down would only spend the time left
+            return
+        self._flushing, self._dest_next, self._until = True, 0.0, deadline
+        last = threading.Thread(target=self._last_pass, name=f"{self.name} last pass", daemon=True)
+        last.start()
+        last.join(left())
+        if last.is_alive():
+            self._abort_links()
+            return
         for link in self.links:
             link.close()
+
+    def _last_pass(self) -> None:
+        try:
+            self.pass_once()
+        except Exception as e:  # noqa: BLE001 - what is not sent stays queued
+            log.error("last pass to %s failed (%s); the rest stays queued", self.dest.text, e.__class__.__name__)
+
+    def _abort_links(self) -> None:
+        for link in self.links:
+            link.abort()
 
     def _send_one(self, link, path: Path, primary: bool = True) -> bool:
         """False when the destination did not answer over `link`: on the first link the destination backs
@@ -249,6 +338,8 @@ class Sender(threading.Thread):
                     state["last_error"] = str(e)
                 else:
                     self._resting[id(link)] = time.time() + BACKOFF_CAP_S
+            if primary:
+                self._went_down(str(e))
             return False
         except Exception as e:  # noqa: BLE001 - the destination refused it, or the transfer broke off
             link.close()
@@ -257,8 +348,34 @@ class Sender(threading.Thread):
         if primary:
             with self._lock:
                 self._dest_wait_s = 0.0
+            self._came_up()
         self._sent(path, state, time.perf_counter() - t0)
         return True
+
+    def _went_down(self, cause: str) -> None:
+        """The first failure to reach the destination: one log line, one audit line, until it answers again."""
+        with self._lock:
+            if self.down_since is not None:
+                return
+            self.down_since, self.down_cause = time.time(), cause
+        log.warning("%s is unreachable: %s; results wait in the outbox and are tried again (every %.0f s at most)",
+                    self.dest.text, cause, BACKOFF_CAP_S)
+        self._audit_line("destination-down", reason=cause, status="unreachable")
+
+    def _came_up(self) -> None:
+        with self._lock:
+            if self.down_since is None:
+                return
+            down_s, self.down_since, self.down_cause = time.time() - self.down_since, None, ""
+        queued = sum(1 for _ in self.folder.glob("*.dcm"))
+        log.warning("%s answers again, after %.0f s unreachable; %d results queued", self.dest.text, down_s, queued)
+        self._audit_line("destination-up", status="reachable", down_s=round(down_s, 1))
+
+    def _audit_line(self, event: str, **fields) -> None:
+        try:
+            self.audit.write(event, destination=self.dest.text, **fields)
+        except OSError as e:
+            log.error("audit line '%s' not written (%s)", event, e.__class__.__name__)
 
     def _record(self, state: dict, status: str, **more) -> None:
         fields = {k: v for k, v in state.items() if k not in ("next_at", "last_error", "attempts")}
@@ -278,6 +395,7 @@ class Sender(threading.Thread):
         state["last_error"] = why
         if attempts >= self.max_attempts:
             reason = f"{attempts} attempts to {self.dest.text} failed; last: {why}"
+            log.error("result %s moved to the dead-letter folder: %s", path.stem, reason)
             durable_write(self.dead / f"{path.stem}.reason.txt", (reason + "\n").encode())
             durable_move(path, self.dead / path.name)
             path.with_suffix(".json").unlink(missing_ok=True)
@@ -286,5 +404,7 @@ class Sender(threading.Thread):
             if self.counters is not None:
                 self.counters.add("failed")
             return
+        log.warning("result %s not taken by %s (attempt %d of %d): %s", path.stem, self.dest.text, attempts,
+                    self.max_attempts, why)
         state["next_at"] = time.time() + min(BACKOFF_CAP_S, self.retry_after_s * 2 ** (attempts - 1))
         durable_write(path.with_suffix(".json"), json.dumps(state).encode(), sync=False)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from .gate import MAX_PDU
 from .spool import Spool
 from .uids import valid_uid
 
@@ -45,23 +46,33 @@ def make_ae(ae_title: str, calling_aes: tuple[str, ...] = ()):
         ae.add_supported_context(cx.abstract_syntax)
     if calling_aes:
         ae.require_calling_aet = list(calling_aes)
-    ae.maximum_pdu_size = 0  # no limit: fewer, larger PDUs
+    ae.maximum_pdu_size = MAX_PDU  # what a peer may send in one PDU: a bound on what one read holds (edge.node.gate)
     return ae
 
 
-def store_handler(spool: Spool, on_stored: Callable, on_refused: Callable) -> Callable:
-    """The EVT_C_STORE handler: spool the encoded instance durably, then answer success."""
+def store_handler(spool: Spool, on_stored: Callable, on_refused: Callable, max_bytes: int) -> Callable:
+    """The EVT_C_STORE handler: spool the encoded instance durably, then answer success. The data set is written
+    from pynetdicom's buffer as it is (no decoded copy, no joined copy); over `max_bytes` it is refused (the
+    gate disconnects a peer before that; this is the check on what arrived)."""
 
     def handle(event) -> int:
+        from pynetdicom.dsutils import encode_file_meta
+
         uid = str(event.request.AffectedSOPInstanceUID or "")
         if not valid_uid(uid):
             on_refused(event, "the SOP Instance UID is not a valid UID")
             return CANNOT_UNDERSTAND
-        try:
-            path = spool.put_incoming(uid, event.encoded_dataset(include_meta=True))
-        except OSError as e:  # disk full, spool gone: the sender keeps it and retries
-            on_refused(event, f"cannot spool: {e.strerror or e}")
+        data = event.request.DataSet.getbuffer()
+        if len(data) > max_bytes:
+            on_refused(event, f"the instance holds {len(data):,} bytes, over the limit of {max_bytes:,}")
             return OUT_OF_RESOURCES
+        try:
+            path = spool.put_incoming(uid, [b"\0" * 128 + b"DICM" + encode_file_meta(event.file_meta), data])
+        except OSError as e:  # disk full, spool gone: the sender keeps it and retries
+            on_refused(event, f"cannot spool: {e.strerror or e.__class__.__name__}")
+            return OUT_OF_RESOURCES
+        finally:
+            data.release()  # the buffer may be reused or freed by pynetdicom only once no view holds it
         on_stored(path)
         return SUCCESS
 

@@ -13,7 +13,7 @@ import re
 import uuid
 
 _NAMESPACE = uuid.uuid5(uuid.NAMESPACE_URL, "https://github.com/pneumo-edge/pneumo-edge/dicom-results")
-UID_RE = re.compile(r"^(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*$")
+UID_RE = re.compile(r"(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*")
 
 
 def derived_uid(role: str, source_uid: str, model_sha256: str) -> str:
@@ -22,5 +22,6 @@ def derived_uid(role: str, source_uid: str, model_sha256: str) -> str:
 
 
 def valid_uid(uid: str) -> bool:
-    """A DICOM UID: dot-separated numbers without leading zeros, at most 64 characters."""
-    return 0 < len(uid) <= 64 and bool(UID_RE.match(uid))
+    """A DICOM UID: dot-separated numbers without leading zeros, at most 64 characters; nothing around it
+    (a trailing space or newline is refused: fullmatch, where `$` would let a final newline through)."""
+    return 0 < len(uid) <= 64 and bool(UID_RE.fullmatch(uid))
