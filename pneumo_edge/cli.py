@@ -489,6 +489,27 @@ def adapt(**options) -> None:
     click.echo(f"wrote {options['out']}: {', '.join(r['files'])}, {REPORT}")
 
 
+@main.command("bench-adapt")
+@click.argument("site")
+@click.option("--bundle", default="export", show_default=True, help="The parent bundle folder.")
+@click.option("--data", default=DEFAULT_DATA, show_default=True, help="Home data (replayed; home validation).")
+@click.option("--out", default="bench/results/adapt.json", show_default=True, help="The result file.")
+@click.option("--work", default="bench/adapt", show_default=True, help="Folder for the adapted bundles.")
+@click.option("--fine-tune", is_flag=True, help="Also the fine-tune depth (about 10 minutes on 2 cores).")
+@click.option("--reuse", multiple=True, type=(click.Choice(["head refit", "fine-tune"]), click.Path(exists=True)),
+              help="METHOD FOLDER: summarise an adapted bundle written before instead of running it again.")
+@click.option("--force", is_flag=True, help="Overwrite the bundles in --work.")
+@quiet_option
+@friendly
+def bench_adapt(site, bundle, data, out, work, fine_tune, reuse, force) -> None:
+    """Adapt BUNDLE to the labelled SITE folder and hold the result against the targets (bench/results/adapt.json)."""
+    from .adapt_bench import bench_adapt as run, render_bench
+
+    r = run(site, bundle, data, out, work, fine_tune, dict(reuse), force)
+    click.echo(render_bench(r))
+    click.echo(f"wrote {out}")
+
+
 @main.command("monitor-reference")
 @click.argument("bundle", type=click.Path(exists=True, file_okay=False))
 @click.option("--data", default=DEFAULT_DATA, show_default=True, help="The data the bundle's checkpoint was trained on.")
