@@ -1,7 +1,7 @@
 """Carry a bundle to a new site: a new classifier head fitted on the site's films, a guaranteed threshold.
 
-    r = adapt(AdaptConfig(folder="site_xrays", model="export", out="site_bundle", site="ward 3",
-                          data="../shared/data/chest_xray"))
+    r = run_head_refit(AdaptConfig(folder="site_xrays", model="export", out="site_bundle", site="ward 3",
+                                   data="../shared/data/chest_xray"))
 
 The site's folder is laid out as `validate` reads it (NORMAL/, PNEUMONIA/), its patients named as
 `edge.patients` says (a table beside the films, --patient-pattern, or the file names). Before anything is
@@ -567,12 +567,3 @@ def write_report(out: Path, report: dict, seconds: dict, t0: float) -> dict:
         return report
     write_model_card(out)
     return report
-
-
-def adapt(cfg: AdaptConfig) -> dict:
-    """Adapt the bundle to the site's folder (head refit, or fine-tune with cfg.fine_tune); write the new bundle."""
-    if cfg.fine_tune:
-        from .adapt_tune import fine_tune
-
-        return fine_tune(cfg)
-    return run_head_refit(cfg)

@@ -481,10 +481,16 @@ def adapt(**options) -> None:
     on the embeddings in numpy and written into both ONNX files (the rest of each graph byte-identical), the
     guard and drift reference refitted, and the held-out patients measured before and after.
     """
-    from .adapt import AdaptConfig, REPORT, adapt as run
+    from .adapt import AdaptConfig, REPORT, run_head_refit
     from .adaptreport import render_summary
 
-    r = run(AdaptConfig(**options, progress=True))
+    cfg = AdaptConfig(**options, progress=True)
+    if cfg.fine_tune:  # the [train] extra
+        from .adapt_tune import fine_tune
+
+        r = fine_tune(cfg)
+    else:
+        r = run_head_refit(cfg)
     click.echo(render_summary(r))
     click.echo(f"wrote {options['out']}: {', '.join(r['files'])}, {REPORT}")
 
