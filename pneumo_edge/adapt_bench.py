@@ -66,6 +66,9 @@ def summarise(report: dict) -> dict:
     return {"method": report["method"], "seconds": _check(seconds, seconds <= goal["seconds"]),
             "split": report["split"], "targets": {k: v for k, v in goal.items() if v is not None},
             "files": files, "fp32_vs_int8": report.get("fp32_vs_int8"),
+            "held_out": {n: f["held_out"] for n, f in report["files"].items()},  # the per-view tables
+            "home_validation": {n: f["home_validation"] for n, f in report["files"].items()},
+            "seconds_by_stage": report["seconds"],
             "all_met": all(c["met"] is not False for f in files.values() for c in f.values())
             and seconds <= goal["seconds"]}
 
@@ -93,6 +96,8 @@ def bench_adapt(site: str, bundle: str, data: str, out: str, work: str, fine_tun
               "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform()},
               "note": "held-out patients of the site's own split (seed 0); the owner's second set of patients of "
                       "the same hospital is the check that counts",
+              "runs": {m: f"read from {reuse[m]}/{REPORT} (times as that run measured them)" if m in reuse
+                       else "run by this command" for m in runs},
               "depths": {m: summarise(r) for m, r in runs.items()}}
     write_json(out, result)
     return result

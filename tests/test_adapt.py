@@ -84,6 +84,13 @@ def test_adapt_head_refit_end_to_end(tiny_bundle, tmp_path):
     assert again.exit_code != 0 and "--force" in again.output  # nothing overwritten without --force
     v = cli("validate", site, "--model", out / "model.onnx", "--out", tmp_path / "v", "--bootstrap", "20", "-q")
     assert v.exit_code == 0 and "the 60 patients named in metadata.csv" in v.output
+    b = cli("bench-adapt", site, "--bundle", tiny_bundle, "--out", tmp_path / "adapt.json", "--reuse", "head refit", out)
+    assert b.exit_code == 0, b.output
+    bench = json.loads((tmp_path / "adapt.json").read_text())["depths"]["head refit"]
+    checks = bench["files"]["model.onnx"]
+    assert checks["roc_auc_held_out"]["value"] == report["files"]["model.onnx"]["held_out"]["overall"]["roc_auc"]["after"]
+    assert checks["home_validation_roc_auc"]["met"] is False  # no --data: home performance was not measured
+    assert bench["all_met"] is False and bench["seconds"]["met"] is (report["seconds"]["total"] <= 60)
 
 
 def test_adapt_refuses_a_site_too_small_for_the_guarantee(tiny_bundle, tmp_path):
