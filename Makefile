@@ -45,6 +45,8 @@ bench: install
 	$(BIN)/pneumo-edge bench heatmaps --bundle $(BUNDLE) --images examples/xrays
 	$(BIN)/pneumo-edge bench node --images $(DATA)/train
 	$(BIN)/pneumo-edge bench node --images $(DATA)/train --senders 2
+	$(BIN)/pneumo-edge bench node-bounds
+	$(BIN)/pneumo-edge bench adapt ../shared/data/site_nih --data $(DATA) --fine-tune --force
 
 guard-report: install
 	$(BIN)/pneumo-edge bundle guard-report --model $(BUNDLE)/model.onnx --data $(DATA) --out $(BUNDLE)/guard.json --force

@@ -325,7 +325,7 @@ def _build_fp32(ctx: ExportContext) -> None:
 
 
 def _gate_fp32(ctx: ExportContext) -> tuple[dict, list[str]]:
-    stage("export", f"parity: PyTorch vs onnxruntime on {len(ctx.x_test)} test images")
+    stage("export", f"parity: PyTorch vs onnxruntime on {len(ctx.x_test)} images")
     return check_parity(ctx.model, ctx.built["fp32"], ctx.x_test, ctx.y_test, ctx.gate)
 
 
@@ -365,6 +365,24 @@ EXPORTS = (Export(FP32, _build_fp32, _gate_fp32), Export(INT8, _build_int8, _gat
 
 # ---------------------------------------------------------------- orchestration
 
+def build_and_gate(ctx: ExportContext, targets) -> tuple[dict, list[str]]:
+    """Build each target into ctx.folder and run its gate, then the heat-map gates, on ctx's films."""
+    report, failures = {}, []
+    for e in targets:
+        stage("export", f"writing {e.target.file}")
+        e.build(ctx)
+        ctx.built[e.target.name] = EdgeModel(ctx.path(e.target))
+        report[e.target.name], f = e.gate(ctx)
+        failures += f
+    stage("export", "heat maps: ONNX CAM vs the twin's Grad-CAM")
+    report["cam"], f = check_cam(ctx.model, ctx.built["fp32"], ctx.built.get("int8"), ctx.x_test)
+    failures += f
+    stage("export", "heat maps: the shipped map, ONNX vs twin and INT8 vs fp32")
+    report["heatmap"], f = check_heatmap(ctx.model, ctx.built["fp32"], ctx.built.get("int8"), ctx.x_test,
+                                         min_int8=ctx.gate.heatmap_int8_min_corr)
+    return report, failures + f
+
+
 def export(checkpoint: str | Path, out: str | Path, data: str, gate: GateConfig = GateConfig(),
            int8: bool = True, calib_images: int = 256, results: str | Path | None = None,
            force: bool = False, progress: bool = True, guard: bool = True,
@@ -402,20 +420,10 @@ def export(checkpoint: str | Path, out: str | Path, data: str, gate: GateConfig 
             meta = replace(meta, ood=fit_guard(torch_embedder(model, spec), guard_imgs))
         ctx = ExportContext(model, spec, meta, train_s, guard_imgs, x_test, y_test, gate, Path(tmp), calib_images,
                             progress)
-        for e in targets:
-            stage("export", f"writing {e.target.file}")
-            e.build(ctx)
-            ctx.built[e.target.name] = EdgeModel(ctx.path(e.target))
-            report[e.target.name], f = e.gate(ctx)
-            failures += f
+        gated, f = build_and_gate(ctx, targets)
+        report.update(gated)
         if population is not None:
             _measure_population(population, ctx.built, meta.population, out)
-        stage("export", "heat maps: ONNX CAM vs the twin's Grad-CAM")
-        report["cam"], f = check_cam(model, ctx.built["fp32"], ctx.built.get("int8"), x_test)
-        failures += f
-        stage("export", "heat maps: the shipped map, ONNX vs twin and INT8 vs fp32")
-        report["heatmap"], f = check_heatmap(model, ctx.built["fp32"], ctx.built.get("int8"), x_test,
-                                             min_int8=gate.heatmap_int8_min_corr)
         failures += f
         files = [e.target.file for e in targets]
         report["sizes_mb"] = {n: round((ctx.folder / n).stat().st_size / 1e6, 2) for n in files}

@@ -66,7 +66,7 @@ def results_table(res: dict, seeds: dict | None, seed: int | None) -> str:
 
 def render_parity(r: dict) -> str:
     """parity.md: the export gates' numbers, written beside the ONNX files."""
-    lines = ["# Export parity (test split)", ""]
+    lines = [f"# Export parity ({r.get('gate_films_words', 'test split')})", ""]
     if "fp32" in r and "metrics" in r["fp32"]:
         f = r["fp32"]
         lines += [f"PyTorch vs onnxruntime fp32 on {f['n']} images: max |delta logit| {f['max_abs_logit_diff']:.2e}, "

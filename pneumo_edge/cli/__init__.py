@@ -25,7 +25,7 @@ RENAMED = {"bench-memory": ("bench", "memory"), "bench-heatmaps": ("bench", "hea
            "soup": ("study", "soup"), "guard-report": ("bundle", "guard-report"),
            "guard-polarity": ("bundle", "guard-polarity"), "heatmap-parity": ("bundle", "heatmap-parity"),
            "monitor-reference": ("bundle", "monitor-reference"), "readme": ("bundle", "readme"),
-           "bench-node-bounds": ("bench", "node-bounds")}
+           "bench-node-bounds": ("bench", "node-bounds"), "bench-adapt": ("bench", "adapt")}
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})

@@ -191,3 +191,24 @@ def bench_node_bounds(model, out) -> None:
 
     click.echo(render(run(NodeBoundsConfig(out=out, model=model))))
     click.echo(f"wrote {out}/node-bounds.json")
+
+
+@bench_group.command("adapt")
+@click.argument("site")
+@click.option("--bundle", default=SHIPPED_BUNDLE, show_default=True, help="The parent bundle folder.")
+@click.option("--data", default=DEFAULT_DATA, show_default=True, help="Home data (replayed; home validation).")
+@click.option("--out", default="bench/results/adapt.json", show_default=True, help="The result file.")
+@click.option("--work", default="bench/adapt", show_default=True, help="Folder for the adapted bundles.")
+@click.option("--fine-tune", is_flag=True, help="Also the fine-tune depth (about 8 minutes on 2 cores).")
+@click.option("--reuse", multiple=True, type=(click.Choice(["head refit", "fine-tune"]), click.Path(exists=True)),
+              help="METHOD FOLDER: summarise an adapted bundle written before instead of running it again.")
+@click.option("--force", is_flag=True, help="Overwrite the bundles in --work.")
+@quiet_option
+@friendly
+def bench_adapt(site, bundle, data, out, work, fine_tune, reuse, force) -> None:
+    """Adapt BUNDLE to the labelled SITE folder and hold the result against the targets (bench/results/adapt.json)."""
+    from pneumo_edge.benchmarks.adapt import bench_adapt as run, render_bench
+
+    r = run(site, bundle, data, out, work, fine_tune, dict(reuse), force)
+    click.echo(render_bench(r))
+    click.echo(f"wrote {out}")

@@ -116,9 +116,15 @@ def adapt(**options) -> None:
     on the embeddings in numpy and written into both ONNX files (the rest of each graph byte-identical), the
     guard and drift reference refitted, and the held-out patients measured before and after.
     """
-    from pneumo_edge.site.adapt import REPORT, AdaptConfig, adapt as run
+    from pneumo_edge.site.adapt import REPORT, AdaptConfig, run_head_refit
     from pneumo_edge.site.adaptreport import render_summary
 
-    r = run(AdaptConfig(**options, progress=True))
+    cfg = AdaptConfig(**options, progress=True)
+    if cfg.fine_tune:
+        from pneumo_edge.train.adapt_tune import fine_tune  # the [train] extra: torch
+
+        r = fine_tune(cfg)
+    else:
+        r = run_head_refit(cfg)
     click.echo(render_summary(r))
     click.echo(f"wrote {options['out']}: {', '.join(r['files'])}, {REPORT}")

@@ -1,7 +1,7 @@
 """Carry a bundle to a new site: a new classifier head fitted on the site's films, a guaranteed threshold.
 
-    r = adapt(AdaptConfig(folder="site_xrays", model="export", out="site_bundle", site="ward 3",
-                          data="../shared/data/chest_xray"))
+    r = run_head_refit(AdaptConfig(folder="site_xrays", model="export", out="site_bundle", site="ward 3",
+                                   data="../shared/data/chest_xray"))
 
 The site's folder is laid out as `validate` reads it (NORMAL/, PNEUMONIA/), its patients named as
 `edge.patients` says (a table beside the films, --patient-pattern, or the file names). Before anything is
@@ -204,6 +204,7 @@ class Home:
     val_y: np.ndarray
     val_groups: np.ndarray
     n_train: int
+    samples: dict = field(default_factory=dict)  # "train", "replay", "val": the data.Sample lists
 
 
 def load_home(bundle: Path, data: str, n_replay: int, model: EdgeModel, cfg: AdaptConfig) -> Home:
@@ -227,7 +228,7 @@ def load_home(bundle: Path, data: str, n_replay: int, model: EdgeModel, cfg: Ada
     vp, vx, _, _ = _decode([s.path for s in val], model, cfg)
     return Home(replay_x=rx, replay_y=np.array([label_of[q] for q in rp], int), val_x=vx,
                 val_y=np.array([label_of[q] for q in vp], int), val_groups=resampling_groups(vp)[0],
-                n_train=len(train))
+                n_train=len(train), samples={"train": train, "replay": replay, "val": val})
 
 
 def fit_head(emb: np.ndarray, site: Site, home_emb: np.ndarray | None, home_y: np.ndarray | None) -> tuple:
@@ -385,70 +386,115 @@ def non_xray_gate(guard, model: EdgeModel) -> dict:
     return {"non_xrays": len(items), "refused": len(items)}
 
 
+@dataclass
+class Scores:
+    """A candidate file's outputs on the site's films (and home), with the parent's logits of the same films."""
+
+    site: dict  # outputs(candidate, site.x)
+    before: np.ndarray  # the parent file's logits of the site's films
+    home: dict | None = None  # {"val": outputs, "replay": outputs} of the candidate
+    home_before: np.ndarray | None = None  # the parent's logits of the home validation films
+    # the parent's embeddings (its guard's view), when they are not the candidate's (a fine-tuned candidate)
+    before_embedding: np.ndarray | None = None
+    home_before_embedding: np.ndarray | None = None
+
+
+def head_scores(src: Path, candidate: Path, site: Site, home: Home | None) -> Scores:
+    """One pass of the candidate (its embeddings are the parent's, bit for bit): the parent's logits are its
+    head on them."""
+    model = EdgeModel(candidate)
+    old = read_head(src)
+
+    def parent_logits(emb: np.ndarray) -> np.ndarray:
+        return emb.astype(np.float64) @ old.weight.T.astype(np.float64) + old.bias
+
+    so = outputs(model, site.x)
+    if home is None:
+        return Scores(so, parent_logits(so["embedding"]))
+    ho = {k: outputs(model, x) for k, x in (("val", home.val_x), ("replay", home.replay_x))}
+    return Scores(so, parent_logits(so["embedding"]), ho, parent_logits(ho["val"]["embedding"]))
+
+
 def adapt_file(src: Path, parent: EdgeModel, head: Head, site: Site, home: Home | None, cfg: AdaptConfig,
                out: Path, common: dict) -> FileRun:
-    """Write one ONNX file of the new bundle: the head, the refitted guard, the threshold, the reference."""
-    from pneumo_edge.site.calibrate import RULE
-    from pneumo_edge.edge.cam import CamHead
-    from pneumo_edge.edge.monitor import fit_reference
-    from pneumo_edge.site.siteguard import REFITTED, refit_guard
-
+    """Write one ONNX file of the new bundle: the head, then `settle`."""
     candidate = write_candidate(src, head, out)
+    sc = head_scores(src, candidate, site, home)
+    checks = {"graph_bytes_identical_but_head": True,
+              "head_parity": parity_check(candidate, sc.site, sc.site["logits"], head)}
+    return settle(candidate, src, parent, parent.guard, sc, site, home, cfg, out, common, checks)
+
+
+def settle(candidate: Path, src: Path, parent: EdgeModel, base_guard, sc: Scores, site: Site, home: Home | None,
+           cfg: AdaptConfig, out: Path, common: dict, checks: dict) -> FileRun:
+    """The candidate's guard refitted (from `base_guard`), its threshold, drift reference, population and
+    provenance link written into `out / src.name`; what was measured on the way."""
+    from pneumo_edge.edge.monitor import fit_reference
+    from pneumo_edge.site.siteguard import refit_guard
+
     model = EdgeModel(candidate)
-    so = outputs(model, site.x)
-    old = read_head(src)
-    before = so["embedding"].astype(np.float64) @ old.weight.T.astype(np.float64) + old.bias
-    checks = {"graph_bytes_identical_but_head": True, "head_parity": parity_check(candidate, so, so["logits"], head)}
-    home_out = None if home is None else {k: outputs(model, x) for k, x in (("val", home.val_x),
-                                                                            ("replay", home.replay_x))}
+    emb = sc.site["embedding"]
     guard = None
-    if parent.guard is not None:
-        fit_films = _guard_fit(model, site, so["embedding"], home,
-                               {k: v["embedding"] for k, v in (home_out or {}).items()})
-        guard = refit_guard(parent.guard, fit_films)
+    if base_guard is not None:
+        home_emb = {k: v["embedding"] for k, v in (sc.home or {}).items()}
+        guard = refit_guard(base_guard, _guard_fit(model, site, emb, home, home_emb))
         checks["non_xray_gate"] = non_xray_gate(guard, model)
-    accepted = _guarded(guard, site.x, so["embedding"], site.chroma)
-    p = probability(so["logits"])
+    accepted = _guarded(guard, site.x, emb, site.chroma)
+    p = probability(sc.site["logits"])
     t = threshold_for(p, site, accepted, cfg)
     cal = site.mask("calibrate")
-    scores = guard.scores(site.x[cal], so["embedding"][cal], site.chroma[cal]) if guard is not None else None
+    scores = guard.scores(site.x[cal], emb[cal], site.chroma[cal]) if guard is not None else None
     reference = fit_reference(p[cal], scores, positive(p[cal], t.threshold), ~accepted[cal],
                               fitted_on=f"site '{site.name}', calibration part ({int(cal.sum())} films)")
-    link = {"kind": "adaptation", "method": "head refit", "site": site.name, "date": _now(),
+    link = provenance(src, parent, site, cfg, common, t, guard is not None)
+    meta = replace(model.meta, threshold=t.threshold, temperature=1.0, target_sensitivity=cfg.target_sensitivity,
+                   ood=None if guard is None else guard.to_meta(), monitor=reference.to_meta(),
+                   weights_sha256=common["weights_sha256"], site_calibration=[*(parent.meta.site_calibration or []),
+                                                                              link])
+    if common.get("head") and parent.meta.cam is not None:  # head refit: the heat-map head is the new head's
+        from pneumo_edge.edge.cam import CamHead
+
+        meta = replace(meta, cam=CamHead.from_linear(*common["onnx_head"]).to_meta())
+    finish_file(candidate, out / src.name, with_population(meta, common["population"]))
+    _ensure(EdgeModel(out / src.name, threads=1).threshold == t.threshold,
+            f"{src.name}: the written file reads back differently")
+    home_run = None
+    if home is not None:
+        hv = sc.home["val"]
+        home_run = {"p_before": prob_from_logits(sc.home_before, parent.temperature),
+                    "p_after": probability(hv["logits"]),
+                    "accepted_before": _guarded(parent.guard, home.val_x, hv["embedding"]
+                                                if sc.home_before_embedding is None else sc.home_before_embedding),
+                    "accepted_after": _guarded(guard, home.val_x, hv["embedding"])}
+    return FileRun(file=src.name, p_before=prob_from_logits(sc.before, parent.meta.temperature), p_after=p,
+                   threshold=t.threshold, parent_threshold=parent.meta.threshold,
+                   accepted_before=_guarded(parent.guard, site.x, emb if sc.before_embedding is None
+                                            else sc.before_embedding, site.chroma),
+                   accepted_after=accepted, guard=guard, embed=embedder(EdgeModel(out / src.name)), home=home_run,
+                   link=link, checks=checks)
+
+
+def provenance(src: Path, parent: EdgeModel, site: Site, cfg: AdaptConfig, common: dict, t, guarded: bool) -> dict:
+    """The link `adapt` adds to the chain: site, split, what was refitted, the rule, the parent's digest."""
+    from pneumo_edge.site.calibrate import RULE
+    from pneumo_edge.site.siteguard import REFITTED
+
+    cal = site.mask("calibrate")
+    return {"kind": "adaptation", "method": common["method"], "site": site.name, "date": _now(),
             "n_images": len(site.paths), "n_patients": len(set(site.groups.tolist())),
-            "n_positive": int((site.y[cal & accepted] == 1).sum()),
-            "split": {"seed": cfg.seed, "unit": site.unit, "patient_ids_from": site.ids_from,
-                      "fractions": {"fit": cfg.fit_fraction, "calibrate": cfg.calibrate_fraction},
-                      "parts": {name: site.counts(site.mask(name)) for name in PARTS}},
-            "refitted": ["classifier head (logistic regression on the embedding, numpy)",
-                         "threshold (calibration part)", "temperature (1: the head's own log-odds)",
-                         *((f"guard {r}" for r in REFITTED) if guard is not None else ()),
-                         "drift reference (calibration part)"],
-            "head": common["head"], "rule": RULE[t.unit], "count": t.unit,
+            "n_positive": t.n_positive_films, "split": {
+                "seed": cfg.seed, "unit": site.unit, "patient_ids_from": site.ids_from,
+                "fractions": {"fit": cfg.fit_fraction, "calibrate": cfg.calibrate_fraction},
+                "parts": {name: site.counts(site.mask(name)) for name in PARTS}},
+            "refitted": [*common["refitted"], "threshold (calibration part)",
+                         "temperature (1: the new logits' own scale)",
+                         *((f"guard {r}" for r in REFITTED) if guarded else ()), "drift reference (calibration part)"],
+            "calibration_films": int(cal.sum()), "head": common.get("head"),
+            "fine_tune": common.get("fine_tune"), "rule": RULE[t.unit], "count": t.unit,
             "target_sensitivity": cfg.target_sensitivity, "confidence": cfg.confidence, "threshold": t.threshold,
             "positive_units": t.n_positive, "detected": t.detected, "sensitivity_lower_bound": t.lower_bound,
             "temperature": 1.0, "parent_file": src.name, "parent_sha256": file_sha256(src),
             "parent_threshold": parent.meta.threshold, "parent_temperature": parent.meta.temperature}
-    meta = replace(parent.meta, threshold=t.threshold, temperature=1.0, target_sensitivity=cfg.target_sensitivity,
-                   ood=None if guard is None else guard.to_meta(), monitor=reference.to_meta(),
-                   cam=CamHead.from_linear(head.weight, head.bias).to_meta() if parent.meta.cam else None,
-                   weights_sha256=common["weights_sha256"],
-                   site_calibration=[*(parent.meta.site_calibration or []), link])
-    finish_file(candidate, out / src.name, with_population(meta, common["population"]))
-    _ensure(EdgeModel(out / src.name, threads=1).threshold == t.threshold, f"{src.name}: the written file reads back "
-                                                                           "differently")
-    home_run = None
-    if home is not None:
-        hv = home_out["val"]
-        hb = hv["embedding"].astype(np.float64) @ old.weight.T.astype(np.float64) + old.bias
-        home_run = {"p_before": prob_from_logits(hb, parent.temperature), "p_after": probability(hv["logits"]),
-                    "accepted_before": _guarded(parent.guard, home.val_x, hv["embedding"]),
-                    "accepted_after": _guarded(guard, home.val_x, hv["embedding"])}
-    return FileRun(file=src.name, p_before=prob_from_logits(before, parent.meta.temperature), p_after=p,
-                   threshold=t.threshold, parent_threshold=parent.meta.threshold,
-                   accepted_before=_guarded(parent.guard, site.x, so["embedding"], site.chroma),
-                   accepted_after=accepted, guard=guard, embed=embedder(EdgeModel(out / src.name)), home=home_run,
-                   link=link, checks=checks)
 
 
 def write_twin(bundle: Path, head: Head, out: Path) -> str | None:
@@ -489,7 +535,9 @@ def run_head_refit(cfg: AdaptConfig) -> dict:
     lg, choice = fit_head(emb, site, replay, home.replay_y if home else None)
     head = onnx_head(lg)
     seconds["head"] = _elapsed(t0)
-    common = {"head": choice, "weights_sha256": write_twin(sources[0].parent, head, out),
+    common = {"method": "head refit", "head": choice, "onnx_head": (head.weight, head.bias),
+              "refitted": ["classifier head (logistic regression on the embedding, numpy)"],
+              "weights_sha256": write_twin(sources[0].parent, head, out),
               "population": adapted_population(parent_population(ref.meta), site, kept_home=home is not None)}
     runs = []
     try:
@@ -505,28 +553,17 @@ def run_head_refit(cfg: AdaptConfig) -> dict:
             (out / f".{src.name}.candidate").unlink(missing_ok=True)
     seconds["adapted"] = _elapsed(t0)
     stage("adapt", "measuring on the held-out patients")
-    report = measure(cfg, site, runs, home, common)
-    seconds["total"] = _elapsed(t0)
-    report["seconds"] = seconds
+    return write_report(out, measure(cfg, site, runs, home, common), seconds, t0)
+
+
+def write_report(out: Path, report: dict, seconds: dict, t0: float) -> dict:
+    """adaptation.json and the card's section; the model card where its renderer can be imported ([train])."""
+    report["seconds"] = {**seconds, "total": _elapsed(t0)}
     write_json(out / REPORT, report)
     write_text(out / CARD_SECTION, render_card(report))
-    _write_card(out)
-    return report
-
-
-def _write_card(out: Path) -> None:
-    """The model card with the site's section, where the card's renderer can be imported (the [train] extra)."""
     try:
         from pneumo_edge.bundle.report import write_model_card
     except ImportError:
-        return
+        return report
     write_model_card(out)
-
-
-def adapt(cfg: AdaptConfig) -> dict:
-    """Adapt the bundle to the site's folder (head refit, or fine-tune with cfg.fine_tune); write the new bundle."""
-    if cfg.fine_tune:
-        from pneumo_edge.adapt_tune import fine_tune
-
-        return fine_tune(cfg)
-    return run_head_refit(cfg)
+    return report

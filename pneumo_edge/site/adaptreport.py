@@ -112,7 +112,7 @@ def measure(cfg, site, runs, home, common) -> dict:
             "split": {"seed": cfg.seed, "unit": site.unit, "patient_ids_from": site.ids_from,
                       "fractions": {"fit": cfg.fit_fraction, "calibrate": cfg.calibrate_fraction},
                       "parts": {k: site.counts(site.mask(k)) for k in PARTS}},
-            "head": common["head"], "population": common["population"], "home_replayed": home is not None,
+            "head": common.get("head"), "population": common["population"], "home_replayed": home is not None,
             "target_sensitivity": cfg.target_sensitivity, "confidence": cfg.confidence,
             "unreadable": site.unreadable, "not_scored": site.not_scored,
             "files": {r.file: {"threshold": r.threshold, "parent_threshold": r.parent_threshold,
@@ -155,13 +155,22 @@ def _home_line(h: dict | None) -> str:
             f"specificity {_f(t['specificity'])}; guard accepts {h['accepted_after']:.1%} (was {h['accepted_before']:.1%})")
 
 
+def _method_line(r: dict) -> str:
+    if r.get("head"):
+        return (f"head: L2 {r['head']['l2']:g} chosen on the fitting part's inner split; "
+                f"{r['head']['replayed_home_films']} home training films replayed")
+    f = r["fine_tune"]
+    return (f"fine-tune: epoch {f['epoch']} of {f['recipe']['epochs']} kept (inner-validation ROC-AUC "
+            f"{f['inner_val_auc']:.4f} on {f['inner_val_films']} films); {f['replayed_home_films']} home training "
+            "films replayed")
+
+
 def render_summary(r: dict) -> str:
     s = r["split"]
     parts = ", ".join(f"{k} {v['films']} films / {v['patients']} patients" for k, v in s["parts"].items())
     lines = [f"site '{r['site']}' ({r['folder']}): {r['method']}, split by {s['unit']} (seed {s['seed']}; ids from "
              f"{s['patient_ids_from']}): {parts}",
-             f"head: L2 {r['head']['l2']:g} chosen on the fitting part's inner split; "
-             f"{r['head']['replayed_home_films']} home training films replayed"]
+             _method_line(r)]
     for name, f in r["files"].items():
         g = f["guard"]
         lines += [f"{name}: threshold {f['threshold']:.4f} (was {f['parent_threshold']:.4f}) from the calibration "
@@ -176,7 +185,8 @@ def render_summary(r: dict) -> str:
         lines.append(f"INT8 vs fp32: labels agree on {q['label_agreement_site_films']:.1%} of the site's films, "
                      f"held-out ROC-AUC delta {_f(q['held_out_auc_delta'], '+.4f')}")
     if "seconds" in r:
-        lines.append(f"time: {r['seconds']['total']:.1f} s (head fitted at {r['seconds']['head']:.1f} s)")
+        lines.append(f"time: {r['seconds']['total']:.1f} s (" + ", ".join(f"{k} at {v:.1f} s" for k, v in
+                                                                       r["seconds"].items() if k != "total") + ")")
     lines.append("intervals: 95% bootstrap over patients; ROC-AUC over every held-out film, sensitivity and "
                  "specificity over those the new guard accepts")
     return "\n".join(lines)

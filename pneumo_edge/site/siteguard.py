@@ -56,7 +56,9 @@ def refit_guard(guard: Guard, films: GuardFit) -> Guard:
     fitted = fit_logistic(x, y, ORIENT_L2 / len(y), start=start)
     head = OrientationHead(weights=fitted.weights, bias=fitted.bias, threshold=1.0, percentile=ORIENT_PERCENTILE)
     head.threshold = float(min(1.0, np.percentile(head.probability(films.threshold), ORIENT_PERCENTILE)))
-    return replace(guard, means=means, orientation=head)
+    # the parent's population check was fitted to refuse films like the site's own: dropped; the header age
+    # check still applies, against the widened age range the adapted bundle states
+    return replace(guard, means=means, orientation=head, population=None)
 
 
 def guard_rates(guard: Guard, embed, films: np.ndarray, chroma: np.ndarray | None = None) -> float:

@@ -84,6 +84,13 @@ def test_adapt_head_refit_end_to_end(tiny_bundle, tmp_path):
     assert again.exit_code != 0 and "--force" in again.output  # nothing overwritten without --force
     v = cli("validate", site, "--model", out / "model.onnx", "--out", tmp_path / "v", "--bootstrap", "20", "-q")
     assert v.exit_code == 0 and "the 60 patients named in metadata.csv" in v.output
+    b = cli("bench-adapt", site, "--bundle", tiny_bundle, "--out", tmp_path / "adapt.json", "--reuse", "head refit", out)
+    assert b.exit_code == 0, b.output
+    bench = json.loads((tmp_path / "adapt.json").read_text())["depths"]["head refit"]
+    checks = bench["files"]["model.onnx"]
+    assert checks["roc_auc_held_out"]["value"] == report["files"]["model.onnx"]["held_out"]["overall"]["roc_auc"]["after"]
+    assert checks["home_validation_roc_auc"]["met"] is False  # no --data: home performance was not measured
+    assert bench["all_met"] is False and bench["seconds"]["met"] is (report["seconds"]["total"] <= 60)
 
 
 def test_adapt_refuses_a_site_too_small_for_the_guarantee(tiny_bundle, tmp_path):
@@ -100,3 +107,32 @@ def test_adapt_runs_on_the_edge_install(tiny_bundle, tmp_path):
                                "-q"], tmp_path, also_block=("sklearn", "onnx", "timm", "scipy"))
     assert r.returncode == 0, r.stderr + r.stdout
     assert (tmp_path / "o" / "model.int8.onnx").is_file() and not (tmp_path / "o" / "README.md").exists()
+
+
+def test_fine_tune_needs_home_data(tiny_bundle, tmp_path):
+    site = make_site(tmp_path / "site", patients=4)
+    r = cli("adapt", site, "--model", tiny_bundle, "--out", tmp_path / "out", "--fine-tune", "-q")
+    assert r.exit_code == 2 and "--fine-tune needs --data" in r.output
+
+
+def test_fine_tune_end_to_end(tiny_bundle, tiny_data, tmp_path):
+    """The twin fine-tuned with home films replayed, exported through export's gates, both files settled."""
+    from pneumo_edge.site.adapt import AdaptConfig
+    from pneumo_edge.train.adapt_tune import TuneConfig, fine_tune
+    from pneumo_edge.bundle.export import GateConfig
+
+    site, out = make_site(tmp_path / "site"), tmp_path / "tuned"
+    cfg = AdaptConfig(folder=str(site), model=str(tiny_bundle), out=str(out), data=str(tiny_data), fine_tune=True,
+                      target_sensitivity=0.8, confidence=0.8, n_bootstrap=20)
+    r = fine_tune(cfg, TuneConfig(epochs=2, guard_fit_films=30, guard_val_films=8, calib_images=16),
+                  GateConfig(int8_min_agreement=0.0, int8_max_auroc_delta=1.0, heatmap_int8_min_corr=0.0))
+    assert r["method"] == "fine-tune" and r["fine_tune"]["epoch"] in (1, 2) and r["home_replayed"]
+    parity = json.loads((out / "parity.json").read_text())
+    assert parity["passed"] and parity["gate_films"]["home_validation"] > 0 and parity["fp32"]["n"] > 0
+    for name in ("model.onnx", "model.int8.onnx"):
+        meta, f = read_meta(out / name), r["files"][name]
+        assert body_without_head(out / name) != body_without_head(tiny_bundle / name)  # every weight may move
+        assert meta.threshold == f["threshold"] and meta.site_calibration[-1]["method"] == "fine-tune"
+        assert f["home_validation"]["films"] > 0 and f["guard"]["refused"] == f["guard"]["non_xrays"]
+        assert meta.weights_sha256 == json.loads((out / "config.json").read_text())["weights_sha256"]
+    assert "fine-tune" in (out / "adaptation.md").read_text()

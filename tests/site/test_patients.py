@@ -1,5 +1,7 @@
 """Patient ids for any site: a table beside the films, a --patient-pattern, the names pneumo-edge knows."""
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 from PIL import Image
@@ -63,3 +65,21 @@ def test_bad_tables_and_patterns_are_one_line_errors(tmp_path, text, why):
         SiteTable.beside(tmp_path)
     with pytest.raises(DataError, match="not a regular expression"):
         PatientSource.for_folder(None, "(unclosed")
+
+
+def test_validate_and_calibrate_take_a_patient_pattern(tiny_bundle, tmp_path):
+    from click.testing import CliRunner
+
+    from conftest import write_xrays
+    from pneumo_edge.cli import main
+
+    for label in ("NORMAL", "PNEUMONIA"):
+        (tmp_path / "site" / label).mkdir(parents=True)
+        for i, p in enumerate(write_xrays(tmp_path / "site" / label, 4, seed=label == "NORMAL")):
+            Path(p).rename(tmp_path / "site" / label / f"ward-{label[0]}{i // 2}-{i}.png")
+    r = CliRunner().invoke(main, ["validate", str(tmp_path / "site"), "--model", str(tiny_bundle), "--out",
+                                  str(tmp_path / "v"), "--bootstrap", "20", "--patient-pattern", r"ward-(\w+?)-", "-q"])
+    assert r.exit_code == 0 and "the 4 patients named in --patient-pattern" in r.output, r.output
+    bad = CliRunner().invoke(main, ["calibrate", str(tmp_path / "site"), "--model", str(tiny_bundle), "--out",
+                                    str(tmp_path / "c"), "--patient-pattern", "(", "-q"])
+    assert bad.exit_code == 2 and "not a regular expression" in bad.output and not (tmp_path / "c").exists()
