@@ -101,9 +101,7 @@ class Node:
             from ..heatmap import FOLDER, method_for
 
             method_for(self.model, FOLDER)
-        meta = self.model.meta
-        self.algo = Algorithm(name=f"pneumo-edge {meta.model}", version=meta.pneumo_edge_version,
-                              model_sha256=self.model_sha256, threshold=float(self.model.threshold))
+        self.algo = Algorithm.of(self.model)  # name, the model's own version and digest, threshold
         self.spool = Spool(cfg.spool)
         self.audit = Audit(self.spool.root / "audit.jsonl")
         self.counters = Counters()
