@@ -81,11 +81,17 @@ def wait_reports(pacs: Orthanc, n: int, timeout: float = 60.0) -> list[tuple[pyd
     return wait_for(enough, timeout, f"{n} SRs in Orthanc")
 
 
-def dciodvfy_errors(data: bytes, tmp: Path) -> list[str]:
-    path = tmp / "check.dcm"
-    path.write_bytes(data)
-    r = subprocess.run(["dciodvfy", str(path)], capture_output=True, text=True)
-    return [line for line in (r.stdout + r.stderr).splitlines() if line.startswith("Error")]
+def assert_conformant(datasets: list, tmp: Path) -> None:
+    """PixelMed's SR validator and dciodvfy on what Orthanc received (test_node_conformance judges)."""
+    from test_node_conformance import MISSING, conformance_problems
+
+    if MISSING:
+        pytest.skip("not installed: " + ", ".join(MISSING))
+    paths = []
+    for i, ds in enumerate(datasets):
+        paths.append(tmp / f"check-{i}.dcm")
+        paths[-1].write_bytes(_encode(ds))
+    assert conformance_problems(paths) == {}
 
 
 @pytest.fixture
@@ -129,7 +135,7 @@ def test_end_to_end_every_transfer_syntax(tmp_path, pacs):
         assert got["threshold"] == pytest.approx(row["threshold"]) and got["guard_verdict"] == "accepted"
         evidence = ds.CurrentRequestedProcedureEvidenceSequence[0].ReferencedSeriesSequence[0]
         assert evidence.ReferencedSOPSequence[0].ReferencedSOPInstanceUID == film.SOPInstanceUID
-        assert dciodvfy_errors(_encode(ds), tmp_path) == []
+    assert_conformant([ds for ds, _ in found], tmp_path)
     assert sorted(by_source) == sorted(made) and all(len(v) == 1 for v in by_source.values())
     assert {r["label"] for r in rows.values()} == {"NORMAL", "PNEUMONIA"}  # both findings were exercised
 
@@ -193,7 +199,7 @@ def test_documented_outcomes(tmp_path, pacs):
     for name, why in (("hand", "body part HAND"), ("frames", "multi-frame"), ("corrupt", "cannot decode")):
         ds, info = got[uids[name]]
         assert info["finding"] == "not assessed" and why in info["comment"], (name, info)
-        assert dciodvfy_errors(_encode(ds), tmp_path) == []
+    assert_conformant([ds for ds, _ in found], tmp_path)
     lines = node.audit()
     assert any(r["event"] == "association-refused" and r["calling_ae"] == "STRANGER" for r in lines)
     assert {r["result"] for r in lines if r["event"] == "result"} == {"NOT_ASSESSED"}
@@ -317,7 +323,8 @@ def test_stow_rs_destination(tmp_path):
 
 def test_heatmaps_secondary_capture(tmp_path, pacs):
     """--heatmaps: each assessed film also gets a derived Secondary Capture in its study, 'NOT FOR DIAGNOSIS'
-    burned in; an image that is not assessed gets its SR and no map. dciodvfy finds no error in either."""
+    burned in; an image that is not assessed gets its SR and no map. A present result's SR places its region on
+    the map's strongest cell, an absent one's on the area read. PixelMed and dciodvfy find nothing in either."""
     node = start_node(tmp_path, pacs, "--heatmaps")
     paths = [write_film(f, tmp_path / "films" / f"{i}.dcm") for i, f in enumerate(films(2))]
     from PIL import Image
@@ -337,7 +344,10 @@ def test_heatmaps_secondary_capture(tmp_path, pacs):
         assert sc.StudyInstanceUID == film.StudyInstanceUID and sc.SeriesInstanceUID != film.SeriesInstanceUID
         assert list(sc.ImageType)[0] == "DERIVED" and sc.BurnedInAnnotation == "YES"
         assert "NOT FOR DIAGNOSIS" in sc.SeriesDescription and sc.pixel_array.ndim == 3
-        assert dciodvfy_errors(_encode(sc), tmp_path) == []
+    regions = {info["finding"]: list(info["regions"]) for _, info in reports(pacs)}
+    assert regions.get("present", ["evidence"]) == ["evidence"] and regions.get("absent", ["assessed"]) == ["assessed"]
+    assert regions["not assessed"] == [] and len(regions) >= 2
+    assert_conformant([*caps, *(ds for ds, _ in reports(pacs))], tmp_path)
 
 
 def test_audit_and_log_hold_no_patient_text(tmp_path, pacs):

@@ -11,7 +11,10 @@ from __future__ import annotations
 
 import hashlib
 import time
+from dataclasses import replace
 from pathlib import Path
+
+import numpy as np
 
 from ..decision import Scored, score_images
 from ..infer import decode_file
@@ -51,7 +54,8 @@ def finding_of(scored: Scored) -> Finding:
 def classify(model: EdgeModel, paths: list[Path], use_guard: bool = True, heatmaps: bool = False
              ) -> tuple[list[Finding], list, list[str], float]:
     """One Finding per spooled instance, its heat-map overlay (uint8 RGB, or None: not asked for, not assessed,
-    or refused by the guard: `Scored.heatmap_allowed`), its digest, and the seconds spent decoding and scoring."""
+    or refused by the guard: `Scored.heatmap_allowed`), its digest, and the seconds spent decoding and scoring. With a
+    heat map, the Finding carries the map's strongest cell (the SR's evidence region)."""
     t0 = time.perf_counter()
     decoded = [decode(model, p) for p in paths]
     findings = [Finding(label=None, probability=None, guard_verdict="not run", reason=why)
@@ -63,15 +67,36 @@ def classify(model: EdgeModel, paths: list[Path], use_guard: bool = True, heatma
         for i, s in zip(ok, score_images(model, [decoded[i][0] for i in ok], use_guard)):
             findings[i] = finding_of(s)
             if heatmaps and s.heatmap_allowed:
-                overlays[i] = _overlay(model, decoded[i][0][0], s)
+                overlays[i], box = _overlay(model, decoded[i][0][0], s)
+                findings[i] = replace(findings[i], evidence=box)
     return findings, overlays, digests, time.perf_counter() - t0
 
 
 def _overlay(model: EdgeModel, resized, s: Scored):
-    """The map `infer --heatmaps` draws (edge.heatmap.FOLDER), over the model's input, captioned."""
+    """The map `infer --heatmaps` draws (edge.heatmap.FOLDER), over the model's input, captioned; and its
+    strongest cell."""
     from ..cam import caption_for
     from ..heatmap import FOLDER, caption, explain_film
     from .sc import overlay_pixels
 
     heat = explain_film(model, resized, method=FOLDER)
-    return overlay_pixels(resized, heat, caption_for(s.label, s.probability, s.threshold, caption(FOLDER)))
+    pixels = overlay_pixels(resized, heat, caption_for(s.label, s.probability, s.threshold, caption(FOLDER)))
+    return pixels, strongest_cell(heat)
+
+
+GRID = 7  # cells a side: the shipped occlusion map's own grid
+
+
+def strongest_cell(heat: np.ndarray, grid: int = GRID) -> tuple[float, float, float, float] | None:
+    """(left, top, right, bottom) as fractions of the map of the grid cell with the highest mean evidence, or
+    None for a map without any (a film with nothing found)."""
+    from ..heatmap import cell_edges
+
+    if not np.any(heat > 0):
+        return None
+    h, w = heat.shape
+    rows, cols = cell_edges(h, grid), cell_edges(w, grid)
+    means = np.array([[heat[rows[r]:rows[r + 1], cols[c]:cols[c + 1]].mean() for c in range(grid)]
+                      for r in range(grid)])
+    r, c = np.unravel_index(int(np.argmax(means)), means.shape)
+    return cols[c] / w, rows[r] / h, cols[c + 1] / w, rows[r + 1] / h

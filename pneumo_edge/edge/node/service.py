@@ -105,9 +105,7 @@ class Node:
             from ..heatmap import FOLDER, method_for
 
             method_for(self.model, FOLDER)
-        meta = self.model.meta
-        self.algo = Algorithm(name=f"pneumo-edge {meta.model}", version=meta.pneumo_edge_version,
-                              model_sha256=self.model_sha256, threshold=float(self.model.threshold))
+        self.algo = Algorithm.of(self.model)  # name, the model's own version and digest, threshold
         self.max_instance_bytes = int(cfg.max_instance_mb * 2**20)
         self.spool = Spool(cfg.spool)
         self.spool.forget_old()
