@@ -17,9 +17,9 @@ import os
 import platform
 from pathlib import Path
 
+from pneumo_edge.edge.atomic import write_json
 from pneumo_edge.site.adapt import AdaptConfig, run_head_refit
 from pneumo_edge.site.adaptreport import REPORT
-from pneumo_edge.edge.atomic import write_json
 
 TARGETS = {"head refit": {"roc_auc": 0.91, "roc_auc_per_view": None, "seconds": 60},
            "fine-tune": {"roc_auc": 0.93, "roc_auc_per_view": 0.90, "seconds": 900}}

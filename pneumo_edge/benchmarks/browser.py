@@ -18,6 +18,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import functools
+import hashlib
 import http.server
 import json
 import os
@@ -26,11 +27,22 @@ import shutil
 import statistics
 import tempfile
 import threading
+import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
+import onnxruntime as ort
 
+from pneumo_edge.edge.atomic import refuse_existing, write_json
+from pneumo_edge.edge.decision import score_images
+from pneumo_edge.edge.heatmap import explain_film
+from pneumo_edge.edge.imaging import load_image, normalize, resize_gray
+from pneumo_edge.edge.infer import InferConfig, predict_paths
+from pneumo_edge.edge.model import EdgeModel
+from pneumo_edge.edge.outputs import Outputs
+from pneumo_edge.edge.page import ORT_VERSION, write_page
+from pneumo_edge.edge.progress import stage
 from pneumo_edge.edge.stats import map_correlation
 
 GOALS = {"max_abs_delta_probability": 0.01, "label_agreement": 0.99, "guard_agreement": 0.99,
@@ -74,7 +86,9 @@ def static_server(folder: str | os.PathLike, isolate: bool = False):
 @contextlib.contextmanager
 def chromium():
     """A headless Chromium driven by Playwright."""
-    from playwright.sync_api import sync_playwright
+    from playwright.sync_api import (
+        sync_playwright,  # the [browser] extra, only when a browser runs
+    )
 
     exe = chromium_path()
     if exe is None:
@@ -158,14 +172,6 @@ def python_reference(files: list[str], model_path: str | os.PathLike,
                      heat_files: list[str] | None = None) -> dict[str, dict]:
     """What `pneumo-edge infer` says of each file (its rows), plus the shipped heat map of those of
     `heat_files` the guard accepts (none for None: each map is ~50 model runs)."""
-    import hashlib
-
-    from pneumo_edge.edge.decision import score_images
-    from pneumo_edge.edge.heatmap import explain_film
-    from pneumo_edge.edge.imaging import load_image, resize_gray
-    from pneumo_edge.edge.infer import InferConfig, predict_paths
-    from pneumo_edge.edge.model import EdgeModel
-    from pneumo_edge.edge.outputs import Outputs
 
     model = EdgeModel(model_path)
     with tempfile.TemporaryDirectory() as tmp:
@@ -240,10 +246,6 @@ def native_variation(files: list[str], model_path: str | os.PathLike) -> dict:
     Both are correct executions of one INT8 file; how far they differ is the rounding noise of the INT8
     kernels themselves, the yardstick for the browser's distance from `infer`.
     """
-    import onnxruntime as ort
-
-    from pneumo_edge.edge.imaging import load_image, normalize, resize_gray
-    from pneumo_edge.edge.model import EdgeModel
 
     model = EdgeModel(model_path, threads=1)
     opts = ort.SessionOptions()
@@ -281,11 +283,6 @@ def timings(ms: list[float]) -> dict:
 
 def native_timing(files: list[str], model_path: str | os.PathLike) -> dict:
     """The same per-film work in Python on one onnxruntime thread: decode, resize, network, guard (batch 1)."""
-    import time
-
-    from pneumo_edge.edge.decision import score_images
-    from pneumo_edge.edge.imaging import load_image, resize_gray
-    from pneumo_edge.edge.model import EdgeModel
 
     model = EdgeModel(model_path, threads=1)
     ms = []
@@ -331,8 +328,6 @@ def run_parity(files: list[str], model: str | os.PathLike, page_dir: str | os.Pa
                threads: int = 1, isolate: bool = False, offline: bool = False, heatmap_films: int | None = 8) -> dict:
     """Both runtimes on `files`, heat maps on `heatmap_films` of them (evenly spaced); the browser through the
     static page (written to a temporary folder)."""
-    from pneumo_edge.edge.page import write_page
-
     with tempfile.TemporaryDirectory() as tmp:
         folder = page_dir or write_page(Path(tmp) / "page", model=model)["out"]
         with static_server(folder, isolate=isolate) as url, chromium() as browser:
@@ -355,9 +350,6 @@ def run_parity(files: list[str], model: str | os.PathLike, page_dir: str | os.Pa
 
 def bench_browser(config: BrowserBenchConfig) -> dict:
     """Parity on test films and the demo examples (one thread), then ms per film with more threads."""
-    from pneumo_edge.edge.atomic import refuse_existing, write_json
-    from pneumo_edge.edge.page import ORT_VERSION
-    from pneumo_edge.edge.progress import stage
 
     refuse_existing(config.out, config.force)
     films = pick_films(config.images, config.per_class)

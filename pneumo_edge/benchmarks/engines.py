@@ -12,6 +12,7 @@ labelled as one in every output.
 
 from __future__ import annotations
 
+import os
 import tempfile
 import time
 from dataclasses import asdict, dataclass
@@ -20,6 +21,18 @@ from pathlib import Path
 import numpy as np
 
 from pneumo_edge.edge.atomic import write_json, write_text
+from pneumo_edge.edge.cluster import (
+    ClusterConfig,
+    ParquetOutputs,
+    predict_cluster,
+    start_ray,
+)
+from pneumo_edge.edge.errors import BenchError
+from pneumo_edge.edge.imaging import SUFFIX_FORMATS, load_image
+from pneumo_edge.edge.infer import InferConfig, predict_paths
+from pneumo_edge.edge.model import EdgeModel
+from pneumo_edge.edge.outputs import Outputs
+from pneumo_edge.edge.progress import stage
 
 
 @dataclass
@@ -44,8 +57,6 @@ def _per_image_ms(fn, items: list, repeat: int = 3) -> float:
 
 
 def decode_costs(folder: str, dicoms: str, size: int) -> dict:
-    from pneumo_edge.edge.errors import BenchError
-    from pneumo_edge.edge.imaging import SUFFIX_FORMATS, load_image
 
     films = sorted(p for p in Path(folder).rglob("*") if SUFFIX_FORMATS.get(p.suffix.lower()) not in (None, "DICOM"))
     films = films[:100]
@@ -64,8 +75,6 @@ def decode_costs(folder: str, dicoms: str, size: int) -> dict:
 
 def classify_cost(model_path: str) -> dict:
     """ms per image for one onnxruntime thread on batches of 16: one actor's rate."""
-    from pneumo_edge.edge.model import EdgeModel
-
     m = EdgeModel(model_path, threads=1)
     s = m.spec
     x = np.random.default_rng(0).normal(0, 1, (16, s.channels, s.size, s.size)).astype(np.float32)
@@ -75,8 +84,6 @@ def classify_cost(model_path: str) -> dict:
 
 
 def _run_local(folder: str, model, tmp: Path, n: int) -> dict:
-    from pneumo_edge.edge.infer import InferConfig, predict_paths
-    from pneumo_edge.edge.outputs import Outputs
 
     with Outputs(tmp / f"local{n}.csv") as out:
         s = predict_paths([folder], model, out, InferConfig(progress=False))
@@ -84,8 +91,6 @@ def _run_local(folder: str, model, tmp: Path, n: int) -> dict:
 
 
 def _run_ray(folder: str, model_path: str, tmp: Path, n: int) -> dict:
-    from pneumo_edge.edge.cluster import ClusterConfig, ParquetOutputs, predict_cluster
-
     with ParquetOutputs(tmp / f"ray{n}.parquet") as out:
         s = predict_cluster([folder], model_path, out, ClusterConfig(), progress=False)
     return {"files": s.n_files, "seconds": round(s.seconds, 2), "images_per_s": round(s.images_per_s, 1),
@@ -93,11 +98,6 @@ def _run_ray(folder: str, model_path: str, tmp: Path, n: int) -> dict:
 
 
 def bench_engines(cfg: EnginesConfig) -> dict:
-    import os
-
-    from pneumo_edge.edge.cluster import start_ray
-    from pneumo_edge.edge.model import EdgeModel
-    from pneumo_edge.edge.progress import stage
 
     model = EdgeModel(cfg.model)
     cores = os.cpu_count() or 1

@@ -10,15 +10,18 @@ from pathlib import Path
 
 import numpy as np
 
+from pneumo_edge.benchmarks.variants import cpu_info
+from pneumo_edge.edge.atomic import write_json
 from pneumo_edge.edge.heatmap import FOLDER, METHODS, SHIPPED
+from pneumo_edge.edge.imaging import load_image, resize_gray
+from pneumo_edge.edge.model import EdgeModel
+from pneumo_edge.edge.progress import track
 from pneumo_edge.edge.targets import FP32, INT8
 
 FILES = (INT8.file, FP32.file)
 
 
 def film_set(images: str | Path, size: int, rule: str, n: int) -> np.ndarray:
-    from pneumo_edge.edge.imaging import load_image, resize_gray
-
     paths = sorted(p for p in Path(images).rglob("*") if p.suffix.lower() in (".jpeg", ".jpg", ".png"))[:n]
     if not paths:
         from pneumo_edge.edge.errors import DataError
@@ -31,10 +34,6 @@ def bench_heatmaps(bundle: str | Path = "export", images: str | Path = "examples
                    out: str | Path = "bench/results/heatmaps.json", n_films: int = 16, rounds: int = 2,
                    threads: int = 2, progress: bool = True) -> dict:
     """p50 / p95 ms per film of every edge method on each model file; the first call per method is warm-up."""
-    from pneumo_edge.benchmarks.variants import cpu_info
-    from pneumo_edge.edge.atomic import write_json
-    from pneumo_edge.edge.model import EdgeModel
-    from pneumo_edge.edge.progress import track
 
     rows = []
     for fname in FILES:

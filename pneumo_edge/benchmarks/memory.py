@@ -28,9 +28,19 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
+from PIL import Image
+from pydicom.dataset import FileDataset, FileMetaDataset
+from pydicom.encaps import encapsulate
+from pydicom.uid import (
+    DeflatedExplicitVRLittleEndian,
+    ExplicitVRLittleEndian,
+    JPEGBaseline8Bit,
+    generate_uid,
+)
 
 from pneumo_edge.edge.atomic import write_json
 from pneumo_edge.edge.imaging import MAX_PIXELS
+from pneumo_edge.edge.model import default_model_path
 
 
 @dataclass
@@ -44,8 +54,6 @@ class MemoryConfig:
 
 def new_dicom(path: str | Path, transfer_syntax):
     """An empty single-image CR DICOM data set with its file meta: the header every synthetic film shares."""
-    from pydicom.dataset import FileDataset, FileMetaDataset
-    from pydicom.uid import generate_uid
 
     meta = FileMetaDataset()
     meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.1"
@@ -59,8 +67,6 @@ def new_dicom(path: str | Path, transfer_syntax):
 
 def write_deflated_dicom(path: Path, rows: int, cols: int, pixel_bytes: bytes | None = None) -> Path:
     """A chest CR DICOM, deflate transfer syntax: smooth 12-bit pixels compress to almost nothing."""
-    from pydicom.uid import DeflatedExplicitVRLittleEndian
-
     ds = new_dicom(path, DeflatedExplicitVRLittleEndian)
     ds.BodyPartExamined = "CHEST"
     ds.Rows, ds.Columns, ds.SamplesPerPixel, ds.PhotometricInterpretation = rows, cols, 1, "MONOCHROME2"
@@ -89,8 +95,6 @@ def _chest_cr(path: Path, transfer_syntax, rows: int, cols: int, bits: int = 16)
 def write_element_bomb(path: Path, declared: int = 1 << 30, sparse: bool = True) -> Path:
     """A small chest film with a private OB element declaring `declared` bytes: held as a hole in a sparse
     file (sparse=True: the file really is that long, but costs nothing on disk), or not held at all."""
-    from pydicom.uid import ExplicitVRLittleEndian
-
     ds = _chest_cr(path, ExplicitVRLittleEndian, 256, 256)
     ds.private_block(0x0009, "PNEUMO-EDGE BENCH", create=True).add_new(0x10, "OB", PRIVATE_PLACEHOLDER)
     y = np.arange(256, dtype=np.uint16)[:, None] * 12
@@ -111,9 +115,6 @@ def write_element_bomb(path: Path, declared: int = 1 << 30, sparse: bool = True)
 
 def write_jpeg_frame_bomb(path: Path, claimed: int = 11000, header: int = 1024) -> Path:
     """An 8-bit JPEG-baseline DICOM, Rows x Columns `header`, whose JPEG frame header claims `claimed`^2."""
-    from PIL import Image
-    from pydicom.encaps import encapsulate
-    from pydicom.uid import JPEGBaseline8Bit
 
     buf = io.BytesIO()
     Image.fromarray(np.tile(np.arange(64, dtype=np.uint8) * 4, (64, 1))).save(buf, format="JPEG")
@@ -171,8 +172,6 @@ def peak_rss_mb(args: list[str]) -> tuple[float, subprocess.CompletedProcess]:
 
 
 def measure_decode_memory(cfg: MemoryConfig) -> dict:
-    from pneumo_edge.edge.model import default_model_path
-
     model = cfg.model or str(default_model_path())
     with tempfile.TemporaryDirectory(prefix="pneumo-memory-") as tmp:
         tmp = Path(tmp)

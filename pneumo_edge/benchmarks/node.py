@@ -31,9 +31,13 @@ from pathlib import Path
 
 import numpy as np
 
-from pneumo_edge.edge.atomic import write_json
 from pneumo_edge.edge.api import resolve_model
+from pneumo_edge.edge.atomic import write_json
 from pneumo_edge.edge.errors import PneumoEdgeError
+from pneumo_edge.edge.node import audit
+from pneumo_edge.edge.progress import stage
+from pneumo_edge.testing.dicomfilm import write_film
+from pneumo_edge.testing.orthanc import Orthanc, free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 STORESCU_FLAG = {"explicit": "-xe", "implicit": "-xi", "deflate": "-xd", "jpeg-baseline": "-xy", "rle": "-xr",
@@ -45,8 +49,6 @@ class NodeProcess:
     """`pneumo-edge listen` in a process of its own, sending to `send_to`, its spool under `folder`."""
 
     def __init__(self, folder: Path, send_to: str, *extra: str, port: int | None = None, ae_title: str = "PNEUMO"):
-        from pneumo_edge.testing.orthanc import free_port
-
         self.port, self.ae_title = port or free_port(), ae_title
         self.spool, self.log = folder / "spool", folder / "node.log"
         self.args = [sys.executable, "-m", "pneumo_edge", "listen", "--port", str(self.port), "--ae-title", ae_title,
@@ -54,7 +56,7 @@ class NodeProcess:
         self.proc: subprocess.Popen | None = None
 
     def start(self, timeout_s: float = 60.0, calling: str = "MOD") -> "NodeProcess":
-        from pynetdicom import AE
+        from pynetdicom import AE  # the [node] extra, only when the node runs
 
         env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
         self.proc = subprocess.Popen(self.args, env=env, stdout=subprocess.DEVNULL, stderr=open(self.log, "ab"),
@@ -88,8 +90,6 @@ class NodeProcess:
         self.proc.wait(10)
 
     def audit(self) -> list[dict]:
-        from pneumo_edge.edge.node import audit
-
         return audit.read(self.spool / "audit.jsonl")
 
 
@@ -155,9 +155,6 @@ def _pct(values: list[float], q: float) -> float:
 
 
 def bench_node(cfg: NodeBenchConfig) -> dict:
-    from pneumo_edge.testing.dicomfilm import write_film
-    from pneumo_edge.edge.progress import stage
-    from pneumo_edge.testing.orthanc import Orthanc
 
     films = class_films(cfg.images, cfg.n)
     with tempfile.TemporaryDirectory(prefix="bench-node-") as tmp:

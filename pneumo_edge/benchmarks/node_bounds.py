@@ -23,6 +23,7 @@ import json
 import signal
 import socket
 import struct
+import tempfile
 import threading
 import time
 import zlib
@@ -30,10 +31,17 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
+import pydicom
+from pydicom.filebase import DicomBytesIO
+from pydicom.filewriter import dcmwrite, write_dataset, write_file_meta_info
 
+from pneumo_edge.benchmarks.node import NodeProcess
 from pneumo_edge.edge.atomic import write_json
 from pneumo_edge.edge.errors import PneumoEdgeError
 from pneumo_edge.edge.node.gate import REJECT_LIMIT
+from pneumo_edge.edge.node.sr import read_sr
+from pneumo_edge.testing.dicomfilm import film_dataset, write_film
+from pneumo_edge.testing.orthanc import free_port
 
 REPO = Path(__file__).resolve().parents[1]
 RSS_BOUND_MB = 300  # what one hostile instance may add to the node's memory (the stated bound)
@@ -50,8 +58,6 @@ CT = "1.2.840.10008.5.1.4.1.1.2"
 
 def _write(ds, path: Path, raw: dict[bytes, bytes] | None = None) -> Path:
     """Written as it is (no file-meta repair), then byte patches pydicom would never write."""
-    from pydicom.filewriter import dcmwrite
-
     ds.preamble = b"\0" * 128
     dcmwrite(path, ds, enforce_file_format=False)
     for old, new in (raw or {}).items():
@@ -63,8 +69,6 @@ def _write(ds, path: Path, raw: dict[bytes, bytes] | None = None) -> Path:
 
 def header_cases(folder: Path, pixels: np.ndarray) -> dict[str, Path]:
     """One file per hostile header; every one is a CR the node accepts at association."""
-    from pneumo_edge.testing.dicomfilm import film_dataset
-
     folder.mkdir(parents=True, exist_ok=True)
     name = "KOBAYASHI^TARO"
     tags: dict[str, dict] = {f"charset_{k}": {"SpecificCharacterSet": v.split("\\") if "\\" in v else v,
@@ -123,10 +127,6 @@ class RssWatch:
 
 def deflate_bomb(path: Path, inflated: int = 1 << 30) -> Path:
     """A deflated CR whose pixel data inflates to `inflated` bytes of zeros: about 1 MB on disk, made in pieces."""
-    from pydicom.filebase import DicomBytesIO
-    from pydicom.filewriter import write_dataset, write_file_meta_info
-
-    from pneumo_edge.testing.dicomfilm import film_dataset
 
     ds = film_dataset(np.zeros((8, 8), np.uint8))
     del ds.PixelData
@@ -150,8 +150,7 @@ def deflate_bomb(path: Path, inflated: int = 1 << 30) -> Path:
 def send_file(port: int, path: Path, called: str = "PNEUMO", calling: str = "MOD") -> int | None:
     """C-STORE the file's bytes as they are (the command's UIDs from its file meta, whatever the data set says);
     the status, or None when there was none (no association, or the node cut the transfer off)."""
-    import pydicom
-    from pynetdicom import AE, _config
+    from pynetdicom import AE, _config  # the [node] extra, only when the node runs
 
     _config.STORE_SEND_CHUNKED_DATASET = True
     meta = pydicom.dcmread(path, stop_before_pixels=True).file_meta
@@ -210,7 +209,7 @@ class Trickler(threading.Thread):
 
 def echo_within(port: int, seconds: float) -> float:
     """Seconds until a C-ECHO from 127.0.0.1 succeeds (tried every 0.25 s); PneumoEdgeError past `seconds`."""
-    from pynetdicom import AE
+    from pynetdicom import AE  # the [node] extra, only when the node runs
 
     ae = AE(ae_title="MOD")
     ae.add_requested_context("1.2.840.10008.1.1")
@@ -230,9 +229,7 @@ class StallingPacs:
     """A C-STORE SCP that takes the association and the object and does not answer until `release` is set."""
 
     def __init__(self):
-        from pynetdicom import AE, evt
-
-        from pneumo_edge.testing.orthanc import free_port
+        from pynetdicom import AE, evt  # the [node] extra, only when the node runs
 
         self.release, self.stored = threading.Event(), []
         self.ae = AE(ae_title="STALL")
@@ -272,8 +269,6 @@ class NodeProcesses:
         self.started: list = []
 
     def start(self, folder: Path, send_to: str, *extra: str, port: int | None = None):
-        from pneumo_edge.benchmarks.node import NodeProcess
-
         node = NodeProcess(folder, send_to, "--retry-after", "0.2", *extra, port=port)
         self.started.append(node)
         return node.start()
@@ -292,17 +287,11 @@ class NodeBoundsConfig:
 
 
 def _node(folder: Path, cfg: NodeBoundsConfig, send_to: str | None = None, *extra: str):
-    from pneumo_edge.testing.orthanc import free_port
-
     args = ["--model", cfg.model] if cfg.model else []
     return NodeProcesses().start(folder, send_to or f"PACS@127.0.0.1:{free_port()}", *args, *extra)
 
 
 def measure_bomb(folder: Path, cfg: NodeBoundsConfig) -> dict:
-    import pydicom
-
-    from pneumo_edge.edge.node.sr import read_sr
-
     bomb = deflate_bomb(folder / "bomb.dcm")
     node = _node(folder, cfg)
     try:
@@ -351,8 +340,6 @@ def measure_silent(folder: Path, cfg: NodeBoundsConfig) -> dict:
 
 
 def measure_stalled(folder: Path, cfg: NodeBoundsConfig) -> dict:
-    from pneumo_edge.testing.dicomfilm import write_film
-
     films = sorted((REPO / "examples" / "xrays").rglob("*.jpeg"))[:2]
     pacs = StallingPacs()
     try:
@@ -377,8 +364,6 @@ def measure_stalled(folder: Path, cfg: NodeBoundsConfig) -> dict:
 
 def measure_headers(folder: Path, cfg: NodeBoundsConfig) -> dict:
     """Which hostile header ends as a result and which in failed/ (with the first line of its reason)."""
-    import pydicom
-
     node = _node(folder, cfg)
     try:
         cases = header_cases(folder / "cases", np.full((256, 256), 120, np.uint8))
@@ -404,8 +389,6 @@ def _queued_sources(node) -> set[str]:
 
 
 def bench_node_bounds(cfg: NodeBoundsConfig) -> dict:
-    import tempfile
-
     with tempfile.TemporaryDirectory(prefix="node-bounds-") as tmp:
         root = Path(tmp)
         parts = {}

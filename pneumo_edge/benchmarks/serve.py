@@ -25,6 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
+from pneumo_edge.benchmarks.variants import cpu_info
 from pneumo_edge.edge.atomic import write_json
 from pneumo_edge.edge.errors import BenchError
 from pneumo_edge.edge.imaging import IMAGE_SUFFIXES
@@ -90,7 +91,7 @@ def _start(cfg: LoadConfig, port: int) -> subprocess.Popen:
 
 
 async def _wait_ready(base: str, proc: subprocess.Popen, timeout: float = 120) -> None:
-    import httpx
+    import httpx  # the [test] extra
 
     deadline = time.monotonic() + timeout
     async with httpx.AsyncClient() as client:
@@ -108,7 +109,7 @@ async def _wait_ready(base: str, proc: subprocess.Popen, timeout: float = 120) -
 
 
 async def _drive(base: str, images, n: int, clients: int, heatmap: bool, offset: int = 0) -> tuple[list, list]:
-    import httpx
+    import httpx  # the [test] extra
 
     url = f"{base}/v1/predict" + ("?heatmap=1" if heatmap else "")
     latencies: list[float] = []
@@ -172,7 +173,7 @@ async def _slow_client(port: int, source: str, in_headers: bool, live: list, sto
 
 
 async def _probe_with_slow_clients(port: int, images, n: int, slow: int) -> dict:
-    import httpx
+    import httpx  # the [test] extra
 
     stop, live = asyncio.Event(), [0]
     tasks = [asyncio.create_task(_slow_client(port, f"127.0.{1 + i // 250}.{1 + i % 250}", i % 2 == 0, live, stop))
@@ -202,8 +203,6 @@ async def _probe_with_slow_clients(port: int, images, n: int, slow: int) -> dict
 
 
 def load_test(cfg: LoadConfig) -> dict:
-    from pneumo_edge.benchmarks.variants import cpu_info
-
     images = _images(cfg)
     port = _free_port()
     base = f"http://127.0.0.1:{port}"

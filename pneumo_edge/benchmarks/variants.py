@@ -10,18 +10,30 @@ speed-up over PyTorch eager, and how far it is from the machine's compute floor.
 
 from __future__ import annotations
 
+import json
 import os
 import platform
 import re
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import onnxruntime
 
 from pneumo_edge.edge.atomic import write_json, write_text
 from pneumo_edge.edge.errors import BenchError
+from pneumo_edge.edge.imaging import normalize
+from pneumo_edge.edge.infer import InferConfig, predict_paths
+from pneumo_edge.edge.meta import META_KEY, read_meta
+from pneumo_edge.edge.model import EdgeModel
+from pneumo_edge.edge.outputs import Outputs
+from pneumo_edge.edge.progress import stage
 from pneumo_edge.edge.targets import FP32, INT8, TARGETS, WEIGHTS
+from pneumo_edge.site.metrics import binary_metrics, prob_from_logits
+from pneumo_edge.site.plots import latency_plot
+from pneumo_edge.train.data import LABELS, Sample, decode_all, load_splits
 
 
 @dataclass
@@ -61,8 +73,6 @@ def cpu_info() -> dict:
 
 
 def env_slug(cpu: dict) -> str:
-    import onnxruntime
-
     try:
         import torch
 
@@ -76,8 +86,8 @@ def env_slug(cpu: dict) -> str:
 
 def count_macs(model, size: int, channels: int = 1) -> int:
     """Multiply-accumulates of one forward pass: convolutions and linear layers."""
-    import torch
-    from torch import nn
+    import torch  # torch: training side only, kept off the light install
+    from torch import nn  # torch: training side only, kept off the light install
 
     total = 0
 
@@ -112,7 +122,7 @@ def time_calls(fn, x: np.ndarray, iters: int, warmup: int) -> np.ndarray:
 
 
 def _torch_runner(model, threads: int):
-    import torch
+    import torch  # torch: training side only, kept off the light install
 
     def run(x):
         torch.set_num_threads(threads)
@@ -123,16 +133,12 @@ def _torch_runner(model, threads: int):
 
 
 def _ort_runner(path: Path, threads: int):
-    from pneumo_edge.edge.model import EdgeModel
-
     m = EdgeModel(path, threads=threads)
     return lambda x: m.run(x)["logits"]
 
 
 def load_images(cfg: BenchConfig, size: int, rule: str) -> tuple[np.ndarray, np.ndarray | None, str]:
     """Real test images and labels; the committed X-rays (labels from folder names) when no data is named."""
-    from pneumo_edge.train.data import LABELS, Sample, decode_all, load_splits
-
     if cfg.data:  # a folder or a hub id, like every other --data
         x, y, _ = decode_all(load_splits(cfg.data).test, size, progress=False, rule=rule)
         return x, y, f"test split of {cfg.data} ({len(x)} images)"
@@ -147,17 +153,13 @@ def load_images(cfg: BenchConfig, size: int, rule: str) -> tuple[np.ndarray, np.
 
 
 def run_benchmark(cfg: BenchConfig) -> dict:
-    import onnxruntime
-
-    from pneumo_edge.train.checkpoint import load_checkpoint
-    from pneumo_edge.edge.imaging import normalize
-    from pneumo_edge.edge.meta import read_meta
-    from pneumo_edge.site.metrics import binary_metrics, prob_from_logits
-    from pneumo_edge.edge.progress import stage
+    from pneumo_edge.train.checkpoint import (
+        load_checkpoint,  # torch: training side only, kept off the light install
+    )
 
     bundle = Path(cfg.bundle)
     model, config = load_checkpoint(bundle)
-    import torch
+    import torch  # torch: training side only, kept off the light install
 
     model = model.to(memory_format=torch.channels_last).eval()
     meta = read_meta(bundle / FP32.file)  # the decision rule travels in the ONNX file
@@ -222,10 +224,6 @@ def run_benchmark(cfg: BenchConfig) -> dict:
 
 def extras(cfg: BenchConfig, bundle: Path, x_all: np.ndarray, resized: np.ndarray, cpu: dict) -> dict:
     """What the table's rows leave out: the features output's cost, the guard's, and infer end to end."""
-    from pneumo_edge.edge.infer import InferConfig, predict_paths
-    from pneumo_edge.edge.model import EdgeModel
-    from pneumo_edge.edge.outputs import Outputs
-    from pneumo_edge.edge.progress import stage
 
     extra: dict = {}
     if (bundle / FP32.file).is_file():
@@ -260,13 +258,9 @@ def features_output_cost(path: Path, x: np.ndarray, cfg: BenchConfig, threads: i
     heat maps), the graph with it when only logits and embedding are fetched (plain inference), and when
     the feature map is fetched too (heat maps).
     """
-    import json
-    import tempfile
 
-    import onnx
+    import onnx  # the [train] extra (onnx), only when this runs
 
-    from pneumo_edge.edge.meta import META_KEY
-    from pneumo_edge.edge.model import EdgeModel
 
     proto = onnx.load(str(path))
     if "features" not in [o.name for o in proto.graph.output]:
@@ -367,16 +361,12 @@ def _goals(res: dict) -> list[str]:
 
 
 def _plot(res: dict, path: Path) -> Path:
-    from pneumo_edge.site.plots import latency_plot
-
     return latency_plot(res["rows"], path, f"{res['model']} @ {res['input_size']} px, {res['env']['model']} "
                                            f"({res['env']['cores']} cores)")
 
 
 def replot(result_json: str | Path) -> Path:
     """Redraw a stored benchmark's chart (the .png beside its .json) without timing anything again."""
-    import json
-
     path = Path(result_json)
     return _plot(json.loads(path.read_text()), path.with_suffix(".png"))
 

@@ -11,9 +11,13 @@ from pathlib import Path
 
 import numpy as np
 
+from pneumo_edge.bundle.guardfit import write_guard_report
 from pneumo_edge.edge.atomic import copy_file
 from pneumo_edge.edge.decision import positive
+from pneumo_edge.edge.progress import stage
 from pneumo_edge.edge.targets import FP32
+from pneumo_edge.site.metrics import outcome, prob_from_logits
+from pneumo_edge.train.data import LABELS, patient_id
 
 EVAL_FILES = ("report.md", "confusion_matrix.png", "roc.png", "reliability.png")  # export copies results.json
 CAM_CASES = 6  # panels on the contact sheet
@@ -22,10 +26,13 @@ CAM_ORDER = ("true positive", "true negative", "false positive", "false negative
 
 
 def build_bundle(checkpoint: str, results: str, data: str, out: str = "export", gate=None, force: bool = False) -> Path:
-    from pneumo_edge.bundle.export import GateConfig, export
-    from pneumo_edge.bundle.guardfit import write_guard_report
-    from pneumo_edge.bundle.report import write_model_card
-    from pneumo_edge.edge.progress import stage
+    from pneumo_edge.bundle.export import (  # torch: training side only, kept off the light install
+        GateConfig,
+        export,
+    )
+    from pneumo_edge.bundle.report import (
+        write_model_card,  # torch: training side only, kept off the light install
+    )
 
     out_p = Path(out)
     export(checkpoint, out_p, data, gate or GateConfig(), results=results, force=force)
@@ -47,8 +54,6 @@ def pick_cam_cases(names: list[str], labels: np.ndarray, probs: np.ndarray, thre
     Random with a fixed seed, so the sheet shows typical cases and the model's mistakes rather than the first
     files of each folder; an outcome with nothing (left) to show is skipped.
     """
-    from pneumo_edge.train.data import patient_id
-    from pneumo_edge.site.metrics import outcome
 
     rng = np.random.default_rng(seed)
     kinds = [outcome(int(t), int(q)) for t, q in zip(labels, positive(np.asarray(probs), threshold))]
@@ -72,10 +77,12 @@ def gradcam_examples(bundle: str | Path, results: str | Path, data: str, out: st
     Picking reads results/test_predictions.npz, not the test split: no new test read, no ledger line.
     The picked films are explained with the bundle's twin, each titled with its outcome.
     """
-    from pneumo_edge.train.data import LABELS
-    from pneumo_edge.train.evaluate import stored_predictions
-    from pneumo_edge.bundle.gradcam import explain
-    from pneumo_edge.site.metrics import outcome, prob_from_logits
+    from pneumo_edge.bundle.gradcam import (
+        explain,  # torch: training side only, kept off the light install
+    )
+    from pneumo_edge.train.evaluate import (
+        stored_predictions,  # torch: training side only, kept off the light install
+    )
 
     res, y, logits, names = stored_predictions(results, data)
     op = res["operating_point"]

@@ -13,31 +13,67 @@ complete. Each ONNX file carries an OOD guard fitted on its own embeddings
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import tempfile
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 import torch
+from onnxruntime.quantization import (
+    CalibrationDataReader,
+    CalibrationMethod,
+    QuantFormat,
+    QuantType,
+    quantize_static,
+)
+from onnxruntime.quantization.shape_inference import quant_pre_process
 from torch import nn
 
 from pneumo_edge import __version__
-from pneumo_edge.edge.atomic import copy_file, prepare_out_dir, write_json, write_text
-from pneumo_edge.edge.decision import positive
-from pneumo_edge.train.checkpoint import CONFIG, WEIGHTS, hub_config, load_checkpoint, resolve
-from pneumo_edge.train.models import WithEmbedding
-from pneumo_edge.edge.errors import ModelError, ParityError
-from pneumo_edge.edge.imaging import PreprocessSpec, normalize
-from pneumo_edge.site.metrics import METRIC_NAMES, binary_metrics
+from pneumo_edge.bundle.guardfit import onnx_embedder
+from pneumo_edge.bundle.population_fit import (
+    RESULT,
+    heldout_rates,
+    home_statement,
+    others_split,
+    others_views,
+    population_report,
+)
 from pneumo_edge.bundle.report import render_parity
-from pneumo_edge.edge.meta import LICENSE, META_KEY, BundleMeta, doc_string, flat_metadata, read_meta
+from pneumo_edge.edge.atomic import copy_file, prepare_out_dir, write_json, write_text
+from pneumo_edge.edge.cam import CamHead
+from pneumo_edge.edge.decision import positive
+from pneumo_edge.edge.errors import DataError, ModelError, ParityError
+from pneumo_edge.edge.heatmap import METHODS, SHIPPED
+from pneumo_edge.edge.imaging import PreprocessSpec, normalize
+from pneumo_edge.edge.meta import (
+    LICENSE,
+    META_KEY,
+    BundleMeta,
+    doc_string,
+    flat_metadata,
+    read_meta,
+)
 from pneumo_edge.edge.model import EdgeModel, prob_from_logits
 from pneumo_edge.edge.progress import stage
+from pneumo_edge.edge.stamp import stamp_file
 from pneumo_edge.edge.stats import map_correlation
 from pneumo_edge.edge.targets import FP32, INT8, PARITY, RESULTS, Target
+from pneumo_edge.site.metrics import METRIC_NAMES, binary_metrics
+from pneumo_edge.train.checkpoint import (
+    CONFIG,
+    WEIGHTS,
+    hub_config,
+    load_checkpoint,
+    resolve,
+)
+from pneumo_edge.train.data import decode_all, load_splits, rebuild_split
+from pneumo_edge.train.models import WithEmbedding
 
 OPSET = 18
 OUTPUT_NAMES = ("logits", "embedding", "features")  # what WithEmbedding returns, in order
@@ -47,9 +83,7 @@ CAM_MIN_CORRELATION = 0.99  # ONNX CAM vs the twin's Grad-CAM at the same layer,
 
 def export_onnx(model: nn.Module, spec: PreprocessSpec, path: Path, meta: dict) -> None:
     """Trace with the dynamo exporter, embed metadata, run the full onnx checker."""
-    import warnings
-
-    import onnx
+    import onnx  # the [train] extra (onnx), only when this runs
 
     x = torch.zeros(2, spec.channels, spec.size, spec.size)
     with warnings.catch_warnings():
@@ -78,8 +112,6 @@ def set_metadata(proto, meta: BundleMeta) -> None:
 
 def cam_metadata(model: nn.Module) -> dict | None:
     """The classifier head for edge heat maps (`edge.cam`), or None for a head that is not one linear layer."""
-    from pneumo_edge.edge.cam import CamHead
-
     head = model.get_classifier()
     if not isinstance(head, nn.Linear) or head.bias is None:
         return None
@@ -89,14 +121,10 @@ def cam_metadata(model: nn.Module) -> dict | None:
 def rewrite_metadata(path: str | Path, meta: BundleMeta) -> None:
     """Replace an ONNX file's metadata in place, atomically: `edge.stamp`, which copies the graph and its
     weights byte for byte, as calibrate, monitor-reference and guard-polarity do."""
-    from pneumo_edge.edge.stamp import stamp_file
-
     stamp_file(path, path, meta)
 
 
 def bundle_metadata(config: dict, threshold: float, temperature: float, model: nn.Module | None = None) -> BundleMeta:
-    import datetime as dt
-
     return BundleMeta(model=config["model"], labels=tuple(config["labels"]),
                       preprocess=PreprocessSpec.from_dict(config["preprocess"]), threshold=threshold,
                       temperature=temperature, pneumo_edge_version=__version__,
@@ -206,7 +234,10 @@ def check_cam(model: nn.Module, fp32: EdgeModel, int8: EdgeModel | None, resized
 
     Both explain the class the fp32 bundle decides, as `explain` does.
     """
-    from pneumo_edge.bundle.gradcam import GradCAM, features_layer
+    from pneumo_edge.bundle.gradcam import (  # torch: training side only, kept off the light install
+        GradCAM,
+        features_layer,
+    )
 
     if fp32.cam is None:
         return {"available": False, "reason": "the head is not one linear layer: no heat maps"}, []
@@ -242,8 +273,9 @@ def check_heatmap(model: nn.Module, fp32: EdgeModel, int8: EdgeModel | None, res
                   ) -> tuple[dict, list[str]]:
     """Parity of the shipped heat map (`edge.heatmap.SHIPPED`): fp32 ONNX vs the twin (per image, gate on the min),
     INT8 vs fp32 (gate on the median: quantization moves small drops more than the map's peaks)."""
-    from pneumo_edge.edge.heatmap import METHODS, SHIPPED
-    from pneumo_edge.bundle.gradcam import TwinHeatmap
+    from pneumo_edge.bundle.gradcam import (
+        TwinHeatmap,  # torch: training side only, kept off the light install
+    )
 
     pick = np.unique(np.linspace(0, len(resized) - 1, min(n, len(resized))).astype(int))
     films = resized[pick]
@@ -274,10 +306,7 @@ def quantize_int8(fp32_path: Path, int8_path: Path, calib: np.ndarray, spec: Pre
     fp32: on validation this cut the mean logit error by a quarter (0.084 -> 0.065) for no speed cost
     worth measuring; percentile and entropy calibration were no better than min-max there.
     """
-    import onnx
-    from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod, QuantFormat,
-                                          QuantType, quantize_static)
-    from onnxruntime.quantization.shape_inference import quant_pre_process
+    import onnx  # the [train] extra (onnx), only when this runs
 
     class Reader(CalibrationDataReader):
         def __init__(self):
@@ -330,8 +359,6 @@ def _gate_fp32(ctx: ExportContext) -> tuple[dict, list[str]]:
 
 
 def _build_int8(ctx: ExportContext) -> None:
-    from pneumo_edge.train.data import decode_all
-
     rng = np.random.default_rng(0)
     pick = sorted(rng.choice(len(ctx.train), min(ctx.calib_images, len(ctx.train)), replace=False))
     x_cal, _, _ = decode_all([ctx.train[i] for i in pick], ctx.spec.size, progress=ctx.progress, rule=ctx.spec.resize)
@@ -391,8 +418,6 @@ def export(checkpoint: str | Path, out: str | Path, data: str, gate: GateConfig 
     built into `out` together; ParityError (after the report is written) when a gate fails.
     population_others: a folder of films of another population (e.g. adults): the guard gets a population check
     fitted on part of its patients and measured on the rest (`population_fit`, written to population.json)."""
-    from pneumo_edge.train.data import decode_all, rebuild_split
-    from pneumo_edge.bundle.population_fit import home_statement
 
     t0 = time.perf_counter()
     weights_path, _ = resolve(checkpoint)
@@ -412,7 +437,11 @@ def export(checkpoint: str | Path, out: str | Path, data: str, gate: GateConfig 
     with tempfile.TemporaryDirectory(dir=out, prefix=".export-") as tmp:
         guard_imgs, population = None, None
         if guard:
-            from pneumo_edge.bundle.guardfit import fit_guard, guard_images, torch_embedder
+            from pneumo_edge.bundle.guardfit import (
+                fit_guard,
+                guard_images,
+                torch_embedder,
+            )
 
             stage("export", "fitting the out-of-distribution guard (fp32)")
             guard_imgs = guard_images(spec, train_s, val_s, progress=progress)
@@ -447,7 +476,6 @@ def _population_images(images, others: str | None, spec, progress: bool):
     """(the other population's split, its held-out films) once its fitting films are in `images`; None without."""
     if others is None:
         return None
-    from pneumo_edge.bundle.population_fit import others_split, others_views
 
     split = others_split(others)  # by patient, before any film is scored
     stage("export", f"decoding {len(split.fit) + len(split.heldout)} films of {Path(others).name} (population check)")
@@ -458,8 +486,6 @@ def _population_images(images, others: str | None, spec, progress: bool):
 
 def _measure_population(population, built: dict[str, EdgeModel], statement: dict, out: Path) -> None:
     """Each built file's population check on the held-out patients, written to population.json."""
-    from pneumo_edge.bundle.guardfit import onnx_embedder
-    from pneumo_edge.bundle.population_fit import RESULT, heldout_rates, population_report
 
     split, heldout = population
     report = population_report(split, statement)
@@ -476,9 +502,6 @@ def regate_heatmap(bundle: str | Path, data: str, progress: bool = True) -> dict
     """Re-run export's heat-map gate (`check_heatmap`) on a bundle's files as they are, for a bundle exported
     before the shipped method changed; its entry in parity.json / parity.md is replaced, the model files are
     not touched. The films are export's: the test split's pixels, no labels."""
-    from pneumo_edge.train.data import decode_all, load_splits
-    from pneumo_edge.edge.errors import DataError
-    from pneumo_edge.edge.heatmap import SHIPPED
 
     bundle = Path(bundle)
     parity_file = bundle / PARITY

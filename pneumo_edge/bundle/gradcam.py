@@ -16,12 +16,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pneumo_edge.edge.atomic import write_with
-from pneumo_edge.edge.cam import overlay_names, target_index
-from pneumo_edge.edge.imaging import input_box
+from pneumo_edge.edge.atomic import prepare_out_dir, write_with
+from pneumo_edge.edge.cam import overlay_names, rejected_record, target_index
+from pneumo_edge.edge.decision import decide, score_images
+from pneumo_edge.edge.errors import ImageError, ModelError
+from pneumo_edge.edge.heatmap import METHODS, SHIPPED, caption
+from pneumo_edge.edge.imaging import input_box, normalize, read_film, resize_gray
+from pneumo_edge.edge.model import EdgeModel, prob_from_logits
 from pneumo_edge.edge.progress import track
 from pneumo_edge.edge.targets import FP32
-from pneumo_edge.edge.errors import ModelError
+from pneumo_edge.site.metrics import outcome
 
 CMAP, ALPHA = "jet", 0.45  # the overlay's colour map and opacity
 
@@ -118,8 +122,6 @@ class TwinHeatmap:
     `target`, by default PNEUMONIA, whatever the decision."""
 
     def __init__(self, model: nn.Module, spec, temperature: float, method: str | None = None, batch: int = 64):
-        from pneumo_edge.edge.heatmap import SHIPPED, METHODS
-
         self.model, self.spec, self.temperature, self.batch = model.eval(), spec, temperature, batch
         self.method = METHODS[method or SHIPPED]
         if self.method.draw is None:
@@ -132,8 +134,6 @@ class TwinHeatmap:
         return None
 
     def score(self, target: int):
-        from pneumo_edge.edge.imaging import normalize
-
         def margin(films: np.ndarray) -> np.ndarray:
             with torch.no_grad():
                 lg = torch.cat([self.model(torch.from_numpy(normalize(films[i:i + self.batch], self.spec)))
@@ -157,13 +157,19 @@ class TwinHeatmap:
 def _figure_png(path: Path, panels: list[tuple[np.ndarray, np.ndarray, tuple, str]], cols: int,
                 what: str = "Grad-CAM of the decided class") -> Path:
     """Per panel: the full film, and beside it the film with the map laid back over the region the model saw."""
-    import matplotlib
+    import matplotlib  # matplotlib: the [plots] extra, only when drawing
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    from matplotlib.cm import ScalarMappable
-    from matplotlib.colors import Normalize
-    from matplotlib.patches import Rectangle
+    import matplotlib.pyplot as plt  # matplotlib: the [plots] extra, only when drawing
+    from matplotlib.cm import (
+        ScalarMappable,  # matplotlib: the [plots] extra, only when drawing
+    )
+    from matplotlib.colors import (
+        Normalize,  # matplotlib: the [plots] extra, only when drawing
+    )
+    from matplotlib.patches import (
+        Rectangle,  # matplotlib: the [plots] extra, only when drawing
+    )
 
     rows = (len(panels) + cols - 1) // cols
     height = rows * 2.5 + 0.3  # + one line of caption
@@ -201,10 +207,9 @@ def explain(images: list[str], bundle: str | Path, out: str | Path, layer: str |
     embedding); a refused image gets status "rejected", the reason and no PNG.
     truth: each image's true label where known; its panel then says true/false positive/negative.
     """
-    from pneumo_edge.edge.atomic import prepare_out_dir
-    from pneumo_edge.train.checkpoint import load_checkpoint
-    from pneumo_edge.edge.errors import ImageError
-    from pneumo_edge.edge.model import EdgeModel
+    from pneumo_edge.train.checkpoint import (
+        load_checkpoint,  # torch: training side only, kept off the light install
+    )
 
     model, _ = load_checkpoint(bundle)
     edge = EdgeModel(Path(bundle) / FP32.file, threads=1)  # threshold, temperature and guard live there
@@ -213,7 +218,6 @@ def explain(images: list[str], bundle: str | Path, out: str | Path, layer: str |
     target_idx = target_index(labels, target)
     out = prepare_out_dir(out, force)
     records, panels = [], []
-    from pneumo_edge.edge.heatmap import caption
 
     # the shipped edge method by default (the same map as `explain --model`); --layer: Grad-CAM there
     cam = GradCAM(model, layer) if layer else TwinHeatmap(model, spec, meta.temperature)
@@ -242,11 +246,6 @@ def _explain_one(cam: GradCAM | TwinHeatmap, src: str, png: Path, spec, meta, ta
                  guard=None, truth: str | None = None, what: str = "Grad-CAM of the decided class"
                  ) -> tuple[dict, tuple | None]:
     """The overlay PNG of one image: (its record, its contact-sheet panel); no PNG if `guard` refuses it."""
-    from pneumo_edge.edge.cam import rejected_record
-    from pneumo_edge.edge.decision import decide, score_images
-    from pneumo_edge.edge.imaging import normalize, read_film, resize_gray
-    from pneumo_edge.edge.model import prob_from_logits
-    from pneumo_edge.site.metrics import outcome
 
     labels = list(meta.labels)
     film = read_film(src, size=spec.size)

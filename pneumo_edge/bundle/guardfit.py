@@ -13,14 +13,35 @@ images (`GuardImages`) are shared by both fits. Only training and validation fil
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
+from PIL import Image, ImageDraw
 
-from pneumo_edge.edge.guard import (MARGIN, N_COMPONENTS, ORIENT_PERCENTILE, PERCENTILE, POLARITY_PERCENTILE,
-                         POPULATION_PERCENTILE, Guard, OrientationHead, PolarityHead, PopulationHead, image_stats,
-                         thumbnail)
+from pneumo_edge.edge.api import MODEL_FILES
+from pneumo_edge.edge.atomic import refuse_existing, write_text
+from pneumo_edge.edge.errors import DataError, ModelError, PneumoEdgeError
+from pneumo_edge.edge.guard import (
+    MARGIN,
+    N_COMPONENTS,
+    ORIENT_PERCENTILE,
+    PERCENTILE,
+    POLARITY_PERCENTILE,
+    POPULATION_PERCENTILE,
+    Guard,
+    OrientationHead,
+    PolarityHead,
+    PopulationHead,
+    image_stats,
+    thumbnail,
+)
+from pneumo_edge.edge.imaging import chroma, load_image, normalize, resize_gray
+from pneumo_edge.edge.model import EdgeModel
+from pneumo_edge.edge.progress import stage
+from pneumo_edge.edge.stamp import stamp_checked
+from pneumo_edge.train.data import decode_all, load_splits, rebuild_split
+from pneumo_edge.train.perturb import perturbed_views
 
 Embed = Callable[[np.ndarray], np.ndarray]  # uint8 (N, S, S) model views -> (N, D) embeddings
 
@@ -66,8 +87,6 @@ class GuardImages:
 
 def _companions(films: list[np.ndarray], train: np.ndarray, size: int, seed: int = 0) -> np.ndarray:
     """Half the films flipped left-right, the other half under one SHIFT_VIEW each (chosen at random)."""
-    from pneumo_edge.train.perturb import perturbed_views
-
     rng = np.random.default_rng(seed)
     out = np.ascontiguousarray(train[:, :, ::-1])
     shifted = rng.permutation(len(films))[len(films) // 2:]
@@ -80,9 +99,6 @@ def _companions(films: list[np.ndarray], train: np.ndarray, size: int, seed: int
 
 
 def guard_images(spec, train_samples, val_samples, n_fit: int = FIT_IMAGES, progress: bool = True) -> GuardImages:
-    from pneumo_edge.train.data import decode_all
-    from pneumo_edge.edge.imaging import resize_gray
-    from pneumo_edge.train.perturb import perturbed_views
 
     rng = np.random.default_rng(0)
     pick = sorted(rng.choice(len(train_samples), min(n_fit, len(train_samples)), replace=False))
@@ -98,10 +114,11 @@ def guard_images(spec, train_samples, val_samples, n_fit: int = FIT_IMAGES, prog
 
 def torch_embedder(model, spec, batch: int = 64) -> Embed:
     """Embeddings of the PyTorch twin: what the fp32 file computes, up to float error."""
-    import torch
+    import torch  # torch: training side only, kept off the light install
 
-    from pneumo_edge.edge.imaging import normalize
-    from pneumo_edge.train.models import WithEmbedding
+    from pneumo_edge.train.models import (
+        WithEmbedding,  # torch: training side only, kept off the light install
+    )
 
     twin = WithEmbedding(model).eval()
 
@@ -115,8 +132,6 @@ def torch_embedder(model, spec, batch: int = 64) -> Embed:
 
 def onnx_embedder(edge, batch: int = 32) -> Embed:
     """Embeddings of an exported file through onnxruntime (an `edge.model.EdgeModel`)."""
-    from pneumo_edge.edge.imaging import normalize
-
     def embed(images: np.ndarray) -> np.ndarray:
         return np.concatenate([edge.run(normalize(np.ascontiguousarray(images[i:i + batch]), edge.spec))["embedding"]
                                for i in range(0, len(images), batch)])
@@ -150,7 +165,9 @@ def fit_logistic(x: np.ndarray, y: np.ndarray, l2: float = ORIENT_L2,
                  class_weight: str | None = None) -> tuple[np.ndarray, float]:
     """L2-regularised logistic regression on standardised features, folded back into raw-feature weights.
     class_weight "balanced": each class weighs the same in the fit, whatever its count."""
-    from sklearn.linear_model import LogisticRegression
+    from sklearn.linear_model import (
+        LogisticRegression,  # scikit-learn: an extra, only when this runs
+    )
 
     x = np.asarray(x, np.float64)
     mu, sd = x.mean(0), x.std(0) + 1e-6
@@ -230,9 +247,6 @@ def validation_rates(guard: Guard, embed: Embed, images: GuardImages, e_val: dic
 def guarded_files(bundle: str | Path, force: bool, check: str) -> dict:
     """{path: EdgeModel} of each ONNX file in `bundle`, every one with a guard to add `check` to; refused
     without `force` (the files are restamped in place)."""
-    from pneumo_edge.edge.api import MODEL_FILES
-    from pneumo_edge.edge.errors import DataError, ModelError
-    from pneumo_edge.edge.model import EdgeModel
 
     bundle = Path(bundle)
     files = [bundle / n for n in MODEL_FILES if (bundle / n).is_file()]
@@ -248,9 +262,9 @@ def guarded_files(bundle: str | Path, force: bool, check: str) -> dict:
 
 def bundle_guard_images(bundle: str | Path, data: str, spec, who: str, progress: bool = True):
     """(GuardImages, training samples, validation samples) of the split the bundle's checkpoint was trained on."""
-    from pneumo_edge.train.checkpoint import read_config
-    from pneumo_edge.train.data import rebuild_split
-    from pneumo_edge.edge.progress import stage
+    from pneumo_edge.train.checkpoint import (
+        read_config,  # torch: training side only, kept off the light install
+    )
 
     _, train_s, val_s, _ = rebuild_split(read_config(str(bundle)), data)
     stage(who, f"decoding {min(FIT_IMAGES, len(train_s))} training and {len(val_s)} validation films")
@@ -261,10 +275,6 @@ def stamp_polarity(bundle: str | Path, data: str, force: bool = False, progress:
     """Fit the polarity check on the bundle's training films (threshold on its validation films) and stamp it
     into each ONNX file's guard, in place; graph bytes and outputs are checked unchanged before a file is
     replaced. For bundles exported before the check existed; `export` fits it with the rest of the guard."""
-    from dataclasses import replace
-
-    from pneumo_edge.edge.progress import stage
-    from pneumo_edge.edge.stamp import stamp_checked
 
     models = guarded_files(bundle, force, "polarity")
     spec = next(iter(models.values())).spec
@@ -286,8 +296,6 @@ def stamp_polarity(bundle: str | Path, data: str, force: bool = False, progress:
 # ---------------------------------------------------------------- evaluation set and report
 
 def _text_page(rng: np.random.Generator, size=(640, 480)) -> np.ndarray:
-    from PIL import Image, ImageDraw
-
     img = Image.new("L", size, 255)
     draw = ImageDraw.Draw(img)
     words = "patient report chest radiograph findings impression normal opacity consolidation lobe".split()
@@ -299,10 +307,6 @@ def _text_page(rng: np.random.Generator, size=(640, 480)) -> np.ndarray:
 
 def ood_images(rng_seed: int = 0) -> dict[str, list[tuple[str, np.ndarray, float]]]:
     """Out-of-distribution images that can be had offline, by category: (name, grey uint8, chroma)."""
-    from PIL import Image
-
-    from pneumo_edge.edge.imaging import chroma, load_image
-
     rng = np.random.default_rng(rng_seed)
     cats: dict[str, list] = {k: [] for k in ("colour photos", "grey photos", "other medical images",
                                              "noise", "blank and gradient frames", "text renders")}
@@ -376,8 +380,6 @@ def ood_images(rng_seed: int = 0) -> dict[str, list[tuple[str, np.ndarray, float
 
 def altered_xrays(resized: np.ndarray, n: int = 60, seed: int = 0) -> dict[str, np.ndarray]:
     """Heavily cropped or rotated versions of real X-rays: a separate, harder category."""
-    from pneumo_edge.edge.imaging import resize_gray
-
     rng = np.random.default_rng(seed)
     pick = resized[rng.choice(len(resized), min(n, len(resized)), replace=False)]
     s = resized.shape[-1]
@@ -398,10 +400,6 @@ def guard_report(model_path: str, data: str | None, out_json: str | None = None,
                  ledger: str | Path | None = None) -> dict:
     """Rejection rates: in-distribution test X-rays (want <= 1%) and each OOD category (want >= 99%).
     Reading the test split's films (not their labels) is a test read: with `ledger`, it gets a line there."""
-    from pneumo_edge.train.data import decode_all, load_splits
-    from pneumo_edge.edge.imaging import normalize, resize_gray
-    from pneumo_edge.edge.model import EdgeModel
-    from pneumo_edge.edge.progress import stage
 
     model = EdgeModel(model_path)
     if model.guard is None:
@@ -483,8 +481,6 @@ def render_guard_report(r: dict) -> str:
 def write_guard_report(model_path: str, data: str | None, out_json: str | Path | None = None, force: bool = False,
                        ledger: str | Path | None = None) -> tuple[dict, str]:
     """guard_report, then its JSON and the .md table beside it (both refused up front unless force): (report, table)."""
-    from pneumo_edge.edge.atomic import refuse_existing, write_text
-    from pneumo_edge.edge.errors import PneumoEdgeError
 
     if out_json:  # checked before the (long) run
         if Path(out_json).suffix.lower() == ".md":

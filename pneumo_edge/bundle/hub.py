@@ -12,9 +12,9 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from pneumo_edge.bundle.manifest import BY_NAME, present, required_names
 from pneumo_edge.edge.errors import HubError, ModelError
 from pneumo_edge.edge.hub import REPO_ID, hub_offline
-from pneumo_edge.bundle.manifest import BY_NAME, present, required_names
 
 
 def check_repo_id(repo_id: str) -> None:
@@ -60,7 +60,11 @@ def push(bundle: str | Path, repo_id: str, dry_run: bool = False, public: bool =
     files = bundle_files(bundle, include_patient_images)
     if dry_run:
         return files
-    from huggingface_hub import CommitOperationAdd, HfApi, get_token
+    from huggingface_hub import (  # huggingface_hub: slow to import, only when the hub is used
+        CommitOperationAdd,
+        HfApi,
+        get_token,
+    )
 
     token = token or os.environ.get("HF_TOKEN") or get_token()
     if not token:

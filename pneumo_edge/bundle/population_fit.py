@@ -13,18 +13,29 @@ refusal rate on the held-out patients.
 
 from __future__ import annotations
 
+import csv
 import re
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 
-from pneumo_edge.train.data import Sample, decode_all
+from pneumo_edge.bundle.guardfit import (
+    bundle_guard_images,
+    fit_population,
+    guarded_files,
+    onnx_embedder,
+    validation_rates,
+)
+from pneumo_edge.edge.atomic import write_json
 from pneumo_edge.edge.errors import DataError
 from pneumo_edge.edge.imaging import IMAGE_SUFFIXES
 from pneumo_edge.edge.patients import patient_id
 from pneumo_edge.edge.population import Population
+from pneumo_edge.edge.progress import stage
 from pneumo_edge.edge.sitecal import split_groups
+from pneumo_edge.edge.stamp import stamp_checked
+from pneumo_edge.train.data import Sample, decode_all
 
 # What the Kermany films are. Kermany et al. (Cell 2018) selected the films "from retrospective cohorts of
 # pediatric patients of one to five years old" at Guangzhou; no per-film age is published, so the range is the
@@ -82,8 +93,6 @@ class OthersSplit:
 
 
 def _views(folder: Path) -> dict[str, str]:
-    import csv
-
     meta = folder / "metadata.csv"
     if not meta.is_file():
         return {}
@@ -144,10 +153,6 @@ def stamp_population(bundle: str | Path, data: str, others: str | Path, force: b
     """State the bundle's population and fit the guard's population check into each ONNX file, in place
     (graph bytes and outputs checked unchanged first); measure it on the held-out patients; write RESULT.
     For bundles exported before the check existed; `export --population-others` fits it with the guard."""
-    from pneumo_edge.edge.atomic import write_json
-    from pneumo_edge.edge.progress import stage
-    from pneumo_edge.edge.stamp import stamp_checked
-    from pneumo_edge.bundle.guardfit import bundle_guard_images, fit_population, guarded_files, onnx_embedder, validation_rates
 
     models = guarded_files(bundle, force, "population")
     spec = next(iter(models.values())).spec

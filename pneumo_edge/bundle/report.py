@@ -10,12 +10,25 @@ from __future__ import annotations
 
 import json
 import re
+from dataclasses import asdict
 from pathlib import Path
 
+from pneumo_edge.bundle.population_fit import RESULT
 from pneumo_edge.edge.atomic import write_text
 from pneumo_edge.edge.guard import MARGIN, PERCENTILE
+from pneumo_edge.edge.heatmap import SHIPPED, caption
+from pneumo_edge.edge.meta import LICENSE
 from pneumo_edge.edge.stats import METRIC_NAMES
-from pneumo_edge.edge.targets import CARD, CONFIG, DEFAULT_DATA, FP32, INT8, PARITY, RESULTS
+from pneumo_edge.edge.targets import (
+    CARD,
+    CONFIG,
+    DEFAULT_DATA,
+    FP32,
+    INT8,
+    PARITY,
+    RESULTS,
+)
+from pneumo_edge.site.adaptreport import card_section
 from pneumo_edge.train.evaluate import DEFAULT_LEDGER, count_ledger
 
 # Published results on the same official 624-image test split, for comparison.
@@ -160,8 +173,6 @@ def sections(bundle: Path, root: Path) -> dict[str, str]:
 
 def population_line(bundle: Path) -> str | None:
     """The population check's result (population.json, `guard-population` or `export --population-others`)."""
-    from pneumo_edge.bundle.population_fit import RESULT
-
     r = _load(bundle / RESULT)
     if not r or not r.get("files"):
         return None
@@ -208,9 +219,9 @@ def update_readme(readme: str | Path, bundle: str | Path) -> list[str]:
 
 def describe_recipe(tc: dict) -> str:
     """The training recipe in words, from a checkpoint's train_config (defaults from the dataclass)."""
-    from dataclasses import asdict
-
-    from pneumo_edge.train.augment import AugmentConfig
+    from pneumo_edge.train.augment import (
+        AugmentConfig,  # torch: training side only, kept off the light install
+    )
 
     a = {**asdict(AugmentConfig()), **tc.get("augment", {})}
     framing = (f"random crops of {a['crop_scale'][0]:.0%}-{a['crop_scale'][1]:.0%} of the film's area at aspect "
@@ -244,7 +255,7 @@ CARD_METRICS = {"roc_auc": ("roc_auc", "ROC-AUC"), "accuracy": ("accuracy", "Acc
 
 def base_model(config: dict) -> str | None:
     """The hub id of the ImageNet weights the twin was fine-tuned from (None: trained from scratch or a local file)."""
-    from timm.models import get_pretrained_cfg
+    from timm.models import get_pretrained_cfg  # torch: training side only
 
     tc = config.get("train_config", {})
     if tc.get("weights") or tc.get("pretrained", "auto") == "none":
@@ -255,7 +266,9 @@ def base_model(config: dict) -> str | None:
 
 def eval_results(res: dict, seeds: dict | None) -> list:
     """The model-index entries: test metrics at the validation operating point, and their mean over seeds."""
-    from huggingface_hub import EvalResult
+    from huggingface_hub import (
+        EvalResult,  # huggingface_hub: slow to import, only when the hub is used
+    )
 
     task = {"task_type": "image-classification", "task_name": "Image Classification", **DATASET}
     op = res["test"]["at_operating_point"]
@@ -271,9 +284,9 @@ def eval_results(res: dict, seeds: dict | None) -> list:
 
 def card_data(model: str, base: str | None, res: dict | None, seeds: dict | None):
     """The card's YAML header, through huggingface_hub's card classes."""
-    from huggingface_hub import ModelCardData
-
-    from pneumo_edge.edge.meta import LICENSE
+    from huggingface_hub import (
+        ModelCardData,  # huggingface_hub: slow to import, only when the hub is used
+    )
 
     return ModelCardData(
         model_name=f"pneumo-edge-{model}", base_model=base,
@@ -286,7 +299,9 @@ def card_data(model: str, base: str | None, res: dict | None, seeds: dict | None
 
 def _parsed(bundle: Path) -> dict:
     """The bundle's config.json in the checkpoint's terms ({} without one)."""
-    from pneumo_edge.train.checkpoint import parse_config
+    from pneumo_edge.train.checkpoint import (
+        parse_config,  # torch: training side only, kept off the light install
+    )
 
     config = _load(bundle / CONFIG)
     return parse_config(config, str(bundle / CONFIG)) if config else {}
@@ -336,7 +351,9 @@ def initialisation(config: dict, tc: dict, base: str | None) -> str:
 
 def model_card(bundle: str | Path) -> str:
     """The bundle's README.md in Hugging Face model-card form: YAML header from huggingface_hub's card classes."""
-    from huggingface_hub import ModelCard
+    from huggingface_hub import (
+        ModelCard,  # huggingface_hub: slow to import, only when the hub is used
+    )
 
     bundle = Path(bundle)
     root = bundle.resolve().parent
@@ -429,16 +446,12 @@ population head also on the other population's fitting patients; its threshold o
 
 def site_card(bundle: Path) -> str:
     """The section `adapt` wrote for the site the bundle was adapted to (with a blank line after), else ''."""
-    from pneumo_edge.site.adaptreport import card_section
-
     section = card_section(bundle)
     return f"{section.strip()}\n\n" if section else ""
 
 
 def heatmap_card(bundle: Path, s: dict) -> str:
     """The study's table, and the contact sheet drawn with the shipped method on the committed demo films."""
-    from pneumo_edge.edge.heatmap import SHIPPED, caption
-
     sheet = (f"![{SHIPPED} heat maps on the demo films](heatmaps/contact_sheet.png)\n\nDemo films "
              f"(`examples/xrays`, `make heatmap-sheet`), drawn with `{SHIPPED}`; {caption(SHIPPED)}."
              if (bundle / "heatmaps" / "contact_sheet.png").is_file() else "Run `make heatmap-sheet` to draw examples.")

@@ -4,7 +4,20 @@ from __future__ import annotations
 
 import click
 
-from pneumo_edge.cli.common import (DEFAULT_DATA, MODEL_HELP, ConfigDefaults, DefaultGroup, friendly, model_or_shipped_int8, quiet_option)
+from pneumo_edge.benchmarks.adapt import bench_adapt as run
+from pneumo_edge.benchmarks.adapt import render_bench
+from pneumo_edge.benchmarks.memory import MemoryConfig, measure_decode_memory, render
+from pneumo_edge.benchmarks.variants import BenchConfig, run_benchmark
+from pneumo_edge.cli.common import (
+    DEFAULT_DATA,
+    MODEL_HELP,
+    ConfigDefaults,
+    DefaultGroup,
+    friendly,
+    model_or_shipped_int8,
+    quiet_option,
+)
+from pneumo_edge.edge.model import default_model_path
 from pneumo_edge.edge.targets import SHIPPED_BUNDLE
 
 
@@ -28,8 +41,6 @@ def bench_group() -> None:
 @friendly
 def bench(bundle, data, out, iters, batch_iters, smoke, min_auroc, max_p50_ms) -> None:
     """Latency, throughput and accuracy of PyTorch eager vs onnxruntime fp32 vs INT8."""
-    from pneumo_edge.benchmarks.variants import BenchConfig, run_benchmark
-    from pneumo_edge.edge.model import default_model_path
 
     cfg = BenchConfig(bundle=bundle or str(default_model_path().parent), data=data, out=out,
                       iters=5 if smoke else iters, batch_iters=2 if smoke else batch_iters,
@@ -47,8 +58,6 @@ def bench(bundle, data, out, iters, batch_iters, smoke, min_auroc, max_p50_ms) -
 @friendly
 def bench_memory(model_path, out, at_limit) -> None:
     """Peak memory of `infer` over DICOMs at the pixel limit and decompression bombs, 1 and 2 decode workers."""
-    from pneumo_edge.benchmarks.memory import MemoryConfig, measure_decode_memory, render
-
     click.echo(render(measure_decode_memory(MemoryConfig(model=model_path, out=out, at_limit=at_limit, bombs=at_limit))))
     click.echo(f"wrote {out}/decode-memory.json")
 
@@ -62,7 +71,10 @@ def bench_memory(model_path, out, at_limit) -> None:
 @friendly
 def bench_heatmaps(bundle, images, out, n_films) -> None:
     """Cost per film of every edge heat-map method, INT8 and fp32, one film at a time."""
-    from pneumo_edge.benchmarks.heatmaps import bench_heatmaps as run, render
+    from pneumo_edge.benchmarks.heatmaps import (  # here, not at the top: the name is taken in this module
+        bench_heatmaps as run,
+    )
+    from pneumo_edge.benchmarks.heatmaps import render
 
     click.echo(render(run(bundle=bundle, images=images, out=out, n_films=n_films)))
     click.echo(f"wrote {out}")
@@ -81,7 +93,12 @@ def bench_heatmaps(bundle, images, out, n_films) -> None:
 @friendly
 def bench_node(images, n, senders, model_path, out) -> None:
     """Films by storescu through `listen` to a local Orthanc: instances/s, C-STORE-to-SR latency, peak memory."""
-    from pneumo_edge.benchmarks.node import NodeBenchConfig, bench_node as run, render, result_name
+    from pneumo_edge.benchmarks.node import (  # here, not at the top: the name is taken in this module
+        NodeBenchConfig,
+        render,
+        result_name,
+    )
+    from pneumo_edge.benchmarks.node import bench_node as run
 
     click.echo(render(run(NodeBenchConfig(images=images, n=n, model=model_path, out=out, senders=senders))))
     click.echo(f"wrote {out}/{result_name(senders)}")
@@ -97,7 +114,11 @@ def bench_node(images, n, senders, model_path, out) -> None:
 @friendly
 def bench_engines(model_path, images, out, rounds) -> None:
     """infer's local engine against --engine ray in local mode, and an estimate for a 10M-image archive."""
-    from pneumo_edge.benchmarks.engines import EnginesConfig, bench_engines as run, render
+    from pneumo_edge.benchmarks.engines import (  # here, not at the top: the name is taken in this module
+        EnginesConfig,
+        render,
+    )
+    from pneumo_edge.benchmarks.engines import bench_engines as run
 
     model = model_or_shipped_int8(model_path)
     click.echo(render(run(EnginesConfig(folder=images, model=model, out=out, rounds=rounds))))
@@ -115,7 +136,11 @@ def bench_engines(model_path, images, out, rounds) -> None:
 @friendly
 def bench_pipeline(images, model_path, out, rounds, batch_size) -> None:
     """The whole `infer` process against a bare INT8 onnxruntime session over the same images."""
-    from pneumo_edge.benchmarks.pipeline import PipelineConfig, bench_pipeline as run, render
+    from pneumo_edge.benchmarks.pipeline import (  # here, not at the top: the name is taken in this module
+        PipelineConfig,
+        render,
+    )
+    from pneumo_edge.benchmarks.pipeline import bench_pipeline as run
 
     model = model_or_shipped_int8(model_path)
     click.echo(render(run(PipelineConfig(images=images, model=model, out=out, rounds=rounds, batch_size=batch_size))))
@@ -143,7 +168,11 @@ def bench_pipeline(images, model_path, out, rounds, batch_size) -> None:
 def bench_browser(model, images, per_class, examples, threads, fp32_model, external, heatmap_films, out,
                   force) -> None:
     """The page's in-browser runtime (headless Chromium) against `infer`: parity per film and ms per film."""
-    from pneumo_edge.benchmarks.browser import BrowserBenchConfig, bench_browser as run, render
+    from pneumo_edge.benchmarks.browser import (  # here, not at the top: the name is taken in this module
+        BrowserBenchConfig,
+        render,
+    )
+    from pneumo_edge.benchmarks.browser import bench_browser as run
 
     click.echo(render(run(BrowserBenchConfig(out=out, model=model, images=images, per_class=per_class,
                                              examples=examples, threads=list(threads), fp32_model=fp32_model or None,
@@ -168,7 +197,11 @@ def bench_browser(model, images, per_class, examples, threads, fp32_model, exter
 @friendly
 def bench_serve(model_path, images, n_requests, clients, heatmap, workers, threads, out, slow_clients) -> None:
     """Load-test `pneumo-edge serve` on loopback: throughput, p50/p95/p99, errors, memory growth."""
-    from pneumo_edge.benchmarks.serve import LoadConfig, load_test, render
+    from pneumo_edge.benchmarks.serve import (  # here, not at the top: the name is taken in this module
+        LoadConfig,
+        load_test,
+        render,
+    )
 
     model_path = model_or_shipped_int8(model_path)
     r = load_test(LoadConfig(model=model_path, images=images, requests=n_requests, clients=clients, heatmap=heatmap,
@@ -187,7 +220,11 @@ def bench_serve(model_path, images, n_requests, clients, heatmap, workers, threa
 @friendly
 def bench_node_bounds(model, out) -> None:
     """Hostile input against `listen`: a deflate bomb, trickling and silent peers, a stalled PACS, odd headers."""
-    from pneumo_edge.benchmarks.node_bounds import NodeBoundsConfig, bench_node_bounds as run, render
+    from pneumo_edge.benchmarks.node_bounds import (  # here, not at the top: the name is taken in this module
+        NodeBoundsConfig,
+        render,
+    )
+    from pneumo_edge.benchmarks.node_bounds import bench_node_bounds as run
 
     click.echo(render(run(NodeBoundsConfig(out=out, model=model))))
     click.echo(f"wrote {out}/node-bounds.json")
@@ -207,8 +244,6 @@ def bench_node_bounds(model, out) -> None:
 @friendly
 def bench_adapt(site, bundle, data, out, work, fine_tune, reuse, force) -> None:
     """Adapt BUNDLE to the labelled SITE folder and hold the result against the targets (bench/results/adapt.json)."""
-    from pneumo_edge.benchmarks.adapt import bench_adapt as run, render_bench
-
     r = run(site, bundle, data, out, work, fine_tune, dict(reuse), force)
     click.echo(render_bench(r))
     click.echo(f"wrote {out}")

@@ -4,8 +4,19 @@ from __future__ import annotations
 
 import click
 
-from pneumo_edge.cli.common import DEFAULT_DATA, DefaultGroup, friendly, no_traceback, quiet_option
+from pneumo_edge.bundle.build import build_bundle
+from pneumo_edge.bundle.guardfit import stamp_polarity, write_guard_report
+from pneumo_edge.bundle.population_fit import RESULT, stamp_population
+from pneumo_edge.cli.common import (
+    DEFAULT_DATA,
+    DefaultGroup,
+    friendly,
+    no_traceback,
+    quiet_option,
+)
+from pneumo_edge.edge.model import default_model_path
 from pneumo_edge.edge.targets import SHIPPED_BUNDLE
+from pneumo_edge.site.monitoring import stamp_references
 
 
 @click.group("bundle", cls=DefaultGroup, default="build")
@@ -24,8 +35,6 @@ def bundle_group() -> None:
 @friendly
 def bundle(checkpoint, results, data, out, force) -> None:
     """Build the shipped bundle: export + gates, evaluation, Grad-CAM sheet, guard report, model card."""
-    from pneumo_edge.bundle.build import build_bundle
-
     click.echo(f"bundle written to {build_bundle(checkpoint=checkpoint, results=results, data=data, out=out, force=force)}")
 
 
@@ -43,8 +52,6 @@ def bundle(checkpoint, results, data, out, force) -> None:
 @no_traceback
 def guard_report(model_path, data, out_json, force, ledger) -> None:
     """How often the OOD guard rejects real X-rays, and each kind of non-X-ray image."""
-    from pneumo_edge.bundle.guardfit import write_guard_report
-    from pneumo_edge.edge.model import default_model_path
 
     _, table = write_guard_report(model_path or default_model_path(), data or None, out_json, force, ledger or None)
     click.echo(table)
@@ -64,8 +71,6 @@ def guard_polarity(bundle, data, force) -> None:
     unchanged and outputs are checked bit-identical before a file is replaced. Run `monitor-reference`
     afterwards: the guard scores it summarises change.
     """
-    from pneumo_edge.bundle.guardfit import stamp_polarity
-
     r = stamp_polarity(bundle, data, force=force)
     t = r["polarity"]["threshold"]
     for name, f in r["files"].items():
@@ -88,7 +93,9 @@ def heatmap_parity(bundle, data) -> None:
     For a bundle exported before the shipped method changed; the model files are not touched. Exit 1 if
     the gate fails.
     """
-    from pneumo_edge.bundle.export import regate_heatmap
+    from pneumo_edge.bundle.export import (
+        regate_heatmap,  # torch: training side only, kept off the light install
+    )
 
     r = regate_heatmap(bundle, data)
     h = r["heatmap"]
@@ -112,8 +119,6 @@ def monitor_reference(bundle, data, out, force) -> None:
 
     Graph bytes are copied unchanged and outputs are checked bit-identical before a file is replaced.
     """
-    from pneumo_edge.site.monitoring import stamp_references
-
     r = stamp_references(bundle, data, out=out, force=force)
     for name, f in r["files"].items():
         click.echo(f"{name}: reference on {f['n_reference']} validation films, alarm band {f['alarm_threshold']:.4f} "
@@ -127,7 +132,10 @@ def monitor_reference(bundle, data, out, force) -> None:
 @friendly
 def readme(readme_path, bundle_dir) -> None:
     """Rewrite README's generated sections and the bundle's model card from the result files."""
-    from pneumo_edge.bundle.report import update_readme, write_model_card
+    from pneumo_edge.bundle.report import (  # torch: training side only, kept off the light install
+        update_readme,
+        write_model_card,
+    )
 
     done = update_readme(readme=readme_path, bundle=bundle_dir)
     click.echo("updated sections: " + (", ".join(done) or "none"))
@@ -154,8 +162,6 @@ def guard_population(bundle, data, others, force) -> None:
     threshold comes from the bundle's validation films. Graph bytes are copied unchanged and outputs checked
     bit-identical before a file is replaced. Writes BUNDLE/population.json. Run `bundle monitor-reference` afterwards.
     """
-    from pneumo_edge.bundle.population_fit import RESULT, stamp_population
-
     r = stamp_population(bundle, data, others, force=force)
     held = r["others"]["heldout"]
     for name, f in r["files"].items():

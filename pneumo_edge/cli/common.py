@@ -2,14 +2,22 @@
 
 from __future__ import annotations
 
+import dataclasses
 import functools
+import importlib
+import inspect
 import sys
 
 import click
 
+from pneumo_edge.edge.api import resolve_model
 from pneumo_edge.edge.errors import PneumoEdgeError
+from pneumo_edge.edge.progress import set_quiet
+from pneumo_edge.edge.targets import (
+    DEFAULT_DATA,  # noqa: F401 - every --data's default, for the commands
+    INT8,
+)
 
-from pneumo_edge.edge.targets import DEFAULT_DATA  # noqa: F401 - every --data's default, for the commands
 MODEL_HELP = ("Model to run: an .onnx file (fp32 or INT8), a bundle folder or a hub id 'user/repo' "
               "(default: the shipped export/model.onnx).")
 
@@ -48,8 +56,6 @@ def no_traceback(fn):
 
 def model_or_shipped_int8(model: str | None) -> str:
     """--model as given (file, bundle folder or hub id), else the shipped bundle's INT8 file: what the benches time."""
-    from pneumo_edge.edge.api import resolve_model
-    from pneumo_edge.edge.targets import INT8
 
     return str(resolve_model(model) if model else resolve_model(None).parent / INT8.file)
 
@@ -59,8 +65,6 @@ def quiet_option(fn):
 
     @functools.wraps(fn)
     def wrapper(*args, quiet: bool = False, **kwargs):
-        from pneumo_edge.edge.progress import set_quiet
-
         before = set_quiet(quiet)
         try:
             return fn(*args, **kwargs)
@@ -99,9 +103,6 @@ class ConfigDefaults(click.Command):
         self.config = config
 
     def library_defaults(self) -> dict:
-        import dataclasses
-        import importlib
-        import inspect
 
         defaults: dict = {}
         for source in reversed(self.config.split(",")):

@@ -3,13 +3,26 @@
 from __future__ import annotations
 
 import functools
-from pathlib import Path
 import sys
+from pathlib import Path
 
 import click
 
-from pneumo_edge.cli.common import MODEL_HELP, ConfigDefaults, friendly, no_traceback, quiet_option
-from pneumo_edge.edge.console import SHOW_ROWS
+from pneumo_edge.cli.common import (
+    MODEL_HELP,
+    ConfigDefaults,
+    friendly,
+    no_traceback,
+    quiet_option,
+)
+from pneumo_edge.edge.api import resolve_model
+from pneumo_edge.edge.console import SHOW_ROWS, RowPrinter, exit_code, summary
+from pneumo_edge.edge.engines import run_engine
+from pneumo_edge.edge.inputs import printable
+from pneumo_edge.edge.meta import describe
+from pneumo_edge.edge.model import EdgeModel, default_model_path
+from pneumo_edge.edge.outputs import STDOUT
+from pneumo_edge.edge.page import write_page
 
 
 # Defaults: InferConfig's fields (ConfigDefaults; edge.infer imports no torch).
@@ -56,10 +69,6 @@ def infer(paths, model_path, out_csv, json_path, resume, force, batch_size, work
     all was classified (every input skipped, rejected or failed), 2 for usage errors
     (an existing or locked --out, an unusable model, ...).
     """
-    from pneumo_edge.edge.console import RowPrinter, exit_code, summary
-    from pneumo_edge.edge.engines import run_engine
-    from pneumo_edge.edge.inputs import printable
-    from pneumo_edge.edge.outputs import STDOUT
 
     if engine == "local" and (manifest or address or actors or threads_per_actor):
         raise click.UsageError("--manifest, --address, --actors and --threads-per-actor go with --engine ray")
@@ -108,8 +117,6 @@ def explain(images, bundle, model_path, out, layer, target, force, guard) -> Non
     runs, no torch; on the twin the same method runs on its forward passes. The method is the one
     `pneumo-edge heatmap-study` picked (bench/heatmaps/results.md).
     """
-    from pneumo_edge.edge.inputs import printable
-    from pneumo_edge.edge.model import EdgeModel, default_model_path
 
     if model_path is None and bundle and bundle.lower().endswith(".onnx"):
         model_path, bundle = bundle, None
@@ -148,9 +155,6 @@ def info(model) -> None:
 
     MODEL: an .onnx file, a bundle folder or a hub id 'user/repo' (default: the shipped model).
     """
-    from pneumo_edge.edge.api import resolve_model
-    from pneumo_edge.edge.meta import describe
-    from pneumo_edge.edge.model import EdgeModel
 
     loaded = EdgeModel(resolve_model(model), threads=1)  # checks the metadata and guard like infer does
     size = f"{loaded.path.stat().st_size / 1e6:.2f} MB"
@@ -177,8 +181,6 @@ def page(out, model, force) -> None:
     Host the folder with any static file server (python3 -m http.server inside it); the model runs
     in onnxruntime-web with the threshold, preprocessing and guard read from the ONNX file itself.
     """
-    from pneumo_edge.edge.page import write_page
-
     r = write_page(out, model=model, force=force)
     click.echo(f"wrote {r['out']}: {r['files']} files, {r['bytes'] / 1e6:.1f} MB (model {Path(r['model']).name})")
 

@@ -51,7 +51,8 @@ def listen(port, ae_title, send_to, spool, model_path, host, calling_aes, max_at
     a stage that ends on an error stops the node with exit code 3.
     """
     try:
-        from pneumo_edge.edge.node.service import NodeConfig, listen as run
+        from pneumo_edge.edge.node.service import NodeConfig
+        from pneumo_edge.edge.node.service import listen as run
     except ImportError as e:
         raise PneumoEdgeError(f"`listen` needs the node extra ({e.name} is missing): pip install \".[node]\"") from None
     run(NodeConfig(port=port, ae_title=ae_title, destinations=list(send_to), spool=spool, model=model_path, host=host,

@@ -5,6 +5,8 @@ from __future__ import annotations
 import click
 
 from pneumo_edge.cli.common import ConfigDefaults, friendly
+from pneumo_edge.edge.access import bind_names, check_bind, is_loopback
+from pneumo_edge.edge.tokens import TokenStore, default_path
 
 
 # Defaults: ServeConfig's fields and serve()'s parameters (ConfigDefaults; edge.serve imports no fastapi until it runs).
@@ -32,9 +34,10 @@ from pneumo_edge.cli.common import ConfigDefaults, friendly
 def serve(model_path, host, port, workers, threads, concurrency, queue, max_upload_mb, guard, certfile, keyfile,
           insecure_http, tokens_file, allow_host, per_client, header_timeout, body_timeout) -> None:
     """HTTP service and web page: POST /v1/predict, GET /v1/model, /metrics, /healthz, / (page), /openapi.json."""
-    from pneumo_edge.edge.access import bind_names, check_bind, is_loopback
-    from pneumo_edge.edge.serve import ServeConfig, serve
-    from pneumo_edge.edge.tokens import TokenStore, default_path
+    from pneumo_edge.edge.serve import (  # here, not at the top: the name is taken in this module
+        ServeConfig,
+        serve,
+    )
 
     if tokens_file is None and not is_loopback(host):
         tokens_file = str(default_path())
@@ -65,8 +68,6 @@ def _token_file_option(f):
 @friendly
 def token_create(name, tokens_file) -> None:
     """Make a token named NAME and print it once (it is not stored, only its hash)."""
-    from pneumo_edge.edge.tokens import TokenStore
-
     store = TokenStore(tokens_file)
     secret = store.create(name)
     click.echo(f"created token '{name}' in {store.path}; it is shown only now:", err=True)
@@ -78,8 +79,6 @@ def token_create(name, tokens_file) -> None:
 @friendly
 def token_list(tokens_file) -> None:
     """The tokens' names and creation times."""
-    from pneumo_edge.edge.tokens import TokenStore
-
     store = TokenStore(tokens_file)
     for r in store.records:
         click.echo(f"{r.name}\tcreated {r.created}")
@@ -92,8 +91,6 @@ def token_list(tokens_file) -> None:
 @friendly
 def token_revoke(name, tokens_file) -> None:
     """Remove the token named NAME; a running server refuses it from its next request."""
-    from pneumo_edge.edge.tokens import TokenStore
-
     TokenStore(tokens_file).revoke(name)
     click.echo(f"revoked token '{name}'")
 
@@ -108,7 +105,7 @@ def token_revoke(name, tokens_file) -> None:
 @friendly
 def push(bundle, repo_id, dry_run, public, include_patient_images) -> None:
     """Upload a bundle's own files (model card included) to the Hugging Face hub, privately unless --public."""
-    from pneumo_edge.bundle.hub import left_out, push
+    from pneumo_edge.bundle.hub import left_out, push  # here, not at the top: the name is taken in this module
 
     files = push(bundle=bundle, repo_id=repo_id, dry_run=dry_run, public=public,
                  include_patient_images=include_patient_images)

@@ -3,9 +3,20 @@
 from __future__ import annotations
 
 from pathlib import Path
+
 import click
 
-from pneumo_edge.cli.common import MODEL_HELP, ConfigDefaults, folder_run_options, friendly, no_traceback
+from pneumo_edge.cli.common import (
+    MODEL_HELP,
+    ConfigDefaults,
+    folder_run_options,
+    friendly,
+    no_traceback,
+)
+from pneumo_edge.site.adapt import REPORT, AdaptConfig, run_head_refit
+from pneumo_edge.site.calibrate import CalibrateConfig, render_summary
+from pneumo_edge.site.calibrate import calibrate as run
+from pneumo_edge.site.monitoring import monitor_rows
 
 
 # Defaults: ValidateConfig's fields (ConfigDefaults); each option is named after its field.
@@ -30,7 +41,11 @@ def validate(**options) -> None:
     with 95% intervals (resampling patients when file names carry them), predictions.csv and ROC,
     precision-recall, confusion-matrix and reliability plots into --out.
     """
-    from pneumo_edge.site.validate import ValidateConfig, render_summary, validate
+    from pneumo_edge.site.validate import (  # here, not at the top: the name is taken in this module
+        ValidateConfig,
+        render_summary,
+        validate,
+    )
 
     r = validate(ValidateConfig(**options, progress=True))
     click.echo(render_summary(r))
@@ -63,8 +78,6 @@ def calibrate(**options) -> None:
     The threshold is the largest whose exact one-sided lower confidence bound on sensitivity reaches the
     target; the new bundle holds the same graphs and guard with the new operating point and its provenance.
     """
-    from pneumo_edge.site.calibrate import CalibrateConfig, calibrate as run, render_summary
-
     r = run(CalibrateConfig(**options, progress=True))
     click.echo(render_summary(r))
     click.echo(f"wrote {options['out']}: {', '.join(f['file'] for f in r['files'])}, calibration.json")
@@ -79,8 +92,6 @@ def calibrate(**options) -> None:
 @no_traceback
 def monitor(rows, model, out, force) -> None:
     """Replay the drift monitor over infer's rows (ROWS.csv or ROWS.parquet), in order, and draw it over time."""
-    from pneumo_edge.site.monitoring import monitor_rows
-
     r = monitor_rows(rows, model, out, force)
     drift = (f"statistic {r['statistic']:.4f} (band {r['alarm_threshold']:.4f})" if r.get("statistic") is not None
              else r.get("drift", "unavailable"))
@@ -116,8 +127,9 @@ def adapt(**options) -> None:
     on the embeddings in numpy and written into both ONNX files (the rest of each graph byte-identical), the
     guard and drift reference refitted, and the held-out patients measured before and after.
     """
-    from pneumo_edge.site.adapt import REPORT, AdaptConfig, run_head_refit
-    from pneumo_edge.site.adaptreport import render_summary
+    from pneumo_edge.site.adaptreport import (
+        render_summary,  # here, not at the top: the name is taken in this module
+    )
 
     cfg = AdaptConfig(**options, progress=True)
     if cfg.fine_tune:

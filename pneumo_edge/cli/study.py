@@ -5,7 +5,15 @@ from __future__ import annotations
 import click
 
 from pneumo_edge.cli.common import DEFAULT_DATA, DefaultGroup, friendly, quiet_option
+from pneumo_edge.edge.atomic import refuse_existing
 from pneumo_edge.edge.targets import SHIPPED_BUNDLE
+from pneumo_edge.studies.sites import (
+    SIZES,
+    render_sites,
+    render_test_read,
+    simulate_sites,
+)
+from pneumo_edge.studies.sites import test_read as read_test
 
 
 @click.group("study", cls=DefaultGroup, default="recipes")
@@ -20,7 +28,9 @@ def study_group() -> None:
 @friendly
 def study(study_file, only) -> None:
     """Train and score a declared list of recipes on validation; pick one by the committed rule."""
-    from pneumo_edge.studies.recipes import run_study
+    from pneumo_edge.studies.recipes import (
+        run_study,  # torch: training side only, kept off the light install
+    )
 
     run_study(study_file, only=list(only) or None, progress=True)
 
@@ -36,7 +46,10 @@ def study(study_file, only) -> None:
 @friendly
 def heatmap_study(bundle, data, out, n_films, n_random, force) -> None:
     """Score every heat-map method by the committed protocol on validation films; pick one by its rule."""
-    from pneumo_edge.studies.heatmaps import StudyConfig, run_study
+    from pneumo_edge.studies.heatmaps import (  # torch: training side only, kept off the light install
+        StudyConfig,
+        run_study,
+    )
 
     r = run_study(StudyConfig(bundle=bundle, data=data, out=out, n_films=n_films, n_random=n_random, force=force))
     p = r["pick"]
@@ -61,8 +74,6 @@ def heatmap_study(bundle, data, out, n_films, n_random, force) -> None:
 @friendly
 def site_sim(bundle, data, out, splits, sizes, test_read, ledger, cache) -> None:
     """Site calibration simulated on validation: each declared perturbation as a site, calibrated on half."""
-    from pneumo_edge.studies.sites import SIZES, render_sites, render_test_read, simulate_sites, test_read as read_test
-
     if test_read:
         click.echo(render_test_read(read_test(bundle, data, out, ledger=ledger)))
         click.echo(f"wrote {out}/test-read-simulation.json, .md and monitoring-test.png; one line in {ledger}")
@@ -80,8 +91,9 @@ def site_sim(bundle, data, out, splits, sizes, test_read, ledger, cache) -> None
 @friendly
 def seeds(result_dirs, out_json, force) -> None:
     """Summarise evaluations of one recipe trained with different seeds."""
-    from pneumo_edge.edge.atomic import refuse_existing
-    from pneumo_edge.train.evaluate import summarize_seeds
+    from pneumo_edge.train.evaluate import (
+        summarize_seeds,  # torch: training side only, kept off the light install
+    )
 
     refuse_existing(out_json, force)
     s = summarize_seeds(result_dirs=list(result_dirs), out_json=out_json)
@@ -97,7 +109,9 @@ def seeds(result_dirs, out_json, force) -> None:
 @friendly
 def soup(members, out, force) -> None:
     """Average the weights of fine-tunes of one recipe (same architecture and validation split) into one model."""
-    from pneumo_edge.train.soup import average_checkpoints
+    from pneumo_edge.train.soup import (
+        average_checkpoints,  # torch: training side only, kept off the light install
+    )
 
     click.echo(f"soup of {len(members)} written to {average_checkpoints(list(members), out, force)}")
 

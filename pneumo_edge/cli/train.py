@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
+
 import click
 
 from pneumo_edge.cli.common import DEFAULT_DATA, ConfigDefaults, friendly, quiet_option
+from pneumo_edge.edge.targets import PARITY
 
 
 # Defaults: TrainConfig's fields (the recipe) and RunConfig's (this run); each option is named after its field.
@@ -47,7 +50,11 @@ from pneumo_edge.cli.common import DEFAULT_DATA, ConfigDefaults, friendly, quiet
 @friendly
 def train(**options) -> None:
     """Fine-tune on the CPU; keep the best epoch by validation AUROC."""
-    from pneumo_edge.train.fit import RunConfig, TrainConfig, fit
+    from pneumo_edge.train.fit import (  # torch: training side only, kept off the light install
+        RunConfig,
+        TrainConfig,
+        fit,
+    )
 
     ctx = click.get_current_context()
     given = [n for n in ("distill_weight", "distill_temperature")
@@ -75,9 +82,9 @@ def train(**options) -> None:
 @friendly
 def evaluate(checkpoint, data, out, target_sensitivity, n_bootstrap, ledger, note, rule_commit, force) -> None:
     """Calibrate on validation, then score the test split once (metrics, CIs, plots, ledger)."""
-    from pathlib import Path
-
-    from pneumo_edge.train.evaluate import evaluate
+    from pneumo_edge.train.evaluate import (
+        evaluate,  # torch: training side only, kept off the light install
+    )
 
     out = out or str(Path(checkpoint if Path(checkpoint).is_dir() else Path(checkpoint).parent) / "eval")
     evaluate(checkpoint=checkpoint, data=data, out=out, target_sensitivity=target_sensitivity, n_bootstrap=n_bootstrap,
@@ -110,13 +117,14 @@ def evaluate(checkpoint, data, out, target_sensitivity, n_bootstrap, ledger, not
 def export(checkpoint, out, data, results, atol, int8, int8_min_agreement, int8_max_auroc_delta,
            heatmap_int8_min_corr, calib_images, guard, population_others, force) -> None:
     """Export to ONNX (+ INT8) with metadata, and gate on metric parity over the test split."""
-    import time
-    from pathlib import Path
 
-    from pneumo_edge.edge.targets import PARITY
-    from pneumo_edge.bundle.export import GateConfig
-    from pneumo_edge.bundle.export import export
-    from pneumo_edge.bundle.report import write_model_card
+    from pneumo_edge.bundle.export import (
+        GateConfig,  # torch: training side only, kept off the light install
+        export,  # torch: training side only, kept off the light install
+    )
+    from pneumo_edge.bundle.report import (
+        write_model_card,  # torch: training side only, kept off the light install
+    )
 
     t0 = time.perf_counter()
     gate = GateConfig(atol=atol, int8_min_agreement=int8_min_agreement, int8_max_auroc_delta=int8_max_auroc_delta,

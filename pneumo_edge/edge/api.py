@@ -16,14 +16,13 @@ import os
 from pathlib import Path
 
 import numpy as np
-
 from PIL import Image
 
 from .cam import overlay_png
 from .decision import FIELDS, score_images
 from .errors import ImageError, ModelError
-from .hub import download_model, is_repo_id, path_reason
 from .heatmap import method_for
+from .hub import download_model, is_repo_id, path_reason
 from .imaging import pil_to_gray, read_film, resize_gray
 from .model import EdgeModel, default_model_path
 from .targets import MODEL_FILES

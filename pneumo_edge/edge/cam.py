@@ -29,11 +29,14 @@ import hashlib
 import io
 import os
 import re
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from PIL import Image, ImageDraw, ImageFont
 
+from .atomic import atomic_path
 from .errors import ModelError
 from .metafields import Fields
 
@@ -151,8 +154,6 @@ def overlay_rgb(gray: np.ndarray, heat: np.ndarray, alpha: float = ALPHA) -> np.
 
 
 def _font(size: int):
-    from PIL import ImageFont
-
     try:
         return ImageFont.load_default(size=size)
     except TypeError:  # Pillow < 10.1, or no FreeType: the fixed bitmap font
@@ -161,8 +162,6 @@ def _font(size: int):
 
 def overlay_image(gray: np.ndarray, heat: np.ndarray, caption: list[str] | tuple[str, ...] = (), scale: int = 1):
     """The overlay as a PIL image, `scale` times the input size, with optional caption lines beneath."""
-    from PIL import Image, ImageDraw
-
     img = Image.fromarray(overlay_rgb(gray, heat), "RGB")
     if scale != 1:
         img = img.resize((img.width * scale, img.height * scale), Image.BILINEAR)
@@ -204,8 +203,6 @@ def overlay_png(gray: np.ndarray, heat: np.ndarray, caption: list[str] | tuple[s
 
 def write_png(path: str | os.PathLike, data: bytes) -> Path:
     """Atomic: a reader never sees half a PNG."""
-    from .atomic import atomic_path
-
     with atomic_path(path) as tmp:
         tmp.write_bytes(data)
     return Path(path)
@@ -218,8 +215,6 @@ def caption_for(label: str, probability: float, threshold: float, meaning: str) 
 
 def contact_sheet(images: list, cols: int = 3, pad: int = 6):
     """Overlays (PIL images) tiled in a grid."""
-    from PIL import Image
-
     cols = max(1, min(cols, len(images)))
     rows = (len(images) + cols - 1) // cols
     cw, ch = max(i.width for i in images), max(i.height for i in images)
@@ -257,8 +252,6 @@ def heatmap_path(folder: str | os.PathLike, path: str | os.PathLike) -> Path:
 
 def overlay_names(images: list[str], suffix: str = ".gradcam.png") -> list[str]:
     """One PNG name per input for `explain`: the file stem, plus a short hash of the path where stems collide."""
-    from collections import Counter
-
     stems = [Path(src).stem for src in images]
     shared = Counter(s.casefold() for s in stems)  # case-insensitive file systems collide too
     names, used = [], set()

@@ -31,11 +31,13 @@ from pathlib import Path
 
 import numpy as np
 
-from .atomic import atomic_path, open_locked, UPDATE
+from .atomic import UPDATE, atomic_path, open_locked
 from .errors import ImageError, OutputError, PneumoEdgeError
 from .infer import InferSummary, Run, classify_batch, decode_file
 from .inputs import display_path, find_inputs, identity
+from .model import EdgeModel
 from .outputs import COLUMNS, DONE_STATUSES, Outputs
+from .progress import Progress
 
 PARTS_GLOB = "part-*.parquet"
 BLOCK_ROWS = 256  # inputs per Ray block (one decode task each)
@@ -64,8 +66,8 @@ def is_uri(path: str) -> bool:
 
 def read_manifest(manifest: str) -> list[str]:
     """The `path` column of a CSV or Parquet file (local, or any URI pyarrow reads)."""
-    import pyarrow.csv as pacsv
-    import pyarrow.parquet as pq
+    import pyarrow.csv as pacsv  # pyarrow: only when this runs
+    import pyarrow.parquet as pq  # pyarrow: only when this runs
 
     try:
         if manifest.lower().endswith(".parquet"):
@@ -98,7 +100,7 @@ def gather_inputs(paths: list[str], manifest: str | None, exclude: set[str]) -> 
 
 def fetch(uri: str) -> bytes:
     """A remote file's bytes, with the local engine's reasons for what is not a readable file."""
-    import pyarrow.fs as pafs
+    import pyarrow.fs as pafs  # pyarrow: only when this runs
 
     try:
         fs, inner = pafs.FileSystem.from_uri(uri)
@@ -142,8 +144,6 @@ class Classify:
     use_guard: bool = True
 
     def __init__(self):
-        from .model import EdgeModel
-
         self.model = EdgeModel(self.model_path, threads=self.threads)
         self.guard = self.use_guard and self.model.guard is not None
 
@@ -162,7 +162,7 @@ def classifier(model: str, threads: int, guard: bool) -> type:
 # ---------------------------------------------------------------- Parquet output
 
 def _columns(part: Path) -> list[str]:
-    import pyarrow.parquet as pq
+    import pyarrow.parquet as pq  # pyarrow: only when this runs
 
     try:
         return list(pq.read_schema(part).names)
@@ -172,14 +172,14 @@ def _columns(part: Path) -> list[str]:
 
 def _schema():
     """The row columns (outputs.COLUMNS) with Parquet types: numbers typed, the rest text."""
-    import pyarrow as pa
+    import pyarrow as pa  # pyarrow: only when this runs
 
     typed = {"probability": pa.float64(), "guard_score": pa.float64(), "threshold": pa.float64()}
     return pa.schema([(c, typed.get(c, pa.string())) for c in COLUMNS])
 
 
 def _read_part(part: Path) -> list[dict]:
-    import pyarrow.parquet as pq
+    import pyarrow.parquet as pq  # pyarrow: only when this runs
 
     return pq.read_table(part).to_pylist()
 
@@ -249,8 +249,8 @@ class ParquetOutputs:
         return sum(s == "error" for s in self.status.values())
 
     def _write_part(self, rows: list[dict], part: Path | None = None) -> None:
-        import pyarrow as pa
-        import pyarrow.parquet as pq
+        import pyarrow as pa  # pyarrow: only when this runs
+        import pyarrow.parquet as pq  # pyarrow: only when this runs
 
         part = part or self.folder / f"part-{time.strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:8]}.parquet"
         table = pa.Table.from_pylist([{c: r.get(c) for c in COLUMNS} for r in rows], schema=_schema())
@@ -320,7 +320,9 @@ def _loopback_only() -> None:
     """A Ray started here serves this machine alone: its node address, and so every service it starts
     (GCS, raylet, object manager, workers), is 127.0.0.1 instead of every interface."""
     os.environ[LOCAL_ONLY_ENV] = "0"  # for the processes it starts
-    from ray._private import ray_constants
+    from ray._private import (
+        ray_constants,  # the [cluster] extra, only with --engine ray
+    )
 
     ray_constants.ENABLE_RAY_CLUSTER = False  # read when the node address is chosen, in this process
 
@@ -352,8 +354,6 @@ def predict_cluster(paths: list[str], model, outputs, cfg: ClusterConfig = Clust
     """Classify every input on Ray, rows written to `outputs` (an `Outputs` or `ParquetOutputs`) as they come.
 
     `model` is an EdgeModel or the path of an .onnx file; each actor opens that file itself."""
-    from .model import EdgeModel
-    from .progress import Progress
 
     # Opened here first: a bad file is refused before any worker starts.
     local_model = model if isinstance(model, EdgeModel) else EdgeModel(model, threads=1)

@@ -19,6 +19,8 @@ import os
 import struct
 from itertools import islice
 
+from pydicom.encaps import generate_fragments
+
 from .errors import ImageError
 
 DEFER_BYTES = 1 << 20  # values above 1 MB stay on disk unless needed (only the pixel data is)
@@ -128,8 +130,6 @@ def frame_size(frame: bytes) -> tuple[int, int] | None:
 
 def check_frame(ds, rows: int, cols: int, max_pixels: int) -> None:
     """The first encapsulated frame's declared size must be the header's, and within the limit."""
-    from pydicom.encaps import generate_fragments  # pydicom loads for DICOM inputs only, as in imaging
-
     try:  # items: the basic offset table, then the first frame's first fragment (where its header is)
         items = list(islice(generate_fragments(ds.PixelData), 2))
     except Exception:  # noqa: BLE001 - malformed fragments: the decoder reports them

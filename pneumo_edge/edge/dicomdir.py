@@ -10,6 +10,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import pydicom
+
 from .errors import ImageError
 
 PREAMBLE = 128
@@ -32,8 +34,6 @@ def is_dicomdir(path: str | os.PathLike) -> bool:
 
 def file_set_images(path: str | os.PathLike) -> list[str]:
     """The files a DICOMDIR's IMAGE records name, as paths beside it (in record order)."""
-    import pydicom
-
     root = Path(path).parent
     try:
         ds = pydicom.dcmread(path, stop_before_pixels=True)

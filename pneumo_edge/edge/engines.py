@@ -19,7 +19,11 @@ def run_engine(engine: str, paths: list[str], model_path: str | None, out: str, 
                manifest: str | None = None, actors: int | None = None, threads_per_actor: int | None = None):
     """(the run's summary, the model's labels) from the local engine or Ray (--engine ray)."""
     if engine == "ray":
-        from .cluster import ClusterConfig, open_outputs, predict_cluster  # the [cluster] extra, only when asked
+        from .cluster import (  # the [cluster] extra, only when asked
+            ClusterConfig,
+            open_outputs,
+            predict_cluster,
+        )
 
         with open_outputs(out, json_path, resume, force) as outputs:
             model = EdgeModel(resolve_model(model_path), threads=1)

@@ -13,13 +13,15 @@ stored quantized (fed by a DequantizeLinear) is refused rather than guessed at.
 
 from __future__ import annotations
 
+import hashlib
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from .errors import ModelError
-from .stamp import FIXED32, GRAPH, LEN, VARINT, _varint, fields
+from .stamp import FIXED32, GRAPH, LEN, VARINT, _varint, fields, graph_bytes
 
 # onnx.proto field numbers
 NODE, INITIALIZER = 1, 5  # GraphProto
@@ -232,8 +234,6 @@ def with_head(path: str | Path, head: Head) -> bytes:
 def body_without_head(path: str | Path) -> bytes:
     """The file's graph bytes (`stamp.graph_bytes`: all but its metadata) with the head's numbers zeroed:
     equal for two files exactly when they differ in nothing but their heads and metadata."""
-    from .stamp import graph_bytes
-
     data = bytearray(Path(path).read_bytes())
     for lo, hi in head_layout(path).spans():
         data[lo:hi] = bytes(hi - lo)
@@ -243,8 +243,6 @@ def body_without_head(path: str | Path) -> bytes:
 # ---------------------------------------------------------------- the PyTorch twin's head (safetensors)
 
 def _safetensors_header(data: bytes, source: str) -> tuple[int, dict]:
-    import json
-
     if len(data) < 8:
         raise ModelError(f"'{source}' is not a safetensors file")
     n = int.from_bytes(data[:8], "little")
@@ -259,8 +257,6 @@ def twin_with_head(path: str | Path, head: Head, prefix: str = "classifier") -> 
     """The twin's safetensors bytes with `head` written over `{prefix}.weight` and `{prefix}.bias` (same
     shapes, float32), and the new weights' digest as `checkpoint.state_sha256` computes it (names sorted,
     each name then its tensor's bytes)."""
-    import hashlib
-
     data = bytearray(Path(path).read_bytes())
     start, header = _safetensors_header(bytes(data[:min(len(data), 8 + (100 << 20))]), str(path))
     for name, a in ((f"{prefix}.weight", head.weight), (f"{prefix}.bias", head.bias)):

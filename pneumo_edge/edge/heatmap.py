@@ -18,13 +18,32 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from pathlib import Path
 from functools import lru_cache
+from pathlib import Path
 from typing import Callable
 
 import numpy as np
+from PIL import Image, ImageFilter
 
-from .cam import upsample_bilinear
+from .atomic import prepare_out_dir
+from .cam import (
+    OUTPUT,
+    CamHead,
+    caption_for,
+    contact_sheet,
+    overlay_image,
+    overlay_names,
+    png_bytes,
+    rejected_record,
+    target_index,
+    unit_scale,
+    upsample_bilinear,
+    write_png,
+)
+from .decision import positive, score_images
+from .errors import ImageError
+from .imaging import normalize, read_film, resize_gray
+from .progress import track
 
 GREY = 128  # uint8 mid-grey: 0 after the (0.5, 0.5) normalisation
 BLUR_SIGMA = 8.0  # px, the blur perturbation
@@ -43,8 +62,6 @@ def margin_score(model, target: int = 1, batch: int = BATCH) -> Score:
 
 
 def blurred(film: np.ndarray, sigma: float = BLUR_SIGMA) -> np.ndarray:
-    from PIL import Image, ImageFilter
-
     return np.asarray(Image.fromarray(np.asarray(film, np.uint8)).filter(ImageFilter.GaussianBlur(sigma)))
 
 
@@ -117,8 +134,6 @@ def rise(score: Score, film: np.ndarray, n: int = 64, how: str = "grey", p: floa
 
 def cam_contrast(model, films: np.ndarray, target: int = 1) -> np.ndarray:
     """CAM of the margin, ReLU(sum_k (W_t - W_other)[k] A_k): the feature-map evidence for `target`, min-max scaled."""
-    from .cam import OUTPUT, CamHead, unit_scale
-    from .imaging import normalize
 
     head = model.require_cam()
     diff = CamHead(head.weights[target:target + 1] - head.weights[1 - target:2 - target], head.bias[:1])
@@ -129,9 +144,6 @@ def cam_contrast(model, films: np.ndarray, target: int = 1) -> np.ndarray:
 
 def cam_decided(model, films: np.ndarray, target: int | None = None) -> np.ndarray:
     """Today's CAM: the decided class's map (or `target`'s) at the pooled feature map (`edge.cam`)."""
-    from .cam import OUTPUT
-    from .decision import positive
-    from .imaging import normalize
 
     out = model.run(normalize(films, model.spec), ["logits", OUTPUT])
     classes = positive(model.probability(out["logits"]), model.threshold).astype(int)
@@ -225,13 +237,6 @@ def explain(images: list[str], model, out: str | os.PathLike, target: str | None
     (`decision.Scored.fields`), and for an image the guard refuses status "rejected" and no PNG.
     The map is `SHIPPED`: the evidence for PNEUMONIA (or for `target`), forward passes only.
     """
-    from .atomic import prepare_out_dir
-    from .cam import (caption_for, contact_sheet, overlay_image, overlay_names, png_bytes, rejected_record,
-                      target_index, write_png)
-    from .decision import score_images
-    from .errors import ImageError
-    from .imaging import read_film, resize_gray
-    from .progress import track
 
     method = method_for(model)
     meta, spec, labels = model.meta, model.spec, list(model.labels)

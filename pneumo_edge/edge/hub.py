@@ -46,8 +46,13 @@ def is_repo_id(text: str) -> bool:
 def download_model(repo_id: str, filename: str = FP32.file) -> Path:
     """The cached file if present; otherwise one short probe, then the download."""
     # huggingface_hub loads only when a hub id is given: it costs every local run a third of a second.
-    from huggingface_hub import HfApi, hf_hub_download
-    from huggingface_hub.errors import LocalEntryNotFoundError
+    from huggingface_hub import (  # huggingface_hub: slow to import, only when the hub is used
+        HfApi,
+        hf_hub_download,
+    )
+    from huggingface_hub.errors import (
+        LocalEntryNotFoundError,  # huggingface_hub: slow to import, only when the hub is used
+    )
 
     def fail(why: str) -> HubError:
         return HubError(f"no file or folder '{repo_id}' here, so it was tried as a hub repo id: cannot get "

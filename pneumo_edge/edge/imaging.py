@@ -22,15 +22,21 @@ A 3000 x 3000 film needs a seventh of that.
 from __future__ import annotations
 
 import io
+import logging
 import os
 import re
 import warnings
+import zlib
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import NamedTuple
 
 import numpy as np
 from PIL import Image, ImageOps
+from pydicom import config
+from pydicom.filereader import _read_file_meta_info, read_preamble
+from pydicom.pixels import get_decoder
+from pydicom.uid import DeflatedExplicitVRLittleEndian
 
 from .dicom_bounds import DEFER_BYTES, BoundedFile, check_frame, check_native_size
 from .dicom_terms import BODY_PARTS, MODALITIES, UNRECOGNISED, shown
@@ -176,10 +182,6 @@ def _check_deflated(source) -> None:
     declares 256 Mpx would cost a gigabyte before the size check refused it. This streams the inflation
     in bounded pieces and only counts bytes.
     """
-    import zlib
-
-    from pydicom.filereader import _read_file_meta_info, read_preamble
-    from pydicom.uid import DeflatedExplicitVRLittleEndian
 
     fp = source if hasattr(source, "read") else open(source, "rb")
     start = fp.tell()
@@ -210,8 +212,6 @@ def _check_deflated(source) -> None:
 
 def _check_decoder(ds) -> None:
     """Name the missing decoder plugin for compressed pixel data, instead of pydicom's traceback text."""
-    from pydicom.pixels import get_decoder
-
     uid = getattr(ds, "file_meta", {}).get("TransferSyntaxUID")
     if uid is None or not uid.is_encapsulated:
         return
@@ -229,10 +229,6 @@ def _check_decoder(ds) -> None:
 def quiet_pydicom() -> None:
     """pydicom's validation warnings quote header values ("Invalid value for VR IS: 'J SMITH'"): keep them out
     of the terminal and of the application's logs. Set once, for pydicom's own modules only."""
-    import logging
-
-    from pydicom import config
-
     config.settings.reading_validation_mode = config.IGNORE  # invalid values are judged here, by attribute name
     warnings.filterwarnings("ignore", module=r"pydicom(\.|$)")
     logging.getLogger("pydicom").propagate = False

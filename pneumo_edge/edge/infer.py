@@ -24,6 +24,7 @@ from pathlib import Path
 from .cam import caption_for, heatmap_path, overlay_png, write_png
 from .decision import Scored, score_images
 from .errors import ImageError, OutputError
+from .heatmap import FOLDER, caption, explain_film, method_for
 from .imaging import read_film, resize_gray
 from .inputs import display_path, find_inputs
 from .model import EdgeModel
@@ -94,8 +95,6 @@ def predict_paths(paths: list[str], model: EdgeModel, outputs: Outputs, cfg: Inf
 
 def heatmap_folder(folder: str | Path, model: EdgeModel) -> Path:
     """The --heatmaps folder, created; refused before any row when the model cannot make heat maps."""
-    from .heatmap import FOLDER, method_for
-
     method_for(model, FOLDER)
     folder = Path(folder)
     if folder.exists() and not folder.is_dir():
@@ -167,8 +166,6 @@ def decoded_batches(todo: list[str], model: EdgeModel, batch_size: int, workers:
 def _write_heatmaps(folder: Path, model: EdgeModel, ok, scored: list[Scored], result: dict) -> None:
     """One overlay PNG (`edge.heatmap.FOLDER`: the evidence for PNEUMONIA) per input the record allows a map
     for; a failed write is an error row."""
-    from .heatmap import FOLDER, caption, explain_film
-
     for (p, dec), s in zip(ok, scored):
         if not s.heatmap_allowed:
             continue

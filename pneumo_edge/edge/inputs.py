@@ -19,7 +19,6 @@ from pathlib import Path
 from .dicomdir import dicomdir_row, is_dicom_file, is_dicomdir
 from .imaging import IMAGE_SUFFIXES
 
-
 # ---------------------------------------------------------------- names
 
 def display_path(p: str) -> str:

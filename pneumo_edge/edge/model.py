@@ -12,7 +12,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .cam import OUTPUT as FEATURES, CamHead
+from .cam import OUTPUT as FEATURES
+from .cam import CamHead
 from .errors import ModelError
 from .guard import Guard
 from .imaging import normalize

@@ -296,7 +296,10 @@ def replay(monitor: Monitor, rows) -> list[dict]:
 def prometheus_collector(monitor: Monitor):
     """A prometheus-client collector that reads the monitor at scrape time."""
     # lazy: prometheus-client comes with the [serve] extra, and the monitor works without it
-    from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+    from prometheus_client.core import (  # an extra ([serve]/[node]), only when run
+        CounterMetricFamily,
+        GaugeMetricFamily,
+    )
 
     class Collector:
         def collect(self):

@@ -21,6 +21,7 @@ from .errors import OutputExistsError
 from .model import EdgeModel, default_model_path
 from .serve import CSP, STATIC
 from .targets import INT8
+
 ORT_VERSION = "1.30.0"  # onnxruntime-web from npm, vendored in static/ort/ (see static/ort/README.md)
 DICOM_PARSER_VERSION = "1.8.21"  # dicom-parser from npm, vendored in static/dicom/ (MIT)
 # The page's own files, by their path in the folder (= their URL path under `serve`, less the leading /).

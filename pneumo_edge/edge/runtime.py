@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Protocol
 
 import numpy as np
+import onnxruntime as ort
 
 from .errors import ModelError
 
@@ -38,8 +39,6 @@ class OnnxRuntime:
     """An onnxruntime CPU session: all cores for one call unless `threads` says otherwise."""
 
     def __init__(self, path: str | Path, threads: int | None = None):
-        import onnxruntime as ort  # loads when a model opens, not for `--help` or the training commands
-
         self.path = Path(path)
         if not self.path.is_file():
             raise ModelError(f"model '{self.path}' does not exist")

@@ -25,6 +25,8 @@ client that hangs up mid-upload is one log line.
 
 import asyncio
 import base64
+import copy
+import json
 import logging
 import math
 import os
@@ -32,13 +34,17 @@ import shutil
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import asynccontextmanager
 from dataclasses import asdict, dataclass
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
-from .access import AccessPolicy, Gate
+from .access import AccessPolicy, Gate, check_bind
+from .api import Classifier, resolve_model
 from .decision import FIELDS
 from .errors import ImageError, PneumoEdgeError
 from .heatmap import can_draw
+from .model import EdgeModel, default_model_path
 from .monitor import Monitor, prometheus_collector
 
 DEFAULT_MAX_UPLOAD_MB = 50
@@ -206,7 +212,10 @@ class FormReader:
 
 def _multipart():
     """(MultipartParser, parse_options_header) from python-multipart (>= 0.0.31: part headers are bounded)."""
-    from python_multipart.multipart import MultipartParser, parse_options_header
+    from python_multipart.multipart import (  # python_multipart: only when this runs
+        MultipartParser,
+        parse_options_header,
+    )
 
     return MultipartParser, parse_options_header
 
@@ -233,8 +242,6 @@ class Service:
     """The model, its executor, the admission count and the private temporary folder of one worker."""
 
     def __init__(self, config: ServeConfig):
-        from .api import Classifier, resolve_model
-        from .model import EdgeModel, default_model_path
 
         self.config = config
         path = resolve_model(config.model) if config.model else default_model_path()
@@ -372,8 +379,6 @@ PREDICT_BODY = {
 
 
 def _version() -> str:
-    from importlib.metadata import PackageNotFoundError, version
-
     try:
         return version("pneumo-edge")
     except PackageNotFoundError:  # a source tree on sys.path, not installed
@@ -382,10 +387,8 @@ def _version() -> str:
 
 def create_app(config: ServeConfig = ServeConfig()):
     """The FastAPI application; loads the model now, so that a bad model fails before serving."""
-    from contextlib import asynccontextmanager
-
     from fastapi import FastAPI, Request  # the [serve] extra, only when serving
-    from fastapi.responses import Response
+    from fastapi.responses import Response  # the [serve] extra, only when serving
 
     service = Service(config)
 
@@ -417,7 +420,11 @@ def create_app(config: ServeConfig = ServeConfig()):
     async def healthz() -> dict:
         return {"status": "ok", "model": service.model.path.name, "in_flight": service.pending}
 
-    from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+    from prometheus_client import (  # an extra ([serve]/[node]), only when run
+        CONTENT_TYPE_LATEST,
+        CollectorRegistry,
+        generate_latest,
+    )
 
     registry = CollectorRegistry()  # this app's own: two apps in one process do not share counters
     registry.register(prometheus_collector(service.monitor))
@@ -460,9 +467,13 @@ def create_app(config: ServeConfig = ServeConfig()):
 
 def add_error_handlers(app) -> None:
     """Every error, a bug included, is one JSON line {"error", "status"}: never a trace."""
-    from fastapi.exceptions import RequestValidationError  # the [serve] extra, only when serving
-    from fastapi.responses import JSONResponse
-    from starlette.exceptions import HTTPException as StarletteHTTPException
+    from fastapi.exceptions import (
+        RequestValidationError,  # the [serve] extra, only when serving
+    )
+    from fastapi.responses import JSONResponse  # the [serve] extra, only when serving
+    from starlette.exceptions import (
+        HTTPException as StarletteHTTPException,  # the [serve] extra, only when serving
+    )
 
     def refuse(status: int, reason: str, headers: dict | None = None) -> JSONResponse:
         return JSONResponse({"error": reason, "status": status}, status_code=status, headers=headers)
@@ -483,7 +494,6 @@ def add_error_handlers(app) -> None:
 
     @app.exception_handler(Exception)
     async def _unexpected(_req, e: Exception):  # a bug: still one line, never a trace
-        import logging
 
         logging.getLogger("pneumo_edge.serve").exception("unexpected error")
         return refuse(500, f"internal error ({e.__class__.__name__})")
@@ -492,7 +502,9 @@ def add_error_handlers(app) -> None:
 async def predict_upload(service: "Service", config: ServeConfig, request, heatmap: bool) -> dict:
     """POST /v1/predict: the body read within its limits and deadline, one admission slot, the answer."""
     from fastapi.responses import Response  # the [serve] extra, only when serving
-    from starlette.requests import ClientDisconnect
+    from starlette.requests import (
+        ClientDisconnect,  # the [serve] extra, only when serving
+    )
 
     t0 = time.perf_counter()
     ctype, opts = _content_type(request.headers.get("content-type"))
@@ -570,9 +582,11 @@ def add_page_routes(app) -> None:
 
 def app_from_env():
     """The application for one of `serve --workers N`'s processes: settings from CONFIG_ENV."""
-    import json
-
-    from .http_protocol import DEFAULT_HEADER_TIMEOUT, HEADER_TIMEOUT_ENV, tls_handshake_deadline
+    from .http_protocol import (  # h11: only when this runs
+        DEFAULT_HEADER_TIMEOUT,
+        HEADER_TIMEOUT_ENV,
+        tls_handshake_deadline,
+    )
 
     tls_handshake_deadline(float(os.environ.get(HEADER_TIMEOUT_ENV, DEFAULT_HEADER_TIMEOUT)))
     return create_app(ServeConfig(**json.loads(os.environ[CONFIG_ENV])))
@@ -581,9 +595,7 @@ def app_from_env():
 def _log_config() -> dict:
     """uvicorn's logging, with this service's own lines (refusals, hang-ups) through the same handler, and access
     lines without query strings."""
-    import copy
-
-    from uvicorn.config import LOGGING_CONFIG
+    from uvicorn.config import LOGGING_CONFIG  # the [serve] extra, only when serving
 
     cfg = copy.deepcopy(LOGGING_CONFIG)
     cfg["loggers"]["pneumo_edge"] = {"handlers": ["default"], "level": "INFO", "propagate": False}
@@ -596,14 +608,14 @@ def serve(config: ServeConfig, host: str = "127.0.0.1", port: int = 8000, worker
           log_level: str = "info", certfile: str | None = None, keyfile: str | None = None,
           insecure_http: bool = False, header_timeout: float = 10.0) -> None:
     """Run uvicorn; one process (and one onnxruntime session) per worker. An unsafe network bind is refused."""
-    import json
-
-    from .access import check_bind
-
     try:
         import uvicorn
 
-        from .http_protocol import HEADER_TIMEOUT_ENV, DeadlineH11Protocol, tls_handshake_deadline
+        from .http_protocol import (
+            HEADER_TIMEOUT_ENV,
+            DeadlineH11Protocol,
+            tls_handshake_deadline,
+        )
     except ImportError:
         raise PneumoEdgeError("pneumo-edge serve needs the [serve] extra: pip install 'pneumo-edge[serve]'") from None
     if bool(certfile) != bool(keyfile):

@@ -13,9 +13,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
+
 from .atomic import write_with
 from .errors import ModelError
+from .imaging import normalize
 from .meta import META_KEY, BundleMeta, doc_string, flat_metadata
+from .model import EdgeModel
 
 DOC_STRING, GRAPH, METADATA_PROPS = 6, 7, 14  # ModelProto field numbers (onnx.proto)
 VARINT, FIXED64, LEN, FIXED32 = 0, 1, 2, 5
@@ -117,10 +121,6 @@ def graph_bytes(path: str | Path, data: bytes | None = None) -> bytes:
 def stamp_checked(src: str | Path, dst: str | Path, meta: BundleMeta, films) -> None:
     """`stamp_file`, replacing `dst` only once the candidate's graph bytes equal `src`'s and both files give
     bit-identical outputs on `films` (uint8 model views); otherwise nothing is replaced."""
-    import numpy as np
-
-    from .imaging import normalize
-    from .model import EdgeModel
 
     src, dst = Path(src), Path(dst)
     candidate = dst.parent / f".{dst.name}.candidate"

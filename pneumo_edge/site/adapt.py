@@ -19,29 +19,49 @@ fine-tunes the PyTorch twin instead (`adapt_tune`).
 from __future__ import annotations
 
 import datetime as dt
+import json
 import time
-from dataclasses import dataclass, field, fields as dc_fields, replace
+from dataclasses import dataclass, field, replace
+from dataclasses import fields as dc_fields
 from pathlib import Path
 
 import numpy as np
 
+from pneumo_edge.bundle.guardfit import alterations, ood_images
+from pneumo_edge.edge.api import resolve_model
 from pneumo_edge.edge.atomic import prepare_out_dir, write_json, write_text, write_with
 from pneumo_edge.edge.decision import PROB_DIGITS, positive
 from pneumo_edge.edge.errors import DataError, ModelError
-from pneumo_edge.edge.head import Head, body_without_head, read_head, with_head
-from pneumo_edge.edge.imaging import normalize
+from pneumo_edge.edge.head import (
+    Head,
+    body_without_head,
+    read_head,
+    twin_with_head,
+    with_head,
+)
+from pneumo_edge.edge.imaging import normalize, resize_gray
 from pneumo_edge.edge.infer import decoded_batches
 from pneumo_edge.edge.inputs import display_path
 from pneumo_edge.edge.model import EdgeModel, prob_from_logits
+from pneumo_edge.edge.monitor import fit_reference
 from pneumo_edge.edge.patients import PatientSource
 from pneumo_edge.edge.progress import stage
 from pneumo_edge.edge.runtime import file_sha256
 from pneumo_edge.edge.sitecal import guaranteed_threshold
 from pneumo_edge.edge.stamp import restamped
-from pneumo_edge.edge.targets import MODEL_FILES
-from pneumo_edge.site.adaptreport import CARD_SECTION, PARTS, REPORT, measure, render_card
+from pneumo_edge.edge.targets import CONFIG, MODEL_FILES, WEIGHTS
+from pneumo_edge.site.adaptreport import (
+    CARD_SECTION,
+    PARTS,
+    REPORT,
+    measure,
+    render_card,
+)
+from pneumo_edge.site.calibrate import RULE
 from pneumo_edge.site.headfit import L2_GRID, Logistic, choose_l2, fit_logistic
-from pneumo_edge.site.validate import labelled_files
+from pneumo_edge.site.siteguard import REFITTED, GuardFit, refit_guard
+from pneumo_edge.site.validate import labelled_files, resampling_groups
+from pneumo_edge.train.data import rebuild_split
 
 VIEW_COLUMNS, AGE_COLUMNS = ("view_position", "view"), ("patient_age", "age")
 REPLAY_PER_FIT_FILM = 2  # home training films replayed per site fitting film ...
@@ -185,8 +205,6 @@ def probability(logits: np.ndarray) -> np.ndarray:
 
 def bundle_files(source: str | None) -> list[Path]:
     """The ONNX files of the parent bundle, the fp32 reference first."""
-    from pneumo_edge.edge.api import resolve_model
-
     folder = Path(source) if source is not None and Path(source).is_dir() else resolve_model(source).parent
     found = [folder / n for n in MODEL_FILES if (folder / n).is_file()]
     if not found or found[0].name != MODEL_FILES[0]:
@@ -209,11 +227,9 @@ class Home:
 
 def load_home(bundle: Path, data: str, n_replay: int, model: EdgeModel, cfg: AdaptConfig) -> Home:
     """A random `n_replay` of the parent's training films and all its validation films, decoded."""
-    import json
-
-    from pneumo_edge.train.checkpoint import parse_config
-    from pneumo_edge.train.data import rebuild_split
-    from pneumo_edge.site.validate import resampling_groups
+    from pneumo_edge.train.checkpoint import (
+        parse_config,  # torch: training side only, kept off the light install
+    )
 
     config_file = bundle / "config.json"
     if not config_file.is_file():
@@ -355,8 +371,6 @@ class FileRun:
 
 
 def _guard_fit(model: EdgeModel, site: Site, emb: np.ndarray, home: Home | None, home_emb: dict):
-    from pneumo_edge.bundle.guardfit import alterations
-    from pneumo_edge.site.siteguard import GuardFit
 
     fit, cal = site.mask("fit"), site.mask("calibrate")
     threshold = emb[cal] if home is None else np.concatenate([emb[cal], home_emb["val"]])
@@ -374,8 +388,6 @@ def _guarded(guard, x: np.ndarray, emb: np.ndarray, chroma: np.ndarray | None = 
 
 def non_xray_gate(guard, model: EdgeModel) -> dict:
     """Every non-X-ray of the offline evaluation set must still be refused; else nothing is written."""
-    from pneumo_edge.edge.imaging import resize_gray
-    from pneumo_edge.bundle.guardfit import ood_images
 
     items = [it for cat in ood_images().values() for it in cat]
     x = np.stack([resize_gray(g, model.spec.size, model.spec.resize) for _, g, _ in items])
@@ -429,8 +441,6 @@ def settle(candidate: Path, src: Path, parent: EdgeModel, base_guard, sc: Scores
            cfg: AdaptConfig, out: Path, common: dict, checks: dict) -> FileRun:
     """The candidate's guard refitted (from `base_guard`), its threshold, drift reference, population and
     provenance link written into `out / src.name`; what was measured on the way."""
-    from pneumo_edge.edge.monitor import fit_reference
-    from pneumo_edge.site.siteguard import refit_guard
 
     model = EdgeModel(candidate)
     emb = sc.site["embedding"]
@@ -476,8 +486,6 @@ def settle(candidate: Path, src: Path, parent: EdgeModel, base_guard, sc: Scores
 
 def provenance(src: Path, parent: EdgeModel, site: Site, cfg: AdaptConfig, common: dict, t, guarded: bool) -> dict:
     """The link `adapt` adds to the chain: site, split, what was refitted, the rule, the parent's digest."""
-    from pneumo_edge.site.calibrate import RULE
-    from pneumo_edge.site.siteguard import REFITTED
 
     cal = site.mask("calibrate")
     return {"kind": "adaptation", "method": common["method"], "site": site.name, "date": _now(),
@@ -499,10 +507,6 @@ def provenance(src: Path, parent: EdgeModel, site: Site, cfg: AdaptConfig, commo
 
 def write_twin(bundle: Path, head: Head, out: Path) -> str | None:
     """The PyTorch twin with the new head (and its config, digest updated), when the parent ships one."""
-    import json
-
-    from pneumo_edge.edge.head import twin_with_head
-    from pneumo_edge.edge.targets import CONFIG, WEIGHTS
 
     if not ((bundle / WEIGHTS).is_file() and (bundle / CONFIG).is_file()):
         return None

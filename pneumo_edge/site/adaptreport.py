@@ -19,6 +19,7 @@ import numpy as np
 from pneumo_edge.edge.decision import positive
 from pneumo_edge.edge.sitecal import grouped_interval
 from pneumo_edge.edge.stats import bootstrap_indices, roc_auc
+from pneumo_edge.site.siteguard import altered_rates
 
 LEVEL = 0.95
 PARTS = ("fit", "calibrate", "held-out")  # of the site's patients, split by adapt
@@ -72,8 +73,6 @@ def held_out(run, site, n: int) -> dict:
 
 
 def guard_block(run, site) -> dict:
-    from pneumo_edge.site.siteguard import altered_rates
-
     h = site.mask("held-out")
     out = {"site_films_accepted_before": float(run.accepted_before.mean()),
            "site_films_accepted_after": float(run.accepted_after.mean()),

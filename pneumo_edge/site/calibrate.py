@@ -13,22 +13,34 @@ parameters, and the digest of the parent file. Numpy and onnxruntime only: it ru
 from __future__ import annotations
 
 import datetime as dt
-from shlex import quote
 from dataclasses import dataclass, replace
 from pathlib import Path
+from shlex import quote
 
 import numpy as np
 
 from pneumo_edge.edge.api import MODEL_FILES, resolve_model
 from pneumo_edge.edge.atomic import prepare_out_dir, write_json
+from pneumo_edge.edge.decision import PROB_DIGITS, positive
 from pneumo_edge.edge.errors import DataError, ModelError
 from pneumo_edge.edge.model import EdgeModel, prob_from_logits
+from pneumo_edge.edge.monitor import Reference
 from pneumo_edge.edge.patients import PatientSource
-from pneumo_edge.edge.decision import PROB_DIGITS, positive
-from pneumo_edge.edge.sitecal import fit_temperature, grouped_interval, guaranteed_threshold, nll, split_groups
 from pneumo_edge.edge.runtime import file_sha256
+from pneumo_edge.edge.sitecal import (
+    fit_temperature,
+    grouped_interval,
+    guaranteed_threshold,
+    nll,
+    split_groups,
+)
 from pneumo_edge.edge.stamp import stamp_file
-from pneumo_edge.site.validate import labelled_files, resampling_groups, score_files, specificity_at_sensitivity
+from pneumo_edge.site.validate import (
+    labelled_files,
+    resampling_groups,
+    score_files,
+    specificity_at_sensitivity,
+)
 
 RULE = {"patients": "largest threshold whose exact one-sided Clopper-Pearson lower bound on sensitivity, over "
                     "the site's positive patients the guard accepts (each by its lowest positive film; films where "
@@ -135,8 +147,6 @@ def check_specificity(path: Path, op: dict, y: np.ndarray, p: np.ndarray, cfg: C
 def calibrate_file(path: Path, files: list[str], truth: list[int], cfg: CalibrateConfig, site: str,
                    out: Path, source: PatientSource) -> dict:
     """Score the site's films with one ONNX file and write it, restamped, into `out`."""
-    from pneumo_edge.edge.monitor import Reference
-
     model = EdgeModel(path)
     use_guard = model.guard is not None
     margin: dict[str, float] = {}

@@ -12,8 +12,13 @@ import numpy as np
 
 from pneumo_edge.edge import sitecal
 from pneumo_edge.edge.model import prob_from_logits  # noqa: F401 - one definition, shared with the edge
-from pneumo_edge.edge.stats import (METRIC_NAMES, binary_metrics, bootstrap_ci, bootstrap_indices,  # noqa: F401 - re-exported
-                         confusion)
+from pneumo_edge.edge.stats import (  # noqa: F401 - re-exported
+    METRIC_NAMES,
+    binary_metrics,
+    bootstrap_ci,
+    bootstrap_indices,
+    confusion,
+)
 
 
 def threshold_for_sensitivity(y: np.ndarray, p: np.ndarray, target: float = 0.95) -> float:

@@ -12,18 +12,23 @@ outputs on validation films. It is re-runnable: run it again after anything rewr
 
 from __future__ import annotations
 
+import csv
 import json
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 
-from pneumo_edge.edge.api import MODEL_FILES
-from pneumo_edge.edge.atomic import write_json, write_with
+from pneumo_edge.edge.api import MODEL_FILES, resolve_model
+from pneumo_edge.edge.atomic import refuse_existing, write_json, write_with
 from pneumo_edge.edge.errors import DataError, ModelError
 from pneumo_edge.edge.model import EdgeModel
 from pneumo_edge.edge.monitor import Monitor, fit_reference, replay
+from pneumo_edge.edge.outputs import SCORED, upgrade
+from pneumo_edge.edge.progress import stage
 from pneumo_edge.edge.stamp import stamp_checked
+from pneumo_edge.site.validate import score_files
+from pneumo_edge.train.data import Sample, decode_all, rebuild_split
 
 CHECK_IMAGES = 64  # validation films both files must score bit for bit the same
 
@@ -37,8 +42,9 @@ class _Cfg:  # what validate.score_files reads
 
 def validation_paths(bundle: Path, data: str) -> list[str]:
     """The files of the validation split the bundle's checkpoint was carved with."""
-    from pneumo_edge.train.checkpoint import parse_config
-    from pneumo_edge.train.data import rebuild_split
+    from pneumo_edge.train.checkpoint import (
+        parse_config,  # torch: training side only, kept off the light install
+    )
 
     config_file = bundle / "config.json"
     if not config_file.is_file():
@@ -52,8 +58,6 @@ def validation_paths(bundle: Path, data: str) -> list[str]:
 
 def score_paths(model: EdgeModel, paths: list[str], progress: bool = True) -> dict[str, np.ndarray]:
     """Probability, guard score, decided label and refusal of each readable file, through the edge path."""
-    from pneumo_edge.site.validate import score_files
-
     use_guard = model.guard is not None
     scored, _ = score_files(paths, model, use_guard, _Cfg(progress=progress))
     records = [scored[f] for f in paths if f in scored]
@@ -63,8 +67,6 @@ def score_paths(model: EdgeModel, paths: list[str], progress: bool = True) -> di
 
 
 def _check_films(paths: list[str], spec) -> np.ndarray:
-    from pneumo_edge.train.data import decode_all, Sample
-
     x, _, _ = decode_all([Sample(name=Path(p).name, label=0, path=p) for p in paths], spec.size,
                          progress=False, rule=spec.resize)
     return np.asarray(x)
@@ -73,8 +75,6 @@ def _check_films(paths: list[str], spec) -> np.ndarray:
 def stamp_references(bundle: str | Path, data: str, out: str | Path | None = None, force: bool = False,
                      progress: bool = True) -> dict:
     """Fit and stamp each ONNX file's monitoring reference; in place (needs force) or into `out`."""
-    from pneumo_edge.edge.atomic import refuse_existing
-    from pneumo_edge.edge.progress import stage
 
     bundle = Path(bundle)
     target = Path(out) if out else bundle
@@ -107,8 +107,6 @@ def stamp_references(bundle: str | Path, data: str, out: str | Path | None = Non
 
 def read_infer_rows(path: str | Path) -> list[dict]:
     """`infer`'s rows from a CSV file or a Parquet file/dataset folder, in file order."""
-    import csv
-
     path = Path(path)
     if path.suffix.lower() == ".csv":
         with open(path, newline="", encoding="utf-8") as f:
@@ -125,8 +123,6 @@ def read_infer_rows(path: str | Path) -> list[dict]:
 
 
 def _scored(rows: list[dict]) -> list[tuple[float, float | None, str, bool]]:
-    from pneumo_edge.edge.outputs import SCORED, upgrade
-
     out = []
     for r in rows:
         r = upgrade(r) if "ood_score" in r else r  # a file written before the scored-image columns
@@ -140,8 +136,6 @@ def _scored(rows: list[dict]) -> list[tuple[float, float | None, str, bool]]:
 
 def monitor_rows(rows_file: str | Path, model: str | None, out: str | Path, force: bool = False) -> dict:
     """Replay the monitor over infer rows in order; write the PNG (and a JSON beside it)."""
-    from pneumo_edge.edge.api import resolve_model
-    from pneumo_edge.edge.atomic import refuse_existing
 
     out = Path(out)
     refuse_existing(out, force)
@@ -163,10 +157,10 @@ def monitor_rows(rows_file: str | Path, model: str | None, out: str | Path, forc
 
 def plot_trace(trace: list[dict], mon: Monitor, out: Path, title: str, marks: dict[str, int] | None = None) -> Path:
     """One PNG: positive and refusal rates over the window, and the drift statistic with its alarm band."""
-    import matplotlib
+    import matplotlib  # matplotlib: the [plots] extra, only when drawing
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # matplotlib: the [plots] extra, only when drawing
 
     x = np.arange(1, len(trace) + 1)
     fig, (rates, drift) = plt.subplots(2, 1, figsize=(9, 6), sharex=True)

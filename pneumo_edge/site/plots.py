@@ -12,13 +12,19 @@ import numpy as np
 
 from pneumo_edge.edge.atomic import write_with
 from pneumo_edge.edge.decision import positive
+from pneumo_edge.site.metrics import (
+    ECE_BINS,
+    bootstrap_indices,
+    expected_calibration_error,
+    reliability_bins,
+)
 
 
 def _fig():
-    import matplotlib
+    import matplotlib  # matplotlib: the [plots] extra, only when drawing
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # matplotlib: the [plots] extra, only when drawing
 
     return plt
 
@@ -61,8 +67,6 @@ def roc_band(y: np.ndarray, p: np.ndarray, n: int = 1000, seed: int = 0, groups:
     curve and every resample live on one grid. Resamples the groups when `groups` names them (`unit` says
     what they are: one patient's films are not independent), else images.
     """
-    from pneumo_edge.site.metrics import bootstrap_indices
-
     y, p = np.asarray(y).astype(int), np.asarray(p, np.float64)
     grid = np.linspace(0.0, 1.0, points)
     draws = np.array([_tpr_at(y[i], p[i], grid) for i in bootstrap_indices(y, n, seed, groups)])
@@ -75,7 +79,7 @@ def roc_band(y: np.ndarray, p: np.ndarray, n: int = 1000, seed: int = 0, groups:
 
 
 def _tpr_at(y: np.ndarray, p: np.ndarray, grid: np.ndarray) -> np.ndarray:
-    from sklearn.metrics import roc_curve
+    from sklearn.metrics import roc_curve  # scikit-learn: an extra, only when this runs
 
     fpr, tpr, _ = roc_curve(y, p)  # fpr is non-decreasing, so the best tpr at fpr <= x is the last one
     return tpr[np.searchsorted(fpr, grid, side="right") - 1]
@@ -99,7 +103,11 @@ def roc_pr_plot(y: np.ndarray, p: np.ndarray, path: Path, points: dict[str, floa
                 groups: np.ndarray | None = None, unit: str = "patients", n_bootstrap: int = 1000,
                 seed: int = 0) -> Path:
     """ROC with its bootstrap band (left) and precision-recall (right), each threshold marked on both."""
-    from sklearn.metrics import average_precision_score, precision_recall_curve, roc_auc_score
+    from sklearn.metrics import (  # scikit-learn: an extra, only when this runs
+        average_precision_score,
+        precision_recall_curve,
+        roc_auc_score,
+    )
 
     band = roc_band(y, p, n_bootstrap, seed, groups, unit)
     plt = _fig()
@@ -136,15 +144,11 @@ def roc_pr_plot(y: np.ndarray, p: np.ndarray, path: Path, points: dict[str, floa
 
 def reliability_curves(y: np.ndarray, probs: dict[str, np.ndarray]) -> dict[str, dict]:
     """name -> metrics.reliability_bins of those probabilities, with their ECE (metrics' definition)."""
-    from pneumo_edge.site.metrics import expected_calibration_error, reliability_bins
-
     return {name: {**reliability_bins(y, p), "ece": expected_calibration_error(y, p)} for name, p in probs.items()}
 
 
 def reliability_plot(curves: dict[str, dict], path: Path, title: str) -> Path:
     """curves: reliability_curves output. Above: the diagram; below: how many images each bin holds."""
-    from pneumo_edge.site.metrics import ECE_BINS
-
     plt = _fig()
     fig, (ax, hist) = plt.subplots(2, 1, figsize=(4.6, 5.4), sharex=True, gridspec_kw={"height_ratios": [3, 1]})
     ax.plot([0, 1], [0, 1], ls=":", c="grey", label="perfect calibration")

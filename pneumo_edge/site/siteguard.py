@@ -25,9 +25,9 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
+from pneumo_edge.bundle.guardfit import ORIENT_L2, alterations
 from pneumo_edge.edge.guard import ORIENT_PERCENTILE, Guard, OrientationHead
 from pneumo_edge.site.headfit import Logistic, fit_logistic
-from pneumo_edge.bundle.guardfit import ORIENT_L2, alterations
 
 REFITTED = ("embedding: the site's class means added to the parent's",
             "orientation head: the parent's plus a correction fitted on the site's films as acquired and altered; "

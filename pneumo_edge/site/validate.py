@@ -188,9 +188,15 @@ def _plots(result: dict, y, p, accepted, paths, model: EdgeModel, out: Path, n_b
            source: PatientSource) -> list[str]:
     """The confusion, reliability and ROC/PR figures; [] on an install without matplotlib/scikit-learn."""
     try:
-        from pneumo_edge.site.plots import confusion_matrix_plot, reliability_curves, reliability_plot, roc_pr_plot
         import matplotlib  # noqa: F401 - optional ([plots] extra): checked before any figure is drawn
         import sklearn  # noqa: F401
+
+        from pneumo_edge.site.plots import (
+            confusion_matrix_plot,
+            reliability_curves,
+            reliability_plot,
+            roc_pr_plot,
+        )
     except ImportError:
         return []
     labels, t = model.labels, model.threshold

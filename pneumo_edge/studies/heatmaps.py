@@ -11,6 +11,7 @@ what is checked, and compares with the shipped fp32 file (the same weights as th
 
 from __future__ import annotations
 
+import copy
 import json
 import tempfile
 import time
@@ -21,8 +22,14 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from pneumo_edge.edge.heatmap import METHODS, cell_edges, filler
+from pneumo_edge.edge.atomic import write_json, write_text, write_with
+from pneumo_edge.edge.errors import OutputExistsError
+from pneumo_edge.edge.heatmap import METHODS, cell_edges, cell_masks, filler
+from pneumo_edge.edge.imaging import normalize
+from pneumo_edge.edge.model import EdgeModel
+from pneumo_edge.edge.progress import stage, track
 from pneumo_edge.edge.targets import FP32, INT8
+from pneumo_edge.train.data import decode_all, rebuild_split
 
 PROTOCOL = Path(__file__).resolve().parents[2] / "bench" / "heatmaps" / "protocol.json"
 
@@ -50,7 +57,9 @@ TWIN_METHODS = {  # name -> (layer, kind, title)
 
 def twin_map(model, layer: str, kind: str, x: torch.Tensor) -> np.ndarray:
     """Grad-CAM or LayerCAM of the margin l_1 - l_0 at `layer`: (N, S, S) min-max scaled."""
-    from pneumo_edge.bundle.gradcam import find_layer
+    from pneumo_edge.bundle.gradcam import (
+        find_layer,  # torch: training side only, kept off the light install
+    )
 
     acts: list[torch.Tensor] = []
     handle = find_layer(model, layer).register_forward_hook(lambda _, __, out: acts.append(out))
@@ -173,9 +182,9 @@ def summarise(per_film: list[dict], names: list[str], ks: list[int], k: int) -> 
 
 def randomized_twins(model, config: dict) -> dict:
     """(a) classifier + conv_head + its BN re-initialised, (b) every weight re-initialised; seed 0."""
-    import copy
-
-    from pneumo_edge.train.models import build_twin
+    from pneumo_edge.train.models import (
+        build_twin,  # torch: training side only, kept off the light install
+    )
 
     torch.manual_seed(0)
     fresh = build_twin(config["model"]).eval()
@@ -188,8 +197,10 @@ def randomized_twins(model, config: dict) -> dict:
 
 
 def export_twin(model, config: dict, meta_from, folder: Path, name: str, threads: int):
-    from pneumo_edge.edge.model import EdgeModel
-    from pneumo_edge.bundle.export import bundle_metadata, export_onnx
+    from pneumo_edge.bundle.export import (  # torch: training side only, kept off the light install
+        bundle_metadata,
+        export_onnx,
+    )
 
     path = folder / f"{name}.onnx"
     meta = bundle_metadata(config, meta_from.threshold, meta_from.temperature, model)
@@ -253,8 +264,9 @@ def load_protocol(path: str | Path) -> dict:
 
 def validation_films(bundle: str, data: str, n: int, seed: int, progress: bool) -> tuple[np.ndarray, list[str]]:
     """`n` validation films of the bundle (seeded sample, in split order), decoded as the model sees them."""
-    from pneumo_edge.train.checkpoint import read_config
-    from pneumo_edge.train.data import decode_all, rebuild_split
+    from pneumo_edge.train.checkpoint import (
+        read_config,  # torch: training side only, kept off the light install
+    )
 
     config = read_config(bundle)
     _, _, val, _ = rebuild_split(config, data)
@@ -268,12 +280,10 @@ def validation_films(bundle: str, data: str, n: int, seed: int, progress: bool) 
 
 def run_study(cfg: StudyConfig, films: np.ndarray | None = None, names: list[str] | None = None) -> dict:
     """Score every candidate and pick one; writes results.json, results.md and deletion.png under cfg.out."""
-    from pneumo_edge.train.checkpoint import load_checkpoint
-    from pneumo_edge.edge import decision
-    from pneumo_edge.edge.atomic import write_json, write_text
-    from pneumo_edge.edge.errors import OutputExistsError
-    from pneumo_edge.edge.model import EdgeModel
-    from pneumo_edge.edge.progress import stage, track
+    from pneumo_edge.edge import decision  # here, not at the top: the name is taken in this module
+    from pneumo_edge.train.checkpoint import (
+        load_checkpoint,  # torch: training side only, kept off the light install
+    )
 
     proto = load_protocol(cfg.protocol)
     out = Path(cfg.out)
@@ -303,8 +313,6 @@ def run_study(cfg: StudyConfig, films: np.ndarray | None = None, names: list[str
     mean_cells = {m: cell_scores(mean_maps[m][None], grid)[0] for m in names_all}
     spec_corr = {m: np.array([correlation(a, mean_maps[m]) for a in maps[m]]) for m in names_all}
 
-    from pneumo_edge.edge.heatmap import cell_masks
-
     masks = cell_masks(spec.size, grid)
     prob = lambda imgs: int8.probability(int8.logits(imgs, batch_size=72))  # noqa: E731
     per_film = [evaluate_film(prob, films[i], {m: cells[m][i] for m in names_all}, mean_cells, ks, k, masks,
@@ -333,8 +341,6 @@ def run_study(cfg: StudyConfig, films: np.ndarray | None = None, names: list[str
 
 def study_maps(films, int8, twin, spec, edge_names: list[str], twin_names: list[str]) -> tuple[dict, dict]:
     """Every candidate's map of every film, and its cost in ms per film: (maps, cost)."""
-    from pneumo_edge.edge.imaging import normalize
-    from pneumo_edge.edge.progress import track
 
     names_all = edge_names + twin_names
     maps = {m: np.zeros((len(films),) + films.shape[1:], np.float32) for m in names_all}
@@ -357,8 +363,6 @@ def study_maps(films, int8, twin, spec, edge_names: list[str], twin_names: list[
 def randomization_check(films, rsel, maps, twin, config, fp32, spec, edge_names: list[str], twin_names: list[str],
                         threads: int) -> tuple[dict, dict]:
     """Maps of randomized models against the trained one (rank correlation), and INT8 vs fp32 maps."""
-    from pneumo_edge.edge.imaging import normalize
-    from pneumo_edge.edge.progress import stage
 
     names_all = edge_names + twin_names
     randomization, parity = {m: {} for m in names_all}, {}
@@ -460,12 +464,10 @@ def render(result: dict) -> str:
 
 
 def plot_curves(result: dict, path: Path) -> Path:
-    import matplotlib
+    import matplotlib  # matplotlib: the [plots] extra, only when drawing
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from pneumo_edge.edge.atomic import write_with
+    import matplotlib.pyplot as plt  # matplotlib: the [plots] extra, only when drawing
 
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
     for name, r in result["candidates"].items():

@@ -13,14 +13,23 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 
 import numpy as np
 
 from pneumo_edge.edge.atomic import write_json, write_text
-from pneumo_edge.train.augment import AugmentConfig
 from pneumo_edge.edge.errors import DataError
+from pneumo_edge.edge.imaging import PreprocessSpec
+from pneumo_edge.site.metrics import (
+    binary_metrics,
+    calibrate,
+    prob_from_logits,
+    threshold_for_sensitivity,
+)
+from pneumo_edge.train.augment import AugmentConfig
+from pneumo_edge.train.data import decode_all, rebuild_split, split_seed
+from pneumo_edge.train.perturb import perturbed_views
 
 # The selection rule, in words; `pick` implements it. Fixed before any test read of the study.
 # Specificity at the target sensitivity is re-thresholded per perturbation: a model whose scores merely
@@ -68,7 +77,9 @@ class StudyConfig:
 
 def train_config(cand: Candidate, study: StudyConfig):
     """The TrainConfig a candidate declares (nested `augment` included)."""
-    from pneumo_edge.train.fit import TrainConfig
+    from pneumo_edge.train.fit import (
+        TrainConfig,  # torch: training side only, kept off the light install
+    )
 
     over = dict(cand.train)
     aug = over.pop("augment", {})
@@ -83,12 +94,12 @@ def run_folder(name: str, study: StudyConfig) -> Path:
 
 def score(checkpoint: str | Path, data: str, progress: bool = True) -> dict:
     """Validation metrics of a checkpoint on clean and perturbed films (validation carved as in training)."""
-    from pneumo_edge.train.checkpoint import load_checkpoint
-    from pneumo_edge.train.data import decode_all, rebuild_split
-    from pneumo_edge.edge.imaging import PreprocessSpec
-    from pneumo_edge.site.metrics import binary_metrics, calibrate, prob_from_logits, threshold_for_sensitivity
-    from pneumo_edge.train.perturb import perturbed_views
-    from pneumo_edge.train.fit import predict_logits
+    from pneumo_edge.train.checkpoint import (
+        load_checkpoint,  # torch: training side only, kept off the light install
+    )
+    from pneumo_edge.train.fit import (
+        predict_logits,  # torch: training side only, kept off the light install
+    )
 
     model, config = load_checkpoint(checkpoint)
     spec = PreprocessSpec.from_dict(config["preprocess"])
@@ -130,7 +141,10 @@ def pick(scores: dict[str, dict]) -> tuple[str, str]:
 
 def train_once(cfg, ckpt: Path, progress: bool) -> float | None:
     """Train `cfg` into `ckpt` unless that run is complete (resuming a stopped one); its wall time in minutes."""
-    from pneumo_edge.train.fit import RunConfig, fit
+    from pneumo_edge.train.fit import (  # torch: training side only, kept off the light install
+        RunConfig,
+        fit,
+    )
 
     if not (ckpt / "train_results.json").exists():
         resume = (ckpt / "last.json").exists()
@@ -157,14 +171,13 @@ def with_teachers(minutes: float | None, teachers) -> float | None:
 
 def make_soup(cand: Candidate, study: StudyConfig, progress: bool) -> tuple[Path, float | None]:
     """Train the soup's members (the recipe's own run, then one per extra seed), average them."""
-    from dataclasses import replace
-
-    from pneumo_edge.train.soup import average_checkpoints
+    from pneumo_edge.train.soup import (
+        average_checkpoints,  # torch: training side only, kept off the light install
+    )
 
     recipe = next((c for c in study.candidates if c.name == cand.soup.get("recipe")), None)
     if recipe is None or recipe.soup or recipe.checkpoint:
         raise DataError(f"soup '{cand.name}': 'recipe' must name a trained candidate of the study")
-    from pneumo_edge.train.data import split_seed
 
     base = train_config(recipe, study)
     seeds = [int(s) for s in cand.soup.get("seeds", [])]

@@ -25,11 +25,19 @@ from pathlib import Path
 
 import numpy as np
 
+from pneumo_edge.bundle.guardfit import ood_images
 from pneumo_edge.edge.atomic import write_json, write_text, write_with
-from pneumo_edge.edge.decision import positive
+from pneumo_edge.edge.decision import positive, score_images
+from pneumo_edge.edge.imaging import resize_gray
 from pneumo_edge.edge.model import EdgeModel
+from pneumo_edge.edge.monitor import Monitor, replay
+from pneumo_edge.edge.progress import stage
 from pneumo_edge.edge.sitecal import guaranteed_threshold
 from pneumo_edge.edge.targets import FP32
+from pneumo_edge.site.monitoring import plot_trace
+from pneumo_edge.site.validate import resampling_groups
+from pneumo_edge.train.data import decode_all, load_splits, rebuild_split
+from pneumo_edge.train.perturb import PERTURBATIONS, perturbed_views
 
 SIZES = (100, 200, 400)
 SPLITS = 200
@@ -41,8 +49,6 @@ SEED = 0
 def score_views(model: EdgeModel, views: np.ndarray, chroma: np.ndarray | None = None,
                 batch: int = 32) -> dict[str, np.ndarray]:
     """Probability, guard score and refusal of resized uint8 model views, through the edge scoring path."""
-    from pneumo_edge.edge.decision import score_images
-
     chroma = np.zeros(len(views)) if chroma is None else chroma  # the dataset's films are grey JPEGs
     records = [r for i in range(0, len(views), batch)
                for r in score_images(model, list(zip(views[i:i + batch], chroma[i:i + batch])), True)]
@@ -114,8 +120,6 @@ def _accepted(y, groups, s) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 
 def _films(samples, size: int):
     """Whole films (for the framing perturbations), labels and each film's patient group."""
-    from pneumo_edge.train.data import decode_all
-    from pneumo_edge.site.validate import resampling_groups
 
     films, y, bad = decode_all(samples, size, progress=True, rule=None)
     unreadable = {name for name, _ in bad}
@@ -128,10 +132,9 @@ def simulate_sites(bundle: str | Path, data: str, out: str | Path = "bench/resul
 
     cache: a folder for the validation scores (by the file's digest: weights and guard), so a re-run only
     resamples; None: no cache."""
-    from pneumo_edge.train.checkpoint import parse_config
-    from pneumo_edge.train.data import rebuild_split
-    from pneumo_edge.edge.progress import stage
-    from pneumo_edge.train.perturb import PERTURBATIONS, perturbed_views
+    from pneumo_edge.train.checkpoint import (
+        parse_config,  # torch: training side only, kept off the light install
+    )
 
     bundle = Path(bundle)
     model = EdgeModel(bundle / model_file)
@@ -269,8 +272,6 @@ def _rows(s: dict, idx: np.ndarray) -> list[tuple]:
 
 def _stream(model: EdgeModel, before: list[tuple], after: list[tuple]) -> dict:
     """A fresh monitor fed `before` (the unperturbed films) then `after`: alarms in each part."""
-    from pneumo_edge.edge.monitor import Monitor, replay
-
     mon = Monitor.for_model(model)
     trace = replay(mon, before + after)
     head, tail = trace[:len(before)], trace[len(before):]
@@ -287,13 +288,10 @@ def _stream(model: EdgeModel, before: list[tuple], after: list[tuple]) -> dict:
 def test_read(bundle: str | Path, data: str, out: str | Path = "bench/results", ledger: str | Path | None = None,
               seed: int = SEED) -> dict:
     """One read of the test split: played as a site (as `simulate_sites`), then streamed through the monitor."""
-    from pneumo_edge.train.data import load_splits
-    from pneumo_edge.edge.imaging import resize_gray
-    from pneumo_edge.edge.progress import stage
-    from pneumo_edge.train.evaluate import DEFAULT_LEDGER, append_ledger
-    from pneumo_edge.site.monitoring import plot_trace
-    from pneumo_edge.bundle.guardfit import ood_images
-    from pneumo_edge.train.perturb import perturbed_views
+    from pneumo_edge.train.evaluate import (  # torch: training side only, kept off the light install
+        DEFAULT_LEDGER,
+        append_ledger,
+    )
 
     bundle, out = Path(bundle), Path(out)
     model = EdgeModel(bundle / FP32.file)
@@ -326,7 +324,6 @@ def test_read(bundle: str | Path, data: str, out: str | Path = "bench/results", 
         "test_refusal_rate": float(np.mean([r[3] for r in clean])),
         "streams": {k: {kk: vv for kk, vv in v.items() if kk not in ("trace", "monitor")} for k, v in runs.items()}}
     # one picture of the whole sequence: test films, then each shift in turn, then the non-X-ray set
-    from pneumo_edge.edge.monitor import Monitor, replay
 
     whole, marks, at = clean[:], {"test films": 1}, len(clean)
     for name, rows in shifted.items():

@@ -14,6 +14,10 @@ import subprocess
 from pathlib import Path
 
 import numpy as np
+from PIL import Image
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.encaps import encapsulate
+from pydicom.uid import ExplicitVRLittleEndian, RLELossless, generate_uid
 
 SYNTAXES = {"explicit": "1.2.840.10008.1.2.1", "implicit": "1.2.840.10008.1.2",
             "deflate": "1.2.840.10008.1.2.1.99", "jpeg-baseline": "1.2.840.10008.1.2.4.50",
@@ -26,8 +30,6 @@ CR_STORAGE = "1.2.840.10008.5.1.4.1.1.1"
 def film_dataset(pixels: np.ndarray, sop_uid: str | None = None, study_uid: str | None = None,
                  series_uid: str | None = None, **tags):
     """A CR data set (explicit VR little endian) around 8-bit grey pixels; `tags` override or add attributes."""
-    from pydicom.dataset import Dataset, FileMetaDataset
-    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
     ds = Dataset()
     ds.file_meta = FileMetaDataset()
@@ -55,9 +57,6 @@ def film_dataset(pixels: np.ndarray, sop_uid: str | None = None, study_uid: str 
 
 def write_film(image: str | Path, out: str | Path, syntax: str = "explicit", **kw) -> Path:
     """One film as a DICOM file in `syntax` (a key of SYNTAXES)."""
-    from PIL import Image
-    from pydicom.encaps import encapsulate
-    from pydicom.uid import RLELossless
 
     image, out = Path(image), Path(out)
     with Image.open(image) as im:

@@ -29,14 +29,33 @@ import numpy as np
 import torch
 from torch import nn
 
-from pneumo_edge.site.adapt import (REPLAY_PER_FIT_FILM, AdaptConfig, Home, Scores, Site, _elapsed, adapted_population, bundle_files,
-                    load_home, load_site, outputs, parent_population, settle, split_patients, write_report)
-from pneumo_edge.site.adaptreport import measure
+from pneumo_edge.bundle.guardfit import fit_guard, guard_images, torch_embedder
 from pneumo_edge.edge.atomic import prepare_out_dir, write_json, write_with
 from pneumo_edge.edge.errors import DataError, ParityError
+from pneumo_edge.edge.imaging import PreprocessSpec
 from pneumo_edge.edge.model import EdgeModel
 from pneumo_edge.edge.progress import stage
 from pneumo_edge.edge.stats import roc_auc
+from pneumo_edge.edge.targets import CONFIG, WEIGHTS
+from pneumo_edge.site.adapt import (
+    REPLAY_PER_FIT_FILM,
+    AdaptConfig,
+    Home,
+    Scores,
+    Site,
+    _elapsed,
+    adapted_population,
+    bundle_files,
+    load_home,
+    load_site,
+    outputs,
+    parent_population,
+    settle,
+    split_patients,
+    write_report,
+)
+from pneumo_edge.site.adaptreport import measure
+from pneumo_edge.train.data import Sample
 
 
 @dataclass
@@ -71,8 +90,14 @@ def inner_split(site: Site, seed: int, share: float) -> tuple[np.ndarray, np.nda
 
 def tune(model: nn.Module, spec, site: Site, home: Home, cfg: AdaptConfig, t: TuneConfig, aug) -> tuple:
     """Fine-tune in place; returns (the kept state, history, selection)."""
-    from pneumo_edge.train.augment import augment
-    from pneumo_edge.train.fit import predict_logits, to_model_input, uint8_batch
+    from pneumo_edge.train.augment import (
+        augment,  # torch: training side only, kept off the light install
+    )
+    from pneumo_edge.train.fit import (  # torch: training side only, kept off the light install
+        predict_logits,
+        to_model_input,
+        uint8_batch,
+    )
 
     tr, va = inner_split(site, cfg.seed, t.inner_validation)
     half = t.batch_size // 2
@@ -119,9 +144,13 @@ def _gate_films(site: Site, home: Home) -> tuple[np.ndarray, np.ndarray]:
 def export_tuned(model: nn.Module, config: dict, spec, site: Site, home: Home, t: TuneConfig, folder: Path,
                  progress: bool, gate=None) -> dict:
     """The tuned twin through export's builders and gates into `folder`; ParityError when a gate fails."""
-    from pneumo_edge.train.data import Sample
-    from pneumo_edge.bundle.export import EXPORTS, ExportContext, GateConfig, build_and_gate, bundle_metadata
-    from pneumo_edge.bundle.guardfit import fit_guard, guard_images, torch_embedder
+    from pneumo_edge.bundle.export import (  # torch: training side only, kept off the light install
+        EXPORTS,
+        ExportContext,
+        GateConfig,
+        build_and_gate,
+        bundle_metadata,
+    )
 
     rng = np.random.default_rng(0)
     val = home.samples["val"]
@@ -147,10 +176,12 @@ def export_tuned(model: nn.Module, config: dict, spec, site: Site, home: Home, t
 
 def write_twin(model: nn.Module, config: dict, out: Path) -> str:
     """The tuned twin (safetensors + config in timm's layout); returns its weights' digest."""
-    from safetensors.torch import save_file
+    from safetensors.torch import save_file  # the [train] extra
 
-    from pneumo_edge.train.checkpoint import hub_config, state_sha256
-    from pneumo_edge.edge.targets import CONFIG, WEIGHTS
+    from pneumo_edge.train.checkpoint import (  # torch: training side only, kept off the light install
+        hub_config,
+        state_sha256,
+    )
 
     state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
     digest = state_sha256(state)
@@ -170,9 +201,12 @@ def _scores(candidate: Path, parent: EdgeModel, site: Site, home: Home) -> Score
 def fine_tune(cfg: AdaptConfig, t: TuneConfig = TuneConfig(), gate=None) -> dict:
     """Fine-tune the parent's twin for the site, export it through every gate (export's GateConfig unless
     `gate`), settle both files."""
-    from pneumo_edge.train.augment import AugmentConfig
-    from pneumo_edge.train.checkpoint import load_checkpoint
-    from pneumo_edge.edge.imaging import PreprocessSpec
+    from pneumo_edge.train.augment import (
+        AugmentConfig,  # torch: training side only, kept off the light install
+    )
+    from pneumo_edge.train.checkpoint import (
+        load_checkpoint,  # torch: training side only, kept off the light install
+    )
 
     if not cfg.data:
         raise DataError("--fine-tune needs --data (the home training films are replayed so that the bundle keeps "

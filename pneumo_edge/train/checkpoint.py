@@ -24,7 +24,10 @@ from torch import nn
 
 from pneumo_edge.edge.atomic import write_json, write_with
 from pneumo_edge.edge.errors import ModelError
-from pneumo_edge.edge.targets import CONFIG, WEIGHTS  # a run's files carry the bundle's names
+from pneumo_edge.edge.targets import (  # a run's files carry the bundle's names
+    CONFIG,
+    WEIGHTS,
+)
 
 FORMAT = "pneumo-edge-checkpoint/1"
 HUB_FORMAT = "pneumo-edge-checkpoint/2"
@@ -46,7 +49,7 @@ def state_sha256(state: dict[str, torch.Tensor]) -> str:
 
 
 def save_checkpoint(folder: str | Path, model: nn.Module, config: dict) -> Path:
-    from safetensors.torch import save_file
+    from safetensors.torch import save_file  # the [train] extra
 
     folder = Path(folder)
     state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
@@ -83,7 +86,7 @@ def _portable(value):
 
 def hub_config(config: dict, model: nn.Module) -> dict:
     """A checkpoint config (either layout) in timm's hub layout, as timm's `save_config_for_hf` writes it."""
-    from timm.models._hub import save_config_for_hf
+    from timm.models._hub import save_config_for_hf  # torch: training side only
 
     config = parse_config(config, "config")
     p = config["preprocess"]
@@ -137,10 +140,12 @@ def read_config(path: str | Path) -> dict:
 
 
 def load_checkpoint(path: str | Path) -> tuple[nn.Module, dict]:
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
+    from safetensors import SafetensorError  # the [train] extra
+    from safetensors.torch import load_file  # the [train] extra
 
-    from pneumo_edge.train.models import build_twin
+    from pneumo_edge.train.models import (
+        build_twin,  # torch: training side only, kept off the light install
+    )
 
     weights, _ = resolve(path)
     config = read_config(path)

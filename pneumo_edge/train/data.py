@@ -21,11 +21,12 @@ from pathlib import Path
 
 import numpy as np
 
-from pneumo_edge.edge.hub import HUB_TIMEOUT_S, hub_offline
 from pneumo_edge.edge.errors import DataError, HubError, ImageError, ModelError
+from pneumo_edge.edge.hub import HUB_TIMEOUT_S, hub_offline
 from pneumo_edge.edge.imaging import IMAGE_SUFFIXES, load_gray, resize_gray
-from pneumo_edge.edge.patients import patient_id  # noqa: F401 - also data's public name
 from pneumo_edge.edge.meta import LABELS  # noqa: F401 - the class order, one owner; also data's public name
+from pneumo_edge.edge.patients import patient_id  # noqa: F401 - also data's public name
+from pneumo_edge.edge.progress import track
 from pneumo_edge.edge.targets import DEFAULT_DATA
 
 DEFAULT_HUB_DATASET = DEFAULT_DATA
@@ -70,7 +71,7 @@ def _check_layout(root: Path) -> None:
 
 
 def _from_imagefolder(root: Path) -> dict[str, list[Sample]]:
-    import datasets
+    import datasets  # the [train] extra, only for hub data
 
     datasets.disable_progress_bars()
     dd = datasets.load_dataset("imagefolder", data_dir=str(root))
@@ -88,8 +89,11 @@ def _from_imagefolder(root: Path) -> dict[str, list[Sample]]:
 
 
 def _from_hub(repo_id: str) -> dict[str, list[Sample]]:
-    import datasets
-    from huggingface_hub import HfApi, snapshot_download
+    import datasets  # the [train] extra, only for hub data
+    from huggingface_hub import (  # huggingface_hub: slow to import, only when the hub is used
+        HfApi,
+        snapshot_download,
+    )
 
     def fail(why: str) -> HubError:
         return HubError(f"could not load dataset '{repo_id}' from the Hugging Face hub ({why}). Point --data at "
@@ -170,7 +174,9 @@ def carve_validation(pool: list[Sample], fraction: float = 0.1, seed: int = 42
     Sources without patient ids in their names fall back to grouping by image
     hash, which still keeps byte-identical duplicates together.
     """
-    from sklearn.model_selection import StratifiedGroupKFold
+    from sklearn.model_selection import (
+        StratifiedGroupKFold,  # scikit-learn: an extra, only when this runs
+    )
 
     if not 0.0 < fraction < 0.5:
         raise DataError(f"validation fraction must be in (0, 0.5), got {fraction}")
@@ -202,8 +208,6 @@ def carve_validation(pool: list[Sample], fraction: float = 0.1, seed: int = 42
 
 def rebuild_split(config: dict, data: str) -> tuple[Splits, list[Sample], list[Sample], SplitInfo]:
     """The training and validation samples a checkpoint was trained on, carved again from its config."""
-    from pneumo_edge.edge.errors import ModelError
-
     tcfg = config.get("train_config")
     if not isinstance(tcfg, dict):
         raise ModelError("checkpoint config has no 'train_config': cannot rebuild its validation split")
@@ -262,8 +266,6 @@ def decode_all(samples: list[Sample], size: int, workers: int | None = None, pro
     With `rule=None` the images keep their whole frame (a list of (H, W) arrays,
     JPEGs decoded at no less than `size`), for augmentation that picks its own crop.
     """
-    from pneumo_edge.edge.progress import track
-
     workers = workers or min(4, os.cpu_count() or 1)
 
     def work(s: Sample):

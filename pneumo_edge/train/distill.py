@@ -21,9 +21,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from pneumo_edge.edge.errors import ModelError
 from pneumo_edge.train.checkpoint import load_checkpoint, read_config
 from pneumo_edge.train.data import check_same_split
-from pneumo_edge.edge.errors import ModelError
 
 SAME_SPLIT = "train the student with the teachers' split_seed"
 

@@ -19,12 +19,32 @@ from pathlib import Path
 import numpy as np
 
 from pneumo_edge.edge.atomic import prepare_out_dir, write_json, write_text
-from pneumo_edge.train.checkpoint import load_checkpoint
-from pneumo_edge.train.data import LABELS, decode_all, fingerprint, load_splits, rebuild_split
 from pneumo_edge.edge.errors import DataError, ModelError
 from pneumo_edge.edge.imaging import PreprocessSpec
-from pneumo_edge.site.metrics import (METRIC_NAMES, binary_metrics, bootstrap_ci, calibrate, expected_calibration_error,
-                      prob_from_logits)
+from pneumo_edge.edge.progress import stage
+from pneumo_edge.site.metrics import (
+    METRIC_NAMES,
+    binary_metrics,
+    bootstrap_ci,
+    calibrate,
+    expected_calibration_error,
+    prob_from_logits,
+)
+from pneumo_edge.site.plots import (
+    confusion_matrix_plot,
+    reliability_curves,
+    reliability_plot,
+    roc_pr_plot,
+)
+from pneumo_edge.site.validate import band_groups
+from pneumo_edge.train.checkpoint import load_checkpoint
+from pneumo_edge.train.data import (
+    LABELS,
+    decode_all,
+    fingerprint,
+    load_splits,
+    rebuild_split,
+)
 
 DEFAULT_LEDGER = "test_ledger.jsonl"
 
@@ -47,7 +67,9 @@ def count_ledger(ledger: str | Path) -> int:
 def evaluate(checkpoint: str | Path, data: str, out: str | Path, target_sensitivity: float | None = None,
              n_bootstrap: int = 1000, ledger: str | Path | None = DEFAULT_LEDGER, force: bool = False,
              note: str = "", progress: bool = True, rule_commit: str | None = None) -> dict:
-    from pneumo_edge.train.fit import predict_logits
+    from pneumo_edge.train.fit import (
+        predict_logits,  # torch: training side only, kept off the light install
+    )
 
     if str(checkpoint).lower().endswith(".onnx"):  # its folder's PyTorch twin is not what the user named
         raise ModelError(f"'{checkpoint}' is an ONNX model: evaluate scores PyTorch checkpoints; "
@@ -57,8 +79,6 @@ def evaluate(checkpoint: str | Path, data: str, out: str | Path, target_sensitiv
     spec = PreprocessSpec.from_dict(config["preprocess"])
     tcfg = config.get("train_config", {})
     target = target_sensitivity or config.get("target_sensitivity", 0.95)
-
-    from pneumo_edge.edge.progress import stage
 
     splits, _, val_s, info = rebuild_split(config, data)
     fp = fingerprint(splits.train_pool)
@@ -130,8 +150,6 @@ def draw_plots(results: dict, y: np.ndarray, logits: np.ndarray, names: list[str
 
     Drawn from predictions and the results they gave, so stored predictions redraw them without a test read.
     """
-    from pneumo_edge.site.plots import confusion_matrix_plot, reliability_curves, reliability_plot, roc_pr_plot
-    from pneumo_edge.site.validate import band_groups
 
     op = results["operating_point"]
     t, temperature = op["threshold"], op["temperature"]

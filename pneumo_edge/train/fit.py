@@ -13,6 +13,7 @@ checkpoint, with temperature and operating point fitted on validation.
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 import os
@@ -26,14 +27,22 @@ import torch.nn.functional as F
 from torch import nn
 
 from pneumo_edge import __version__
-from pneumo_edge.train.augment import AugmentConfig, augment, crop_batch
 from pneumo_edge.edge.atomic import prepare_out_dir, write_json, write_with
-from pneumo_edge.train.checkpoint import save_checkpoint
-from pneumo_edge.train.data import DEFAULT_HUB_DATASET, LABELS, carve_validation, decode_all, fingerprint, load_splits
 from pneumo_edge.edge.errors import DataError, ModelError
-from pneumo_edge.edge.imaging import PreprocessSpec, standardize, to_unit
+from pneumo_edge.edge.imaging import PreprocessSpec, normalize, standardize, to_unit
 from pneumo_edge.edge.progress import Progress, stage
 from pneumo_edge.site.metrics import binary_metrics, calibrate, prob_from_logits
+from pneumo_edge.train.augment import AugmentConfig, augment, crop_batch
+from pneumo_edge.train.checkpoint import save_checkpoint
+from pneumo_edge.train.data import (
+    DEFAULT_HUB_DATASET,
+    LABELS,
+    carve_validation,
+    decode_all,
+    fingerprint,
+    load_splits,
+    split_seed,
+)
 from pneumo_edge.train.models import DEFAULT_MODEL, create_model
 
 
@@ -94,8 +103,6 @@ def uint8_batch(images: np.ndarray, idx: np.ndarray) -> torch.Tensor:
 def predict_logits(model: nn.Module, images: np.ndarray, spec: PreprocessSpec,
                    batch_size: int = 64) -> np.ndarray:
     """Logits for pre-resized uint8 images, through the same normalisation as imaging.normalize."""
-    from pneumo_edge.edge.imaging import normalize
-
     model.eval()
     out = []
     for i in range(0, len(images), batch_size):
@@ -136,7 +143,7 @@ def lr_at(step: int, total: int, cfg: TrainConfig, probe_steps: int = 0) -> floa
 
 def _save_snapshot(out: Path, model, ema, opt, epoch: int, step: int, history: list, best: dict,
                    distill: dict | None = None) -> None:
-    from safetensors.torch import save_file
+    from safetensors.torch import save_file  # the [train] extra
 
     tensors = {f"model.{k}": v.detach().contiguous() for k, v in model.state_dict().items()}
     if ema is not None:
@@ -152,7 +159,7 @@ def _save_snapshot(out: Path, model, ema, opt, epoch: int, step: int, history: l
 
 
 def _load_snapshot(out: Path, model, ema, opt, distill: dict | None = None) -> tuple[int, int, list, dict]:
-    from safetensors.torch import load_file
+    from safetensors.torch import load_file  # the [train] extra
 
     meta = json.loads((out / "last.json").read_text())
     def same(d: dict | None) -> dict | None:  # the teachers by their weights, not by how a path was typed
@@ -211,8 +218,6 @@ def _prepare(cfg: TrainConfig, run: RunConfig) -> Path:
 
 def _load_data(cfg: TrainConfig, spec: PreprocessSpec, progress: bool) -> TrainData:
     """Carve validation by patient, subsample training if asked, decode both once into memory."""
-    from pneumo_edge.train.data import split_seed
-
     splits = load_splits(cfg.data)
     train_s, val_s, info = carve_validation(splits.train_pool, cfg.val_fraction, split_seed(asdict(cfg)))
     if cfg.max_train_images and len(train_s) > cfg.max_train_images:
@@ -238,7 +243,9 @@ def _teacher(cfg: TrainConfig, spec: PreprocessSpec, data: TrainData):
     """The distillation teacher and what a resumed run must repeat, or (None, None)."""
     if not cfg.teachers:
         return None, None
-    from pneumo_edge.train.distill import Teacher
+    from pneumo_edge.train.distill import (
+        Teacher,  # torch: training side only, kept off the light install
+    )
 
     # Loaded before a snapshot restores the RNG: building the teachers draws random initial weights.
     teacher = Teacher.load(cfg.teachers, {"labels": list(LABELS), "preprocess": spec.to_dict(),
@@ -253,7 +260,9 @@ def _train_epoch(model, opt, ema, criterion, teacher, cfg: TrainConfig, spec: Pr
                  epoch: int, step: int, sched: tuple[int, int, int], sample_p: np.ndarray, gen,
                  progress: bool) -> tuple[int, float, int, float]:
     """One pass; returns (step, summed loss, images seen, seconds)."""
-    from pneumo_edge.train.distill import distill_loss
+    from pneumo_edge.train.distill import (
+        distill_loss,  # torch: training side only, kept off the light install
+    )
 
     steps_per_epoch, total_steps, probe_steps = sched
     rng = np.random.default_rng(cfg.seed + epoch)  # per-epoch stream: resume replays exactly
@@ -367,8 +376,6 @@ def fit(cfg: TrainConfig, run: RunConfig = RunConfig()) -> dict:
 
 
 def _with_state(model: nn.Module, state: dict) -> nn.Module:
-    import copy
-
     twin = copy.deepcopy(model)
     twin.load_state_dict(state)
     return twin

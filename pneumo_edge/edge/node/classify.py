@@ -16,9 +16,12 @@ from pathlib import Path
 
 import numpy as np
 
+from ..cam import caption_for
 from ..decision import Scored, score_images
+from ..heatmap import FOLDER, caption, cell_edges, explain_film
 from ..infer import decode_file
 from ..model import EdgeModel
+from .sc import overlay_pixels
 from .sr import Finding
 
 
@@ -75,9 +78,6 @@ def classify(model: EdgeModel, paths: list[Path], use_guard: bool = True, heatma
 def _overlay(model: EdgeModel, resized, s: Scored):
     """The map `infer --heatmaps` draws (edge.heatmap.FOLDER), over the model's input, captioned; and its
     strongest cell."""
-    from ..cam import caption_for
-    from ..heatmap import FOLDER, caption, explain_film
-    from .sc import overlay_pixels
 
     heat = explain_film(model, resized, method=FOLDER)
     pixels = overlay_pixels(resized, heat, caption_for(s.label, s.probability, s.threshold, caption(FOLDER)))
@@ -90,8 +90,6 @@ GRID = 7  # cells a side: the shipped occlusion map's own grid
 def strongest_cell(heat: np.ndarray, grid: int = GRID) -> tuple[float, float, float, float] | None:
     """(left, top, right, bottom) as fractions of the map of the grid cell with the highest mean evidence, or
     None for a map without any (a film with nothing found)."""
-    from ..heatmap import cell_edges
-
     if not np.any(heat > 0):
         return None
     h, w = heat.shape

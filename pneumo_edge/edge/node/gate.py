@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import socket
 import struct
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -181,8 +182,11 @@ class PduGuard:
 
 def server_class(gate: Gate, on_refused: Callable[[str, str], None], on_error: Callable[[str], None]):
     """A pynetdicom ThreadedAssociationServer admitting connections through `gate`, with a PduGuard on each."""
-    from pynetdicom import evt
-    from pynetdicom.transport import RequestHandler, ThreadedAssociationServer
+    from pynetdicom import evt  # the [node] extra, only when the node runs
+    from pynetdicom.transport import (  # the [node] extra, only when the node runs
+        RequestHandler,
+        ThreadedAssociationServer,
+    )
 
     class GuardedHandler(RequestHandler):
         def handle(self) -> None:
@@ -218,8 +222,6 @@ def server_class(gate: Gate, on_refused: Callable[[str, str], None], on_error: C
                 gate.release(client_address[0])
 
         def handle_error(self, request, client_address) -> None:
-            import sys
-
             on_error(sys.exc_info()[0].__name__)  # socketserver would print the traceback: it may quote values
 
     return GatedServer

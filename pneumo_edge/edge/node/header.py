@@ -15,8 +15,18 @@ from __future__ import annotations
 import zlib
 from pathlib import Path
 
+import pydicom
+from pydicom.filebase import DicomBytesIO
+from pydicom.filereader import (
+    _at_pixel_data,
+    _read_file_meta_info,
+    read_dataset,
+    read_preamble,
+)
+
 from ..dicom_bounds import DEFER_BYTES, BoundedFile
 from ..errors import PneumoEdgeError
+from ..imaging import quiet_pydicom, scrub
 from .uids import valid_uid
 
 HEADER_BYTES = 16 << 20  # of a deflated data set, inflated to find its header (real headers: a few kB)
@@ -31,10 +41,6 @@ class HeaderError(PneumoEdgeError):
 
 def read_header(path: Path, max_bytes: int):
     """The header of the spooled instance at `path`, checked (`check_header`); HeaderError when unusable."""
-    import pydicom
-    from pydicom.filereader import _read_file_meta_info, read_preamble
-
-    from ..imaging import quiet_pydicom, scrub
 
     quiet_pydicom()
     size = path.stat().st_size
@@ -60,8 +66,6 @@ def read_header(path: Path, max_bytes: int):
 
 def _deflated_header(f, meta):
     """The data set of a deflated file up to its pixel data, from at most HEADER_BYTES of inflated stream."""
-    from pydicom.filebase import DicomBytesIO
-    from pydicom.filereader import _at_pixel_data, read_dataset
 
     inflate, out = zlib.decompressobj(-zlib.MAX_WBITS), bytearray()
     while len(out) < HEADER_BYTES and not inflate.eof:

@@ -18,6 +18,14 @@ import codecs
 import datetime
 import re
 
+from pydicom import config
+from pydicom.charset import decode_bytes, encode_string, python_encoding
+from pydicom.datadict import tag_for_keyword
+from pydicom.dataset import Dataset
+from pydicom.valuerep import PersonName
+
+from .uids import valid_uid
+
 # (keyword, VR, type 2: present even when empty) of the Patient, General Study and Patient Study modules
 COPIED = (("PatientName", "PN", True), ("PatientID", "LO", True), ("IssuerOfPatientID", "LO", False),
           ("PatientBirthDate", "DA", True), ("PatientSex", "CS", True), ("PatientAge", "AS", False),
@@ -32,15 +40,11 @@ _CONTROL = re.compile(r"[\x00-\x1a\x1c-\x1f\x7f]")  # ESC (0x1b) belongs to ISO 
 
 def _defined_terms() -> dict[str, str]:
     """Normalised spelling (upper case, letters and digits only) -> the DICOM defined term."""
-    from pydicom.charset import python_encoding
-
     return {re.sub(r"[^A-Z0-9]", "", term.upper()): term for term in python_encoding}
 
 
 def _term_for(value: str, terms: dict[str, str]) -> str | None:
     """The defined term a (possibly misspelt) Specific Character Set value means, or None."""
-    from pydicom.charset import python_encoding
-
     key = re.sub(r"[^A-Z0-9]", "", value.upper())
     if key in terms:
         return terms[key]
@@ -56,8 +60,6 @@ def _term_for(value: str, terms: dict[str, str]) -> str | None:
 def character_set(source) -> tuple[list[str], list[str] | None]:
     """(the result's Specific Character Set values, the Python codecs that decode the source's text). Without
     a value, or with one that names no known set, the codecs are None: only plain ASCII text is certain then."""
-    from pydicom.charset import python_encoding
-
     raw = source.get_item(0x00080005)
     value = None if raw is None else raw.value
     if isinstance(value, bytes):
@@ -86,8 +88,6 @@ def character_set(source) -> tuple[list[str], list[str] | None]:
 
 def _decoded(raw: bytes, encodings: list[str] | None) -> str | None:
     """The text of `raw`, or None where it cannot be decoded with certainty."""
-    from pydicom import config
-    from pydicom.charset import decode_bytes
 
     raw = raw.rstrip(b" \x00")
     if not raw:
@@ -151,8 +151,6 @@ def checked_value(text: str, vr: str) -> str | None:
 
 def _raw_bytes(source, tag: int, encodings: list[str] | None) -> bytes | None:
     """The element's value as the source holds it: the raw bytes when unread, else the decoded value re-encoded."""
-    from pydicom.charset import encode_string
-
     elem = source.get_item(tag)
     if elem is None:
         return None
@@ -171,9 +169,6 @@ def _raw_bytes(source, tag: int, encodings: list[str] | None) -> bytes | None:
 def checked_identity(source):
     """A new Dataset: the result's SpecificCharacterSet and each COPIED attribute that is valid (type 2 ones
     present, empty when the source's value is missing or had to be left out). Text values keep their bytes."""
-    from pydicom.datadict import tag_for_keyword
-    from pydicom.dataset import Dataset
-    from pydicom.valuerep import PersonName
 
     out = Dataset()
     terms, encodings = character_set(source)
@@ -203,7 +198,5 @@ def geometry(source) -> tuple[int, int] | None:
 
 def clean_uid(value) -> str | None:
     """A UID from the header with its padding (spaces, NUL, a stray newline) removed, or None if invalid."""
-    from .uids import valid_uid
-
     text = str(value or "").strip(" \x00\r\n\t")
     return text if valid_uid(text) else None

@@ -23,6 +23,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import pydicom
+
 from .audit import Audit, now
 from .spool import Spool, durable_move, durable_write
 from .tcp import no_delay
@@ -82,7 +84,7 @@ class DimseLink:
     """One association at a time to a C-STORE destination, opened on demand and kept while work flows."""
 
     def __init__(self, dest: Destination, calling_ae: str, timeout_s: float = 30.0):
-        from pynetdicom import AE
+        from pynetdicom import AE  # the [node] extra, only when the node runs
 
         self.dest, self.timeout_s = dest, timeout_s
         self.ae = AE(ae_title=calling_ae)
@@ -111,7 +113,7 @@ class DimseLink:
 
     def send(self, path: Path) -> None:
         """Raises Unreachable, or RuntimeError with the destination's answer when it refused the object."""
-        from pynetdicom import _config
+        from pynetdicom import _config  # the [node] extra, only when the node runs
 
         _config.STORE_SEND_CHUNKED_DATASET = True  # send the file's bytes as they are: no decode, no re-encode
         if self.assoc is None or not self.assoc.is_established:
@@ -153,15 +155,16 @@ class StowLink:
     with a connect and read timeout and no retries of its own (the sender backs off)."""
 
     def __init__(self, dest: Destination, timeout_s: float = 30.0):
-        from dicomweb_client.api import DICOMwebClient
+        from dicomweb_client.api import (
+            DICOMwebClient,  # the [node] extra, only when run
+        )
 
         self.dest, self.timeout_s = dest, timeout_s
         self.client = DICOMwebClient(url=dest.text, timeout=(timeout_s, timeout_s))
         self.client.set_http_retry_params(retry=False)
 
     def send(self, path: Path) -> None:
-        import pydicom
-        import requests
+        import requests  # requests: only when this runs
 
         try:
             answer = self.client.store_instances([pydicom.dcmread(path)])

@@ -37,7 +37,10 @@ SUCCESS, OUT_OF_RESOURCES, CANNOT_UNDERSTAND = 0x0000, 0xA700, 0xC000
 
 
 def make_ae(ae_title: str, calling_aes: tuple[str, ...] = ()):
-    from pynetdicom import AE, VerificationPresentationContexts
+    from pynetdicom import (  # the [node] extra, only when the node runs
+        AE,
+        VerificationPresentationContexts,
+    )
 
     ae = AE(ae_title=ae_title)
     for uid in IMAGE_STORAGE:
@@ -56,7 +59,9 @@ def store_handler(spool: Spool, on_stored: Callable, on_refused: Callable, max_b
     gate disconnects a peer before that; this is the check on what arrived)."""
 
     def handle(event) -> int:
-        from pynetdicom.dsutils import encode_file_meta
+        from pynetdicom.dsutils import (
+            encode_file_meta,  # the [node] extra, only when the node runs
+        )
 
         uid = str(event.request.AffectedSOPInstanceUID or "")
         if not valid_uid(uid):

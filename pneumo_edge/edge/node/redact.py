@@ -20,6 +20,8 @@ import sys
 import threading
 import warnings
 
+from ..imaging import scrub
+
 OWN = "pneumo_edge"
 log = logging.getLogger("pneumo_edge.node")
 _warned: set = set()
@@ -49,8 +51,6 @@ def describe(exc: BaseException) -> str:
 
 class RedactingFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
-        from ..imaging import scrub
-
         msg = record.getMessage()
         if not record.name.startswith(OWN):
             msg = scrub(msg)

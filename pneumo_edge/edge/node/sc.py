@@ -15,9 +15,11 @@ from __future__ import annotations
 import re
 
 import numpy as np
+from pydicom.dataset import Dataset
 
+from ..cam import overlay_image
 from .identity import checked_identity
-from .sr import MANUFACTURER, Algorithm, apply_identity, evidence_of
+from .sr import MANUFACTURER, Algorithm, apply_identity, evidence_of, is_chest
 from .uids import derived_uid
 
 SERIES_NUMBER = 7702
@@ -34,8 +36,6 @@ _ORIENTATION = re.compile(r"^[APRLHF]{1,3}$")
 
 def overlay_pixels(resized: np.ndarray, heat: np.ndarray, caption: list[str]) -> np.ndarray:
     """uint8 (H, W, 3): the overlay with the caption band and the warning burned in."""
-    from ..cam import overlay_image
-
     return np.ascontiguousarray(np.asarray(overlay_image(resized, heat, [*caption, WARNING]).convert("RGB")))
 
 
@@ -50,8 +50,6 @@ def orientation(source) -> list[str] | str:
 def body_and_laterality(sc, source) -> None:
     """Body Part Examined and Laterality (General Series, type 3 and 2C) from the source where valid. A chest
     is unpaired, so Laterality is left out; otherwise an unknown laterality is empty (PS3.3 C.7.3.1)."""
-    from .sr import is_chest
-
     body = str(source.get("BodyPartExamined", "") or "").strip().upper()
     if re.fullmatch(r"[A-Z0-9 _]{1,16}", body):
         sc.BodyPartExamined = body
@@ -76,8 +74,7 @@ def lossy(source) -> tuple[str, list[str]]:
 
 
 def build_sc(source, pixels: np.ndarray, algo: Algorithm):
-    import highdicom as hd
-    from pydicom.dataset import Dataset
+    import highdicom as hd  # the [node] extra, only when the node runs
 
     identity = checked_identity(source)
     ref = evidence_of(source, identity)

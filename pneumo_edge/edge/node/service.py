@@ -19,20 +19,23 @@ from __future__ import annotations
 
 import json
 import logging
+import signal
 import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..api import resolve_model
 from ..errors import PneumoEdgeError
 from ..model import EdgeModel
 from ..monitor import Monitor, prometheus_collector
+from ..progress import Progress, stage
 from .audit import Audit, Throttle
 from .counters import RATE_WINDOW_S, Counters
 from .gate import Limits, start_server
 from .outbox import LINKS, Destination, Sender
 from .receiver import make_ae, store_handler
-from .redact import describe
+from .redact import describe, install
 from .spool import Spool, durable_write
 from .sr import Algorithm
 from .tcp import no_delay
@@ -96,8 +99,6 @@ class NodeStopped(PneumoEdgeError):
 
 class Node:
     def __init__(self, cfg: NodeConfig, model: EdgeModel | None = None):
-        from ..api import resolve_model
-
         self.cfg = cfg
         self.model = model or EdgeModel(resolve_model(cfg.model), threads=cfg.threads)
         self.model_sha256 = self.model.sha256  # of the ONNX file: the result UIDs derive from it
@@ -171,7 +172,7 @@ class Node:
     def run(self, stop: threading.Event, on_tick=None) -> None:
         """Serve until `stop` is set or a stage ends; then stop accepting, finish what is in hand within
         stop_timeout_s, and return (`failure` says why, when a stage ended)."""
-        from pynetdicom import evt
+        from pynetdicom import evt  # the [node] extra, only when the node runs
 
         ae = make_ae(self.cfg.ae_title, self.cfg.calling_aes)
         handlers = [(evt.EVT_C_STORE, store_handler(self.spool, self._stored, self._refused, self.max_instance_bytes)),
@@ -255,7 +256,10 @@ class Node:
 def write_metrics(monitor: Monitor, path: Path) -> bool:
     """The monitor as Prometheus text in `path` (written whole, then renamed); False without prometheus-client."""
     try:
-        from prometheus_client import CollectorRegistry, write_to_textfile  # optional: the node runs without it
+        from prometheus_client import (  # optional: the node runs without it
+            CollectorRegistry,
+            write_to_textfile,
+        )
     except ImportError:
         return False
     registry = CollectorRegistry()
@@ -286,10 +290,6 @@ def status_text(st: dict) -> str:
 def listen(cfg: NodeConfig, progress: bool = True) -> dict:
     """Run a node in this process until SIGTERM or Ctrl-C, with a status line on the progress layer; the log,
     warnings and tracebacks through edge.node.redact. Raises NodeStopped when a stage ended."""
-    import signal
-
-    from ..progress import Progress, stage
-    from .redact import install
 
     install()
     node = Node(cfg)

@@ -24,6 +24,7 @@ import json
 import os
 import re
 import tempfile
+import time
 from pathlib import Path
 
 from .uids import valid_uid
@@ -167,8 +168,6 @@ class Spool:
 
     def forget_old(self, days: float = SEEN_DAYS) -> int:
         """Remove content records older than `days`; returns how many."""
-        import time
-
         cutoff, n = time.time() - days * 86400, 0
         for p in (self.root / SEEN).glob("*.json"):
             try:

@@ -29,7 +29,14 @@ from __future__ import annotations
 
 from copy import deepcopy
 from dataclasses import dataclass
+from importlib.metadata import PackageNotFoundError, version
 
+import numpy as np
+from pydicom.dataset import Dataset
+from pydicom.sr.codedict import codes
+from pydicom.sr.coding import Code
+
+from ..imaging import input_box
 from ..meta import LABELS  # (negative, positive): PNEUMONIA is "pneumonia present"
 from .identity import checked_identity, clean_uid, geometry
 from .uids import derived_uid
@@ -64,8 +71,6 @@ class Algorithm:
 
 
 def software_version() -> str:
-    from importlib.metadata import PackageNotFoundError, version
-
     try:
         return version("pneumo-edge")
     except PackageNotFoundError:  # a source tree on sys.path, not installed
@@ -90,8 +95,6 @@ class Finding:
 
 
 def _codes() -> dict:
-    from pydicom.sr.coding import Code
-
     def local(value: str, meaning: str) -> Code:
         return Code(value, LOCAL, meaning)
 
@@ -140,22 +143,18 @@ VERDICTS = {"accepted": "Accepted", "rejected": "Refused", "off": "Not run (guar
 
 
 def _verdict_code(verdict: str):
-    from pydicom.sr.coding import Code
-
     return Code(verdict.replace(" ", "-"), LOCAL, VERDICTS.get(verdict, verdict.capitalize()))
 
 
 def _items():
     """highdicom's content item classes and relationship types, imported on use (the node extra)."""
-    import highdicom.sr as s
+    import highdicom.sr as s  # the [node] extra, only when the node runs
 
     return s
 
 
 def _observer(algo: Algorithm, c: dict) -> list:
     """TID 1204 language and TID 1002/1004: the device that made the report is the model."""
-    from pydicom.sr.codedict import codes
-
     s, r = _items(), _items().RelationshipTypeValues
     return [s.CodeContentItem(c["language"], c["english"], relationship_type=r.HAS_CONCEPT_MOD),
             *s.ObserverContext(observer_type=codes.DCM.Device,
@@ -170,8 +169,6 @@ def device_uid(algo: Algorithm) -> str:
 
 def _library(source, ref: tuple[str, str], c: dict):
     """TID 1600: the one source image, with its modality and, for a chest film, the target region."""
-    from pydicom.sr.coding import Code
-
     s, r = _items(), _items().RelationshipTypeValues
     descriptors = []
     modality = str(source.get("Modality", "") or "").strip().upper()
@@ -205,10 +202,6 @@ def _algorithm(algo: Algorithm, c: dict) -> list:
 def region_on_source(box: tuple[float, float, float, float], shape: tuple[int, int], resize: str):
     """A box in fractions of the model's input -> the rectangle's corners on the source image (columns,
     rows), closed, as SCOORD POLYLINE data (pixel edges: 0 is the left edge of the first column)."""
-    import numpy as np
-
-    from ..imaging import input_box
-
     left, top, right, bottom = input_box(shape, resize)
     w, h = right - left, bottom - top
     x0, y0, x1, y1 = (left + box[0] * w, top + box[1] * h, left + box[2] * w, top + box[3] * h)
@@ -302,8 +295,6 @@ def study_uids(source) -> tuple[str, str]:
 
 def evidence_of(source, identity=None):
     """The source as a result's evidence and patient/study source: its UIDs, and the checked identity."""
-    from pydicom.dataset import Dataset
-
     ds = Dataset()
     for elem in deepcopy(identity if identity is not None else checked_identity(source)):
         ds[elem.tag] = elem
@@ -315,8 +306,6 @@ def evidence_of(source, identity=None):
 def apply_identity(ds, identity, algo: Algorithm) -> None:
     """Patient and study attributes, character set and equipment, set on a result directly (no library check
     that would warn quoting a name)."""
-    from pydicom.dataset import Dataset
-
     for elem in identity:
         ds[elem.tag] = elem
     if "SpecificCharacterSet" not in identity and "SpecificCharacterSet" in ds:
@@ -334,7 +323,7 @@ def apply_identity(ds, identity, algo: Algorithm) -> None:
 def _comprehensive_sr(**kw):
     """highdicom's ComprehensiveSR, leaving the patient and study modules to apply_identity: its own copy
     would take them unchecked, and needs a SOP class it knows."""
-    import highdicom as hd
+    import highdicom as hd  # the [node] extra, only when the node runs
 
     class ComprehensiveSR(hd.sr.ComprehensiveSR):
         def copy_patient_and_study_information(self, dataset) -> None:

@@ -33,13 +33,16 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..population import without_age
 from ..dicom_terms import MODALITIES, shown
+from ..imaging import scrub
+from ..population import without_age
 from .audit import now
 from .classify import classify
 from .header import HeaderError, read_header
 from .redact import describe
+from .sc import build_sc
 from .spool import sync_dir
+from .sr import build_sr
 
 log = logging.getLogger("pneumo_edge.node")
 BATCH = 8  # instances classified per model call when they queue up
@@ -185,8 +188,6 @@ class Worker:
 
     def _report(self, item: Item, classified_at: float, classify_ms: float) -> bool:
         """The item's results in every destination's outbox (and its content record); False: not this time."""
-        from .sc import build_sc
-        from .sr import build_sr
 
         node, t0 = self.node, time.perf_counter()
         try:
@@ -263,8 +264,6 @@ class Worker:
 
     def quarantine(self, path: Path, stage: str, why: str, detail: str = "", status: str = "failed") -> None:
         """The instance to failed/ with its reason; the audit and the log say so (without `detail`)."""
-        from ..imaging import scrub
-
         uid = path.stem
         text = why + (f"\nmessage (quoted text removed): {scrub(detail)}" if detail else "")
         try:
