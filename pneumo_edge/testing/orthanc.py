@@ -95,6 +95,11 @@ class Orthanc:
             body = r.read()
         return json.loads(body) if body[:1] in (b"{", b"[") else body
 
+    def post(self, path: str, body: bytes) -> object:
+        req = urllib.request.Request(self.url + path, data=body, method="POST")
+        with urllib.request.urlopen(req, timeout=30) as r:
+            return json.loads(r.read() or b"null")
+
     def instances(self) -> list[dict]:
         """Every stored instance's main tags (simplified names), with its Orthanc id as "ID"."""
         return [{**self.get(f"/instances/{i}/simplified-tags"), "ID": i} for i in self.get("/instances")]

@@ -258,8 +258,8 @@ def test_each_item_says_on_its_own_what_the_result_is():
     assert seen["not assessed"][0] == [("not-assessed", "Not assessed")]
     assert seen["present"][1] == [("233604007", "Pneumonia")] and seen["absent"][1] == [("pneumonia-absent", "Pneumonia absent")]
     assert seen["not assessed"][1] == [] and seen["not assessed"][2] == []  # no finding, no number
-    assert any(n.startswith("Pneumonia PRESENT") for n in seen["present"][2])
-    assert any(n.startswith("Pneumonia ABSENT") for n in seen["absent"][2])
+    assert any(n.startswith("AI: pneumonia PRESENT") for n in seen["present"][2])
+    assert any(n.startswith("AI: pneumonia ABSENT") for n in seen["absent"][2])
     got = {o: read_sr(ds) for o, ds in reports.items()}
     assert got["present"]["probability"] == pytest.approx(0.9731) and got["absent"]["threshold"] == pytest.approx(0.42)
     assert got["not assessed"]["comment"].startswith("refused by the guard") and got["not assessed"]["probability"] is None

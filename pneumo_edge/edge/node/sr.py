@@ -130,10 +130,10 @@ def _codes() -> dict:
         "pneumonia_absent": local("pneumonia-absent", "Pneumonia absent"),
         "not_assessed": local("not-assessed", "Not assessed"),
         # the probability, named with the decision it led to: a viewer that shows only numbers (OHIF) shows both
-        "probability_present": local("prob-present", "Pneumonia PRESENT (AI), probability of pneumonia"),
-        "probability_absent": local("prob-absent", "Pneumonia ABSENT (AI), probability of pneumonia"),
-        "threshold": local("threshold", "Decision threshold, probability of pneumonia"),
-        "guard_score": local("guard-score", "Out-of-distribution guard score (above 1: refused)"),
+        "probability_present": local("prob-present", "AI: pneumonia PRESENT, probability"),
+        "probability_absent": local("prob-absent", "AI: pneumonia ABSENT, probability"),
+        "threshold": local("threshold", "AI decision threshold, probability"),
+        "guard_score": local("guard-score", "Out-of-distribution score (above 1: refused)"),
         "guard_verdict": local("guard-verdict", "Out-of-distribution guard verdict"),
     }
 
