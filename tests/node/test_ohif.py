@@ -17,19 +17,21 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.slow  # starts a server, a browser, a venv or Ray
+
 pytest.importorskip("pynetdicom", reason="the node extra is not installed (pip install '.[node]')")
 sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed (pip install playwright)")
 
 import pydicom  # noqa: E402
 
-from pneumo_edge.dicomfilm import write_film  # noqa: E402
+from pneumo_edge.testing.dicomfilm import write_film  # noqa: E402
 from pneumo_edge.edge.node.sc import SERIES_DESCRIPTION as SC_SERIES  # noqa: E402
 from pneumo_edge.edge.node.sr import SERIES_DESCRIPTION as SR_SERIES, read_sr  # noqa: E402
-from pneumo_edge.node_bench import NodeProcess, storescu  # noqa: E402
-from pneumo_edge.ohif import VERSION, Viewer, dist_dir  # noqa: E402
-from pneumo_edge.orthanc import Orthanc, dicomweb_plugin, orthanc_binary  # noqa: E402
+from pneumo_edge.benchmarks.node import NodeProcess, storescu  # noqa: E402
+from pneumo_edge.testing.ohif import VERSION, Viewer, dist_dir  # noqa: E402
+from pneumo_edge.testing.orthanc import Orthanc, dicomweb_plugin, orthanc_binary  # noqa: E402
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES = ROOT / "examples" / "xrays"
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 REQUIRED = bool(os.environ.get("PNEUMO_EDGE_REQUIRE_BROWSER"))

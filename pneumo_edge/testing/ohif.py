@@ -1,7 +1,7 @@
 """The OHIF viewer (the prebuilt `@ohif/app` npm package) served against a local Orthanc: how the tests see a
 result the way a radiologist would.
 
-    python -m pneumo_edge.ohif                      # fetch the viewer once (npm pack) into the cache folder
+    python -m pneumo_edge.testing.ohif                      # fetch the viewer once (npm pack) into the cache folder
     with Orthanc(tmp, dicomweb=True) as pacs, Viewer(pacs.url) as viewer:
         page.goto(viewer.study_url(study_uid))
 
@@ -25,7 +25,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from .edge.errors import PneumoEdgeError
+from pneumo_edge.edge.errors import PneumoEdgeError
 
 PACKAGE = "@ohif/app"
 VERSION = "3.13.2"
@@ -151,7 +151,7 @@ class Viewer:
     def __init__(self, pacs_url: str, dist: Path | None = None):
         found = dist or dist_dir()
         if found is None:
-            raise PneumoEdgeError(f"the OHIF viewer is not fetched: run `{sys.executable} -m pneumo_edge.ohif`")
+            raise PneumoEdgeError(f"the OHIF viewer is not fetched: run `{sys.executable} -m pneumo_edge.testing.ohif`")
         self.server = _Server(("127.0.0.1", 0), _Handler)
         self.server.dist, self.server.pacs = found.resolve(), pacs_url.rstrip("/")
         self.origin = f"http://127.0.0.1:{self.server.server_address[1]}"
