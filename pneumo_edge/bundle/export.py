@@ -480,7 +480,7 @@ def _population_images(images, others: str | None, spec, progress: bool):
     split = others_split(others)  # by patient, before any film is scored
     stage("export", f"decoding {len(split.fit) + len(split.heldout)} films of {Path(others).name} (population check)")
     images.others, heldout = others_views(split, spec, progress)
-    images.others_about = split.about()
+    images.others_about, images.others_groups = split.about(), split.fit_groups()
     return split, heldout
 
 
@@ -492,7 +492,7 @@ def _measure_population(population, built: dict[str, EdgeModel], statement: dict
     for model in built.values():
         head = model.guard.population
         report["files"][model.path.name] = {
-            "threshold": head.threshold, "percentile": head.percentile,
+            "threshold": head.threshold, "percentile": head.percentile, "rule": head.rule,
             "validation_rejected": model.meta.ood.get("validation_rejected"),
             "heldout": heldout_rates(model.guard, onnx_embedder(model), heldout, split)}
     write_json(out / RESULT, report)

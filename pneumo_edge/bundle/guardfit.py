@@ -17,7 +17,6 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageDraw
 
 from pneumo_edge.edge.api import MODEL_FILES
 from pneumo_edge.edge.atomic import refuse_existing, write_text
@@ -28,6 +27,7 @@ from pneumo_edge.edge.guard import (
     ORIENT_PERCENTILE,
     PERCENTILE,
     POLARITY_PERCENTILE,
+    POPULATION_OUTSIDE_PERCENTILE,
     POPULATION_PERCENTILE,
     Guard,
     OrientationHead,
@@ -36,10 +36,12 @@ from pneumo_edge.edge.guard import (
     image_stats,
     thumbnail,
 )
-from pneumo_edge.edge.imaging import chroma, load_image, normalize, resize_gray
+from pneumo_edge.edge.imaging import normalize, resize_gray
 from pneumo_edge.edge.model import EdgeModel
 from pneumo_edge.edge.progress import stage
 from pneumo_edge.edge.stamp import stamp_checked
+from pneumo_edge.site.headfit import patient_folds
+from pneumo_edge.site.probes import ORIENT_L2, alterations, ood_images
 from pneumo_edge.train.data import decode_all, load_splits, rebuild_split
 from pneumo_edge.train.perturb import perturbed_views
 
@@ -51,15 +53,8 @@ FIT_IMAGES = 1500  # training images whose embeddings fit the guard
 # validation accuracy to 74-95%) and zoom-out-full (a black letterbox), which no site produces.
 SHIFT_VIEWS = ("contrast-0.6", "contrast-1.4", "gamma-0.6", "gamma-1.6", "blur-0.75", "jpeg-q75",
                "zoom-in-0.8", "shift-up-left", "shift-down-right")
-ORIENT_L2 = 1.0  # ridge on standardised embeddings; 0.1 gave the same validation rates
 STAT_QUANTILES = (0.1, 99.9)  # of training image_stats, films and their shifts ...
 STAT_PAD = 0.1  # ... widened by this fraction of the range
-
-
-def alterations(x: np.ndarray) -> dict[str, np.ndarray]:
-    """Films as they must not be submitted. Horizontal flips are not here: training augments with them."""
-    return {"upside down": x[:, ::-1], "rotated 90 degrees": np.rot90(x, 1, (1, 2)),
-            "rotated 270 degrees": np.rot90(x, 3, (1, 2)), "inverted grey levels": 255 - x}
 
 
 def _one_alteration_each(x: np.ndarray) -> np.ndarray:
@@ -83,6 +78,7 @@ class GuardImages:
     # films of another population (and their left-right flips) for the population check; None: no such check
     others: np.ndarray | None = None
     others_about: str = ""  # what they are, recorded in the check's metadata
+    others_groups: np.ndarray | None = None  # the patient of each of `others` (a film and its flip: the same)
 
 
 def _companions(films: list[np.ndarray], train: np.ndarray, size: int, seed: int = 0) -> np.ndarray:
@@ -186,16 +182,46 @@ def fit_orientation(as_acquired: np.ndarray, altered: np.ndarray, val_as_acquire
     return head
 
 
-def fit_population(inside: np.ndarray, outside: np.ndarray, val_inside: np.ndarray, fitted_on: str,
-                   percentile: float = POPULATION_PERCENTILE) -> PopulationHead:
-    """Head on embeddings of the model's own training films (inside = 0) and films of another population
-    (outside = 1; far fewer, so the classes weigh the same); threshold from validation films as acquired."""
-    w, b = fit_logistic(np.concatenate([inside, outside]), np.r_[np.zeros(len(inside)), np.ones(len(outside))],
+def _population_logistic(inside: np.ndarray, outside: np.ndarray) -> tuple[np.ndarray, float]:
+    """Inside = 0, outside = 1; far fewer outside films, so the classes weigh the same."""
+    return fit_logistic(np.concatenate([inside, outside]), np.r_[np.zeros(len(inside)), np.ones(len(outside))],
                         class_weight="balanced")
+
+
+def out_of_fold(inside: np.ndarray, outside: np.ndarray, groups: np.ndarray, folds: int = 5) -> np.ndarray:
+    """Log-odds of each outside film from a head fitted without its patient (folds by patient)."""
+    fold = patient_folds(np.asarray(groups), folds, seed=0)
+    out = np.zeros(len(outside))
+    for k in range(folds):
+        w, b = _population_logistic(inside, outside[fold != k])
+        out[fold == k] = outside[fold == k] @ w + b
+    return out
+
+
+def _logit(p: float) -> float:
+    return float(np.log(p) - np.log1p(-p))
+
+
+def fit_population(inside: np.ndarray, outside: np.ndarray, val_inside: np.ndarray, fitted_on: str,
+                   outside_groups: np.ndarray | None = None, percentile: float = POPULATION_PERCENTILE,
+                   outside_percentile: float = POPULATION_OUTSIDE_PERCENTILE) -> PopulationHead:
+    """Head on embeddings of the model's own training films (inside) and films of another population (outside).
+    Threshold: half way, in log-odds, from the `percentile` of validation films as acquired to the
+    `outside_percentile` of the outside films scored out of fold (by patient, `outside_groups`); the validation
+    percentile alone when no groups are given or the outside films do not lie above it."""
+    w, b = _population_logistic(inside, outside)
     head = PopulationHead(weights=w, bias=b, threshold=1.0, percentile=percentile, fitted_on=fitted_on)
     cut = float(np.percentile(head.probability(val_inside), percentile))
     if cut == 0.0:  # a check can only be stored with a positive threshold
         raise ValueError("population check: validation films score P(outside) = 0 at the percentile; nothing to cut")
+    head.rule = f"the {percentile:g}th percentile of validation films as acquired"
+    if outside_groups is not None and len(set(np.asarray(outside_groups).tolist())) >= 5:
+        far = float(np.percentile(out_of_fold(inside, outside, outside_groups), outside_percentile))
+        if far > _logit(cut):
+            cut = float(1.0 / (1.0 + np.exp(-(_logit(cut) + far) / 2)))
+            head.rule = (f"half way in log-odds from the {percentile:g}th percentile of validation films as acquired "
+                         f"to the {outside_percentile:g}th percentile of the other population's fitting films scored "
+                         "out of fold (5 folds by patient)")
     head.threshold = cut
     return head
 
@@ -228,7 +254,8 @@ def fit_guard(embed: Embed, images: GuardImages) -> dict:
     guard.orientation = fit_orientation(as_acquired, embed(_one_alteration_each(images.train)), e_val_all)
     guard.polarity = polarity_from_images(images)
     if images.others is not None:
-        guard.population = fit_population(as_acquired, embed(images.others), e_val_all, images.others_about)
+        guard.population = fit_population(as_acquired, embed(images.others), e_val_all, images.others_about,
+                                          images.others_groups)
 
     return guard.to_meta() | {"validation_rejected": validation_rates(guard, embed, images, e_val)}
 
@@ -295,89 +322,6 @@ def stamp_polarity(bundle: str | Path, data: str, force: bool = False, progress:
 
 # ---------------------------------------------------------------- evaluation set and report
 
-def _text_page(rng: np.random.Generator, size=(640, 480)) -> np.ndarray:
-    img = Image.new("L", size, 255)
-    draw = ImageDraw.Draw(img)
-    words = "patient report chest radiograph findings impression normal opacity consolidation lobe".split()
-    for row in range(24, size[1] - 20, 18):
-        line = " ".join(rng.choice(words, 8))
-        draw.text((20, row), line, fill=int(rng.integers(0, 60)))
-    return np.asarray(img)
-
-
-def ood_images(rng_seed: int = 0) -> dict[str, list[tuple[str, np.ndarray, float]]]:
-    """Out-of-distribution images that can be had offline, by category: (name, grey uint8, chroma)."""
-    rng = np.random.default_rng(rng_seed)
-    cats: dict[str, list] = {k: [] for k in ("colour photos", "grey photos", "other medical images",
-                                             "noise", "blank and gradient frames", "text renders")}
-
-    def add_photo(name: str, img: Image.Image) -> None:
-        rgb = img.convert("RGB")
-        cats["colour photos"].append((name, np.asarray(rgb.convert("L")), chroma(rgb)))
-        cats["grey photos"].append((name + " (grey)", np.asarray(rgb.convert("L")), 0.0))
-
-    try:  # sample images of the [plots]/[train] extras: absent on the edge install
-        import matplotlib.cbook as cbook
-    except ImportError:
-        cbook = None
-    if cbook is not None:
-        add_photo("grace_hopper", Image.open(cbook.get_sample_data("grace_hopper.jpg")))
-    try:
-        import skimage.data as sk
-
-        for n in ("astronaut", "chelsea", "coffee", "rocket", "hubble_deep_field", "immunohistochemistry",
-                  "colorwheel", "retina", "cat"):
-            try:
-                add_photo(n, Image.fromarray(getattr(sk, n)()))
-            except Exception:  # some images are downloaded on demand; offline they are absent
-                pass
-        for n in ("camera", "moon", "coins", "page", "text", "clock", "horse", "brick", "grass", "gravel",
-                  "microaneurysms", "cell", "binary_blobs", "checkerboard"):
-            try:
-                a = getattr(sk, n)()
-                a = (a * 255).astype(np.uint8) if a.dtype == bool or a.max() <= 1 else a.astype(np.uint8)
-                cats["grey photos"].append((n, a, 0.0))
-            except Exception:
-                pass
-    except ImportError:
-        pass
-    if cbook is not None:
-        import gzip
-
-        mri = np.frombuffer(gzip.open(cbook.get_sample_data("s1045.ima.gz", asfileobj=False)).read(), "<u2")
-        mri = mri.reshape(256, 256).astype(np.float64)
-        cats["other medical images"].append(("mri_s1045", (mri / mri.max() * 255).astype(np.uint8), 0.0))
-    try:
-        from pydicom.data import get_testdata_file
-
-        for n in ("CT_small.dcm", "MR_small.dcm", "liver_1frame.dcm", "rtdose_1frame.dcm", "JPEG-lossy.dcm",
-                  "JPGExtended.dcm", "examples_ybr_color.dcm", "examples_rgb_color.dcm", "SC_rgb_small_odd.dcm",
-                  "MR_small_RLE.dcm"):  # files bundled with pydicom: no download
-            try:
-                gray, colour = load_image(get_testdata_file(n))
-                cats["other medical images"].append((n, gray, colour))
-            except Exception:
-                pass
-    except ImportError:
-        pass
-    for i in range(10):
-        cats["noise"].append((f"uniform{i}", rng.integers(0, 256, (256, 256), dtype=np.uint8), 0.0))
-        g = np.clip(rng.normal(128, 40, (256, 256)), 0, 255).astype(np.uint8)
-        cats["noise"].append((f"gaussian{i}", g, 0.0))
-        sp = np.where(rng.random((256, 256)) < 0.5, 0, 255).astype(np.uint8)
-        cats["noise"].append((f"salt_pepper{i}", sp, 0.0))
-    yy, xx = np.mgrid[0:256, 0:256] / 255.0
-    for level in (0, 64, 128, 192, 255):
-        cats["blank and gradient frames"].append((f"blank{level}", np.full((256, 256), level, np.uint8), 0.0))
-    for name, g in (("horizontal", xx), ("vertical", yy), ("diagonal", (xx + yy) / 2),
-                    ("radial", np.clip(np.hypot(xx - 0.5, yy - 0.5) * 1.4, 0, 1)),
-                    ("inverse radial", 1 - np.clip(np.hypot(xx - 0.5, yy - 0.5) * 1.4, 0, 1))):
-        cats["blank and gradient frames"].append((name, (g * 255).astype(np.uint8), 0.0))
-    for i in range(10):
-        cats["text renders"].append((f"page{i}", _text_page(rng), 0.0))
-    return {k: v for k, v in cats.items() if v}
-
-
 def altered_xrays(resized: np.ndarray, n: int = 60, seed: int = 0) -> dict[str, np.ndarray]:
     """Heavily cropped or rotated versions of real X-rays: a separate, harder category."""
     rng = np.random.default_rng(seed)
@@ -420,14 +364,14 @@ def guard_report(model_path: str, data: str | None, out_json: str | None = None,
         stage("guard-report", "test split (in distribution), then altered X-rays")
         x, _, _ = decode_all(load_splits(data).test, s, progress=True, rule=model.spec.resize)
         r = rejected(x)
-        report["in_distribution"] = {"set": "test split", "n": int(len(x)), "rejected": int(r.sum()),
+        report["in_distribution"] = {"set": "test split", "n": len(x), "rejected": int(r.sum()),
                                      "rate": float(r.mean())}
         report["altered_xrays"] = {}
         for name, imgs in altered_xrays(x).items():
             r = rejected(imgs)
-            report["altered_xrays"][name] = {"n": int(len(imgs)), "rejected": int(r.sum()), "rate": float(r.mean())}
+            report["altered_xrays"][name] = {"n": len(imgs), "rejected": int(r.sum()), "rate": float(r.mean())}
         r = rejected(np.ascontiguousarray(255 - x))
-        report["inverted_every_test_film"] = {"n": int(len(x)), "rejected": int(r.sum()), "rate": float(r.mean()),
+        report["inverted_every_test_film"] = {"n": len(x), "rejected": int(r.sum()), "rate": float(r.mean()),
                                               "goal": INVERTED_GOAL}
         if ledger:  # the read is recorded as soon as it is made, whatever happens next
             import datetime as dt

@@ -5,17 +5,16 @@ fitted on films of another population and measured on patients it was not fitted
     r["files"]["model.onnx"]["heldout"]["refused"]      # share of the held-out patients' films refused
 
 The other population's folder (e.g. `site_nih`, adults) is split by patient with a fixed seed before any film
-is scored: one part fits the check (`OTHERS_FIT`), the rest is only measured. The check's threshold comes from
-the bundle's own validation films (carved from train), never from the other population's films. The result
+is scored: one part fits the check (`OTHERS_FIT`), the rest is only measured. The check's threshold lies half
+way (in log-odds) between the bundle's own validation films (carved from train) and the fitting part's films
+scored out of fold (`guardfit.fit_population`); the held-out patients' films never set it. The result
 file (`population.json`) holds the split, each file's threshold, its validation refusal rates and its
 refusal rate on the held-out patients.
 """
 
 from __future__ import annotations
 
-import csv
-import re
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -30,7 +29,7 @@ from pneumo_edge.bundle.guardfit import (
 from pneumo_edge.edge.atomic import write_json
 from pneumo_edge.edge.errors import DataError
 from pneumo_edge.edge.imaging import IMAGE_SUFFIXES
-from pneumo_edge.edge.patients import patient_id
+from pneumo_edge.edge.patients import PatientSource, patient_id
 from pneumo_edge.edge.population import Population
 from pneumo_edge.edge.progress import stage
 from pneumo_edge.edge.sitecal import split_groups
@@ -49,7 +48,6 @@ HOME_SOURCE = "Kermany et al. 2018 (Guangzhou Women and Children's Medical Cente
 
 SPLIT_SEED = 0  # the other population's patient split; fixed before any held-out film was scored
 OTHERS_FIT = "the patients split_groups(ids, SPLIT_SEED) puts on its True side (half of them)"
-_OTHER_PATIENT = re.compile(r"^nih_patient(\d+)_fu\d+", re.I)  # site_nih's names; other names: edge.patients
 RESULT = "population.json"
 HELDOUT_GOAL = 0.95  # films of the held-out patients refused
 
@@ -68,11 +66,6 @@ def home_statement(train: list[Sample], val: list[Sample]) -> dict:
                      "films": len(val), "patients": _patients(val)}]}).to_meta()
 
 
-def other_patient(name: str) -> str | None:
-    m = _OTHER_PATIENT.match(name)
-    return m.group(1) if m else patient_id(name)
-
-
 @dataclass
 class OthersSplit:
     folder: str
@@ -81,6 +74,11 @@ class OthersSplit:
     patients_fit: int
     patients_heldout: int
     views: dict[str, str]  # file name -> view (AP/PA) from a metadata.csv beside the films; {} without one
+    fit_ids: list[str] = field(default_factory=list)  # the patient of each fitting film
+
+    def fit_groups(self) -> np.ndarray:
+        """The patient of each film `others_views` returns for fitting: the films, then their flips."""
+        return np.array(self.fit_ids * 2)
 
     def about(self) -> str:
         return (f"inside: the model's training films; outside: {len(self.fit)} films of {self.patients_fit} "
@@ -92,13 +90,12 @@ class OthersSplit:
                 "heldout": {"films": len(self.heldout), "patients": self.patients_heldout}}
 
 
-def _views(folder: Path) -> dict[str, str]:
-    meta = folder / "metadata.csv"
-    if not meta.is_file():
+def _views(source: PatientSource, files: list[Path]) -> dict[str, str]:
+    """File name -> view (AP/PA) where the folder's table names it."""
+    if source.table is None:
         return {}
-    with open(meta, newline="", encoding="utf-8") as f:
-        return {Path(r["file"]).name: r["view_position"] for r in csv.DictReader(f)
-                if r.get("file") and r.get("view_position")}
+    views = {p.name: source.table.value(p, ("view_position", "view")) for p in files}
+    return {k: v for k, v in views.items() if v}
 
 
 def others_split(folder: str | Path, seed: int = SPLIT_SEED) -> OthersSplit:
@@ -109,7 +106,8 @@ def others_split(folder: str | Path, seed: int = SPLIT_SEED) -> OthersSplit:
     files = sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
     if not files:
         raise DataError(f"'{root}' holds no image files")
-    ids = [other_patient(p.name) for p in files]
+    source = PatientSource.for_folder(root)  # a patients.csv / metadata.csv beside the films, else the names
+    ids = [source.patient(p) for p in files]
     if None in ids:
         raise DataError(f"'{files[ids.index(None)].name}' names no patient: the split must keep each patient's "
                         "films together")
@@ -117,15 +115,17 @@ def others_split(folder: str | Path, seed: int = SPLIT_SEED) -> OthersSplit:
     samples = [Sample(name=p.name, label=0, path=str(p)) for p in files]
     return OthersSplit(str(root), [s for s, k in zip(samples, fit) if k], [s for s, k in zip(samples, fit) if not k],
                        len({i for i, k in zip(ids, fit) if k}), len({i for i, k in zip(ids, fit) if not k}),
-                       _views(root))
+                       _views(source, files), [i for i, k in zip(ids, fit) if k])
 
 
 def others_views(split: OthersSplit, spec, progress: bool = True) -> tuple[np.ndarray, np.ndarray]:
     """(fitting films and their left-right flips, held-out films) as model views (uint8, N x S x S)."""
-    fit, _, _ = decode_all(split.fit, spec.size, progress=progress, rule=spec.resize)
-    heldout, _, bad = decode_all(split.heldout, spec.size, progress=progress, rule=spec.resize)
-    if bad:
-        raise DataError(f"{len(bad)} held-out film(s) could not be read, e.g. {bad[0][0]}: {bad[0][1]}")
+    fit, _, bad = decode_all(split.fit, spec.size, progress=progress, rule=spec.resize)
+    heldout, _, bad_heldout = decode_all(split.heldout, spec.size, progress=progress, rule=spec.resize)
+    if bad or bad_heldout:
+        first = (bad or bad_heldout)[0]
+        raise DataError(f"{len(bad) + len(bad_heldout)} film(s) of the other population could not be read, e.g. "
+                        f"{first[0]}: {first[1]}")
     return np.concatenate([fit, np.ascontiguousarray(fit[:, :, ::-1])]), heldout
 
 
@@ -167,13 +167,14 @@ def stamp_population(bundle: str | Path, data: str, others: str | Path, force: b
         embed = onnx_embedder(model)
         e_val = {"clean": embed(images.val)} | {k: embed(v) for k, v in images.val_shifted.items()}
         inside = np.concatenate([embed(images.train), embed(images.train_companion)])
-        head = fit_population(inside, embed(outside), np.concatenate(list(e_val.values())), split.about())
+        head = fit_population(inside, embed(outside), np.concatenate(list(e_val.values())), split.about(),
+                              split.fit_groups())
         guard = replace(model.guard, population=head)
         rates = validation_rates(guard, embed, images, e_val)
         # the drift reference binned the old guard's scores: dropped, not left stale (monitor-reference refits it)
         stamp_checked(f, f, replace(model.meta, ood=guard.to_meta() | {"validation_rejected": rates}, monitor=None,
                                     population=report["statement"]), images.val[:64])
-        report["files"][f.name] = {"threshold": head.threshold, "percentile": head.percentile,
+        report["files"][f.name] = {"threshold": head.threshold, "percentile": head.percentile, "rule": head.rule,
                                    "validation_rejected": rates, "heldout": heldout_rates(guard, embed, heldout, split)}
     write_json(Path(bundle) / RESULT, report)
     return report

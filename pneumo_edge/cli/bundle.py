@@ -159,7 +159,8 @@ def guard_population(bundle, data, others, force) -> None:
     """State the bundle's population and add the image-based population check to its guard.
 
     The check refuses films that look like another population's (for films whose header gives no age); its
-    threshold comes from the bundle's validation films. Graph bytes are copied unchanged and outputs checked
+    threshold lies half way (in log-odds) between the bundle's validation films and the fitting patients' films
+    scored out of fold. Graph bytes are copied unchanged and outputs checked
     bit-identical before a file is replaced. Writes BUNDLE/population.json. Run `bundle monitor-reference` afterwards.
     """
     r = stamp_population(bundle, data, others, force=force)

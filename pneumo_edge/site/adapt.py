@@ -27,7 +27,6 @@ from pathlib import Path
 
 import numpy as np
 
-from pneumo_edge.bundle.guardfit import alterations, ood_images
 from pneumo_edge.edge.api import resolve_model
 from pneumo_edge.edge.atomic import prepare_out_dir, write_json, write_text, write_with
 from pneumo_edge.edge.decision import PROB_DIGITS, positive
@@ -59,6 +58,7 @@ from pneumo_edge.site.adaptreport import (
 )
 from pneumo_edge.site.calibrate import RULE
 from pneumo_edge.site.headfit import L2_GRID, Logistic, choose_l2, fit_logistic
+from pneumo_edge.site.probes import alterations, ood_images
 from pneumo_edge.site.siteguard import REFITTED, GuardFit, refit_guard
 from pneumo_edge.site.validate import labelled_files, resampling_groups
 from pneumo_edge.train.data import rebuild_split
@@ -349,7 +349,7 @@ def parity_check(candidate: Path, parent_out: dict, new_logits: np.ndarray, head
     expect = parent_out["embedding"].astype(np.float64) @ head.weight.T.astype(np.float64) + head.bias
     diff = float(np.abs(new_logits - expect).max()) if len(expect) else 0.0
     _ensure(diff < 1e-3, f"{candidate.name}: the written head's logits differ from the fitted head's by {diff:.3g}")
-    return {"max_abs_logit_difference": diff, "films": int(len(expect))}
+    return {"max_abs_logit_difference": diff, "films": len(expect)}
 
 
 @dataclass

@@ -10,7 +10,7 @@ embedding distance. So the refit:
     parent's principal directions, variances and threshold are kept);
   * orientation: the parent's head plus a correction fitted on the site's fitting films (and replayed home
     films) as acquired (0) and the site's fitting films altered each of the four ways (upside down, rotated
-    90/270, inverted; 1), penalised towards the parent head as export's head is regularised (ood.ORIENT_L2);
+    90/270, inverted; 1), penalised towards the parent head as export's head is regularised (probes.ORIENT_L2);
     its threshold the same percentile as export's (guard.ORIENT_PERCENTILE) of films as acquired that it
     was not fitted on (the site's calibration part, and home validation when given). One alteration per
     film, as export draws them, left the head so loose on adult films that an MRI slice of the non-X-ray
@@ -25,9 +25,9 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from pneumo_edge.bundle.guardfit import ORIENT_L2, alterations
 from pneumo_edge.edge.guard import ORIENT_PERCENTILE, Guard, OrientationHead
 from pneumo_edge.site.headfit import Logistic, fit_logistic
+from pneumo_edge.site.probes import ORIENT_L2, alterations
 
 REFITTED = ("embedding: the site's class means added to the parent's",
             "orientation head: the parent's plus a correction fitted on the site's films as acquired and altered; "
@@ -40,7 +40,7 @@ class GuardFit:
 
     site: np.ndarray  # the site's fitting films as acquired
     site_y: np.ndarray  # their labels (a mean per class)
-    altered: np.ndarray  # the same films altered each way (ood.alterations)
+    altered: np.ndarray  # the same films altered each way (probes.alterations)
     threshold: np.ndarray  # films as acquired it is not fitted on (site calibration, home validation)
     home: np.ndarray | None = None  # home training films as acquired (replayed), when given
 

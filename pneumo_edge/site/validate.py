@@ -92,8 +92,10 @@ def verdict(result: dict, y: np.ndarray, p: np.ndarray, target: float, cfg: Vali
     words = (f"FIT for these films: the ROC-AUC interval's lower end {lower:.3f} reaches the floor "
              f"{cfg.auc_floor:.2f}" if fit else "NOT FIT for these films: " + "; ".join(why))
     if cost is not None:
-        words += (f". Sensitivity {target:g} here needs threshold {cost['threshold']:.4f} and leaves specificity "
+        over = "" if len(y) == n else f" on the {len(y)} films it assessed"
+        words += (f". Sensitivity {target:g}{over} needs threshold {cost['threshold']:.4f} and leaves specificity "
                   f"{cost['specificity']:.3f}")
+        cost["films"] = len(y)
     return {"fit": fit, "auc_floor": cfg.auc_floor, "roc_auc_lower": lower, "max_refused": cfg.max_refused,
             "refused": refused, "at_target_sensitivity": cost, "resampling_unit": result["ci_resampling"]["unit"],
             "words": words}

@@ -25,7 +25,6 @@ from pathlib import Path
 
 import numpy as np
 
-from pneumo_edge.bundle.guardfit import ood_images
 from pneumo_edge.edge.atomic import write_json, write_text, write_with
 from pneumo_edge.edge.decision import positive, score_images
 from pneumo_edge.edge.imaging import resize_gray
@@ -35,6 +34,7 @@ from pneumo_edge.edge.progress import stage
 from pneumo_edge.edge.sitecal import guaranteed_threshold
 from pneumo_edge.edge.targets import FP32
 from pneumo_edge.site.monitoring import plot_trace
+from pneumo_edge.site.probes import ood_images
 from pneumo_edge.site.validate import resampling_groups
 from pneumo_edge.train.data import decode_all, load_splits, rebuild_split
 from pneumo_edge.train.perturb import PERTURBATIONS, perturbed_views
@@ -162,7 +162,7 @@ def simulate_sites(bundle: str | Path, data: str, out: str | Path = "bench/resul
 
             write_with(cache, save)
     result = {"model": model_file, "weights_sha256": model.meta.weights_sha256, "data": "validation carved from train",
-              "n_films": int(len(y)), "n_patients": int(len(set(groups.tolist()))), "target_sensitivity": TARGET,
+              "n_films": len(y), "n_patients": len(set(groups.tolist())), "target_sensitivity": TARGET,
               "confidence": CONFIDENCE, "splits": splits, "sizes": list(sizes), "current_threshold": model.threshold,
               "sites": {}}
     for name, s in all_scores.items():
@@ -217,9 +217,9 @@ def render_sites(r: dict) -> str:
              f"films, calibrate on half its patients (sensitivity >= {r['target_sensitivity']} at "
              f"{r['confidence']:.0%} confidence), score the other half. Shipped threshold: "
              f"{r['current_threshold']:.4f}.", "",
-             f"| rule counts | n films | splits | refused (too few positives) | population sensitivity < target | "
-             f"held-out sensitivity < target | outside calibration < target | held-out specificity | shipped "
-             f"threshold: held-out sensitivity < target | shipped threshold: held-out specificity |",
+             "| rule counts | n films | splits | refused (too few positives) | population sensitivity < target | "
+             "held-out sensitivity < target | outside calibration < target | held-out specificity | shipped "
+             "threshold: held-out sensitivity < target | shipped threshold: held-out specificity |",
              "|---|---|---|---|---|---|---|---|---|---|"]
     for unit, rows in (("patients (default)", r["pooled"]), ("films (--count films)", r.get("pooled_film_rule", []))):
         for p in rows:
@@ -302,7 +302,7 @@ def test_read(bundle: str | Path, data: str, out: str | Path = "bench/results", 
     scores = {name: score_views(model, v) for name, v in views.items()}
     ya, pa, ga = _accepted(y, groups, scores["clean"])
     result = {"note": NOTE, "model": FP32.file, "weights_sha256": model.meta.weights_sha256,
-              "n_films": int(len(y)), "n_patients": int(len(set(groups.tolist()))), "target_sensitivity": TARGET,
+              "n_films": len(y), "n_patients": len(set(groups.tolist())), "target_sensitivity": TARGET,
               "confidence": CONFIDENCE, "splits": SPLITS, "current_threshold": model.threshold,
               "site": {"rejected_by_guard": int(scores["clean"]["rejected"].sum()),
                        "runs": [simulate(ya, pa, ga, n, model.threshold, SPLITS, seed=seed) for n in SIZES]}}

@@ -2,13 +2,13 @@ import csv
 
 import numpy as np
 from click.testing import CliRunner
+from conftest import xray_like
 from PIL import Image
 
-from conftest import xray_like
+from pneumo_edge.bundle.guardfit import fit_from_arrays
 from pneumo_edge.cli import main
 from pneumo_edge.edge.guard import PERCENTILE, Guard, image_stats
 from pneumo_edge.edge.model import EdgeModel
-from pneumo_edge.bundle.guardfit import fit_from_arrays
 
 
 def test_guard_statistics_round_trip_through_the_bundle(tiny_bundle):
@@ -75,8 +75,8 @@ def test_image_stats_separate_blank_from_xray():
 def test_int8_guard_is_fitted_on_int8_embeddings(tiny_bundle, tiny_checkpoint, tiny_data):
     import json
 
-    from pneumo_edge.train.data import rebuild_split
     from pneumo_edge.bundle.guardfit import guard_images, onnx_embedder
+    from pneumo_edge.train.data import rebuild_split
 
     fp32, int8 = EdgeModel(tiny_bundle / "model.onnx"), EdgeModel(tiny_bundle / "model.int8.onnx")
     assert int8.guard.orientation is not None and int8.meta.ood["validation_rejected"]
@@ -118,7 +118,7 @@ def _synthetic_guard() -> tuple[dict, np.ndarray]:
 
 
 def test_orientation_head_rejects_flipped_and_inverted_synthetic_films():
-    from pneumo_edge.bundle.guardfit import alterations
+    from pneumo_edge.site.probes import alterations
 
     meta, fresh = _synthetic_guard()
     guard = Guard.from_meta(meta)
@@ -163,8 +163,8 @@ def test_a_bundle_written_before_the_orientation_head_still_loads(tiny_bundle, t
 
     import onnx
 
-    from pneumo_edge.edge.meta import read_meta
     from pneumo_edge.bundle.export import set_metadata
+    from pneumo_edge.edge.meta import read_meta
 
     meta = read_meta(tiny_bundle / "model.onnx")
     old_ood = {k: v for k, v in meta.ood.items()

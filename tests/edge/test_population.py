@@ -158,6 +158,30 @@ def test_population_head_fits_scores_round_trips_and_yields_to_a_header_age():
     assert "population" not in Guard.from_meta(old).check_scores(imgs, emb)
 
 
+
+def test_population_threshold_splits_the_margin_with_the_other_population_scored_out_of_fold():
+    from pneumo_edge.bundle.guardfit import _logit, fit_population, out_of_fold
+
+    rng = np.random.default_rng(0)
+    inside, val = rng.normal(0, 1, (400, 6)), rng.normal(0, 1, (400, 6))
+    outside = rng.normal(0, 1, (60, 6)) + [6, 0, 0, 0, 0, 0]
+    groups = np.repeat(np.arange(30), 2)  # two films per patient
+    plain = fit_population(inside, outside, val, "synthetic")
+    split = fit_population(inside, outside, val, "synthetic", outside_groups=groups)
+    far = np.percentile(out_of_fold(inside, outside, groups), 5)
+    assert _logit(split.threshold) == pytest.approx((_logit(plain.threshold) + far) / 2)
+    assert plain.threshold < split.threshold and "out of fold" in split.rule and "out of fold" not in plain.rule
+    fresh_in, fresh_out = rng.normal(0, 1, (2000, 6)), rng.normal(0, 1, (500, 6)) + [6, 0, 0, 0, 0, 0]
+    assert (split.scores(fresh_in) > 1).mean() < (plain.scores(fresh_in) > 1).mean()
+    assert (split.scores(fresh_out) > 1).mean() >= 0.95
+    # the rule travels with the check, and a check without it (an older bundle) still loads
+    again = PopulationHead.from_meta(split.to_meta(), 6)
+    assert again.rule == split.rule and PopulationHead.from_meta(
+        {k: v for k, v in split.to_meta().items() if k != "rule"}, 6).rule == ""
+    # outside films that do not lie above the validation cut: the validation percentile alone
+    near = fit_population(inside, rng.normal(0, 1, (60, 6)), val, "synthetic", outside_groups=groups)
+    assert "out of fold" not in near.rule
+
 def adults(folder, patients: int = 12, films: int = 2):
     """Another population, named as site_nih names its films: wide bright chests with ribs."""
     rng = np.random.default_rng(1)
