@@ -28,7 +28,7 @@ from pneumo_edge.edge.targets import (
     PARITY,
     RESULTS,
 )
-from pneumo_edge.site.adaptreport import card_section
+from pneumo_edge.site.adaptreport import adapt_section, card_section
 from pneumo_edge.train.evaluate import DEFAULT_LEDGER, count_ledger
 
 # Published results on the same official 624-image test split, for comparison.
@@ -166,6 +166,9 @@ def sections(bundle: Path, root: Path) -> dict[str, str]:
     population = population_line(bundle)
     if population:
         out["population"] = population
+    adapt = adapt_section(root)
+    if adapt:
+        out["adapt"] = adapt
     out["ledger"] = (f"The test split has been read **{count_ledger(root / DEFAULT_LEDGER)} times** while this "
                      f"recipe was developed (one line each in `{DEFAULT_LEDGER}`).")
     return out

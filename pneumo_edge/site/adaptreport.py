@@ -12,6 +12,7 @@ intervals over patients. Per view (the site table's view column) and overall.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +23,7 @@ from pneumo_edge.edge.stats import bootstrap_indices, roc_auc
 from pneumo_edge.site.siteguard import altered_rates
 
 LEVEL = 0.95
+SPECIFICITY = 0.5  # the held-out specificity the guaranteed threshold should keep (above it)
 PARTS = ("fit", "calibrate", "held-out")  # of the site's patients, split by adapt
 REPORT, CARD_SECTION = "adaptation.json", "adaptation.md"  # written into the adapted bundle
 
@@ -214,3 +216,38 @@ def card_section(bundle: Path) -> str | None:
     """The site section of a bundle written by adapt (its adaptation.md), for the model card."""
     f = Path(bundle) / CARD_SECTION
     return f.read_text() if f.is_file() else None
+
+
+def bench_markdown(r: dict) -> str:
+    """`bench adapt`'s result file: the held-out table per depth (fp32: before -> after, overall and per view) and the targets, for README."""
+    lines = []
+    for method, d in r["depths"].items():
+        f32, files = d["held_out"].get("model.onnx"), d["files"]
+        if f32 is None:
+            continue
+        lines += [f"**{method}** ({d['seconds']['value']:.0f} s on {r['machine']['cpus']} cores), `model.onnx`, "
+                  "held-out patients:", "", *view_table({"held_out": f32})]
+        t = files["model.onnx"]
+        home = t["home_validation_roc_auc"]["value"] or {}
+        int8 = files.get("model.int8.onnx", {}).get("roc_auc_held_out", {}).get("value")
+        words = [f"ROC-AUC {t['roc_auc_held_out']['value']:.3f}"
+                 + (f" (INT8 {int8:.3f})" if int8 is not None else "")
+                 + f" against {d['targets']['roc_auc']:g}: {'met' if t['roc_auc_held_out']['met'] else 'missed'}",
+                 f"sensitivity lower bound {t['sensitivity_lower_bound_calibration']['value']:.3f} on the calibration "
+                 "part: " + ("met" if t["sensitivity_lower_bound_calibration"]["met"] else "missed"),
+                 f"specificity at it {t['specificity_held_out']['value']:.3f} against > {SPECIFICITY:g}: "
+                 + ("met" if t["specificity_held_out"]["met"] else "missed")]
+        if home:
+            words.append(f"home validation ROC-AUC {home['parent']:.4f} -> {home['adapted']:.4f}: "
+                         + ("kept" if t["home_validation_roc_auc"]["met"] else "not kept"))
+        words.append(f"site films accepted {t['site_films_accepted']['value']:.1%}: "
+                     + ("met" if t["site_films_accepted"]["met"] else "missed"))
+        words.append(f"non-X-rays refused {t['non_xrays_refused']['value']}")
+        lines += ["", "; ".join(words) + ".", ""]
+    return "\n".join(lines).strip()
+
+
+def adapt_section(root: Path) -> str | None:
+    """README's generated `adapt` section from `pneumo-edge bench adapt`'s result file, when it exists."""
+    path = Path(root) / "bench" / "results" / "adapt.json"
+    return bench_markdown(json.loads(path.read_text())) if path.is_file() else None

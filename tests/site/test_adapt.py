@@ -91,6 +91,11 @@ def test_adapt_head_refit_end_to_end(tiny_bundle, tmp_path):
     assert checks["roc_auc_held_out"]["value"] == report["files"]["model.onnx"]["held_out"]["overall"]["roc_auc"]["after"]
     assert checks["home_validation_roc_auc"]["met"] is False  # no --data: home performance was not measured
     assert bench["all_met"] is False and bench["seconds"]["met"] is (report["seconds"]["total"] <= 60)
+    from pneumo_edge.site.adaptreport import bench_markdown  # README's generated section
+
+    md = bench_markdown(json.loads((tmp_path / "adapt.json").read_text()))
+    overall = next(line for line in md.splitlines() if line.startswith("| overall |"))
+    assert f"| {checks['roc_auc_held_out']['value']:.3f} [" in overall and "against 0.91: " in md
 
 
 def test_adapt_refuses_a_site_too_small_for_the_guarantee(tiny_bundle, tmp_path):
