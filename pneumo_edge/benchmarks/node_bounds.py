@@ -43,7 +43,7 @@ from pneumo_edge.edge.node.sr import read_sr
 from pneumo_edge.testing.dicomfilm import film_dataset, write_film
 from pneumo_edge.testing.orthanc import free_port
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 RSS_BOUND_MB = 300  # what one hostile instance may add to the node's memory (the stated bound)
 
 # ---- hostile headers: each a file a real modality could send; the names and dates are markers that the tests

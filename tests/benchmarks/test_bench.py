@@ -72,3 +72,13 @@ def test_bench_pipeline_times_infer_against_a_bare_session(tmp_path):
     assert "of the bare session's throughput" in (tmp_path / "pipeline.md").read_text()
     missing = CliRunner().invoke(main, ["bench-pipeline", "--images", str(tmp_path / "nowhere")])
     assert missing.exit_code != 0 and "not a folder" in missing.output
+
+
+def test_bench_paths_point_into_the_checkout():
+    """The benches read films and protocols from the checkout by path: a moved module must still find them."""
+    from pneumo_edge.benchmarks import node, node_bounds
+    from pneumo_edge.studies import heatmaps
+
+    assert node_bounds.REPO == node.ROOT and (node.ROOT / "pyproject.toml").is_file()
+    assert sorted((node_bounds.REPO / "examples" / "xrays").rglob("*.jpeg"))
+    assert heatmaps.PROTOCOL.is_file()
