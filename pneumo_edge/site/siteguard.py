@@ -7,7 +7,10 @@ On adult films the shipped guard refuses about one film in ten, nearly all by it
 logistic regression on the embedding that was never shown an adult film as acquired) and a few by the
 embedding distance. So the refit:
   * embedding: the site's class means join the parent's (the distance is to the nearest mean; the
-    parent's principal directions, variances and threshold are kept);
+    parent's principal directions and variances are kept), and its threshold is the parent's or, where
+    wider, the parent's rule (margin x percentile) over films as acquired it was not fitted on (the site's
+    calibration part, and home validation when given): a fine-tuned embedding spread the site's films wider
+    than the home films its fresh guard was set on (11 of 454 refused by distance alone);
   * orientation: the parent's head plus a correction fitted on the site's fitting films (and replayed home
     films) as acquired (0) and the site's fitting films altered each of the four ways (upside down, rotated
     90/270, inverted; 1), penalised towards the parent head as export's head is regularised (probes.ORIENT_L2);
@@ -29,7 +32,8 @@ from pneumo_edge.edge.guard import ORIENT_PERCENTILE, Guard, OrientationHead
 from pneumo_edge.site.headfit import Logistic, fit_logistic
 from pneumo_edge.site.probes import ORIENT_L2, alterations
 
-REFITTED = ("embedding: the site's class means added to the parent's",
+REFITTED = ("embedding: the site's class means added to the parent's; its threshold widened where films as acquired "
+            "that it was not fitted on need it",
             "orientation head: the parent's plus a correction fitted on the site's films as acquired and altered; "
             f"threshold at the {ORIENT_PERCENTILE:g}th percentile of films it was not fitted on")
 
@@ -58,7 +62,11 @@ def refit_guard(guard: Guard, films: GuardFit) -> Guard:
     head.threshold = float(min(1.0, np.percentile(head.probability(films.threshold), ORIENT_PERCENTILE)))
     # the parent's population check was fitted to refuse films like the site's own: dropped; the header age
     # check still applies, against the widened age range the adapted bundle states
-    return replace(guard, means=means, orientation=head, population=None)
+    out = replace(guard, means=means, orientation=head, population=None)
+    # a fine-tuned embedding spreads the site's films wider than the home films the threshold was set on: the
+    # parent's rule (margin x percentile) over films it was not fitted on, where that is the wider
+    spread = guard.margin * float(np.percentile(out.embedding_distance(films.threshold), guard.percentile))
+    return replace(out, threshold=max(guard.threshold, spread))
 
 
 def guard_rates(guard: Guard, embed, films: np.ndarray, chroma: np.ndarray | None = None) -> float:

@@ -141,3 +141,27 @@ def test_fine_tune_end_to_end(tiny_bundle, tiny_data, tmp_path):
         assert f["home_validation"]["films"] > 0 and f["guard"]["refused"] == f["guard"]["non_xrays"]
         assert meta.weights_sha256 == json.loads((out / "config.json").read_text())["weights_sha256"]
     assert "fine-tune" in (out / "adaptation.md").read_text()
+
+
+def test_site_guard_keeps_the_parent_threshold_or_widens_it_for_films_it_was_not_fitted_on():
+    from pneumo_edge.edge.guard import Guard
+    from pneumo_edge.site.siteguard import GuardFit, refit_guard
+
+    rng = np.random.default_rng(0)
+    dim = 6
+    parent = Guard(means=np.zeros((2, dim)), components=np.eye(dim)[:2], eigvals=np.ones(2), residual_var=1.0,
+                   threshold=5.0, stat_lo=np.zeros(3), stat_hi=np.array([1.0, 1.0, 8.0]), margin=1.2,
+                   percentile=99.5)
+    y = np.r_[np.zeros(40), np.ones(40)]
+    site = rng.normal(0, 1, (80, dim)) + 3 * y[:, None]
+    altered = rng.normal(0, 1, (80, dim)) - 6
+
+    def refit(spread: float):
+        held = rng.normal(0, spread, (200, dim)) + 3 * rng.integers(0, 2, 200)[:, None]
+        return refit_guard(parent, GuardFit(site=site, site_y=y, altered=altered, threshold=held)), held
+
+    near, _ = refit(0.5)  # the site's unseen films lie well inside: the parent's threshold stands
+    assert near.threshold == parent.threshold and len(near.means) == 4 and near.population is None
+    wide, held = refit(3.0)  # spread wider than the parent's threshold allows: widened by the parent's rule
+    assert wide.threshold == pytest.approx(1.2 * np.percentile(wide.embedding_distance(held), 99.5))
+    assert wide.threshold > parent.threshold and (wide.embedding_distance(held) / wide.threshold > 1).mean() < 0.01
