@@ -83,16 +83,20 @@ def open_report(page, viewer: Viewer, study_uid: str) -> None:
     no.click()
 
 
-def shown(page, text: str) -> None:
+def shown(page, text: str, nudges: int = 8) -> None:
     """`text` visible on the page. OHIF draws an SR's annotations at the viewport's next render: when the
-    report was opened before the film had finished rendering, that is the next resize (or pan, zoom, ...)."""
+    report was opened before the film had finished rendering, that is the next resize (or pan, zoom, ...).
+    On a loaded box one resize can still come before the film is drawn, so the page is nudged until the text
+    shows or the nudges run out; the text itself, exact, is what passes."""
     found = page.get_by_text(text, exact=True)
-    try:
-        found.wait_for(state="visible", timeout=15_000)
-    except sync_api.TimeoutError:
-        size = page.viewport_size
-        page.set_viewport_size({"width": size["width"] - 20, "height": size["height"]})
-        page.set_viewport_size(size)
+    for _ in range(nudges):
+        try:
+            found.wait_for(state="visible", timeout=10_000)
+            return
+        except sync_api.TimeoutError:
+            size = page.viewport_size
+            page.set_viewport_size({"width": size["width"] - 20, "height": size["height"]})
+            page.set_viewport_size(size)
     sync_api.expect(found).to_be_visible()
 
 
