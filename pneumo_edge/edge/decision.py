@@ -23,6 +23,7 @@ from .population import Population
 
 REJECTED = "REJECTED_OOD"  # the label of an image the guard refuses: no class is given
 VERDICTS = ("accepted", "rejected", "off")  # guard_verdict; "off": no guard (turned off, or none in the file)
+NOT_RUN = "not run"  # the node's verdict for a film it could not score (not decodable); never a row's verdict
 PROB_DIGITS, GUARD_DIGITS = 6, 4
 FIELDS = ("status", "label", "model_label", "probability", "threshold", "guard_score", "guard_verdict",
           "guard_reason", "model_sha256")  # Scored.fields(), in this order everywhere

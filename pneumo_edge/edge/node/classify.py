@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from ..cam import caption_for
-from ..decision import Scored, score_images
+from ..decision import NOT_RUN, Scored, score_images
 from ..heatmap import FOLDER, caption, cell_edges, explain_film
 from ..infer import decode_file
 from ..model import EdgeModel
@@ -61,7 +61,7 @@ def classify(model: EdgeModel, paths: list[Path], use_guard: bool = True, heatma
     heat map, the Finding carries the map's strongest cell (the SR's evidence region)."""
     t0 = time.perf_counter()
     decoded = [decode(model, p) for p in paths]
-    findings = [Finding(label=None, probability=None, guard_verdict="not run", reason=why)
+    findings = [Finding(label=None, probability=None, guard_verdict=NOT_RUN, reason=why)
                 for _, why in decoded]
     digests = [digest(dec, why) for dec, why in decoded]
     overlays: list = [None] * len(paths)

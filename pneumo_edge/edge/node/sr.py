@@ -36,6 +36,8 @@ from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes
 from pydicom.sr.coding import Code
 
+from ..decision import NOT_RUN
+from ..decision import VERDICTS as DECISION_VERDICTS
 from ..imaging import input_box
 from ..meta import LABELS  # (negative, positive): PNEUMONIA is "pneumonia present"
 from .identity import checked_identity, clean_uid, geometry
@@ -83,7 +85,7 @@ class Finding:
 
     label: str | None  # the record's label (edge.decision.Scored), never computed here
     probability: float | None
-    guard_verdict: str  # "accepted" | "rejected" | "off" | "not run"
+    guard_verdict: str  # one of decision.VERDICTS, or decision.NOT_RUN
     guard_score: float | None = None
     reason: str = ""
     # where the heat map's evidence is strongest: (left, top, right, bottom), fractions of the model's input
@@ -138,8 +140,8 @@ def _codes() -> dict:
     }
 
 
-VERDICTS = {"accepted": "Accepted", "rejected": "Refused", "off": "Not run (guard off)",
-            "not run": "Not run (image not decodable)"}
+VERDICTS = dict(zip(DECISION_VERDICTS, ("Accepted", "Refused", "Not run (guard off)")),
+                **{NOT_RUN: "Not run (image not decodable)"})
 
 
 def _verdict_code(verdict: str):

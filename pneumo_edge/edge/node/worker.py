@@ -33,6 +33,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..decision import NOT_RUN
 from ..dicom_terms import MODALITIES, shown
 from ..imaging import scrub
 from ..population import without_age
@@ -239,7 +240,7 @@ class Worker:
             self._alone.discard(item.path.name)
             node.counters.add("classified")
             f = item.finding
-            if f.guard_verdict != "not run":  # scored: accepted, or refused by the guard (label None)
+            if f.guard_verdict != NOT_RUN:  # scored: accepted, or refused by the guard (label None)
                 node.monitor.observe(f.probability, f.guard_score, f.label or "", f.guard_verdict == "rejected")
         node.wrote_results()
         self._disk_ok()
