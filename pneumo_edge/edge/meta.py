@@ -217,8 +217,9 @@ def _guard_rows(ood: dict | None) -> list[tuple[str, str]]:
         rows.append(("  polarity", f"P(inverted grey levels) threshold {ood['polarity']['threshold']:.3g} "
                                    f"({ood['polarity']['grid']}x{ood['polarity']['grid']} thumbnail)"))
     if ood.get("population"):
+        rule = ood["population"].get("rule")
         rows.append(("  population", f"P(outside the population) threshold {ood['population']['threshold']:.3g} "
-                                     "(films whose header gives no age)"))
+                                     "(films whose header gives no age)" + (f"; {rule}" if rule else "")))
     return rows
 
 
