@@ -73,7 +73,7 @@ def reports(pacs: Orthanc) -> list[tuple[pydicom.Dataset, dict]]:
     return out
 
 
-def wait_reports(pacs: Orthanc, n: int, timeout: float = 60.0) -> list[tuple[pydicom.Dataset, dict]]:
+def wait_reports(pacs: Orthanc, n: int, timeout: float = 120.0) -> list[tuple[pydicom.Dataset, dict]]:
     def enough():
         found = reports(pacs)
         return found if len(found) >= n else None
