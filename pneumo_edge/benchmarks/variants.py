@@ -10,6 +10,7 @@ speed-up over PyTorch eager, and how far it is from the machine's compute floor.
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import os
 import platform
@@ -50,6 +51,7 @@ class BenchConfig:
     end_to_end: bool = True
     min_auroc: float | None = None
     max_p50_ms: float | None = None  # applies to the INT8 batch-1 row at the most threads
+    ledger: str | None = "test_ledger.jsonl"  # the test split's labels are read (ROC-AUC beside the timings)
 
 
 # ---------------------------------------------------------------- environment
@@ -141,6 +143,12 @@ def load_images(cfg: BenchConfig, size: int, rule: str) -> tuple[np.ndarray, np.
     """Real test images and labels; the committed X-rays (labels from folder names) when no data is named."""
     if cfg.data:  # a folder or a hub id, like every other --data
         x, y, _ = decode_all(load_splits(cfg.data).test, size, progress=False, rule=rule)
+        if cfg.ledger:  # a read of the test split (labels included): recorded as soon as it is made
+            from pneumo_edge.train.evaluate import append_ledger  # torch: the training side, only when it runs
+
+            append_ledger(cfg.ledger, {"kind": "latency benchmark", "data": str(cfg.data), "n_test": len(x),
+                                       "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+                                       "note": "timings; ROC-AUC and accuracy reported beside them; nothing chosen"})
         return x, y, f"test split of {cfg.data} ({len(x)} images)"
     files = sorted(p for p in Path(cfg.fallback_images).rglob("*") if p.is_file() and not p.name.endswith(".md"))
     if not files:

@@ -37,14 +37,16 @@ def bench_group() -> None:
 @click.option("--smoke", is_flag=True, help="A few iterations, no end-to-end run: checks the machinery only.")
 @click.option("--min-auroc", type=float, help="Fail (exit 4) if any variant's ROC-AUC is lower.")
 @click.option("--max-p50-ms", type=float, help="Fail (exit 4) if INT8 batch-1 p50 latency is higher.")
+@click.option("--ledger", show_default=True, help="Where reading the test split is recorded ('' for none).")
 @quiet_option
 @friendly
-def bench(bundle, data, out, iters, batch_iters, smoke, min_auroc, max_p50_ms) -> None:
+def bench(bundle, data, out, iters, batch_iters, smoke, min_auroc, max_p50_ms, ledger) -> None:
     """Latency, throughput and accuracy of PyTorch eager vs onnxruntime fp32 vs INT8."""
 
     cfg = BenchConfig(bundle=bundle or str(default_model_path().parent), data=data, out=out,
                       iters=5 if smoke else iters, batch_iters=2 if smoke else batch_iters,
-                      warmup=1 if smoke else 10, end_to_end=not smoke, min_auroc=min_auroc, max_p50_ms=max_p50_ms)
+                      warmup=1 if smoke else 10, end_to_end=not smoke, min_auroc=min_auroc, max_p50_ms=max_p50_ms,
+                      ledger=ledger or None)
     run_benchmark(cfg)
 
 

@@ -13,8 +13,11 @@ COLUMNS = ("variant", "threads", "batch", "iters", "p50_ms", "p95_ms", "p99_ms",
 
 def test_bench_smoke_writes_complete_results(tiny_bundle, tiny_data, tmp_path):
     out = tmp_path / "results"
+    ledger = tmp_path / "ledger.jsonl"
     res = run_benchmark(BenchConfig(bundle=str(tiny_bundle), data=str(tiny_data), out=str(out), iters=3,
-                                    batch_iters=2, warmup=1))
+                                    batch_iters=2, warmup=1, ledger=str(ledger)))
+    (line,) = ledger.read_text().splitlines()  # the test split's labels were read: one ledger line
+    assert json.loads(line)["kind"] == "latency benchmark"
     files = sorted(p.suffix for p in out.iterdir())
     assert files == [".json", ".md", ".png"]
     saved = json.loads(next(out.glob("*.json")).read_text())
@@ -36,7 +39,8 @@ def test_bench_smoke_writes_complete_results(tiny_bundle, tiny_data, tmp_path):
 
 def test_bench_cli_asserts_minimums(tiny_bundle, tiny_data, tmp_path):
     r = CliRunner().invoke(main, ["bench", "--bundle", str(tiny_bundle), "--data", str(tiny_data), "--out",
-                                  str(tmp_path / "r"), "--smoke", "--min-auroc", "1.01"])
+                                  str(tmp_path / "r"), "--smoke", "--min-auroc", "1.01", "--ledger",
+                                  str(tmp_path / "ledger.jsonl")])
     assert r.exit_code == 4 and "ROC-AUC" in r.output and "<" in r.output
 
 
