@@ -156,9 +156,11 @@ def doc_string(meta: BundleMeta) -> str:
              "a guard score above 1 means the input is refused." if meta.ood is not None else "")
     population = ""
     if meta.population is not None:
-        lo, hi = meta.population["age_years"]
-        population = (f" Validated on {meta.population['description']}; a DICOM whose patient age is outside "
-                      f"{lo:g}-{hi:g} years is not assessed.")
+        population = f" Validated on {meta.population['description']}."
+        if meta.population.get("age_years"):
+            lo, hi = meta.population["age_years"]
+            population = population[:-1] + f"; a DICOM whose patient age is outside {lo:g}-{hi:g} years is not assessed."
+
     return (f"pneumo-edge {meta.model} ({meta.quantization or 'fp32'}): classifies a {_who(meta)} frontal chest "
             f"X-ray as {negative} or {positive}. Input 'image': float32, N x {p.channels} x {p.size} x {p.size}, "
             f"the grey film resized by rule {p.resize}, then (grey / 255 - {p.mean:g}) / {p.std:g}. "
@@ -292,8 +294,6 @@ def describe(meta: BundleMeta) -> list[tuple[str, str]]:
             ("drift monitor", f"reference fitted on {meta.monitor.get('fitted_on') or 'validation'}: "
              + _monitor_words(meta.monitor)
              if meta.monitor else "no reference in this file (rates only, no drift statistic)"),
-            *([("population", str(meta.extra["population"].get("description")))]
-              if isinstance(meta.extra.get("population"), dict) else []),
             ("quantization", meta.quantization or "none (fp32)"),
             ("weights sha256", meta.weights_sha256 or "not recorded"),
             ("data fingerprint", meta.data_fingerprint or "not recorded"),

@@ -100,7 +100,7 @@ def _count(v, allow_none: bool) -> bool:
 @dataclass(frozen=True)
 class Population:
     description: str
-    age_years: tuple[float, float]  # completed years, both ends included
+    age_years: tuple[float, float] | None  # completed years, both ends included; None: not stated (no age check)
     views: tuple[str, ...]
     sources: tuple[dict, ...]  # {"name", "films", "patients"}
 
@@ -110,6 +110,8 @@ class Population:
         return self.description.split(",")[0].strip()
 
     def covers_age(self, years: float) -> bool:
+        if self.age_years is None:  # a population whose ages were never stated refuses no age
+            return True
         lo, hi = self.age_years
         return lo <= years < hi + 1  # completed years: 5 years 11 months is 5
 
@@ -125,7 +127,8 @@ class Population:
                 f"({self.short}, {lo:g}-{hi:g} years)")
 
     def to_meta(self) -> dict:
-        return {"description": self.description, "age_years": list(self.age_years), "views": list(self.views),
+        return {"description": self.description, "age_years": None if self.age_years is None else list(self.age_years),
+                "views": list(self.views),
                 "sources": [dict(s) for s in self.sources]}
 
     @classmethod
@@ -138,9 +141,9 @@ class Population:
         if not isinstance(m["description"], str) or not m["description"].strip():
             raise _bad(source, "description", "must be a non-empty string")
         ages = m["age_years"]
-        if (not isinstance(ages, list) or len(ages) != 2 or not all(map(_number, ages))
+        if ages is not None and (not isinstance(ages, list) or len(ages) != 2 or not all(map(_number, ages))
                 or not 0 <= ages[0] <= ages[1] <= MAX_AGE):
-            raise _bad(source, "age_years", f"must be [min, max] with 0 <= min <= max <= {MAX_AGE:g}, got {ages!r}")
+            raise _bad(source, "age_years", f"must be [min, max] with 0 <= min <= max <= {MAX_AGE:g}, or null, got {ages!r}")
         views = m["views"]
         if not isinstance(views, list) or not all(isinstance(v, str) and v for v in views):
             raise _bad(source, "views", f"must be a list of view names, got {views!r}")
@@ -154,15 +157,16 @@ class Population:
                 raise _bad(source, f"sources[{i}].films", f"must be a count, got {s.get('films')!r}")
             if not _count(s.get("patients"), True):
                 raise _bad(source, f"sources[{i}].patients", f"must be a count or null, got {s.get('patients')!r}")
-        return cls(description=m["description"], age_years=(float(ages[0]), float(ages[1])), views=tuple(views),
+        return cls(description=m["description"], age_years=None if ages is None else (float(ages[0]), float(ages[1])), views=tuple(views),
                    sources=tuple({"name": s["name"], "films": s["films"], "patients": s.get("patients")}
                                  for s in sources))
 
     def describe(self) -> list[tuple[str, str]]:
         """Rows for `pneumo-edge info`."""
-        lo, hi = self.age_years
-        rows = [("population", self.description),
-                ("  ages", f"{lo:g} to {hi:g} years (completed years; a DICOM age outside is not assessed)"),
+        ages = ("not stated (no DICOM age is refused)" if self.age_years is None else
+                f"{self.age_years[0]:g} to {self.age_years[1]:g} years (completed years; a DICOM age outside is "
+                "not assessed)")
+        rows = [("population", self.description), ("  ages", ages),
                 ("  views", ", ".join(self.views) or "not stated")]
         for s in self.sources:
             who = "patients not counted" if s["patients"] is None else f"{s['patients']} patients"

@@ -22,7 +22,6 @@ import datetime as dt
 import json
 import time
 from dataclasses import dataclass, field, replace
-from dataclasses import fields as dc_fields
 from pathlib import Path
 
 import numpy as np
@@ -268,15 +267,8 @@ def fit_head(emb: np.ndarray, site: Site, home_emb: np.ndarray | None, home_y: n
                   "replay_weight_share": REPLAY_SHARE if extra is not None else 0.0}
 
 
-def with_population(meta, population: dict):
-    """`population` set where the metadata keeps it: its own field when BundleMeta has one, else `extra`."""
-    if "population" in {f.name for f in dc_fields(meta)}:
-        return replace(meta, population=population)
-    return replace(meta, extra={**meta.extra, "population": population})
-
-
 def parent_population(meta) -> dict | None:
-    return getattr(meta, "population", None) or meta.extra.get("population")
+    return meta.population
 
 
 def site_source(site: Site) -> dict:
@@ -465,7 +457,7 @@ def settle(candidate: Path, src: Path, parent: EdgeModel, base_guard, sc: Scores
         from pneumo_edge.edge.cam import CamHead
 
         meta = replace(meta, cam=CamHead.from_linear(*common["onnx_head"]).to_meta())
-    finish_file(candidate, out / src.name, with_population(meta, common["population"]))
+    finish_file(candidate, out / src.name, replace(meta, population=common["population"]))
     _ensure(EdgeModel(out / src.name, threads=1).threshold == t.threshold,
             f"{src.name}: the written file reads back differently")
     home_run = None

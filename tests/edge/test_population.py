@@ -243,3 +243,14 @@ def test_export_fits_the_population_check_with_the_guard(tiny_checkpoint, tiny_d
         assert report["files"][name]["threshold"] == pytest.approx(m.guard.population.threshold)
         assert report["files"][name]["heldout"]["refused_by_population_check"] >= 0.8
     assert m.meta.population == report["statement"]
+
+
+def test_a_population_without_stated_ages_refuses_no_age():
+    """A site whose table names no ages: its adapted bundle states none, and no header age is refused."""
+    m = {"description": "site x: 10 films of 8 patients, ages not stated", "age_years": None, "views": [],
+         "sources": [{"name": "site x", "films": 10, "patients": 8}]}
+    pop = Population.from_meta(m)
+    assert pop.age_years is None and pop.age_score(62.0) == 0.0 and pop.age_reason(0.5) is None
+    assert Population.from_meta(pop.to_meta()) == pop and dict(pop.describe())["  ages"].startswith("not stated")
+    with pytest.raises(ModelError, match="age_years"):
+        Population.from_meta({**m, "age_years": [5, 1]})
