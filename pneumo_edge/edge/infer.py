@@ -25,7 +25,7 @@ from .cam import caption_for, heatmap_path, overlay_png, write_png
 from .decision import Scored, score_images
 from .errors import ImageError, OutputError
 from .heatmap import FOLDER, caption, explain_film, method_for
-from .imaging import read_film, resize_gray
+from .imaging import read_film, resize_gray, scrub
 from .inputs import display_path, find_inputs
 from .model import EdgeModel
 from .outputs import Outputs
@@ -46,7 +46,7 @@ def decode_file(path: str, size: int, rule: str, fetch: Callable[[str], bytes] |
     except ImageError as e:
         return None, str(e)
     except Exception as e:  # one odd file must never end the batch
-        return None, f"unexpected {e.__class__.__name__}: {e}"
+        return None, f"unexpected {e.__class__.__name__}: {scrub(str(e))}"  # its text may quote header values
 
 
 @dataclass

@@ -122,8 +122,6 @@ class DimseLink:
         try:
             status = self.assoc.send_c_store(path)
         except ValueError:  # only implicit VR accepted: pynetdicom converts a decoded copy
-            import pydicom
-
             status = self.assoc.send_c_store(pydicom.dcmread(path))
         if not status or "Status" not in status:
             stalled = time.monotonic() - t0 >= 0.9 * self.timeout_s
